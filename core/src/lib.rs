@@ -1,0 +1,278 @@
+//! The shared vocabulary of kodo: execution ids, events, kinds and statuses.
+//!
+//! Every other crate depends on this one and on nothing above it, so the words
+//! mean the same thing in the store, the transports, the actors and the API.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The id of one execution: a UUIDv7, so ids sort by creation time.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Fid(String);
+
+impl Fid {
+    /// A fresh, time-sortable id.
+    pub fn new() -> Self {
+        Fid(uuid::Uuid::now_v7().to_string())
+    }
+
+    /// Parses an id given by a client; only canonical UUID text is accepted.
+    pub fn parse(text: &str) -> Option<Self> {
+        let id = uuid::Uuid::parse_str(text).ok()?;
+        let canonical = id.to_string();
+        (canonical == text).then_some(Fid(canonical))
+    }
+
+    /// Wraps a string that is already known to be a valid id (read from the store).
+    pub fn from_stored(text: String) -> Self {
+        Fid(text)
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for Fid {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for Fid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Declares a string enum with its wire names in one place.
+macro_rules! names {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal,)* }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "lowercase")]
+        pub enum $name { $($(#[$vdoc])* $variant,)* }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
+
+            /// The wire name.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text,)* }
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownName;
+            fn from_str(text: &str) -> Result<Self, UnknownName> {
+                match text {
+                    $($text => Ok($name::$variant),)*
+                    _ => Err(UnknownName { what: stringify!($name), text: text.to_string() }),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+names! {
+    /// What an event is about; Kodosumi's fourteen names, so its users feel at home.
+    Kind {
+        /// Who launched what, where: the first event of every execution.
+        Meta = "meta",
+        /// The inputs the execution was launched with.
+        Inputs = "inputs",
+        /// A status change; the payload is a [`Status`] name.
+        Status = "status",
+        /// An agent description (CrewAI style).
+        Agent = "agent",
+        /// Files handed to the execution.
+        Upload = "upload",
+        /// Debug output of the flow.
+        Debug = "debug",
+        /// One line the flow wrote to stdout.
+        Stdout = "stdout",
+        /// One line the flow wrote to stderr, or a runtime warning about the flow.
+        Stderr = "stderr",
+        /// A step the flow took.
+        Action = "action",
+        /// An intermediate result.
+        Result = "result",
+        /// The final result of a successful execution.
+        Final = "final",
+        /// Why the execution failed.
+        Error = "error",
+        /// The flow asks a person for input.
+        Lock = "lock",
+        /// The answer to a lock (or its expiry).
+        Lease = "lease",
+    }
+}
+
+names! {
+    /// Where an execution is in its life.
+    Status {
+        /// Launched, not yet running the flow.
+        Starting = "starting",
+        /// Running the flow.
+        Running = "running",
+        /// Waiting for the answer to at least one open lock.
+        Awaiting = "awaiting",
+        /// Final: the flow succeeded.
+        Finished = "finished",
+        /// Final: the flow failed, crashed, timed out or its node went away.
+        Error = "error",
+        /// Final: someone killed it.
+        Killed = "killed",
+    }
+}
+
+impl Status {
+    /// Whether no further event follows this status.
+    pub fn is_final(self) -> bool {
+        matches!(self, Status::Finished | Status::Error | Status::Killed)
+    }
+}
+
+impl Kind {
+    /// Kinds a flow may emit itself (on fd 3 or through its context);
+    /// the others are written by the runtime.
+    pub fn emittable_by_flow(self) -> bool {
+        matches!(
+            self,
+            Kind::Agent
+                | Kind::Upload
+                | Kind::Debug
+                | Kind::Stdout
+                | Kind::Stderr
+                | Kind::Action
+                | Kind::Result
+        )
+    }
+}
+
+/// A name that is not one of a [`Kind`]'s or [`Status`]'s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} `{text}`")]
+pub struct UnknownName {
+    /// Which vocabulary was asked.
+    pub what: &'static str,
+    /// The text that matched none of its names.
+    pub text: String,
+}
+
+/// One event of one execution, as the Tracer numbered it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// The execution.
+    pub fid: Fid,
+    /// 1, 2, 3... per execution with no gap.
+    pub seq: u64,
+    /// Seconds since the Unix epoch, when the Tracer accepted the event.
+    pub ts: f64,
+    /// What the event is about.
+    pub kind: Kind,
+    /// JSON text of the payload.
+    pub payload: String,
+}
+
+impl Event {
+    /// Bytes this event holds in memory, for queue budgets.
+    pub fn weight(&self) -> usize {
+        self.payload.len() + self.fid.as_str().len() + 48
+    }
+
+    /// The status this event sets, if it is a status event.
+    pub fn status(&self) -> Option<Status> {
+        if self.kind != Kind::Status {
+            return None;
+        }
+        serde_json::from_str::<String>(&self.payload)
+            .ok()?
+            .parse()
+            .ok()
+    }
+}
+
+/// What the first (`meta`) event of an execution says; the store keeps it
+/// in the executions table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Meta {
+    /// The flow's name.
+    pub flow: String,
+    /// The user who launched it.
+    pub owner: String,
+    /// The node that runs it; that node closes it if it restarts.
+    pub node: String,
+    /// The kodo version that ran it.
+    pub kodo: String,
+}
+
+/// Now, in seconds since the Unix epoch.
+pub fn now_ts() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// The JSON text of a string payload.
+pub fn json_text(text: &str) -> String {
+    serde_json::Value::String(text.to_string()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fourteen_kinds_six_statuses_round_trip() {
+        assert_eq!(Kind::ALL.len(), 14);
+        assert_eq!(Status::ALL.len(), 6);
+        for k in Kind::ALL {
+            assert_eq!(k.as_str().parse::<Kind>().unwrap(), *k);
+            assert_eq!(serde_json::to_string(k).unwrap(), format!("\"{k}\""));
+        }
+        for s in Status::ALL {
+            assert_eq!(s.as_str().parse::<Status>().unwrap(), *s);
+        }
+        let err = "nope".parse::<Kind>().unwrap_err();
+        assert_eq!(err.to_string(), "unknown Kind `nope`");
+    }
+
+    #[test]
+    fn fids_sort_by_time_and_parse_strictly() {
+        let a = Fid::new();
+        let b = Fid::new();
+        assert!(a < b);
+        assert_eq!(Fid::parse(a.as_str()), Some(a.clone()));
+        assert_eq!(Fid::parse("not-a-fid"), None);
+        assert_eq!(Fid::parse(&a.as_str().to_uppercase()), None);
+    }
+
+    #[test]
+    fn status_of_event() {
+        let e = Event {
+            fid: Fid::new(),
+            seq: 1,
+            ts: now_ts(),
+            kind: Kind::Status,
+            payload: json_text("killed"),
+        };
+        assert_eq!(e.status(), Some(Status::Killed));
+        assert!(Status::Killed.is_final());
+        assert!(!Status::Awaiting.is_final());
+        let not = Event { kind: Kind::Stdout, ..e };
+        assert_eq!(not.status(), None);
+    }
+}

@@ -1,0 +1,25 @@
+-- One database for every execution: a row per execution, a row per event.
+CREATE TABLE executions (
+    fid        TEXT    NOT NULL PRIMARY KEY,
+    flow       TEXT    NOT NULL,
+    owner      TEXT    NOT NULL,
+    node       TEXT    NOT NULL,
+    status     TEXT    NOT NULL,
+    status_seq INTEGER NOT NULL,
+    created    REAL    NOT NULL,
+    updated    REAL    NOT NULL,
+    events     INTEGER NOT NULL
+);
+CREATE INDEX executions_by_owner  ON executions (owner, fid);
+CREATE INDEX executions_by_status ON executions (status, fid);
+CREATE INDEX executions_by_flow   ON executions (flow, fid);
+CREATE INDEX executions_by_node   ON executions (node, status);
+
+CREATE TABLE events (
+    fid     TEXT    NOT NULL,
+    seq     INTEGER NOT NULL,
+    ts      REAL    NOT NULL,
+    kind    TEXT    NOT NULL,
+    payload TEXT    NOT NULL,
+    PRIMARY KEY (fid, seq)
+) WITHOUT ROWID;

@@ -1,0 +1,200 @@
+//! The event store of kodo: the [`Store`] trait the actors and the API use,
+//! and its SQLite implementation (the embedded default).
+//!
+//! A store keeps two tables: `executions` (one row per execution, its flow,
+//! owner, node, status and counts) and `events` (primary key `(fid, seq)`).
+//! [`Store::write`] takes a batch of events and commits them together with
+//! the executions rows they change, in one transaction; an event whose
+//! `(fid, seq)` is already stored is ignored, which makes redelivery safe.
+
+mod sqlite;
+mod summary;
+
+pub use sqlite::SqliteStore;
+pub use summary::{ExecutionUpdate, summarize};
+
+use async_trait::async_trait;
+use kodo_core::{Event, Fid, Kind, Status};
+use std::sync::Arc;
+
+/// What went wrong in a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The URL or its options are not usable.
+    #[error("store url {url}: {reason}")]
+    Config {
+        /// The URL, with any password masked.
+        url: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// The database schema is older than this build; `runtime db upgrade` fixes it.
+    #[error(
+        "the database schema at {url} is behind this build (applied {applied}, known {known}): run `runtime db upgrade`"
+    )]
+    SchemaBehind {
+        /// The URL, with any password masked.
+        url: String,
+        /// Migrations applied in the database.
+        applied: usize,
+        /// Migrations this build knows.
+        known: usize,
+    },
+    /// The database said no, or could not be reached.
+    #[error("store: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Applying migrations failed.
+    #[error("store migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A value read back could not be understood.
+    #[error("store holds a bad value: {0}")]
+    Corrupt(String),
+    /// An injected fault (tests only ever produce this).
+    #[error("injected fault: {0}")]
+    Injected(String),
+}
+
+/// One execution as the store knows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExecutionRow {
+    /// Its id.
+    pub fid: Fid,
+    /// The flow it runs.
+    pub flow: String,
+    /// The user who launched it.
+    pub owner: String,
+    /// The node that runs it.
+    pub node: String,
+    /// Its latest stored status.
+    pub status: Status,
+    /// When it was launched (seconds since the epoch).
+    pub created: f64,
+    /// When its latest stored event was accepted.
+    pub updated: f64,
+    /// How many events are stored (equal to the highest stored seq).
+    pub events: u64,
+}
+
+/// A page of executions, newest first.
+#[derive(Clone, Debug, Default)]
+pub struct ListQuery {
+    /// Only this owner's executions (None: everyone's).
+    pub owner: Option<String>,
+    /// Only executions in this status.
+    pub status: Option<Status>,
+    /// Only executions of this flow.
+    pub flow: Option<String>,
+    /// Only executions older than this one (the cursor of the previous page).
+    pub before: Option<Fid>,
+    /// At most this many.
+    pub limit: u32,
+}
+
+/// A page of one execution's events, in seq order.
+#[derive(Clone, Debug)]
+pub struct EventQuery {
+    /// Only events with a greater seq.
+    pub after: u64,
+    /// At most this many.
+    pub limit: u32,
+    /// Only these kinds (None: all).
+    pub kinds: Option<Vec<Kind>>,
+}
+
+/// Where executions and their events are kept.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores a batch of events and updates the executions they belong to,
+    /// all in one transaction; events already stored are ignored.
+    async fn write(&self, events: &[Event]) -> Result<(), StoreError>;
+
+    /// One execution.
+    async fn execution(&self, fid: &Fid) -> Result<Option<ExecutionRow>, StoreError>;
+
+    /// A page of executions, newest first.
+    async fn executions(&self, query: &ListQuery) -> Result<Vec<ExecutionRow>, StoreError>;
+
+    /// A page of one execution's events in seq order.
+    async fn events(&self, fid: &Fid, query: &EventQuery) -> Result<Vec<Event>, StoreError>;
+
+    /// Executions of `node` whose stored status is not final.
+    async fn unfinished(&self, node: &str) -> Result<Vec<ExecutionRow>, StoreError>;
+
+    /// Whether the store answers now.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Flushes and closes the store.
+    async fn close(&self);
+}
+
+/// A shared store.
+pub type SharedStore = Arc<dyn Store>;
+
+/// Replaces the password of a URL by `***`, for messages and logs.
+pub fn mask_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match (authority.rfind('@'), authority.find(':')) {
+        (Some(at), Some(colon)) if colon < at => format!(
+            "{}{}:***{}",
+            &url[..scheme_end + 3],
+            &authority[..colon],
+            &rest[at..]
+        ),
+        _ => url.to_string(),
+    }
+}
+
+/// Opens the store a URL names: `sqlite://PATH` (more schemes come with more backends).
+pub async fn open(url: &str, options: &StoreOptions) -> Result<SharedStore, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::open(url, options).await?))
+    } else {
+        Err(StoreError::Config {
+            url: mask_url(url),
+            reason: "unsupported scheme; use sqlite://PATH".into(),
+        })
+    }
+}
+
+/// Knobs of a store; the defaults serve one machine.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Connections for readers (the API).
+    pub read_connections: u32,
+    /// `synchronous=FULL` instead of `NORMAL` (survives power loss, slower commits).
+    pub full_sync: bool,
+    /// Apply migrations on open: always for a new database; for an existing one
+    /// only when this is true (`runtime db upgrade`), else a schema behind is an error.
+    pub upgrade: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            read_connections: 4,
+            full_sync: false,
+            upgrade: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mask_url;
+
+    #[test]
+    fn masks_passwords_only() {
+        assert_eq!(
+            mask_url("postgres://kodo:secret@db:5432/kodo"),
+            "postgres://kodo:***@db:5432/kodo"
+        );
+        assert_eq!(mask_url("sqlite://./data/kodo.db"), "sqlite://./data/kodo.db");
+        assert_eq!(mask_url("redis://db:6379"), "redis://db:6379");
+        assert_eq!(mask_url("nonsense"), "nonsense");
+    }
+}
