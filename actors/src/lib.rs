@@ -1,1 +1,27 @@
-//! placeholder
+//! The actors of kodo and the node that supervises them.
+//!
+//! - [`runner::Runner`]: one per execution, drives its flow (a Rust function
+//!   or a child process, see [`command`]).
+//! - [`tracer::Tracer`]: one per execution, numbers and publishes its events.
+//! - [`spooler::Spooler`]: one per transport shard, commits batches to the store.
+//! - [`executions::Executions`] and [`spooler::Spoolers`]: the supervisors,
+//!   with the restart policies of [`policy`].
+//! - [`node::Node`]: the tree, with launch, kill, lock answers and shutdown.
+
+pub mod command;
+pub mod executions;
+pub mod flow;
+pub mod hub;
+pub mod locks;
+pub mod node;
+pub mod policy;
+pub mod runner;
+pub mod spooler;
+pub mod tracer;
+
+pub use executions::LaunchError;
+pub use flow::{BoxError, CommandSpec, Ctx, ExecLimits, FlowDef, FlowResult, Flows, LockError, Stop};
+pub use hub::{Hub, Subscription};
+pub use locks::AnswerError;
+pub use node::{KillError, Launched, Node, NodeError, NodeOptions};
+pub use tracer::{Outcome, TraceError};

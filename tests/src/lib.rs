@@ -1,1 +1,211 @@
-//! placeholder
+//! Helpers for kodo's integration and property tests: a node on a real
+//! SQLite file in a temp dir, waits with deadlines that follow the live hub
+//! (no sleeps), checks of the stored event log, and [`FaultyStore`], a
+//! fault-injecting wrapper around the real store.
+
+use async_trait::async_trait;
+use kodo_actors::{Flows, Node, NodeOptions};
+use kodo_core::{Event, Fid, Kind, Status};
+use kodo_store::{
+    EventQuery, ExecutionRow, ListQuery, SharedStore, SqliteStore, Store, StoreError, StoreOptions,
+};
+use kodo_transport::LocalQueue;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// How long any single wait in a test may take before it fails.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A faults to inject into the next store writes.
+#[derive(Default)]
+pub struct Faults {
+    /// Writes that fail with an error (the spooler retries).
+    pub fail_writes: AtomicU32,
+    /// Writes that panic before committing (the spooler crashes, mid-batch).
+    pub panic_before_commit: AtomicU32,
+    /// Writes that commit and then panic (the spooler crashes before its ack).
+    pub panic_after_commit: AtomicU32,
+    /// Writes seen.
+    pub writes: AtomicU64,
+}
+
+fn take(counter: &AtomicU32) -> bool {
+    counter
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+        .is_ok()
+}
+
+/// The real SQLite store with injectable faults.
+pub struct FaultyStore {
+    inner: SqliteStore,
+    /// The faults to inject.
+    pub faults: Arc<Faults>,
+}
+
+#[async_trait]
+impl Store for FaultyStore {
+    async fn write(&self, events: &[Event]) -> Result<(), StoreError> {
+        self.faults.writes.fetch_add(1, Ordering::Relaxed);
+        if take(&self.faults.fail_writes) {
+            return Err(StoreError::Injected("write refused".into()));
+        }
+        if take(&self.faults.panic_before_commit) {
+            panic!("injected panic before commit");
+        }
+        self.inner.write(events).await?;
+        if take(&self.faults.panic_after_commit) {
+            panic!("injected panic after commit");
+        }
+        Ok(())
+    }
+    async fn execution(&self, fid: &Fid) -> Result<Option<ExecutionRow>, StoreError> {
+        self.inner.execution(fid).await
+    }
+    async fn executions(&self, q: &ListQuery) -> Result<Vec<ExecutionRow>, StoreError> {
+        self.inner.executions(q).await
+    }
+    async fn events(&self, fid: &Fid, q: &EventQuery) -> Result<Vec<Event>, StoreError> {
+        self.inner.events(fid, q).await
+    }
+    async fn unfinished(&self, node: &str) -> Result<Vec<ExecutionRow>, StoreError> {
+        self.inner.unfinished(node).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+    async fn close(&self) {
+        self.inner.close().await
+    }
+}
+
+/// A node on a fresh SQLite file, with fault injection.
+pub struct TestNode {
+    /// The node.
+    pub node: Node,
+    /// The store (the faulty wrapper).
+    pub store: SharedStore,
+    /// Its faults.
+    pub faults: Arc<Faults>,
+    /// The database URL.
+    pub url: String,
+    /// Keeps the temp dir alive.
+    pub dir: tempfile::TempDir,
+}
+
+/// The URL of a database file in `dir`.
+pub fn db_url(dir: &std::path::Path) -> String {
+    format!("sqlite://{}", dir.join("kodo.db").display())
+}
+
+impl TestNode {
+    /// Starts a node with `flows`, `shards` spoolers and `capacity` bytes of queue.
+    pub async fn start(flows: Flows, shards: usize, capacity: usize, options: NodeOptions) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = db_url(dir.path());
+        let inner = SqliteStore::open(&url, &StoreOptions::default())
+            .await
+            .expect("open store");
+        let faults = Arc::new(Faults::default());
+        let store: SharedStore = Arc::new(FaultyStore {
+            inner,
+            faults: faults.clone(),
+        });
+        let transport = LocalQueue::new(shards, capacity);
+        let node = Node::start(store.clone(), transport, flows, options)
+            .await
+            .expect("start node");
+        Self {
+            node,
+            store,
+            faults,
+            url,
+            dir,
+        }
+    }
+}
+
+/// Every stored event of an execution, in seq order.
+pub async fn stored_events(store: &SharedStore, fid: &Fid) -> Vec<Event> {
+    store
+        .events(
+            fid,
+            &EventQuery {
+                after: 0,
+                limit: u32::MAX,
+                kinds: None,
+            },
+        )
+        .await
+        .expect("read events")
+}
+
+/// Waits (following the hub, with [`DEADLINE`]) until the execution's final
+/// status is stored; returns it.
+pub async fn wait_final(node: &Node, fid: &Fid) -> Status {
+    let mut sub = node.hub().subscribe(fid);
+    let work = async {
+        loop {
+            if let Some(row) = node.store().execution(fid).await.expect("read execution")
+                && row.status.is_final()
+            {
+                return row.status;
+            }
+            sub.changed().await;
+        }
+    };
+    tokio::time::timeout(DEADLINE, work)
+        .await
+        .unwrap_or_else(|_| panic!("execution {fid} did not end within {DEADLINE:?}"))
+}
+
+/// Waits until a stored event of `kind` exists; returns it.
+pub async fn wait_event(node: &Node, fid: &Fid, kind: Kind) -> Event {
+    let mut sub = node.hub().subscribe(fid);
+    let work = async {
+        loop {
+            let events = stored_events(node.store(), fid).await;
+            if let Some(e) = events.into_iter().find(|e| e.kind == kind) {
+                return e;
+            }
+            sub.changed().await;
+        }
+    };
+    tokio::time::timeout(DEADLINE, work)
+        .await
+        .unwrap_or_else(|_| panic!("no {kind} event for {fid} within {DEADLINE:?}"))
+}
+
+/// Checks the invariants of one stored event log: seqs 1..=n with no gap,
+/// `meta` first, exactly one final status and it is the last event.
+pub fn check_log(events: &[Event]) -> Result<Status, String> {
+    for (i, e) in events.iter().enumerate() {
+        if e.seq != i as u64 + 1 {
+            return Err(format!("seq {} at position {}", e.seq, i + 1));
+        }
+    }
+    if events.first().map(|e| e.kind) != Some(Kind::Meta) {
+        return Err("the first event is not meta".into());
+    }
+    let finals: Vec<_> = events
+        .iter()
+        .filter_map(|e| e.status().filter(|s| s.is_final()))
+        .collect();
+    if finals.len() != 1 {
+        return Err(format!("{} final statuses: {finals:?}", finals.len()));
+    }
+    let last = events.last().and_then(Event::status);
+    if last != Some(finals[0]) {
+        return Err("the final status is not the last event".into());
+    }
+    Ok(finals[0])
+}
+
+/// The payloads of the stored events of `kind`, parsed.
+pub fn payloads(events: &[Event], kind: Kind) -> Vec<serde_json::Value> {
+    events
+        .iter()
+        .filter(|e| e.kind == kind)
+        .map(|e| serde_json::from_str(&e.payload).expect("stored payload is JSON"))
+        .collect()
+}

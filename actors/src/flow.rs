@@ -1,0 +1,336 @@
+//! Flows (what can be executed) and the context an execution runs with.
+
+use crate::locks::Locks;
+use crate::tracer::{Outcome, Trace, TraceError, TracerMsg, trace};
+use futures::future::BoxFuture;
+use kodo_core::{Fid, Kind, Status, now_ts};
+use ractor::ActorRef;
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Any error a Rust flow returns.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a Rust flow returns: its final result, or why it failed.
+pub type FlowResult = Result<Value, BoxError>;
+
+/// A Rust flow: `async fn(ctx, inputs) -> Result<Value, _>`.
+pub type RustFlow = Arc<dyn Fn(Ctx, Value) -> BoxFuture<'static, FlowResult> + Send + Sync>;
+
+/// A command flow: a child process speaking kodo's line protocol.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CommandSpec {
+    /// Program and arguments.
+    pub command: Vec<String>,
+    /// Extra environment variables.
+    pub env: BTreeMap<String, String>,
+    /// Working directory (default: the runtime's).
+    pub cwd: Option<PathBuf>,
+}
+
+/// How a flow runs.
+#[derive(Clone)]
+pub enum FlowKind {
+    /// A child process.
+    Command(CommandSpec),
+    /// A Rust async function.
+    Rust(RustFlow),
+}
+
+/// A named flow.
+#[derive(Clone)]
+pub struct FlowDef {
+    /// Its name, as in `POST /flows/{name}/executions`.
+    pub name: String,
+    /// One line for `GET /flows`.
+    pub description: String,
+    /// How it runs.
+    pub kind: FlowKind,
+    /// Ends the execution with `error` when it runs longer.
+    pub timeout: Option<Duration>,
+}
+
+impl FlowDef {
+    /// A Rust flow from an async function or closure.
+    pub fn rust<F, Fut>(name: &str, f: F) -> Self
+    where
+        F: Fn(Ctx, Value) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = FlowResult> + Send + 'static,
+    {
+        Self {
+            name: name.to_string(),
+            description: String::new(),
+            kind: FlowKind::Rust(Arc::new(move |ctx, inputs| Box::pin(f(ctx, inputs)))),
+            timeout: None,
+        }
+    }
+
+    /// A command flow.
+    pub fn command(name: &str, spec: CommandSpec) -> Self {
+        Self {
+            name: name.to_string(),
+            description: String::new(),
+            kind: FlowKind::Command(spec),
+            timeout: None,
+        }
+    }
+
+    /// Sets the description.
+    pub fn describe(mut self, text: &str) -> Self {
+        self.description = text.to_string();
+        self
+    }
+
+    /// Sets the timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// "command" or "rust".
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            FlowKind::Command(_) => "command",
+            FlowKind::Rust(_) => "rust",
+        }
+    }
+}
+
+/// The flows a node can run, by name.
+#[derive(Clone, Default)]
+pub struct Flows {
+    map: BTreeMap<String, Arc<FlowDef>>,
+}
+
+impl Flows {
+    /// Adds (or replaces) a flow.
+    pub fn add(&mut self, flow: FlowDef) {
+        self.map.insert(flow.name.clone(), Arc::new(flow));
+    }
+
+    /// A flow by name.
+    pub fn get(&self, name: &str) -> Option<Arc<FlowDef>> {
+        self.map.get(name).cloned()
+    }
+
+    /// All flows, by name.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<FlowDef>> {
+        self.map.values()
+    }
+}
+
+/// Why and how an execution is being stopped from outside its flow.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stop {
+    /// `killed` for a kill or shutdown, `error` for a timeout or crash.
+    pub status: Status,
+    /// Why.
+    pub reason: String,
+}
+
+impl Stop {
+    /// The outcome a stopped execution ends with.
+    pub fn outcome(&self) -> Outcome {
+        if self.status == Status::Killed {
+            Outcome::Killed(self.reason.clone())
+        } else {
+            Outcome::Failed(self.reason.clone())
+        }
+    }
+}
+
+/// Limits that apply to every execution of a node.
+#[derive(Clone, Debug)]
+pub struct ExecLimits {
+    /// The largest event payload, in bytes (longer output lines are split).
+    pub max_payload: usize,
+    /// SIGTERM-to-SIGKILL grace period for command flows.
+    pub kill_grace: Duration,
+    /// How long a lock waits for its answer unless the flow says otherwise.
+    pub lock_timeout: Duration,
+}
+
+/// A lock was not answered in time.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Nobody answered before the lock expired.
+    #[error("lock {lid} ({name}) expired")]
+    Expired {
+        /// The lock.
+        lid: String,
+        /// Its name.
+        name: String,
+    },
+    /// Its events could not be recorded.
+    #[error(transparent)]
+    Trace(#[from] TraceError),
+}
+
+struct CtxInner {
+    fid: Fid,
+    flow: String,
+    owner: String,
+    tracer: ActorRef<TracerMsg>,
+    locks: Locks,
+    limits: ExecLimits,
+    stop_token: CancellationToken,
+    stop: Mutex<Option<Stop>>,
+}
+
+/// What a running execution is given: its identity, the Tracer's verbs,
+/// locks, and the signal that it is being stopped.
+#[derive(Clone)]
+pub struct Ctx {
+    inner: Arc<CtxInner>,
+}
+
+impl Ctx {
+    /// A context for one execution.
+    pub fn new(
+        fid: Fid,
+        flow: &str,
+        owner: &str,
+        tracer: ActorRef<TracerMsg>,
+        locks: Locks,
+        limits: ExecLimits,
+    ) -> Self {
+        Self {
+            inner: Arc::new(CtxInner {
+                fid,
+                flow: flow.to_string(),
+                owner: owner.to_string(),
+                tracer,
+                locks,
+                limits,
+                stop_token: CancellationToken::new(),
+                stop: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// The execution's id.
+    pub fn fid(&self) -> &Fid {
+        &self.inner.fid
+    }
+
+    /// The flow's name.
+    pub fn flow(&self) -> &str {
+        &self.inner.flow
+    }
+
+    /// Who launched it.
+    pub fn owner(&self) -> &str {
+        &self.inner.owner
+    }
+
+    /// The node's limits.
+    pub fn limits(&self) -> &ExecLimits {
+        &self.inner.limits
+    }
+
+    /// Records an event of `kind` with a serializable payload; returns its seq
+    /// once the transport accepted it (waits while the transport is full).
+    pub async fn emit(&self, kind: Kind, payload: &impl Serialize) -> Result<u64, TraceError> {
+        let payload =
+            serde_json::to_string(payload).map_err(|e| TraceError::NotJson(e.to_string()))?;
+        self.emit_json(kind, payload).await
+    }
+
+    /// Records an event whose payload is already JSON text.
+    pub async fn emit_json(&self, kind: Kind, payload: String) -> Result<u64, TraceError> {
+        trace(&self.inner.tracer, Trace::Emit { kind, payload }).await
+    }
+
+    /// A `debug` event.
+    pub async fn debug(&self, text: &str) -> Result<u64, TraceError> {
+        self.emit(Kind::Debug, &text).await
+    }
+
+    /// A `result` event (an intermediate result).
+    pub async fn result(&self, value: &impl Serialize) -> Result<u64, TraceError> {
+        self.emit(Kind::Result, value).await
+    }
+
+    /// An `action` event.
+    pub async fn action(&self, value: &impl Serialize) -> Result<u64, TraceError> {
+        self.emit(Kind::Action, value).await
+    }
+
+    /// A `result` event holding markdown text (`{"markdown": text}`).
+    pub async fn markdown(&self, text: &str) -> Result<u64, TraceError> {
+        self.emit(Kind::Result, &json!({ "markdown": text })).await
+    }
+
+    /// Asks a person: emits a `lock` (status `awaiting`), waits for the answer
+    /// given through the API, emits the `lease` and returns the answer. After
+    /// `timeout` (default: the node's lock timeout) the lock expires and this
+    /// returns [`LockError::Expired`].
+    pub async fn lock(
+        &self,
+        name: &str,
+        data: Value,
+        timeout: Option<Duration>,
+    ) -> Result<Value, LockError> {
+        let lid = uuid::Uuid::new_v4().to_string();
+        self.lock_as(lid, name, data, timeout).await
+    }
+
+    /// [`Ctx::lock`] with a lock id chosen by the caller (unique per node).
+    pub async fn lock_as(
+        &self,
+        lid: String,
+        name: &str,
+        data: Value,
+        timeout: Option<Duration>,
+    ) -> Result<Value, LockError> {
+        let wait = timeout.unwrap_or(self.inner.limits.lock_timeout);
+        let mut open = self.inner.locks.open(&self.inner.fid, &lid);
+        let lock = json!({"lid": lid, "name": name, "data": data, "expires": now_ts() + wait.as_secs_f64()});
+        trace(&self.inner.tracer, Trace::Lock(lock.to_string())).await?;
+        match tokio::time::timeout(wait, &mut open.answer).await {
+            Ok(Ok(answer)) => {
+                let lease = json!({"lid": lid, "name": name, "result": answer});
+                trace(&self.inner.tracer, Trace::Lease(lease.to_string())).await?;
+                Ok(answer)
+            }
+            _ => {
+                let lease = json!({"lid": lid, "name": name, "error": "expired"});
+                trace(&self.inner.tracer, Trace::Lease(lease.to_string())).await?;
+                Err(LockError::Expired {
+                    lid,
+                    name: name.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Asks the execution to stop; the first request wins.
+    pub fn stop(&self, stop: Stop) {
+        let mut current = self.inner.stop.lock().expect("stop lock");
+        if current.is_none() {
+            *current = Some(stop);
+            self.inner.stop_token.cancel();
+        }
+    }
+
+    /// Resolves once the execution is asked to stop, with why.
+    pub async fn stopped(&self) -> Stop {
+        self.inner.stop_token.cancelled().await;
+        self.stop_request().expect("set before cancel")
+    }
+
+    /// The stop request, if any.
+    pub fn stop_request(&self) -> Option<Stop> {
+        self.inner.stop.lock().expect("stop lock").clone()
+    }
+
+    pub(crate) fn tracer(&self) -> &ActorRef<TracerMsg> {
+        &self.inner.tracer
+    }
+}

@@ -1,0 +1,105 @@
+//! Open locks (a flow waiting for a person's answer), by lock id.
+
+use kodo_core::Fid;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+
+/// Why an answer was not delivered.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AnswerError {
+    /// No open lock of that id in that execution (never opened, answered, or expired).
+    #[error("no open lock {lid} in execution {fid}")]
+    NotFound {
+        /// The execution asked.
+        fid: String,
+        /// The lock asked.
+        lid: String,
+    },
+}
+
+/// The open locks of this node.
+#[derive(Clone, Default)]
+pub struct Locks {
+    open: Arc<Mutex<HashMap<String, (Fid, oneshot::Sender<Value>)>>>,
+}
+
+/// An open lock; closes itself (forgets the lock) when dropped.
+pub struct OpenLock {
+    locks: Locks,
+    lid: String,
+    /// Receives the answer.
+    pub answer: oneshot::Receiver<Value>,
+}
+
+impl Locks {
+    /// Opens lock `lid` of execution `fid`.
+    pub fn open(&self, fid: &Fid, lid: &str) -> OpenLock {
+        let (tx, rx) = oneshot::channel();
+        self.open
+            .lock()
+            .expect("locks lock")
+            .insert(lid.to_string(), (fid.clone(), tx));
+        OpenLock {
+            locks: self.clone(),
+            lid: lid.to_string(),
+            answer: rx,
+        }
+    }
+
+    /// Delivers `answer` to lock `lid` of execution `fid`.
+    pub fn answer(&self, fid: &Fid, lid: &str, answer: Value) -> Result<(), AnswerError> {
+        let not_found = || AnswerError::NotFound {
+            fid: fid.to_string(),
+            lid: lid.to_string(),
+        };
+        let mut open = self.open.lock().expect("locks lock");
+        match open.get(lid) {
+            Some((owner, _)) if owner == fid => {}
+            _ => return Err(not_found()),
+        }
+        let (_, tx) = open.remove(lid).expect("checked above");
+        tx.send(answer).map_err(|_| not_found())
+    }
+
+    /// How many locks are open.
+    pub fn len(&self) -> usize {
+        self.open.lock().expect("locks lock").len()
+    }
+
+    /// Whether no lock is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Drop for OpenLock {
+    fn drop(&mut self) {
+        self.locks
+            .open
+            .lock()
+            .expect("locks lock")
+            .remove(&self.lid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn answers_reach_only_the_right_execution_once() {
+        let locks = Locks::default();
+        let fid = Fid::new();
+        let lock = locks.open(&fid, "l1");
+        assert!(locks.answer(&Fid::new(), "l1", Value::Null).is_err());
+        assert!(locks.answer(&fid, "l2", Value::Null).is_err());
+        locks.answer(&fid, "l1", Value::from(7)).unwrap();
+        assert!(locks.answer(&fid, "l1", Value::from(8)).is_err());
+        assert_eq!(lock.answer.await.unwrap(), Value::from(7));
+        let dropped = locks.open(&fid, "l3");
+        drop(dropped);
+        assert!(locks.is_empty());
+    }
+}

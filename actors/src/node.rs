@@ -1,0 +1,331 @@
+//! A node: the supervision tree of one runtime process.
+//!
+//! ```text
+//! node
+//! ├── spoolers      Spooler × shards: batch -> commit -> ack -> hub
+//! └── executions    per execution: Runner ─ emits to ─ Tracer ─> transport
+//! ```
+//! At start the node closes what a previous run of it left unfinished
+//! (`error: node restarted`); at shutdown it stops every execution, lets the
+//! spoolers drain the transport, and closes the store.
+
+use crate::executions::{ExecMsg, ExecShared, Executions, LaunchError};
+use crate::flow::{ExecLimits, Flows, Stop};
+use crate::hub::Hub;
+use crate::locks::{AnswerError, Locks};
+use crate::spooler::{SpoolerShared, Spoolers, SpoolersMsg, StoreHealth};
+use crate::tracer::{Outcome, TraceBook};
+use kodo_core::{Fid, Status};
+use kodo_store::{SharedStore, StoreError};
+use kodo_transport::SharedTransport;
+use ractor::{Actor, ActorRef};
+use serde_json::Value;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// How a node runs.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// This node's name; it closes only its own unfinished executions at start.
+    pub node: String,
+    /// The most events a Spooler commits in one transaction.
+    pub batch_max: usize,
+    /// Per-execution limits.
+    pub limits: ExecLimits,
+    /// The most executions at once.
+    pub max_live: usize,
+    /// How long a launch waits for its first events to be committed.
+    pub launch_wait: Duration,
+    /// How long shutdown waits for executions to stop and spoolers to drain.
+    pub shutdown_wait: Duration,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        Self {
+            node: "local".into(),
+            batch_max: 1000,
+            limits: ExecLimits {
+                max_payload: 1 << 20,
+                kill_grace: Duration::from_secs(5),
+                lock_timeout: Duration::from_secs(3 * 3600),
+            },
+            max_live: 250_000,
+            launch_wait: Duration::from_secs(10),
+            shutdown_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The store failed while closing unfinished executions.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An actor could not be started.
+    #[error("could not start {0}")]
+    Spawn(String),
+}
+
+/// Why a kill was refused.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KillError {
+    /// The execution is not running on this node (it ended, or never was).
+    #[error("execution {0} is not running")]
+    NotRunning(String),
+}
+
+/// A started execution.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Launched {
+    /// Its id.
+    pub fid: Fid,
+    /// Whether its first events were committed before the launch wait ran out.
+    pub stored: bool,
+}
+
+/// A running node.
+pub struct Node {
+    executions: ActorRef<ExecMsg>,
+    executions_done: JoinHandle<()>,
+    spoolers: ActorRef<SpoolersMsg>,
+    spoolers_done: Option<JoinHandle<()>>,
+    store: SharedStore,
+    transport: SharedTransport,
+    hub: Arc<Hub>,
+    locks: Locks,
+    flows: Flows,
+    options: NodeOptions,
+    health: Arc<StoreHealth>,
+    escalation: Arc<Mutex<Option<String>>>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl Node {
+    /// Closes what a previous run of this node left unfinished, then starts
+    /// the spoolers and the execution supervisor.
+    pub async fn start(
+        store: SharedStore,
+        transport: SharedTransport,
+        flows: Flows,
+        options: NodeOptions,
+    ) -> Result<Node, NodeError> {
+        let closed = close_unfinished(&store, &options.node, "node restarted").await?;
+        if closed > 0 {
+            tracing::warn!(closed, node = %options.node, "closed executions a previous run left unfinished");
+        }
+        let hub = Hub::new();
+        let locks = Locks::default();
+        let health = Arc::new(StoreHealth::default());
+        let escalation = Arc::new(Mutex::new(None));
+        let spooler_shared = SpoolerShared {
+            transport: transport.clone(),
+            store: store.clone(),
+            hub: hub.clone(),
+            batch_max: options.batch_max.max(1),
+            health: health.clone(),
+        };
+        let (spoolers, spoolers_done) =
+            Actor::spawn(None, Spoolers, (spooler_shared, escalation.clone()))
+                .await
+                .map_err(|e| NodeError::Spawn(format!("spoolers: {e}")))?;
+        let exec_shared = ExecShared {
+            transport: transport.clone(),
+            locks: locks.clone(),
+            limits: options.limits.clone(),
+            node: options.node.clone(),
+            max_live: options.max_live,
+        };
+        let (executions, executions_done) = Actor::spawn(None, Executions, exec_shared)
+            .await
+            .map_err(|e| NodeError::Spawn(format!("executions: {e}")))?;
+        Ok(Node {
+            executions,
+            executions_done,
+            spoolers,
+            spoolers_done: Some(spoolers_done),
+            store,
+            transport,
+            hub,
+            locks,
+            flows,
+            options,
+            health,
+            escalation,
+            stopping: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Launches `flow` for `owner`; returns once its first events (`meta`,
+    /// `status: starting`) are committed, or the launch wait ran out.
+    pub async fn launch(
+        &self,
+        flow: &str,
+        owner: &str,
+        inputs: Value,
+    ) -> Result<Launched, LaunchError> {
+        let def = self
+            .flows
+            .get(flow)
+            .ok_or_else(|| LaunchError::UnknownFlow(flow.to_string()))?;
+        let fid = Fid::new();
+        let mut committed = self.hub.subscribe(&fid);
+        let started = self
+            .executions
+            .call(
+                |reply| ExecMsg::Launch {
+                    fid: fid.clone(),
+                    flow: def,
+                    owner: owner.to_string(),
+                    inputs,
+                    reply,
+                },
+                None,
+            )
+            .await
+            .map_err(|_| LaunchError::ShuttingDown)?;
+        match started {
+            ractor::rpc::CallResult::Success(result) => result?,
+            _ => return Err(LaunchError::ShuttingDown),
+        }
+        let stored = tokio::time::timeout(self.options.launch_wait, committed.until(2))
+            .await
+            .is_ok();
+        Ok(Launched { fid, stored })
+    }
+
+    /// Kills a running execution: its status becomes `killed`.
+    pub async fn kill(&self, fid: &Fid, reason: &str) -> Result<(), KillError> {
+        let stop = Stop {
+            status: Status::Killed,
+            reason: reason.to_string(),
+        };
+        let running = self
+            .executions
+            .call(
+                |reply| ExecMsg::Stop {
+                    fid: fid.clone(),
+                    stop,
+                    reply,
+                },
+                None,
+            )
+            .await;
+        match running {
+            Ok(ractor::rpc::CallResult::Success(true)) => Ok(()),
+            _ => Err(KillError::NotRunning(fid.to_string())),
+        }
+    }
+
+    /// Answers an open lock.
+    pub fn answer_lock(&self, fid: &Fid, lid: &str, answer: Value) -> Result<(), AnswerError> {
+        self.locks.answer(fid, lid, answer)
+    }
+
+    /// How many executions run now.
+    pub async fn running(&self) -> usize {
+        match self.executions.call(ExecMsg::Count, None).await {
+            Ok(ractor::rpc::CallResult::Success(n)) => n,
+            _ => 0,
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &SharedStore {
+        &self.store
+    }
+
+    /// The transport.
+    pub fn transport(&self) -> &SharedTransport {
+        &self.transport
+    }
+
+    /// The live hub.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// The flows this node runs.
+    pub fn flows(&self) -> &Flows {
+        &self.flows
+    }
+
+    /// The error of the store's last failed write, while writes fail.
+    pub fn store_error(&self) -> Option<String> {
+        self.health.error()
+    }
+
+    /// Resolves when a supervisor gave up (a Spooler kept crashing): the node
+    /// can no longer store events and should exit with this reason.
+    pub async fn failed(&mut self) -> String {
+        let Some(done) = self.spoolers_done.as_mut() else {
+            return std::future::pending().await;
+        };
+        let _ = done.await;
+        self.spoolers_done = None;
+        if self.stopping.load(Ordering::Acquire) {
+            return std::future::pending().await;
+        }
+        self.escalation
+            .lock()
+            .expect("escalation lock")
+            .clone()
+            .unwrap_or_else(|| "the spooler supervisor stopped".into())
+    }
+
+    /// Stops every execution (`killed: <reason>`), drains the transport into
+    /// the store and closes it. Returns how many events were left unstored.
+    pub async fn shutdown(mut self, reason: &str) -> usize {
+        self.stopping.store(true, Ordering::Release);
+        let wait = self.options.shutdown_wait;
+        let all_stopped = self.executions.call(
+            |reply| ExecMsg::StopAll {
+                reason: reason.to_string(),
+                reply,
+            },
+            Some(wait),
+        );
+        if !matches!(all_stopped.await, Ok(ractor::rpc::CallResult::Success(()))) {
+            tracing::warn!(?wait, "executions did not all stop in time");
+        }
+        self.executions.stop(None);
+        let _ = (&mut self.executions_done).await;
+        self.transport.close();
+        if let Some(done) = self.spoolers_done.take()
+            && tokio::time::timeout(wait, done).await.is_err()
+        {
+            tracing::error!(?wait, "spoolers did not drain in time");
+            self.spoolers.stop(None);
+        }
+        let health = self.transport.health().await;
+        let left = health.queued + health.pending;
+        if left > 0 {
+            tracing::error!(left, "events were not stored before shutdown");
+        }
+        self.store.close().await;
+        left
+    }
+}
+
+/// Ends every execution `node` left unfinished: an `error` event with the
+/// reason and the final `status: error`, numbered after the last stored event.
+pub async fn close_unfinished(
+    store: &SharedStore,
+    node: &str,
+    reason: &str,
+) -> Result<usize, StoreError> {
+    let rows = store.unfinished(node).await?;
+    for row in &rows {
+        let mut book = TraceBook::new(usize::MAX);
+        book.next_seq = row.events + 1;
+        book.status = Some(row.status);
+        let planned = book
+            .plan(crate::tracer::Trace::Finish(Outcome::Failed(reason.into())))
+            .expect("an unfinished execution can finish");
+        store.write(&book.stamp(&row.fid, planned)).await?;
+    }
+    Ok(rows.len())
+}

@@ -1,0 +1,95 @@
+//! The Runner: drives one execution's flow and reports how it ended to the
+//! Tracer. A panic here is caught by ractor and reported to the execution
+//! supervisor, which ends the execution with `error` and the cause.
+
+use crate::command;
+use crate::flow::{Ctx, FlowDef, FlowKind, Stop};
+use crate::tracer::{Outcome, Trace, trace};
+use kodo_core::Status;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde_json::Value;
+use std::sync::Arc;
+
+/// The Runner actor.
+pub struct Runner;
+
+/// What a Runner runs.
+pub struct RunnerArgs {
+    /// The execution's context.
+    pub ctx: Ctx,
+    /// The flow.
+    pub flow: Arc<FlowDef>,
+    /// Its inputs.
+    pub inputs: Value,
+}
+
+/// The Runner's one message: run the flow (sent to itself at start).
+pub struct Run;
+
+impl Actor for Runner {
+    type Msg = Run;
+    type State = Option<RunnerArgs>;
+    type Arguments = RunnerArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Run>,
+        args: RunnerArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        myself.cast(Run)?;
+        Ok(Some(args))
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Run>,
+        _msg: Run,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some(RunnerArgs { ctx, flow, inputs }) = state.take() else {
+            return Ok(());
+        };
+        let timer = flow.timeout.map(|limit| {
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(limit).await;
+                ctx.stop(Stop {
+                    status: Status::Error,
+                    reason: format!("timed out after {} s", limit.as_secs_f64()),
+                });
+            })
+        });
+        let outcome = if trace(ctx.tracer(), Trace::Running).await.is_err() {
+            None
+        } else {
+            Some(run(&ctx, &flow, inputs).await)
+        };
+        if let Some(timer) = timer {
+            timer.abort();
+        }
+        if let Some(outcome) = outcome
+            && let Err(e) = trace(ctx.tracer(), Trace::Finish(outcome)).await
+        {
+            tracing::warn!(fid = %ctx.fid(), error = %e, "could not record the outcome");
+        }
+        myself.stop(None);
+        Ok(())
+    }
+}
+
+/// Runs a flow to its outcome; a stop request ends it early.
+async fn run(ctx: &Ctx, flow: &FlowDef, inputs: Value) -> Outcome {
+    match &flow.kind {
+        FlowKind::Command(spec) => command::run(spec, ctx, &inputs).await,
+        FlowKind::Rust(f) => {
+            let fut = f(ctx.clone(), inputs);
+            tokio::select! {
+                result = fut => match result {
+                    Ok(value) => Outcome::Finished(value.to_string()),
+                    Err(e) => Outcome::Failed(e.to_string()),
+                },
+                stop = ctx.stopped() => stop.outcome(),
+            }
+        }
+    }
+}

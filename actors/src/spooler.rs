@@ -1,0 +1,208 @@
+//! Spoolers drain the transport into the store: receive a batch, commit it,
+//! acknowledge it, tell the live hub. One Spooler per shard; their
+//! supervisor hands a crashed Spooler's unacknowledged batches back to the
+//! transport and restarts it (see [`crate::policy::SPOOLER`]).
+
+use crate::hub::Hub;
+use crate::policy::{self, RestartLog};
+use kodo_store::SharedStore;
+use kodo_transport::SharedTransport;
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The store's state as the Spoolers see it, for `/health`.
+#[derive(Default)]
+pub struct StoreHealth {
+    last_error: Mutex<Option<String>>,
+}
+
+impl StoreHealth {
+    /// The error of the last failed write, while writes keep failing.
+    pub fn error(&self) -> Option<String> {
+        self.last_error.lock().expect("health lock").clone()
+    }
+
+    fn set(&self, error: Option<String>) {
+        *self.last_error.lock().expect("health lock") = error;
+    }
+}
+
+/// What every Spooler needs.
+#[derive(Clone)]
+pub struct SpoolerShared {
+    /// Where events come from.
+    pub transport: SharedTransport,
+    /// Where they go.
+    pub store: SharedStore,
+    /// Who hears about commits.
+    pub hub: Arc<Hub>,
+    /// The most events per batch.
+    pub batch_max: usize,
+    /// Store health, shared with the API.
+    pub health: Arc<StoreHealth>,
+}
+
+/// The Spooler actor.
+pub struct Spooler;
+
+/// A Spooler's one message: take the next batch (sent to itself).
+pub struct Pull;
+
+/// A Spooler's state.
+pub struct SpoolerState {
+    shard: usize,
+    shared: SpoolerShared,
+}
+
+impl Actor for Spooler {
+    type Msg = Pull;
+    type State = SpoolerState;
+    type Arguments = (usize, SpoolerShared);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Pull>,
+        (shard, shared): (usize, SpoolerShared),
+    ) -> Result<SpoolerState, ActorProcessingErr> {
+        myself.cast(Pull)?;
+        Ok(SpoolerState { shard, shared })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Pull>,
+        _msg: Pull,
+        state: &mut SpoolerState,
+    ) -> Result<(), ActorProcessingErr> {
+        let shared = &state.shared;
+        let Some(delivery) = shared
+            .transport
+            .receive(state.shard, shared.batch_max)
+            .await?
+        else {
+            myself.stop(Some("transport drained".into()));
+            return Ok(());
+        };
+        commit_with_retry(shared, &delivery.events).await;
+        shared.transport.ack(delivery.receipt).await?;
+        shared.hub.committed(&delivery.events);
+        myself.cast(Pull)?;
+        Ok(())
+    }
+}
+
+/// Commits a batch, retrying with backoff (capped at 2 s) while the store
+/// fails: the batch stays in hand, the transport stays full, Tracers wait.
+async fn commit_with_retry(shared: &SpoolerShared, events: &[kodo_core::Event]) {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        match shared.store.write(events).await {
+            Ok(()) => {
+                if shared.health.error().is_some() {
+                    tracing::info!("store writes work again");
+                    shared.health.set(None);
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, events = events.len(), retry_in = ?backoff, "store write failed");
+                shared.health.set(Some(e.to_string()));
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// The Spooler supervisor actor.
+pub struct Spoolers;
+
+/// The Spooler supervisor's state.
+pub struct SpoolersState {
+    shared: SpoolerShared,
+    shards: HashMap<ActorId, usize>,
+    restarts: Vec<RestartLog>,
+    escalation: Arc<Mutex<Option<String>>>,
+}
+
+/// The Spooler supervisor has no messages of its own.
+pub enum SpoolersMsg {}
+
+impl Spoolers {
+    async fn spawn(
+        myself: &ActorRef<SpoolersMsg>,
+        state: &mut SpoolersState,
+        shard: usize,
+    ) -> Result<(), ActorProcessingErr> {
+        let (spooler, _) = Actor::spawn_linked(
+            None,
+            Spooler,
+            (shard, state.shared.clone()),
+            myself.get_cell(),
+        )
+        .await?;
+        state.shards.insert(spooler.get_id(), shard);
+        Ok(())
+    }
+}
+
+impl Actor for Spoolers {
+    type Msg = SpoolersMsg;
+    type State = SpoolersState;
+    type Arguments = (SpoolerShared, Arc<Mutex<Option<String>>>);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SpoolersMsg>,
+        (shared, escalation): Self::Arguments,
+    ) -> Result<SpoolersState, ActorProcessingErr> {
+        let n = shared.transport.shards();
+        let mut state = SpoolersState {
+            shared,
+            shards: HashMap::new(),
+            restarts: (0..n).map(|_| RestartLog::default()).collect(),
+            escalation,
+        };
+        for shard in 0..n {
+            Self::spawn(&myself, &mut state, shard).await?;
+        }
+        Ok(state)
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SpoolersMsg>,
+        event: SupervisionEvent,
+        state: &mut SpoolersState,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorFailed(cell, err) => {
+                let Some(shard) = state.shards.remove(&cell.get_id()) else {
+                    return Ok(());
+                };
+                let again = state.shared.transport.recover(shard).await?;
+                tracing::error!(shard, error = %err, redelivered = again, "spooler crashed");
+                if !state.restarts[shard].allow(policy::SPOOLER, Instant::now()) {
+                    let why = format!(
+                        "spooler {shard} crashed more than {} times in {:?}, last: {err}",
+                        policy::SPOOLER.max_restarts,
+                        policy::SPOOLER.within
+                    );
+                    *state.escalation.lock().expect("escalation lock") = Some(why.clone());
+                    return Err(why.into());
+                }
+                Self::spawn(&myself, state, shard).await?;
+            }
+            SupervisionEvent::ActorTerminated(cell, _, _) => {
+                state.shards.remove(&cell.get_id());
+                if state.shards.is_empty() {
+                    myself.stop(Some("all spoolers drained".into()));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,365 @@
+//! The Tracer: the only writer of an execution's events. It numbers them
+//! (seq 1, 2, 3... with no gap), stamps them and publishes them to the
+//! transport, waiting while the transport is full (backpressure).
+//!
+//! What to emit for each request lives in [`TraceBook::plan`], a plain
+//! function that tests call without actors.
+
+use kodo_core::{Event, Fid, Kind, Status, json_text, now_ts};
+use kodo_transport::SharedTransport;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use std::sync::{Arc, Mutex};
+
+/// How an execution ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// The flow returned this result (JSON text).
+    Finished(String),
+    /// The flow failed, crashed or timed out, for this reason.
+    Failed(String),
+    /// Someone stopped it, for this reason.
+    Killed(String),
+}
+
+/// What a Tracer is asked to record.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Trace {
+    /// The execution starts: `meta`, `status: starting`, `inputs`.
+    Begin {
+        /// JSON text of the [`kodo_core::Meta`].
+        meta: String,
+        /// JSON text of the inputs.
+        inputs: String,
+    },
+    /// The flow starts running: `status: running`.
+    Running,
+    /// An event the flow emits itself.
+    Emit {
+        /// Its kind; only [`Kind::emittable_by_flow`] kinds are accepted.
+        kind: Kind,
+        /// JSON text.
+        payload: String,
+    },
+    /// A lock opens (JSON text of `{lid, name, data, expires}`).
+    Lock(String),
+    /// A lock closes (JSON text of `{lid, name, result | error}`).
+    Lease(String),
+    /// The execution ends.
+    Finish(Outcome),
+}
+
+/// Why a Tracer refused an event.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum TraceError {
+    /// The execution already has its final status.
+    #[error("the execution has ended")]
+    Ended,
+    /// Flows may not emit this kind themselves.
+    #[error("a flow may not emit `{0}` events")]
+    NotEmittable(Kind),
+    /// The payload is larger than the configured limit.
+    #[error("payload of {bytes} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// Its size.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The payload is not JSON text.
+    #[error("payload is not JSON: {0}")]
+    NotJson(String),
+    /// The transport refused the events.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// The Tracer is gone (the execution ended or its Tracer crashed).
+    #[error("tracer unavailable: {0}")]
+    Gone(String),
+}
+
+/// The numbering and status state of one execution.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TraceBook {
+    /// The seq the next event gets.
+    pub next_seq: u64,
+    /// Locks opened and not yet leased.
+    pub open_locks: usize,
+    /// The latest status emitted.
+    pub status: Option<Status>,
+    /// The largest payload accepted, in bytes.
+    pub max_payload: usize,
+}
+
+impl TraceBook {
+    /// A new execution's book.
+    pub fn new(max_payload: usize) -> Self {
+        Self {
+            next_seq: 1,
+            open_locks: 0,
+            status: None,
+            max_payload,
+        }
+    }
+
+    /// Whether the final status was emitted.
+    pub fn ended(&self) -> bool {
+        self.status.is_some_and(Status::is_final)
+    }
+
+    /// Decides which events a request becomes, and updates the book.
+    pub fn plan(&mut self, trace: Trace) -> Result<Vec<(Kind, String)>, TraceError> {
+        if self.ended() {
+            return match trace {
+                Trace::Finish(_) => Ok(Vec::new()),
+                _ => Err(TraceError::Ended),
+            };
+        }
+        let mut out = Vec::new();
+        match trace {
+            Trace::Begin { meta, inputs } => {
+                out.push((Kind::Meta, meta));
+                self.set(Status::Starting, &mut out);
+                out.push((Kind::Inputs, inputs));
+            }
+            Trace::Running => self.set(Status::Running, &mut out),
+            Trace::Emit { kind, payload } => {
+                if !kind.emittable_by_flow() {
+                    return Err(TraceError::NotEmittable(kind));
+                }
+                if payload.len() > self.max_payload {
+                    return Err(TraceError::TooLarge {
+                        bytes: payload.len(),
+                        max: self.max_payload,
+                    });
+                }
+                serde_json::from_str::<serde::de::IgnoredAny>(&payload)
+                    .map_err(|e| TraceError::NotJson(e.to_string()))?;
+                out.push((kind, payload));
+            }
+            Trace::Lock(payload) => {
+                out.push((Kind::Lock, payload));
+                self.open_locks += 1;
+                if self.open_locks == 1 {
+                    self.set(Status::Awaiting, &mut out);
+                }
+            }
+            Trace::Lease(payload) => {
+                out.push((Kind::Lease, payload));
+                self.open_locks = self.open_locks.saturating_sub(1);
+                if self.open_locks == 0 {
+                    self.set(Status::Running, &mut out);
+                }
+            }
+            Trace::Finish(outcome) => match outcome {
+                Outcome::Finished(result) => {
+                    out.push((Kind::Final, result));
+                    self.set(Status::Finished, &mut out);
+                }
+                Outcome::Failed(reason) => {
+                    out.push((Kind::Error, json_text(&reason)));
+                    self.set(Status::Error, &mut out);
+                }
+                Outcome::Killed(reason) => {
+                    out.push((Kind::Error, json_text(&format!("killed: {reason}"))));
+                    self.set(Status::Killed, &mut out);
+                }
+            },
+        }
+        Ok(out)
+    }
+
+    fn set(&mut self, status: Status, out: &mut Vec<(Kind, String)>) {
+        if self.status != Some(status) {
+            self.status = Some(status);
+            out.push((Kind::Status, json_text(status.as_str())));
+        }
+    }
+
+    /// Numbers and stamps planned events.
+    pub fn stamp(&mut self, fid: &Fid, planned: Vec<(Kind, String)>) -> Vec<Event> {
+        let ts = now_ts();
+        planned
+            .into_iter()
+            .map(|(kind, payload)| {
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                Event {
+                    fid: fid.clone(),
+                    seq,
+                    ts,
+                    kind,
+                    payload,
+                }
+            })
+            .collect()
+    }
+}
+
+/// A message to a Tracer: what to record, and where to say the last seq it got.
+pub struct TracerMsg {
+    /// The request.
+    pub trace: Trace,
+    /// Answered once the events are accepted by the transport.
+    pub reply: Option<RpcReplyPort<Result<u64, TraceError>>>,
+}
+
+/// The Tracer actor.
+pub struct Tracer;
+
+/// What a Tracer starts with; the book is shared so that a replacement
+/// Tracer continues the numbering.
+pub struct TracerArgs {
+    /// The execution.
+    pub fid: Fid,
+    /// Its book.
+    pub book: Arc<Mutex<TraceBook>>,
+    /// Where events go.
+    pub transport: SharedTransport,
+}
+
+impl Actor for Tracer {
+    type Msg = TracerMsg;
+    type State = TracerArgs;
+    type Arguments = TracerArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: TracerArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: TracerMsg,
+        state: &mut TracerArgs,
+    ) -> Result<(), ActorProcessingErr> {
+        // Plan on a draft so a refused publish leaves no gap in the numbering.
+        let mut draft = state.book.lock().expect("book lock").clone();
+        let result = match draft.plan(msg.trace) {
+            Err(e) => Err(e),
+            Ok(planned) if planned.is_empty() => Ok(draft.next_seq - 1),
+            Ok(planned) => {
+                let events = draft.stamp(&state.fid, planned);
+                match state.transport.publish(events).await {
+                    Ok(()) => {
+                        *state.book.lock().expect("book lock") = draft.clone();
+                        Ok(draft.next_seq - 1)
+                    }
+                    Err(e) => Err(TraceError::Transport(e.to_string())),
+                }
+            }
+        };
+        if let Some(reply) = msg.reply {
+            let _ = reply.send(result);
+        }
+        if state.book.lock().expect("book lock").ended() {
+            myself.stop(Some("execution ended".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Sends a request to a Tracer and waits until its events are accepted.
+pub async fn trace(tracer: &ActorRef<TracerMsg>, trace: Trace) -> Result<u64, TraceError> {
+    let answer = tracer
+        .call(
+            |reply| TracerMsg {
+                trace,
+                reply: Some(reply),
+            },
+            None,
+        )
+        .await
+        .map_err(|e| TraceError::Gone(e.to_string()))?;
+    match answer {
+        ractor::rpc::CallResult::Success(result) => result,
+        other => Err(TraceError::Gone(format!("{other:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds(v: &[(Kind, String)]) -> Vec<String> {
+        v.iter()
+            .map(|(k, p)| {
+                if *k == Kind::Status {
+                    format!("status:{}", serde_json::from_str::<String>(p).unwrap())
+                } else {
+                    k.to_string()
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_life_with_two_locks() {
+        let mut b = TraceBook::new(1024);
+        let begin = Trace::Begin {
+            meta: "{}".into(),
+            inputs: "{}".into(),
+        };
+        assert_eq!(
+            kinds(&b.plan(begin).unwrap()),
+            ["meta", "status:starting", "inputs"]
+        );
+        assert_eq!(kinds(&b.plan(Trace::Running).unwrap()), ["status:running"]);
+        assert_eq!(
+            kinds(&b.plan(Trace::Lock("{}".into())).unwrap()),
+            ["lock", "status:awaiting"]
+        );
+        assert_eq!(kinds(&b.plan(Trace::Lock("{}".into())).unwrap()), ["lock"]);
+        assert_eq!(kinds(&b.plan(Trace::Lease("{}".into())).unwrap()), ["lease"]);
+        assert_eq!(
+            kinds(&b.plan(Trace::Lease("{}".into())).unwrap()),
+            ["lease", "status:running"]
+        );
+        let fin = Trace::Finish(Outcome::Finished("1".into()));
+        assert_eq!(kinds(&b.plan(fin).unwrap()), ["final", "status:finished"]);
+        assert!(b.ended());
+        let again = Trace::Finish(Outcome::Failed("late".into()));
+        assert!(b.plan(again).unwrap().is_empty(), "only one final status");
+        let late = Trace::Emit {
+            kind: Kind::Debug,
+            payload: "1".into(),
+        };
+        assert_eq!(b.plan(late), Err(TraceError::Ended));
+    }
+
+    #[test]
+    fn refuses_runtime_kinds_big_and_non_json_payloads() {
+        let mut b = TraceBook::new(8);
+        let emit = |kind, payload: &str| Trace::Emit {
+            kind,
+            payload: payload.into(),
+        };
+        assert_eq!(
+            b.plan(emit(Kind::Final, "1")),
+            Err(TraceError::NotEmittable(Kind::Final))
+        );
+        assert!(matches!(
+            b.plan(emit(Kind::Debug, "\"0123456789\"")),
+            Err(TraceError::TooLarge { bytes: 12, max: 8 })
+        ));
+        assert!(matches!(
+            b.plan(emit(Kind::Debug, "{no")),
+            Err(TraceError::NotJson(_))
+        ));
+        assert_eq!(b.next_seq, 1);
+    }
+
+    #[test]
+    fn stamps_without_gaps() {
+        let mut b = TraceBook::new(64);
+        let fid = Fid::new();
+        let planned = b.plan(Trace::Finish(Outcome::Killed("by x".into()))).unwrap();
+        let events = b.stamp(&fid, planned);
+        assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(events[0].payload, json_text("killed: by x"));
+        assert_eq!(events[1].status(), Some(Status::Killed));
+        assert_eq!(b.next_seq, 3);
+    }
+}
