@@ -23,6 +23,7 @@ use serde_json::Value;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// How a node runs.
@@ -90,9 +91,10 @@ pub struct Launched {
 /// A running node.
 pub struct Node {
     executions: ActorRef<ExecMsg>,
-    executions_done: JoinHandle<()>,
+    executions_done: tokio::sync::Mutex<Option<JoinHandle<()>>>,
     spoolers: ActorRef<SpoolersMsg>,
-    spoolers_done: Option<JoinHandle<()>>,
+    /// None while the spoolers run; then why they ended (empty: drained on request).
+    spoolers_ended: watch::Receiver<Option<String>>,
     store: SharedStore,
     transport: SharedTransport,
     hub: Arc<Hub>,
@@ -100,7 +102,6 @@ pub struct Node {
     flows: Flows,
     options: NodeOptions,
     health: Arc<StoreHealth>,
-    escalation: Arc<Mutex<Option<String>>>,
     stopping: Arc<AtomicBool>,
 }
 
@@ -142,11 +143,27 @@ impl Node {
         let (executions, executions_done) = Actor::spawn(None, Executions, exec_shared)
             .await
             .map_err(|e| NodeError::Spawn(format!("executions: {e}")))?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let (ended_tx, spoolers_ended) = watch::channel(None);
+        let watching = stopping.clone();
+        tokio::spawn(async move {
+            let _ = spoolers_done.await;
+            let why = if watching.load(Ordering::Acquire) {
+                String::new()
+            } else {
+                escalation
+                    .lock()
+                    .expect("escalation lock")
+                    .clone()
+                    .unwrap_or_else(|| "the spooler supervisor stopped".into())
+            };
+            let _ = ended_tx.send(Some(why));
+        });
         Ok(Node {
             executions,
-            executions_done,
+            executions_done: tokio::sync::Mutex::new(Some(executions_done)),
             spoolers,
-            spoolers_done: Some(spoolers_done),
+            spoolers_ended,
             store,
             transport,
             hub,
@@ -154,8 +171,7 @@ impl Node {
             flows,
             options,
             health,
-            escalation,
-            stopping: Arc::new(AtomicBool::new(false)),
+            stopping,
         })
     }
 
@@ -260,26 +276,21 @@ impl Node {
 
     /// Resolves when a supervisor gave up (a Spooler kept crashing): the node
     /// can no longer store events and should exit with this reason.
-    pub async fn failed(&mut self) -> String {
-        let Some(done) = self.spoolers_done.as_mut() else {
-            return std::future::pending().await;
-        };
-        let _ = done.await;
-        self.spoolers_done = None;
-        if self.stopping.load(Ordering::Acquire) {
-            return std::future::pending().await;
+    pub async fn failed(&self) -> String {
+        let mut ended = self.spoolers_ended.clone();
+        match ended.wait_for(|why| why.as_ref().is_some_and(|w| !w.is_empty())).await {
+            Ok(why) => why.clone().unwrap_or_default(),
+            Err(_) => std::future::pending().await,
         }
-        self.escalation
-            .lock()
-            .expect("escalation lock")
-            .clone()
-            .unwrap_or_else(|| "the spooler supervisor stopped".into())
     }
 
     /// Stops every execution (`killed: <reason>`), drains the transport into
     /// the store and closes it. Returns how many events were left unstored.
-    pub async fn shutdown(mut self, reason: &str) -> usize {
-        self.stopping.store(true, Ordering::Release);
+    /// Calling it again does nothing more.
+    pub async fn shutdown(&self, reason: &str) -> usize {
+        if self.stopping.swap(true, Ordering::AcqRel) {
+            return 0;
+        }
         let wait = self.options.shutdown_wait;
         let all_stopped = self.executions.call(
             |reply| ExecMsg::StopAll {
@@ -292,10 +303,14 @@ impl Node {
             tracing::warn!(?wait, "executions did not all stop in time");
         }
         self.executions.stop(None);
-        let _ = (&mut self.executions_done).await;
+        if let Some(done) = self.executions_done.lock().await.take() {
+            let _ = done.await;
+        }
         self.transport.close();
-        if let Some(done) = self.spoolers_done.take()
-            && tokio::time::timeout(wait, done).await.is_err()
+        let mut ended = self.spoolers_ended.clone();
+        if tokio::time::timeout(wait, ended.wait_for(Option::is_some))
+            .await
+            .is_err()
         {
             tracing::error!(?wait, "spoolers did not drain in time");
             self.spoolers.stop(None);

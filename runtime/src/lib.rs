@@ -1,1 +1,147 @@
-//! placeholder
+//! The kodo runtime: configuration, the HTTP API and the `runtime` command.
+//!
+//! As a library, [`Runtime`] starts a node with the command flows of a
+//! config plus Rust flows registered in code:
+//!
+//! ```no_run
+//! use kodo_runtime::{Config, Runtime};
+//! use kodo_actors::{Ctx, FlowDef};
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let running = Runtime::new(Config::default())
+//!     .flow(FlowDef::rust("hello", |ctx: Ctx, inputs| async move {
+//!         ctx.debug("hello").await?;
+//!         Ok(inputs)
+//!     }))
+//!     .start()
+//!     .await?;
+//! println!("listening on {}", running.addr());
+//! running.shutdown("done").await;
+//! # Ok(()) }
+//! ```
+
+pub mod api;
+pub mod bench;
+pub mod config;
+
+pub use config::{Config, ConfigError};
+
+use kodo_actors::{FlowDef, Flows, Node, NodeError};
+use kodo_store::StoreError;
+use kodo_transport::LocalQueue;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Why a runtime could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The node could not start.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// The API address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A runtime to start: a config plus Rust flows.
+pub struct Runtime {
+    config: Config,
+    flows: Flows,
+}
+
+impl Runtime {
+    /// A runtime with the config's command flows.
+    pub fn new(config: Config) -> Self {
+        let flows = config.flows();
+        Self { config, flows }
+    }
+
+    /// Adds a flow (a Rust flow, usually).
+    pub fn flow(mut self, flow: FlowDef) -> Self {
+        self.flows.add(flow);
+        self
+    }
+
+    /// Opens the store, starts the node and the API.
+    pub async fn start(self) -> Result<Running, StartError> {
+        let Runtime { config, flows } = self;
+        let store = kodo_store::open(&config.store.url, &config.store_options(false)).await?;
+        let transport = LocalQueue::new(config.transport.shards, config.transport.capacity_bytes);
+        let node = Arc::new(Node::start(store, transport, flows, config.node_options()).await?);
+        let addr = config.listen();
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(source) => {
+                node.shutdown("could not listen").await;
+                return Err(StartError::Bind { addr, source });
+            }
+        };
+        let addr = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+        let app = api::router(node.clone(), &config);
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "the API server failed");
+            }
+        });
+        Ok(Running {
+            addr,
+            node,
+            server,
+            stop: Some(stop_tx),
+        })
+    }
+}
+
+/// A started runtime.
+pub struct Running {
+    addr: SocketAddr,
+    node: Arc<Node>,
+    server: JoinHandle<()>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Running {
+    /// The address the API listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The node.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// Resolves with a reason when the node can no longer work.
+    pub async fn failed(&self) -> String {
+        self.node.failed().await
+    }
+
+    /// Stops every execution, stores what is left, then stops the API.
+    /// Returns how many events could not be stored.
+    pub async fn shutdown(mut self, reason: &str) -> usize {
+        let left = self.node.shutdown(reason).await;
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if tokio::time::timeout(std::time::Duration::from_secs(5), &mut self.server)
+            .await
+            .is_err()
+        {
+            self.server.abort();
+        }
+        left
+    }
+}

@@ -1,1 +1,153 @@
-fn main() {}
+//! `runtime`: run kodo, upgrade its database, measure it.
+
+use clap::{Parser, Subcommand};
+use kodo_runtime::{Config, Runtime, bench};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// kodo: supervised executions whose every event is stored.
+#[derive(Parser)]
+#[command(name = "runtime", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the node and its HTTP API until Ctrl-C or SIGTERM.
+    Run {
+        /// The config file (default: ./kodo.toml if it exists, else built-in defaults).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Database commands.
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
+    /// Measures throughput, latency, launch time and memory on a scratch database.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Applies the migrations the database lacks and lists them.
+    Upgrade {
+        /// The config file (default: ./kodo.toml if it exists).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn load_config(path: Option<PathBuf>) -> Result<Config, ExitCode> {
+    let path = path.or_else(|| {
+        let default = PathBuf::from("kodo.toml");
+        default.exists().then_some(default)
+    });
+    Config::load(path.as_deref(), std::env::vars()).map_err(|e| {
+        eprintln!("runtime: bad configuration: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(config: Config) -> ExitCode {
+    let running = match Runtime::new(config).start().await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("runtime: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    println!("kodo listening on http://{}", running.addr());
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("runtime: cannot watch SIGTERM: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let failure = tokio::select! {
+        _ = tokio::signal::ctrl_c() => None,
+        _ = term.recv() => None,
+        why = running.failed() => Some(why),
+    };
+    let reason = failure.as_deref().unwrap_or("node shutting down").to_string();
+    tracing::info!(%reason, "shutting down");
+    let left = running.shutdown(&reason).await;
+    match (failure, left) {
+        (None, 0) => {
+            tracing::info!("stopped; every event is stored");
+            ExitCode::SUCCESS
+        }
+        (None, left) => {
+            eprintln!("runtime: stopped with {left} events not stored");
+            ExitCode::from(1)
+        }
+        (Some(why), _) => {
+            eprintln!("runtime: stopped because {why}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn upgrade(config: Config) -> ExitCode {
+    match kodo_store::open(&config.store.url, &config.store_options(true)).await {
+        Ok(store) => {
+            println!("database {} is up to date; migrations:", kodo_store::mask_url(&config.store.url));
+            for (version, description) in kodo_store::SqliteStore::migrations() {
+                println!("  {version} {description}");
+            }
+            store.close().await;
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("runtime: db upgrade failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("runtime: cannot start tokio: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async {
+        match cli.command {
+            Command::Run { config } => match load_config(config) {
+                Ok(config) => {
+                    init_logging(&config.log.level);
+                    run(config).await
+                }
+                Err(code) => code,
+            },
+            Command::Db {
+                command: DbCommand::Upgrade { config },
+            } => match load_config(config) {
+                Ok(config) => {
+                    init_logging(&config.log.level);
+                    upgrade(config).await
+                }
+                Err(code) => code,
+            },
+            Command::Bench(args) => {
+                init_logging("warn");
+                bench::run(args).await
+            }
+        }
+    })
+}

@@ -209,3 +209,120 @@ pub fn payloads(events: &[Event], kind: Kind) -> Vec<serde_json::Value> {
         .map(|e| serde_json::from_str(&e.payload).expect("stored payload is JSON"))
         .collect()
 }
+
+/// A runtime with its HTTP API on 127.0.0.1 (a free port) and a SQLite file.
+pub struct TestApi {
+    /// The running runtime.
+    pub running: kodo_runtime::Running,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// An HTTP client.
+    pub http: reqwest::Client,
+    /// Keeps the database alive.
+    pub dir: tempfile::TempDir,
+}
+
+impl TestApi {
+    /// Starts a runtime from config text (the store URL and address are filled in) and Rust flows.
+    pub async fn start(config: &str, flows: Vec<kodo_actors::FlowDef>) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let text = format!(
+            "[api]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 4096\n[store]\nurl = \"{}\"\n{config}",
+            db_url(dir.path())
+        );
+        let config =
+            kodo_runtime::Config::parse("test.toml", &text, Vec::new()).expect("test config");
+        let mut runtime = kodo_runtime::Runtime::new(config);
+        for flow in flows {
+            runtime = runtime.flow(flow);
+        }
+        let running = runtime.start().await.expect("start runtime");
+        let base = format!("http://{}", running.addr());
+        Self {
+            running,
+            base,
+            http: reqwest::Client::new(),
+            dir,
+        }
+    }
+
+    /// A request to `path` with an optional bearer token.
+    pub fn req(&self, method: reqwest::Method, path: &str, token: Option<&str>) -> reqwest::RequestBuilder {
+        let r = self.http.request(method, format!("{}{path}", self.base));
+        match token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    }
+}
+
+/// One server-sent event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sse {
+    /// `id:`
+    pub id: Option<u64>,
+    /// `event:`
+    pub event: String,
+    /// `data:`
+    pub data: String,
+}
+
+/// Parses server-sent events from text (comments and keep-alives skipped).
+pub fn parse_sse(text: &str) -> Vec<Sse> {
+    text.split("\n\n")
+        .filter_map(|block| {
+            let (mut id, mut event, mut data) = (None, None, None);
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().parse().ok();
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    event = Some(v.trim().to_string());
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data = Some(v.strip_prefix(' ').unwrap_or(v).to_string());
+                }
+            }
+            Some(Sse {
+                id,
+                event: event?,
+                data: data.unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+/// Reads a live SSE response, keeping what it read.
+pub struct SseReader {
+    response: reqwest::Response,
+    text: String,
+}
+
+impl SseReader {
+    /// Reads from `response`.
+    pub fn new(response: reqwest::Response) -> Self {
+        Self {
+            response,
+            text: String::new(),
+        }
+    }
+
+    /// Reads until `done` holds for all complete events so far, or the
+    /// stream ends (with [`DEADLINE`]); returns all complete events so far.
+    pub async fn until(&mut self, done: impl Fn(&[Sse]) -> bool) -> Vec<Sse> {
+        let work = async {
+            loop {
+                let complete = self.text.rfind("\n\n").map_or("", |end| &self.text[..end]);
+                let events = parse_sse(complete);
+                if done(&events) {
+                    return events;
+                }
+                match self.response.chunk().await.expect("read stream") {
+                    Some(bytes) => self.text.push_str(&String::from_utf8_lossy(&bytes)),
+                    None => return parse_sse(&self.text),
+                }
+            }
+        };
+        tokio::time::timeout(DEADLINE, work)
+            .await
+            .expect("stream produced the awaited events in time")
+    }
+}

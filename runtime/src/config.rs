@@ -1,0 +1,588 @@
+//! `kodo.toml`: the runtime's configuration, with `KODO_*` overrides.
+//!
+//! Every key of the fixed sections can be overridden by an environment
+//! variable named `KODO_<SECTION>_<KEY>` in upper case (`KODO_API_LISTEN`,
+//! `KODO_STORE_URL`, ...). Unknown keys and bad values are errors that name
+//! the key and the file (or the variable).
+
+use kodo_actors::{CommandSpec, ExecLimits, FlowDef, Flows, NodeOptions};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A configuration that cannot be used; `runtime` exits with code 2.
+#[derive(Debug, PartialEq, thiserror::Error)]
+#[error("{source_name}: {key}: {message}")]
+pub struct ConfigError {
+    /// The file or environment variable at fault.
+    pub source_name: String,
+    /// The key at fault (dotted path), or `-` for the whole file.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// This node.
+    pub node: NodeSection,
+    /// The HTTP API.
+    pub api: ApiSection,
+    /// Where executions and events are kept.
+    pub store: StoreSection,
+    /// How events travel from Tracers to Spoolers.
+    pub transport: TransportSection,
+    /// How Spoolers batch.
+    pub spooler: SpoolerSection,
+    /// Bounds on executions.
+    pub limits: LimitsSection,
+    /// Log output.
+    pub log: LogSection,
+    /// Who may call the API.
+    pub auth: AuthSection,
+    /// The command flows, by name.
+    pub flows: BTreeMap<String, FlowSection>,
+}
+
+/// `[node]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeSection {
+    /// The node's name; at start it closes only its own unfinished executions.
+    pub name: String,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        Self {
+            name: "local".into(),
+        }
+    }
+}
+
+/// `[api]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiSection {
+    /// Address to listen on.
+    pub listen: String,
+    /// The largest request body, in bytes (larger: 413).
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:3370".into(),
+            max_body_bytes: 1 << 20,
+        }
+    }
+}
+
+/// `[store]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSection {
+    /// `sqlite://PATH`.
+    pub url: String,
+    /// `normal` (survives a crash of the process) or `full` (survives power loss).
+    pub synchronous: String,
+    /// Connections for API reads.
+    pub read_connections: u32,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://./data/kodo.db".into(),
+            synchronous: "normal".into(),
+            read_connections: 4,
+        }
+    }
+}
+
+/// `[transport]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransportSection {
+    /// `local`: the in-process queue.
+    pub kind: String,
+    /// Shards, each drained by one Spooler.
+    pub shards: usize,
+    /// The most bytes of events in flight; Tracers wait beyond it.
+    pub capacity_bytes: usize,
+}
+
+impl Default for TransportSection {
+    fn default() -> Self {
+        Self {
+            kind: "local".into(),
+            shards: 2,
+            capacity_bytes: 64 << 20,
+        }
+    }
+}
+
+/// `[spooler]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpoolerSection {
+    /// The most events one transaction commits.
+    pub batch_max: usize,
+}
+
+impl Default for SpoolerSection {
+    fn default() -> Self {
+        Self { batch_max: 1000 }
+    }
+}
+
+/// `[limits]` (durations in seconds)
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsSection {
+    /// The largest event payload; longer output lines are split.
+    pub max_payload_bytes: usize,
+    /// The most executions running at once (more: 503).
+    pub max_running: usize,
+    /// SIGTERM-to-SIGKILL grace period when a command flow is killed.
+    pub kill_grace: f64,
+    /// Default time a lock waits for its answer.
+    pub lock_timeout: f64,
+    /// How long a launch waits for its first events to be stored (then 202).
+    pub launch_wait: f64,
+    /// How long shutdown waits for executions to stop and events to be stored.
+    pub shutdown_wait: f64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            max_payload_bytes: 1 << 20,
+            max_running: 250_000,
+            kill_grace: 5.0,
+            lock_timeout: 10_800.0,
+            launch_wait: 10.0,
+            shutdown_wait: 30.0,
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSection {
+    /// A tracing filter (`info`, `kodo_actors=debug,info`...); `RUST_LOG` wins.
+    pub level: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSection {
+    /// `[[auth.tokens]]` entries. With none, every caller is the admin `local`
+    /// and the API refuses to listen on a non-loopback address.
+    pub tokens: Vec<TokenEntry>,
+}
+
+/// One bearer token.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenEntry {
+    /// The secret the client sends as `Authorization: Bearer <token>`.
+    pub token: String,
+    /// The user it stands for.
+    pub user: String,
+    /// Whether the user sees everyone's executions.
+    #[serde(default)]
+    pub admin: bool,
+}
+
+/// `[flows.NAME]`: a command flow.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowSection {
+    /// Program and arguments.
+    pub command: Vec<String>,
+    /// Extra environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory, relative to the config file's folder.
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
+    /// Seconds after which the execution ends with `error`.
+    #[serde(default)]
+    pub timeout: Option<f64>,
+    /// One line for `GET /flows`.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// Sections whose keys `KODO_*` variables may override.
+const OVERRIDABLE: &[&str] = &["node", "api", "store", "transport", "spooler", "limits", "log"];
+
+impl Config {
+    /// Reads `path` (or only defaults when `path` is None) and applies `env`.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let (name, text) = match path {
+            Some(p) => match std::fs::read_to_string(p) {
+                Ok(text) => (p.display().to_string(), text),
+                Err(e) => {
+                    return Err(ConfigError {
+                        source_name: p.display().to_string(),
+                        key: "-".into(),
+                        message: format!("cannot read: {e}"),
+                    });
+                }
+            },
+            None => ("(defaults)".to_string(), String::new()),
+        };
+        let mut config = Self::parse(&name, &text, env)?;
+        if let Some(dir) = path.and_then(Path::parent) {
+            for flow in config.flows.values_mut() {
+                if let Some(cwd) = &flow.cwd
+                    && cwd.is_relative()
+                {
+                    flow.cwd = Some(dir.join(cwd));
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    /// Parses config text named `name`, applies `env` overrides and validates.
+    pub fn parse(
+        name: &str,
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let err = |key: &str, message: String| ConfigError {
+            source_name: name.to_string(),
+            key: key.to_string(),
+            message,
+        };
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            err("-", e.to_string().trim().replace('\n', " "))
+        })?;
+        apply_env(&mut table, env)?;
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
+                let key = e.path().to_string();
+                let message = e.into_inner().to_string();
+                err(&key, message.lines().next().unwrap_or("").trim().to_string())
+            })?;
+        config.validate().map_err(|(key, message)| err(&key, message))?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |key: &str, message: &str| Err((key.to_string(), message.to_string()));
+        let addr: SocketAddr = match self.api.listen.parse() {
+            Ok(a) => a,
+            Err(_) => return bad("api.listen", "expected HOST:PORT with an IP address"),
+        };
+        if self.auth.tokens.is_empty() && !addr.ip().is_loopback() {
+            return bad(
+                "api.listen",
+                "refusing to listen on a non-loopback address without [[auth.tokens]]",
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, t) in self.auth.tokens.iter().enumerate() {
+            if t.token.len() < 8 {
+                return bad(&format!("auth.tokens[{i}].token"), "tokens need 8 characters or more");
+            }
+            if t.user.is_empty() {
+                return bad(&format!("auth.tokens[{i}].user"), "empty user");
+            }
+            if !seen.insert(&t.token) {
+                return bad(&format!("auth.tokens[{i}].token"), "duplicate token");
+            }
+        }
+        if !self.store.url.starts_with("sqlite:") {
+            return bad("store.url", "expected sqlite://PATH");
+        }
+        if !matches!(self.store.synchronous.as_str(), "normal" | "full") {
+            return bad("store.synchronous", "expected \"normal\" or \"full\"");
+        }
+        if self.transport.kind != "local" {
+            return bad("transport.kind", "expected \"local\" (the only transport of this build)");
+        }
+        if !(1..=256).contains(&self.transport.shards) {
+            return bad("transport.shards", "expected 1 to 256");
+        }
+        if self.transport.capacity_bytes < 4096 {
+            return bad("transport.capacity_bytes", "expected at least 4096");
+        }
+        if self.spooler.batch_max == 0 {
+            return bad("spooler.batch_max", "expected at least 1");
+        }
+        if self.limits.max_payload_bytes < 256 {
+            return bad("limits.max_payload_bytes", "expected at least 256");
+        }
+        if self.limits.max_running == 0 {
+            return bad("limits.max_running", "expected at least 1");
+        }
+        for (key, v) in [
+            ("limits.kill_grace", self.limits.kill_grace),
+            ("limits.lock_timeout", self.limits.lock_timeout),
+            ("limits.launch_wait", self.limits.launch_wait),
+            ("limits.shutdown_wait", self.limits.shutdown_wait),
+        ] {
+            if !(v.is_finite() && v >= 0.0 && v < 1e9) {
+                return bad(key, "expected seconds, 0 or more");
+            }
+        }
+        if self.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
+            return bad("log.level", "not a valid log filter");
+        }
+        for (name, flow) in &self.flows {
+            let key = format!("flows.{name}");
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                return bad(&key, "flow names use letters, digits, '-', '_' and '.'");
+            }
+            if flow.command.first().is_none_or(String::is_empty) {
+                return bad(&format!("{key}.command"), "expected a program and its arguments");
+            }
+            if let Some(t) = flow.timeout
+                && !(t.is_finite() && t > 0.0 && t < 1e9)
+            {
+                return bad(&format!("{key}.timeout"), "expected seconds, more than 0");
+            }
+        }
+        Ok(())
+    }
+
+    /// The socket address of the API.
+    pub fn listen(&self) -> SocketAddr {
+        self.api.listen.parse().expect("validated")
+    }
+
+    /// The node's options.
+    pub fn node_options(&self) -> NodeOptions {
+        NodeOptions {
+            node: self.node.name.clone(),
+            batch_max: self.spooler.batch_max,
+            limits: ExecLimits {
+                max_payload: self.limits.max_payload_bytes,
+                kill_grace: Duration::from_secs_f64(self.limits.kill_grace),
+                lock_timeout: Duration::from_secs_f64(self.limits.lock_timeout),
+            },
+            max_live: self.limits.max_running,
+            launch_wait: Duration::from_secs_f64(self.limits.launch_wait),
+            shutdown_wait: Duration::from_secs_f64(self.limits.shutdown_wait),
+        }
+    }
+
+    /// The store's options.
+    pub fn store_options(&self, upgrade: bool) -> kodo_store::StoreOptions {
+        kodo_store::StoreOptions {
+            read_connections: self.store.read_connections,
+            full_sync: self.store.synchronous == "full",
+            upgrade,
+        }
+    }
+
+    /// The command flows.
+    pub fn flows(&self) -> Flows {
+        let mut flows = Flows::default();
+        for (name, f) in &self.flows {
+            let mut def = FlowDef::command(
+                name,
+                CommandSpec {
+                    command: f.command.clone(),
+                    env: f.env.clone(),
+                    cwd: f.cwd.clone(),
+                },
+            )
+            .describe(&f.description);
+            def.timeout = f.timeout.map(Duration::from_secs_f64);
+            flows.add(def);
+        }
+        flows
+    }
+}
+
+/// Applies `KODO_<SECTION>_<KEY>` variables to the parsed file.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let defaults = toml::Table::try_from(Config::default()).expect("defaults serialize");
+    for (var, raw) in env {
+        let Some(rest) = var.strip_prefix("KODO_") else {
+            continue;
+        };
+        let target = OVERRIDABLE.iter().find_map(|section| {
+            let keys = defaults.get(*section)?.as_table()?;
+            keys.iter().find_map(|(key, default)| {
+                let name = format!("{section}_{key}").to_uppercase();
+                (name == rest).then(|| (*section, key.clone(), default.clone()))
+            })
+        });
+        let Some((section, key, default)) = target else {
+            tracing::warn!(variable = %var, "ignoring an environment variable that names no config key");
+            continue;
+        };
+        let bad = |message: String| ConfigError {
+            source_name: var.clone(),
+            key: format!("{section}.{key}"),
+            message,
+        };
+        let value = match default {
+            toml::Value::Integer(_) => raw
+                .trim()
+                .parse::<i64>()
+                .map(toml::Value::Integer)
+                .map_err(|_| bad(format!("expected an integer, got {raw:?}")))?,
+            toml::Value::Float(_) => raw
+                .trim()
+                .parse::<f64>()
+                .map(toml::Value::Float)
+                .map_err(|_| bad(format!("expected a number, got {raw:?}")))?,
+            toml::Value::Boolean(_) => raw
+                .trim()
+                .parse::<bool>()
+                .map(toml::Value::Boolean)
+                .map_err(|_| bad(format!("expected true or false, got {raw:?}")))?,
+            _ => toml::Value::String(raw),
+        };
+        let section_table = table
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        match section_table.as_table_mut() {
+            Some(t) => {
+                t.insert(key, value);
+            }
+            None => return Err(bad(format!("[{section}] is not a table in the file"))),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse("kodo.toml", text, Vec::new())
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_serve_one_machine() {
+        let c = parse("").unwrap();
+        assert_eq!(c.api.listen, "127.0.0.1:3370");
+        assert_eq!(c.store.url, "sqlite://./data/kodo.db");
+        assert_eq!(c.transport.kind, "local");
+    }
+
+    #[test]
+    fn a_full_file_parses() {
+        let c = parse(
+            r#"
+            [api]
+            listen = "0.0.0.0:8080"
+            [[auth.tokens]]
+            token = "secret-ann"
+            user = "ann"
+            [[auth.tokens]]
+            token = "secret-root"
+            user = "root"
+            admin = true
+            [flows.hello]
+            command = ["python3", "hello.py"]
+            env = { GREETING = "hi" }
+            timeout = 30
+            description = "says hello"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.auth.tokens.len(), 2);
+        assert!(c.auth.tokens[1].admin);
+        let flows = c.flows();
+        let hello = flows.get("hello").unwrap();
+        assert_eq!(hello.timeout, Some(Duration::from_secs(30)));
+        assert_eq!(hello.description, "says hello");
+    }
+
+    #[test]
+    fn bad_files_name_the_key_and_the_file() {
+        let cases = [
+            ("[api]\nlisten = 3", "kodo.toml: api.listen: invalid type"),
+            ("[api]\nlisen = \"x\"", "kodo.toml: api.lisen: unknown field `lisen`"),
+            ("[nope]\n", "kodo.toml: nope: unknown field `nope`"),
+            ("[api\n", "kodo.toml: -: TOML parse error"),
+            ("[api]\nlisten = \"localhost\"", "kodo.toml: api.listen: expected HOST:PORT"),
+            ("[api]\nlisten = \"0.0.0.0:1\"", "kodo.toml: api.listen: refusing"),
+            ("[store]\nurl = \"mysql://x\"", "kodo.toml: store.url: expected sqlite"),
+            ("[store]\nsynchronous = \"off\"", "kodo.toml: store.synchronous"),
+            ("[transport]\nkind = \"carrier-pigeon\"", "kodo.toml: transport.kind"),
+            ("[transport]\nshards = 0", "kodo.toml: transport.shards"),
+            ("[limits]\nkill_grace = -1", "kodo.toml: limits.kill_grace"),
+            ("[flows.x]\ncommand = []", "kodo.toml: flows.x.command"),
+            ("[flows.x]\ncommand = [\"a\"]\ntimeout = 0", "kodo.toml: flows.x.timeout"),
+            ("[flows.x]\ncommand = [\"a\"]\nretries = 1", "kodo.toml: flows.x.retries: unknown field `retries`"),
+            ("[flows.\"a b\"]\ncommand = [\"a\"]", "kodo.toml: flows.a b: flow names"),
+            ("[[auth.tokens]]\ntoken = \"short\"\nuser = \"u\"", "kodo.toml: auth.tokens[0].token"),
+            ("[log]\nlevel = \"[[[\"", "kodo.toml: log.level"),
+        ];
+        for (text, expected) in cases {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.starts_with(expected), "{text:?}: got {e:?}, want {expected:?}");
+        }
+    }
+
+    #[test]
+    fn environment_overrides_keys_and_names_bad_variables() {
+        let c = Config::parse(
+            "kodo.toml",
+            "[api]\nlisten = \"127.0.0.1:1\"",
+            env(&[
+                ("KODO_API_LISTEN", "127.0.0.1:9"),
+                ("KODO_STORE_URL", "sqlite:///tmp/x.db"),
+                ("KODO_LIMITS_KILL_GRACE", "0.5"),
+                ("KODO_TRANSPORT_SHARDS", "4"),
+                ("KODO_SOMETHING_ELSE", "ignored"),
+                ("PATH", "/bin"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.api.listen, "127.0.0.1:9");
+        assert_eq!(c.store.url, "sqlite:///tmp/x.db");
+        assert_eq!(c.limits.kill_grace, 0.5);
+        assert_eq!(c.transport.shards, 4);
+        let e = Config::parse("kodo.toml", "", env(&[("KODO_TRANSPORT_SHARDS", "many")]))
+            .unwrap_err();
+        assert_eq!(e.source_name, "KODO_TRANSPORT_SHARDS");
+        assert_eq!(e.key, "transport.shards");
+        let e = Config::parse("kodo.toml", "api = 1", env(&[("KODO_API_LISTEN", "x")]))
+            .unwrap_err();
+        assert!(e.message.contains("not a table"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error_naming_it() {
+        let e = Config::load(Some(Path::new("/nonexistent/kodo.toml")), Vec::new()).unwrap_err();
+        assert_eq!(e.source_name, "/nonexistent/kodo.toml");
+        assert!(e.message.starts_with("cannot read"));
+    }
+}
