@@ -1,0 +1,283 @@
+//! The `runtime` binary as a user runs it: bad configs, the sample config,
+//! SIGTERM, and SIGKILL followed by a restart.
+
+use serde_json::{Value, json};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+const BIN: &str = env!("CARGO_BIN_EXE_runtime");
+
+fn runtime(args: &[&str], dir: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .current_dir(dir)
+        .env("KODO_API_LISTEN", "127.0.0.1:0")
+        .env(
+            "KODO_STORE_URL",
+            format!("sqlite://{}", dir.join("kodo.db").display()),
+        )
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Starts `runtime run` and returns it with its base URL (read from its first stdout line).
+async fn start(config: &Path, dir: &Path) -> (Child, String) {
+    let mut child = runtime(&["run", "--config", config.to_str().unwrap()], dir)
+        .spawn()
+        .expect("spawn runtime");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(DEADLINE, lines.next_line())
+        .await
+        .expect("runtime printed its address in time")
+        .unwrap()
+        .expect("a line");
+    let base = line
+        .strip_prefix("kodo listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    (child, base)
+}
+
+/// Sends SIGTERM (as `kill` does) and returns the exit code.
+async fn terminate(child: &mut Child) -> i32 {
+    let pid = child.id().expect("still running").to_string();
+    let sent = Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+    assert!(sent.success());
+    tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .expect("runtime exited in time")
+        .unwrap()
+        .code()
+        .unwrap_or(-1)
+}
+
+async fn post(base: &str, path: &str, body: Value) -> Value {
+    let resp = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{path}: {}", resp.status());
+    resp.json().await.unwrap()
+}
+
+async fn get(base: &str, path: &str) -> Value {
+    reqwest::get(format!("{base}{path}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Reads an execution's stream until its text contains `needle` (or it ends).
+async fn stream_until(base: &str, fid: &str, needle: &str) -> String {
+    let mut resp = reqwest::get(format!("{base}/executions/{fid}/stream"))
+        .await
+        .unwrap();
+    let mut text = String::new();
+    tokio::time::timeout(DEADLINE, async {
+        while !text.contains(needle) {
+            match resp.chunk().await.unwrap() {
+                Some(b) => text.push_str(&String::from_utf8_lossy(&b)),
+                None => break,
+            }
+        }
+    })
+    .await
+    .expect("stream reached what was awaited");
+    assert!(text.contains(needle), "stream ended without {needle:?}: {text}");
+    text
+}
+
+fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
+    let path = dir.join("kodo.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+const WAITING_FLOW: &str = r#"
+[flows.waits]
+command = ["sh", "-c", "read -r x; echo started; echo '{\"kind\":\"lock\",\"name\":\"go\"}' >&3; read -r answer; echo \"$answer\""]
+"#;
+
+async fn launch_waiting(base: &str) -> String {
+    let fid = post(base, "/flows/waits/executions", json!({})).await["fid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    stream_until(base, &fid, "event: lock").await;
+    fid
+}
+
+#[tokio::test]
+async fn bad_configs_exit_2_naming_the_key_and_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "[api]\nlisen = \"127.0.0.1:1\"\n");
+    let out = runtime(&["run", "--config", cfg.to_str().unwrap()], dir.path())
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("kodo.toml: api.lisen: unknown field `lisen`"), "{err}");
+
+    let missing = dir.path().join("nope.toml");
+    let out = runtime(&["run", "--config", missing.to_str().unwrap()], dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope.toml: -: cannot read"));
+
+    let good = write_config(dir.path(), "");
+    let out = runtime(&["run", "--config", good.to_str().unwrap()], dir.path())
+        .env("KODO_TRANSPORT_SHARDS", "lots")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("KODO_TRANSPORT_SHARDS: transport.shards: expected an integer"),
+        "{err}"
+    );
+
+    let out = runtime(&["run", "--config", good.to_str().unwrap()], dir.path())
+        .env("KODO_STORE_URL", "sqlite:///proc/no-such-dir/kodo.db")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot start: store url sqlite:///proc/no-such-dir/kodo.db"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn the_sample_config_runs_both_demo_flows() {
+    let dir = tempfile::tempdir().unwrap();
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kodo.toml");
+    let (mut child, base) = start(&sample, dir.path()).await;
+    let flows = get(&base, "/flows").await;
+    assert_eq!(flows["flows"].as_array().unwrap().len(), 2);
+
+    let hello = post(&base, "/flows/hello/executions", json!({"inputs": {"name": "kodo"}})).await;
+    let fid = hello["fid"].as_str().unwrap();
+    stream_until(&base, fid, "\"finished\"").await;
+    let finals = get(&base, &format!("/executions/{fid}/events?kinds=final,action")).await;
+    let events = finals["events"].as_array().unwrap();
+    assert_eq!(events.len(), 6, "{finals}");
+    assert_eq!(events[5]["payload"]["inputs"], json!({"name": "kodo"}));
+
+    let approve = post(&base, "/flows/approve/executions", json!({"inputs": {"item": "a raise"}})).await;
+    let fid = approve["fid"].as_str().unwrap();
+    let text = stream_until(&base, fid, "event: lock").await;
+    let data = text
+        .lines()
+        .skip_while(|l| *l != "event: lock")
+        .find_map(|l| l.strip_prefix("data: "))
+        .unwrap();
+    let lock: Value = serde_json::from_str(data).unwrap();
+    assert_eq!(lock["data"]["question"], "Approve a raise?");
+    let lid = lock["lid"].as_str().unwrap();
+    post(&base, &format!("/executions/{fid}/locks/{lid}"), json!({"answer": "yes"})).await;
+    stream_until(&base, fid, "\"finished\"").await;
+    let result = get(&base, &format!("/executions/{fid}/events?kinds=final")).await;
+    assert_eq!(
+        result["events"][0]["payload"],
+        json!({"item": "a raise", "approved": "yes"})
+    );
+    assert_eq!(terminate(&mut child).await, 0);
+}
+
+#[tokio::test]
+async fn sigterm_kills_running_executions_and_stores_their_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), WAITING_FLOW);
+    let (mut child, base) = start(&cfg, dir.path()).await;
+    let fid = launch_waiting(&base).await;
+    assert_eq!(terminate(&mut child).await, 0);
+
+    let (mut again, base) = start(&cfg, dir.path()).await;
+    let row = get(&base, &format!("/executions/{fid}")).await;
+    assert_eq!(row["status"], "killed");
+    let errors = get(&base, &format!("/executions/{fid}/events?kinds=error")).await;
+    assert_eq!(errors["events"][0]["payload"], "killed: node shutting down");
+    assert_eq!(terminate(&mut again).await, 0);
+}
+
+#[tokio::test]
+async fn sigkill_then_restart_ends_every_execution_and_keeps_every_stored_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), WAITING_FLOW);
+    let (mut child, base) = start(&cfg, dir.path()).await;
+    let mut before = Vec::new();
+    for _ in 0..3 {
+        let fid = launch_waiting(&base).await;
+        let events = get(&base, &format!("/executions/{fid}/events")).await;
+        before.push((fid, events["events"].as_array().unwrap().clone()));
+    }
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+
+    let (mut again, base) = start(&cfg, dir.path()).await;
+    for (fid, old) in &before {
+        let row = get(&base, &format!("/executions/{fid}")).await;
+        assert_eq!(row["status"], "error", "{row}");
+        let now = get(&base, &format!("/executions/{fid}/events")).await;
+        let now = now["events"].as_array().unwrap();
+        assert_eq!(&now[..old.len()], &old[..], "everything stored before the kill stays");
+        let tail: Vec<_> = now[old.len()..]
+            .iter()
+            .map(|e| (e["kind"].clone(), e["payload"].clone()))
+            .collect();
+        assert_eq!(
+            tail,
+            vec![
+                (json!("error"), json!("node restarted")),
+                (json!("status"), json!("error"))
+            ]
+        );
+        let seqs: Vec<u64> = now.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, (1..=now.len() as u64).collect::<Vec<_>>());
+    }
+    launch_waiting(&base).await;
+    assert_eq!(terminate(&mut again).await, 0);
+}
+
+#[tokio::test]
+async fn db_upgrade_and_help() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "");
+    let out = runtime(&["db", "upgrade", "--config", cfg.to_str().unwrap()], dir.path())
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("is up to date") && text.contains("init"), "{text}");
+    assert!(dir.path().join("kodo.db").exists());
+    for args in [
+        &["--help"][..],
+        &["run", "--help"],
+        &["db", "upgrade", "--help"],
+        &["bench", "--help"],
+    ] {
+        let out = runtime(args, dir.path()).output().await.unwrap();
+        assert!(out.status.success(), "{args:?}");
+    }
+    let out = runtime(&["frobnicate"], dir.path()).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
