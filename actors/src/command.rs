@@ -12,7 +12,7 @@
 //! Lines longer than the payload limit are split, so nothing is dropped.
 
 use crate::flow::{CommandSpec, Ctx, LockError};
-use crate::tracer::Outcome;
+use crate::tracer::{Outcome, Trace};
 use kodo_core::{Kind, json_text};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -31,7 +31,12 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 /// Runs a command flow to its outcome.
 pub async fn run(spec: &CommandSpec, ctx: &Ctx, inputs: &Value) -> Outcome {
     match start(spec, ctx) {
-        Ok(child) => drive(child, ctx, inputs).await,
+        Ok(child) => {
+            if let Err(e) = ctx.tracer().trace(Trace::Running).await {
+                return Outcome::Failed(format!("could not record the start: {e}"));
+            }
+            drive(child, ctx, inputs).await
+        }
         Err(e) => Outcome::Failed(format!(
             "cannot start {:?}: {e}",
             spec.command.first().map(String::as_str).unwrap_or("")

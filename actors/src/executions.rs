@@ -1,12 +1,11 @@
-//! The execution supervisor: starts a Tracer and a Runner per execution,
-//! stops executions on request, and makes sure every execution ends with a
-//! final status whatever happens to its actors (see [`crate::policy`]).
+//! The execution supervisor: starts a Runner per execution, stops
+//! executions on request, and makes sure every execution ends with a final
+//! status whatever happens to its Runner (see [`crate::policy::RUNNER`]).
 
 use crate::flow::{Ctx, ExecLimits, FlowDef, Stop};
 use crate::locks::Locks;
-use crate::policy::{self, RestartLog};
 use crate::runner::{Runner, RunnerArgs};
-use crate::tracer::{Outcome, Trace, TraceBook, Tracer, TracerArgs, TracerMsg};
+use crate::tracer::{Outcome, Trace, Tracer};
 use kodo_core::{Fid, Meta, Status};
 use kodo_transport::SharedTransport;
 use ractor::{
@@ -14,8 +13,7 @@ use ractor::{
 };
 use serde_json::Value;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
 
 /// Why a launch was refused.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +44,7 @@ pub enum ExecMsg {
         owner: String,
         /// Its inputs.
         inputs: Value,
-        /// Answered once its actors run.
+        /// Answered once its Runner runs.
         reply: RpcReplyPort<Result<(), LaunchError>>,
     },
     /// Stop one execution; answers false when it is not running here.
@@ -62,9 +60,11 @@ pub enum ExecMsg {
     StopAll {
         /// Why.
         reason: String,
-        /// Answered when every execution has ended.
+        /// Answered when every execution has recorded its end.
         reply: RpcReplyPort<()>,
     },
+    /// An execution's final status is recorded (sent by the supervisor to itself).
+    Ended(Fid),
     /// How many executions run now.
     Count(RpcReplyPort<usize>),
 }
@@ -87,50 +87,15 @@ pub struct ExecShared {
 /// The execution supervisor actor.
 pub struct Executions;
 
-struct Live {
-    ctx: Ctx,
-    book: Arc<Mutex<TraceBook>>,
-    tracer: ActorRef<TracerMsg>,
-    runner_alive: bool,
-    tracer_alive: bool,
-    tracer_restarts: RestartLog,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Role {
-    Runner,
-    Tracer,
-}
-
 /// The supervisor's state.
 pub struct ExecState {
     shared: ExecShared,
-    live: HashMap<Fid, Live>,
-    actors: HashMap<ActorId, (Fid, Role)>,
+    live: HashMap<Fid, Ctx>,
+    runners: HashMap<ActorId, Fid>,
     draining: Option<Vec<RpcReplyPort<()>>>,
 }
 
 impl Executions {
-    async fn spawn_tracer(
-        myself: &ActorRef<ExecMsg>,
-        state: &mut ExecState,
-        fid: &Fid,
-        book: Arc<Mutex<TraceBook>>,
-    ) -> Result<ActorRef<TracerMsg>, LaunchError> {
-        let args = TracerArgs {
-            fid: fid.clone(),
-            book,
-            transport: state.shared.transport.clone(),
-        };
-        let (tracer, _) = Actor::spawn_linked(None, Tracer, args, myself.get_cell())
-            .await
-            .map_err(|e| LaunchError::Spawn(e.to_string()))?;
-        state
-            .actors
-            .insert(tracer.get_id(), (fid.clone(), Role::Tracer));
-        Ok(tracer)
-    }
-
     async fn launch(
         myself: &ActorRef<ExecMsg>,
         state: &mut ExecState,
@@ -145,8 +110,6 @@ impl Executions {
         if state.live.len() >= state.shared.max_live {
             return Err(LaunchError::Busy(state.live.len()));
         }
-        let book = Arc::new(Mutex::new(TraceBook::new(state.shared.limits.max_payload)));
-        let tracer = Self::spawn_tracer(myself, state, &fid, book.clone()).await?;
         let meta = Meta {
             flow: flow.name.clone(),
             owner: owner.clone(),
@@ -157,19 +120,16 @@ impl Executions {
             meta: serde_json::to_string(&meta).expect("meta serializes"),
             inputs: inputs.to_string(),
         };
-        // Cast, not call: the mailbox keeps the order, and the supervisor
-        // never waits on a full transport.
-        tracer
-            .cast(TracerMsg {
-                trace: begin,
-                reply: None,
-            })
-            .map_err(|e| LaunchError::Spawn(e.to_string()))?;
+        let tracer = Arc::new(Tracer::new(
+            fid.clone(),
+            state.shared.limits.max_payload,
+            state.shared.transport.clone(),
+        ));
         let ctx = Ctx::new(
             fid.clone(),
             &flow.name,
             &owner,
-            tracer.clone(),
+            tracer,
             state.shared.locks.clone(),
             state.shared.limits.clone(),
         );
@@ -177,114 +137,51 @@ impl Executions {
             ctx: ctx.clone(),
             flow,
             inputs,
+            begin,
         };
-        let runner = match Actor::spawn_linked(None, Runner, args, myself.get_cell()).await {
-            Ok((runner, _)) => runner,
-            Err(e) => {
-                let reason = format!("could not start the runner: {e}");
-                let _ = tracer.cast(TracerMsg {
-                    trace: Trace::Finish(Outcome::Failed(reason.clone())),
-                    reply: None,
-                });
-                return Err(LaunchError::Spawn(reason));
-            }
-        };
-        state
-            .actors
-            .insert(runner.get_id(), (fid.clone(), Role::Runner));
-        state.live.insert(
-            fid,
-            Live {
-                ctx,
-                book,
-                tracer,
-                runner_alive: true,
-                tracer_alive: true,
-                tracer_restarts: RestartLog::default(),
-            },
-        );
+        let (runner, _) = Actor::spawn_linked(None, Runner, args, myself.get_cell())
+            .await
+            .map_err(|e| LaunchError::Spawn(e.to_string()))?;
+        state.runners.insert(runner.get_id(), fid.clone());
+        state.live.insert(fid, ctx);
         Ok(())
     }
 
-    /// Makes sure the execution of a stopped or failed actor ends.
-    async fn child_exited(
+    /// A Runner stopped or failed: make sure its execution ends. Recording
+    /// the end may wait on a full transport, so it runs beside the supervisor,
+    /// which hears `Ended` when it is done.
+    fn runner_exited(
         myself: &ActorRef<ExecMsg>,
         state: &mut ExecState,
         cell: ActorCell,
         failure: Option<String>,
     ) {
-        let Some((fid, role)) = state.actors.remove(&cell.get_id()) else {
+        let Some(fid) = state.runners.remove(&cell.get_id()) else {
             return;
         };
-        let mut restart_tracer = None;
-        if let Some(live) = state.live.get_mut(&fid) {
-            match (role, &failure) {
-                (Role::Runner, _) => {
-                    live.runner_alive = false;
-                    let reason = match &failure {
-                        Some(err) => format!("runner crashed: {err}"),
-                        None => "runner stopped without an outcome".into(),
-                    };
-                    if failure.is_some() {
-                        tracing::error!(%fid, %reason, "runner failed");
-                    }
-                    // Kills a command flow's process group, ends lock waits.
-                    live.ctx.stop(Stop {
-                        status: Status::Error,
-                        reason: reason.clone(),
-                    });
-                    // Ignored by the Tracer when the execution already ended.
-                    let _ = live.tracer.cast(TracerMsg {
-                        trace: Trace::Finish(Outcome::Failed(reason)),
-                        reply: None,
-                    });
-                }
-                (Role::Tracer, None) => live.tracer_alive = false,
-                (Role::Tracer, Some(err)) => {
-                    live.tracer_alive = false;
-                    tracing::error!(%fid, error = %err, "tracer failed");
-                    let reason = format!("tracer crashed: {err}");
-                    live.ctx.stop(Stop {
-                        status: Status::Error,
-                        reason: reason.clone(),
-                    });
-                    let ended = live.book.lock().expect("book lock").ended();
-                    if !ended
-                        && live
-                            .tracer_restarts
-                            .allow(policy::TRACER, Instant::now())
-                    {
-                        restart_tracer = Some((live.book.clone(), reason));
-                    }
-                }
+        let Some(ctx) = state.live.get(&fid).cloned() else {
+            return;
+        };
+        let reason = match &failure {
+            Some(err) => {
+                tracing::error!(%fid, error = %err, "runner crashed");
+                format!("runner crashed: {err}")
             }
-        }
-        if let Some((book, reason)) = restart_tracer
-            && let Ok(tracer) = Self::spawn_tracer(myself, state, &fid, book).await
-        {
-            let _ = tracer.cast(TracerMsg {
-                trace: Trace::Finish(Outcome::Failed(reason)),
-                reply: None,
-            });
-            if let Some(live) = state.live.get_mut(&fid) {
-                live.tracer = tracer;
-                live.tracer_alive = true;
+            None => "runner stopped without an outcome".into(),
+        };
+        // Kills a command flow's process group and ends its lock waits.
+        ctx.stop(Stop {
+            status: Status::Error,
+            reason: reason.clone(),
+        });
+        let me = myself.clone();
+        tokio::spawn(async move {
+            // Ignored by the Tracer when the execution already ended.
+            if let Err(e) = ctx.tracer().trace(Trace::Finish(Outcome::Failed(reason))).await {
+                tracing::error!(fid = %ctx.fid(), error = %e, "could not record the end");
             }
-        }
-        if state
-            .live
-            .get(&fid)
-            .is_some_and(|l| !l.runner_alive && !l.tracer_alive)
-        {
-            state.live.remove(&fid);
-        }
-        if state.live.is_empty()
-            && let Some(waiters) = state.draining.as_mut()
-        {
-            for reply in waiters.drain(..) {
-                let _ = reply.send(());
-            }
-        }
+            let _ = me.cast(ExecMsg::Ended(ctx.fid().clone()));
+        });
     }
 }
 
@@ -301,7 +198,7 @@ impl Actor for Executions {
         Ok(ExecState {
             shared,
             live: HashMap::new(),
-            actors: HashMap::new(),
+            runners: HashMap::new(),
             draining: None,
         })
     }
@@ -324,24 +221,34 @@ impl Actor for Executions {
                 let _ = reply.send(result);
             }
             ExecMsg::Stop { fid, stop, reply } => {
-                let live = state.live.get(&fid);
-                if let Some(live) = live {
-                    live.ctx.stop(stop);
+                let ctx = state.live.get(&fid);
+                if let Some(ctx) = ctx {
+                    ctx.stop(stop);
                 }
-                let _ = reply.send(live.is_some());
+                let _ = reply.send(ctx.is_some());
             }
             ExecMsg::StopAll { reason, reply } => {
-                for live in state.live.values() {
-                    live.ctx.stop(Stop {
+                for ctx in state.live.values() {
+                    ctx.stop(Stop {
                         status: Status::Killed,
                         reason: reason.clone(),
                     });
                 }
+                let waiters = state.draining.get_or_insert_with(Vec::new);
                 if state.live.is_empty() {
                     let _ = reply.send(());
-                    state.draining.get_or_insert_with(Vec::new);
                 } else {
-                    state.draining.get_or_insert_with(Vec::new).push(reply);
+                    waiters.push(reply);
+                }
+            }
+            ExecMsg::Ended(fid) => {
+                state.live.remove(&fid);
+                if state.live.is_empty()
+                    && let Some(waiters) = state.draining.as_mut()
+                {
+                    for reply in waiters.drain(..) {
+                        let _ = reply.send(());
+                    }
                 }
             }
             ExecMsg::Count(reply) => {
@@ -359,10 +266,10 @@ impl Actor for Executions {
     ) -> Result<(), ActorProcessingErr> {
         match event {
             SupervisionEvent::ActorTerminated(cell, _, _) => {
-                Self::child_exited(&myself, state, cell, None).await
+                Self::runner_exited(&myself, state, cell, None)
             }
             SupervisionEvent::ActorFailed(cell, err) => {
-                Self::child_exited(&myself, state, cell, Some(err.to_string())).await
+                Self::runner_exited(&myself, state, cell, Some(err.to_string()))
             }
             _ => {}
         }

@@ -1,10 +1,9 @@
 //! Flows (what can be executed) and the context an execution runs with.
 
 use crate::locks::Locks;
-use crate::tracer::{Outcome, Trace, TraceError, TracerMsg, trace};
+use crate::tracer::{Outcome, Trace, TraceError, Tracer};
 use futures::future::BoxFuture;
 use kodo_core::{Fid, Kind, Status, now_ts};
-use ractor::ActorRef;
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -176,7 +175,7 @@ struct CtxInner {
     fid: Fid,
     flow: String,
     owner: String,
-    tracer: ActorRef<TracerMsg>,
+    tracer: Arc<Tracer>,
     locks: Locks,
     limits: ExecLimits,
     stop_token: CancellationToken,
@@ -196,7 +195,7 @@ impl Ctx {
         fid: Fid,
         flow: &str,
         owner: &str,
-        tracer: ActorRef<TracerMsg>,
+        tracer: Arc<Tracer>,
         locks: Locks,
         limits: ExecLimits,
     ) -> Self {
@@ -244,7 +243,7 @@ impl Ctx {
 
     /// Records an event whose payload is already JSON text.
     pub async fn emit_json(&self, kind: Kind, payload: String) -> Result<u64, TraceError> {
-        trace(&self.inner.tracer, Trace::Emit { kind, payload }).await
+        self.inner.tracer.trace(Trace::Emit { kind, payload }).await
     }
 
     /// A `debug` event.
@@ -292,16 +291,16 @@ impl Ctx {
         let wait = timeout.unwrap_or(self.inner.limits.lock_timeout);
         let mut open = self.inner.locks.open(&self.inner.fid, &lid);
         let lock = json!({"lid": lid, "name": name, "data": data, "expires": now_ts() + wait.as_secs_f64()});
-        trace(&self.inner.tracer, Trace::Lock(lock.to_string())).await?;
+        self.inner.tracer.trace(Trace::Lock(lock.to_string())).await?;
         match tokio::time::timeout(wait, &mut open.answer).await {
             Ok(Ok(answer)) => {
                 let lease = json!({"lid": lid, "name": name, "result": answer});
-                trace(&self.inner.tracer, Trace::Lease(lease.to_string())).await?;
+                self.inner.tracer.trace(Trace::Lease(lease.to_string())).await?;
                 Ok(answer)
             }
             _ => {
                 let lease = json!({"lid": lid, "name": name, "error": "expired"});
-                trace(&self.inner.tracer, Trace::Lease(lease.to_string())).await?;
+                self.inner.tracer.trace(Trace::Lease(lease.to_string())).await?;
                 Err(LockError::Expired {
                     lid,
                     name: name.to_string(),
@@ -330,7 +329,7 @@ impl Ctx {
         self.inner.stop.lock().expect("stop lock").clone()
     }
 
-    pub(crate) fn tracer(&self) -> &ActorRef<TracerMsg> {
+    pub(crate) fn tracer(&self) -> &Arc<Tracer> {
         &self.inner.tracer
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! - [`runner::Runner`]: one per execution, drives its flow (a Rust function
 //!   or a child process, see [`command`]).
-//! - [`tracer::Tracer`]: one per execution, numbers and publishes its events.
+//! - [`tracer::Tracer`]: one per execution, numbers and publishes its events
+//!   (a plain struct owned by the execution, not an actor: see its docs).
 //! - [`spooler::Spooler`]: one per transport shard, commits batches to the store.
 //! - [`executions::Executions`] and [`spooler::Spoolers`]: the supervisors,
 //!   with the restart policies of [`policy`].
@@ -24,4 +25,4 @@ pub use flow::{BoxError, CommandSpec, Ctx, ExecLimits, FlowDef, FlowResult, Flow
 pub use hub::{Hub, Subscription};
 pub use locks::AnswerError;
 pub use node::{KillError, Launched, Node, NodeError, NodeOptions};
-pub use tracer::{Outcome, TraceError};
+pub use tracer::{Outcome, TraceError, Tracer};

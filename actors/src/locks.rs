@@ -92,12 +92,12 @@ mod tests {
     async fn answers_reach_only_the_right_execution_once() {
         let locks = Locks::default();
         let fid = Fid::new();
-        let lock = locks.open(&fid, "l1");
+        let mut lock = locks.open(&fid, "l1");
         assert!(locks.answer(&Fid::new(), "l1", Value::Null).is_err());
         assert!(locks.answer(&fid, "l2", Value::Null).is_err());
         locks.answer(&fid, "l1", Value::from(7)).unwrap();
         assert!(locks.answer(&fid, "l1", Value::from(8)).is_err());
-        assert_eq!(lock.answer.await.unwrap(), Value::from(7));
+        assert_eq!((&mut lock.answer).await.unwrap(), Value::from(7));
         let dropped = locks.open(&fid, "l3");
         drop(dropped);
         assert!(locks.is_empty());

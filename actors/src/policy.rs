@@ -28,13 +28,6 @@ pub const RUNNER: RestartPolicy = RestartPolicy {
     within: Duration::from_secs(1),
 };
 
-/// A Tracer that fails is replaced once so it can still write the
-/// execution's final status, continuing its numbering.
-pub const TRACER: RestartPolicy = RestartPolicy {
-    max_restarts: 1,
-    within: Duration::from_secs(3600),
-};
-
 /// The restarts one child has had, to apply a [`RestartPolicy`].
 #[derive(Debug, Default)]
 pub struct RestartLog {

@@ -4,7 +4,7 @@
 
 use crate::command;
 use crate::flow::{Ctx, FlowDef, FlowKind, Stop};
-use crate::tracer::{Outcome, Trace, trace};
+use crate::tracer::{Outcome, Trace};
 use kodo_core::Status;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::Value;
@@ -21,6 +21,8 @@ pub struct RunnerArgs {
     pub flow: Arc<FlowDef>,
     /// Its inputs.
     pub inputs: Value,
+    /// Its first events (`meta`, `starting`, `inputs`).
+    pub begin: Trace,
 }
 
 /// The Runner's one message: run the flow (sent to itself at start).
@@ -46,9 +48,18 @@ impl Actor for Runner {
         _msg: Run,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let Some(RunnerArgs { ctx, flow, inputs }) = state.take() else {
+        let Some(RunnerArgs {
+            ctx,
+            flow,
+            inputs,
+            begin,
+        }) = state.take()
+        else {
             return Ok(());
         };
+        if let Err(e) = ctx.tracer().trace(begin).await {
+            tracing::error!(fid = %ctx.fid(), error = %e, "could not record the launch");
+        }
         let timer = flow.timeout.map(|limit| {
             let ctx = ctx.clone();
             tokio::spawn(async move {
@@ -59,17 +70,13 @@ impl Actor for Runner {
                 });
             })
         });
-        let outcome = if trace(ctx.tracer(), Trace::Running).await.is_err() {
-            None
-        } else {
-            Some(run(&ctx, &flow, inputs).await)
-        };
+        // Boxed: the Runner's task stays small while a flow waits (a command
+        // driver's state is large, and every idle execution would carry it).
+        let outcome = Box::pin(run(&ctx, &flow, inputs)).await;
         if let Some(timer) = timer {
             timer.abort();
         }
-        if let Some(outcome) = outcome
-            && let Err(e) = trace(ctx.tracer(), Trace::Finish(outcome)).await
-        {
+        if let Err(e) = ctx.tracer().trace(Trace::Finish(outcome)).await {
             tracing::warn!(fid = %ctx.fid(), error = %e, "could not record the outcome");
         }
         myself.stop(None);
@@ -77,11 +84,16 @@ impl Actor for Runner {
     }
 }
 
-/// Runs a flow to its outcome; a stop request ends it early.
+/// Runs a flow to its outcome; a stop request ends it early. The status
+/// becomes `running` once the flow really runs (a command: once its process
+/// started).
 async fn run(ctx: &Ctx, flow: &FlowDef, inputs: Value) -> Outcome {
     match &flow.kind {
-        FlowKind::Command(spec) => command::run(spec, ctx, &inputs).await,
+        FlowKind::Command(spec) => Box::pin(command::run(spec, ctx, &inputs)).await,
         FlowKind::Rust(f) => {
+            if let Err(e) = ctx.tracer().trace(Trace::Running).await {
+                return Outcome::Failed(format!("could not record the start: {e}"));
+            }
             let fut = f(ctx.clone(), inputs);
             tokio::select! {
                 result = fut => match result {

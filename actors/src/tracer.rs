@@ -7,8 +7,6 @@
 
 use kodo_core::{Event, Fid, Kind, Status, json_text, now_ts};
 use kodo_transport::SharedTransport;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use std::sync::{Arc, Mutex};
 
 /// How an execution ended.
 #[derive(Clone, Debug, PartialEq)]
@@ -71,9 +69,6 @@ pub enum TraceError {
     /// The transport refused the events.
     #[error("transport: {0}")]
     Transport(String),
-    /// The Tracer is gone (the execution ended or its Tracer crashed).
-    #[error("tracer unavailable: {0}")]
-    Gone(String),
 }
 
 /// The numbering and status state of one execution.
@@ -194,88 +189,42 @@ impl TraceBook {
     }
 }
 
-/// A message to a Tracer: what to record, and where to say the last seq it got.
-pub struct TracerMsg {
-    /// The request.
-    pub trace: Trace,
-    /// Answered once the events are accepted by the transport.
-    pub reply: Option<RpcReplyPort<Result<u64, TraceError>>>,
+/// The Tracer of one execution: the only writer of its events. Requests
+/// are served one at a time in arrival order (a fair async mutex), and each
+/// returns once the transport accepted its events, so a flow that emits
+/// faster than the store commits waits here.
+pub struct Tracer {
+    fid: Fid,
+    book: tokio::sync::Mutex<TraceBook>,
+    transport: SharedTransport,
 }
 
-/// The Tracer actor.
-pub struct Tracer;
-
-/// What a Tracer starts with; the book is shared so that a replacement
-/// Tracer continues the numbering.
-pub struct TracerArgs {
-    /// The execution.
-    pub fid: Fid,
-    /// Its book.
-    pub book: Arc<Mutex<TraceBook>>,
-    /// Where events go.
-    pub transport: SharedTransport,
-}
-
-impl Actor for Tracer {
-    type Msg = TracerMsg;
-    type State = TracerArgs;
-    type Arguments = TracerArgs;
-
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        args: TracerArgs,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(args)
+impl Tracer {
+    /// The Tracer of execution `fid`.
+    pub fn new(fid: Fid, max_payload: usize, transport: SharedTransport) -> Self {
+        Self {
+            fid,
+            book: tokio::sync::Mutex::new(TraceBook::new(max_payload)),
+            transport,
+        }
     }
 
-    async fn handle(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        msg: TracerMsg,
-        state: &mut TracerArgs,
-    ) -> Result<(), ActorProcessingErr> {
+    /// Records a request; returns the last seq it used once the transport
+    /// accepted its events.
+    pub async fn trace(&self, trace: Trace) -> Result<u64, TraceError> {
+        let mut book = self.book.lock().await;
         // Plan on a draft so a refused publish leaves no gap in the numbering.
-        let mut draft = state.book.lock().expect("book lock").clone();
-        let result = match draft.plan(msg.trace) {
-            Err(e) => Err(e),
-            Ok(planned) if planned.is_empty() => Ok(draft.next_seq - 1),
-            Ok(planned) => {
-                let events = draft.stamp(&state.fid, planned);
-                match state.transport.publish(events).await {
-                    Ok(()) => {
-                        *state.book.lock().expect("book lock") = draft.clone();
-                        Ok(draft.next_seq - 1)
-                    }
-                    Err(e) => Err(TraceError::Transport(e.to_string())),
-                }
-            }
-        };
-        if let Some(reply) = msg.reply {
-            let _ = reply.send(result);
+        let mut draft = book.clone();
+        let planned = draft.plan(trace)?;
+        if !planned.is_empty() {
+            let events = draft.stamp(&self.fid, planned);
+            self.transport
+                .publish(events)
+                .await
+                .map_err(|e| TraceError::Transport(e.to_string()))?;
         }
-        if state.book.lock().expect("book lock").ended() {
-            myself.stop(Some("execution ended".into()));
-        }
-        Ok(())
-    }
-}
-
-/// Sends a request to a Tracer and waits until its events are accepted.
-pub async fn trace(tracer: &ActorRef<TracerMsg>, trace: Trace) -> Result<u64, TraceError> {
-    let answer = tracer
-        .call(
-            |reply| TracerMsg {
-                trace,
-                reply: Some(reply),
-            },
-            None,
-        )
-        .await
-        .map_err(|e| TraceError::Gone(e.to_string()))?;
-    match answer {
-        ractor::rpc::CallResult::Success(result) => result,
-        other => Err(TraceError::Gone(format!("{other:?}"))),
+        *book = draft;
+        Ok(book.next_seq - 1)
     }
 }
 

@@ -1,12 +1,439 @@
-//! `runtime bench`: measurements on a scratch database (filled in below).
+//! `runtime bench`: measures the embedded default (SQLite + in-process queue)
+//! on this machine, each scenario on a fresh scratch database:
+//!
+//! - `raw`: batched inserts straight into the store (the ceiling).
+//! - `throughput`: E executions × N events (Rust flows), emit -> committed.
+//! - `latency`: emit -> committed p50/p99 at an offered rate.
+//! - `launch`: launch -> `running` stored, Rust and command flows.
+//! - `waiting`: RSS with W executions waiting on a lock.
+//!
+//! Latencies are measured by a wrapper around the real store that notes,
+//! after each commit, how long ago each event was stamped by its Tracer.
 
+use async_trait::async_trait;
+use kodo_actors::{CommandSpec, Ctx, FlowDef, Flows, Node, NodeOptions};
+use kodo_core::{Event, Fid, Kind, Status, now_ts};
+use kodo_store::{
+    EventQuery, ExecutionRow, ListQuery, SharedStore, SqliteStore, Store, StoreError, StoreOptions,
+};
+use kodo_transport::LocalQueue;
+use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 
 /// Options of `runtime bench`.
-#[derive(clap::Args, Debug)]
-pub struct BenchArgs {}
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Scenarios to run (raw, throughput, latency, launch, waiting); default all.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Executions in the throughput run.
+    #[arg(long, default_value_t = 1000)]
+    pub executions: usize,
+    /// Events per execution in the throughput run.
+    #[arg(long, default_value_t = 100)]
+    pub events: usize,
+    /// Offered events/s in the latency run.
+    #[arg(long, default_value_t = 10_000)]
+    pub rate: usize,
+    /// Seconds of the latency run.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+    /// Launches per flow kind in the launch run (one after another).
+    #[arg(long, default_value_t = 200)]
+    pub launches: usize,
+    /// Executions waiting on a lock in the memory run.
+    #[arg(long, default_value_t = 100_000)]
+    pub waiting: usize,
+    /// Spooler shards.
+    #[arg(long, default_value_t = 2)]
+    pub shards: usize,
+    /// Scratch folder (default: a new temp folder, removed afterwards).
+    #[arg(long)]
+    pub dir: Option<std::path::PathBuf>,
+}
 
-/// Runs the benchmarks.
-pub async fn run(_args: BenchArgs) -> ExitCode {
+/// The real store, noting commit latencies and counting statuses.
+struct TimingStore {
+    inner: SqliteStore,
+    record: std::sync::atomic::AtomicBool,
+    latencies: Mutex<Vec<f64>>,
+    running_at: Mutex<HashMap<Fid, Instant>>,
+    statuses: Mutex<HashMap<Status, u64>>,
+    events: AtomicU64,
+    changed: Notify,
+}
+
+impl TimingStore {
+    fn count(&self, status: Status) -> u64 {
+        self.statuses.lock().unwrap().get(&status).copied().unwrap_or(0)
+    }
+
+    /// Waits until `n` events of `status` are committed.
+    async fn until(&self, status: Status, n: u64) {
+        loop {
+            let notified = self.changed.notified();
+            if self.count(status) >= n {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+#[async_trait]
+impl Store for TimingStore {
+    async fn write(&self, events: &[Event]) -> Result<(), StoreError> {
+        self.inner.write(events).await?;
+        let now = now_ts();
+        let at = Instant::now();
+        self.events.fetch_add(events.len() as u64, Ordering::Relaxed);
+        if self.record.load(Ordering::Relaxed) {
+            let mut l = self.latencies.lock().unwrap();
+            l.extend(events.iter().filter(|e| e.kind == Kind::Debug).map(|e| now - e.ts));
+        }
+        let mut statuses = self.statuses.lock().unwrap();
+        for e in events {
+            if let Some(s) = e.status() {
+                *statuses.entry(s).or_default() += 1;
+                if s == Status::Running {
+                    self.running_at.lock().unwrap().insert(e.fid.clone(), at);
+                }
+            }
+        }
+        drop(statuses);
+        self.changed.notify_waiters();
+        Ok(())
+    }
+    async fn execution(&self, fid: &Fid) -> Result<Option<ExecutionRow>, StoreError> {
+        self.inner.execution(fid).await
+    }
+    async fn executions(&self, q: &ListQuery) -> Result<Vec<ExecutionRow>, StoreError> {
+        self.inner.executions(q).await
+    }
+    async fn events(&self, fid: &Fid, q: &EventQuery) -> Result<Vec<Event>, StoreError> {
+        self.inner.events(fid, q).await
+    }
+    async fn unfinished(&self, node: &str) -> Result<Vec<ExecutionRow>, StoreError> {
+        self.inner.unfinished(node).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+    async fn close(&self) {
+        self.inner.close().await
+    }
+}
+
+fn payload(i: usize) -> Value {
+    // About 200 bytes of JSON, like the reference measurements.
+    json!({"step": i, "text": "x".repeat(160)})
+}
+
+fn flows() -> Flows {
+    let mut flows = Flows::default();
+    flows.add(FlowDef::rust("emit", |ctx: Ctx, inputs: Value| async move {
+        let n = inputs["n"].as_u64().unwrap_or(100) as usize;
+        for i in 0..n {
+            ctx.emit(Kind::Debug, &payload(i)).await?;
+        }
+        Ok(Value::Null)
+    }));
+    flows.add(FlowDef::rust("paced", |ctx: Ctx, inputs: Value| async move {
+        let per_second = inputs["rate"].as_f64().unwrap_or(100.0);
+        let until = Instant::now() + Duration::from_secs_f64(inputs["seconds"].as_f64().unwrap_or(5.0));
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_second));
+        let mut i = 0;
+        while Instant::now() < until {
+            tick.tick().await;
+            ctx.emit(Kind::Debug, &payload(i)).await?;
+            i += 1;
+        }
+        Ok(Value::Null)
+    }));
+    flows.add(FlowDef::rust("noop", |_ctx: Ctx, _| async move { Ok(Value::Null) }));
+    flows.add(FlowDef::rust("waits", |ctx: Ctx, _| async move {
+        ctx.lock("approve", Value::Null, Some(Duration::from_secs(86_400))).await?;
+        Ok(Value::Null)
+    }));
+    flows.add(FlowDef::command(
+        "true",
+        CommandSpec {
+            command: vec!["true".into()],
+            ..Default::default()
+        },
+    ));
+    flows
+}
+
+struct Bench {
+    node: Arc<Node>,
+    store: Arc<TimingStore>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn fresh(args: &BenchArgs, name: &str) -> Result<Bench, String> {
+    let (dir, tmp) = match &args.dir {
+        Some(d) => (d.join(name), None),
+        None => {
+            let t = tempfile::tempdir().map_err(|e| e.to_string())?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    let url = format!("sqlite://{}", dir.join("bench.db").display());
+    let inner = SqliteStore::open(&url, &StoreOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let store = Arc::new(TimingStore {
+        inner,
+        record: false.into(),
+        latencies: Mutex::default(),
+        running_at: Mutex::default(),
+        statuses: Mutex::default(),
+        events: AtomicU64::new(0),
+        changed: Notify::new(),
+    });
+    let shared: SharedStore = store.clone();
+    let transport = LocalQueue::new(args.shards, 64 << 20);
+    let options = NodeOptions {
+        max_live: args.waiting.max(args.executions) + 1000,
+        shutdown_wait: Duration::from_secs(120),
+        ..NodeOptions::default()
+    };
+    let node = Node::start(shared, transport, flows(), options)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Bench {
+        node: Arc::new(node),
+        store,
+        _dir: tmp,
+    })
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+async fn raw(args: &BenchArgs, report: &mut Vec<String>) -> Result<(), String> {
+    let b = fresh(args, "raw").await?;
+    let total = args.executions * args.events;
+    let fids: Vec<Fid> = (0..args.executions).map(|_| Fid::new()).collect();
+    let text = payload(0).to_string();
+    let start = Instant::now();
+    let mut batch = Vec::with_capacity(1000);
+    for seq in 1..=args.events as u64 {
+        for fid in &fids {
+            batch.push(Event {
+                fid: fid.clone(),
+                seq,
+                ts: now_ts(),
+                kind: Kind::Debug,
+                payload: text.clone(),
+            });
+            if batch.len() == 1000 {
+                b.store.write(&batch).await.map_err(|e| e.to_string())?;
+                batch.clear();
+            }
+        }
+    }
+    b.store.write(&batch).await.map_err(|e| e.to_string())?;
+    let rate = total as f64 / start.elapsed().as_secs_f64();
+    report.push(format!(
+        "raw      store.write, batches of 1000, {total} events: {rate:.0} events/s"
+    ));
+    b.node.shutdown("bench over").await;
+    Ok(())
+}
+
+async fn throughput(args: &BenchArgs, report: &mut Vec<String>) -> Result<(), String> {
+    let b = fresh(args, "throughput").await?;
+    let start = Instant::now();
+    let mut launches = tokio::task::JoinSet::new();
+    for _ in 0..args.executions {
+        let node = b.node.clone();
+        let n = args.events;
+        launches.spawn(async move { node.launch("emit", "bench", json!({"n": n})).await });
+    }
+    while let Some(r) = launches.join_next().await {
+        r.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+    }
+    b.store.until(Status::Finished, args.executions as u64).await;
+    let secs = start.elapsed().as_secs_f64();
+    let flow_events = (args.executions * args.events) as f64;
+    let stored = b.store.events.load(Ordering::Relaxed) as f64;
+    report.push(format!(
+        "through  {} executions x {} events: {:.0} flow events/s ({:.0} stored events/s incl. status/meta), {:.2} s",
+        args.executions,
+        args.events,
+        flow_events / secs,
+        stored / secs,
+        secs
+    ));
+    b.node.shutdown("bench over").await;
+    Ok(())
+}
+
+async fn latency(args: &BenchArgs, report: &mut Vec<String>) -> Result<(), String> {
+    let b = fresh(args, "latency").await?;
+    let per_execution = 100.0;
+    let executions = ((args.rate as f64 / per_execution).ceil() as usize).max(1);
+    b.store.record.store(true, Ordering::Relaxed);
+    for _ in 0..executions {
+        b.node
+            .launch(
+                "paced",
+                "bench",
+                json!({"rate": per_execution, "seconds": args.seconds}),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    b.store.until(Status::Finished, executions as u64).await;
+    let mut l = std::mem::take(&mut *b.store.latencies.lock().unwrap());
+    l.sort_by(f64::total_cmp);
+    report.push(format!(
+        "latency  {} events/s offered ({executions} executions x {per_execution}/s, {} s): {} events, emit->committed p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        args.rate,
+        args.seconds,
+        l.len(),
+        percentile(&l, 0.5) * 1e3,
+        percentile(&l, 0.99) * 1e3,
+        l.last().copied().unwrap_or(f64::NAN) * 1e3
+    ));
+    b.node.shutdown("bench over").await;
+    Ok(())
+}
+
+async fn launch(args: &BenchArgs, report: &mut Vec<String>) -> Result<(), String> {
+    let b = fresh(args, "launch").await?;
+    for flow in ["noop", "true"] {
+        let mut times = Vec::new();
+        for _ in 0..args.launches {
+            let start = Instant::now();
+            let fid = b
+                .node
+                .launch(flow, "bench", json!({}))
+                .await
+                .map_err(|e| e.to_string())?
+                .fid;
+            let mut sub = b.node.hub().subscribe(&fid);
+            loop {
+                if let Some(at) = b.store.running_at.lock().unwrap().get(&fid) {
+                    times.push(at.duration_since(start).as_secs_f64());
+                    break;
+                }
+                sub.changed().await;
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        let kind = if flow == "noop" { "Rust   " } else { "command" };
+        report.push(format!(
+            "launch   {kind} flow, {} launches: launch->running stored p50 {:.2} ms, p99 {:.2} ms",
+            args.launches,
+            percentile(&times, 0.5) * 1e3,
+            percentile(&times, 0.99) * 1e3
+        ));
+    }
+    b.node.shutdown("bench over").await;
+    Ok(())
+}
+
+async fn waiting(args: &BenchArgs, report: &mut Vec<String>) -> Result<(), String> {
+    let b = fresh(args, "waiting").await?;
+    let before = rss_mib();
+    let start = Instant::now();
+    let mut launched = 0;
+    while launched < args.waiting {
+        let chunk = (args.waiting - launched).min(1000);
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..chunk {
+            let node = b.node.clone();
+            set.spawn(async move { node.launch("waits", "bench", Value::Null).await });
+        }
+        while let Some(r) = set.join_next().await {
+            r.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+        }
+        launched += chunk;
+        if launched % 20_000 == 0 {
+            eprintln!("bench: {launched} waiting executions launched");
+        }
+    }
+    b.store.until(Status::Awaiting, args.waiting as u64).await;
+    let secs = start.elapsed().as_secs_f64();
+    let after = rss_mib();
+
+    report.push(format!(
+        "waiting  {} executions awaiting a lock (launched in {:.1} s): RSS {:.0} MiB ({:.0} MiB before, {:.1} KiB per execution)",
+        args.waiting,
+        secs,
+        after,
+        before,
+        (after - before) * 1024.0 / args.waiting as f64
+    ));
+    let stop = Instant::now();
+    b.node.shutdown("bench over").await;
+    report.push(format!(
+        "waiting  shutdown killed and stored all {} in {:.1} s",
+        args.waiting,
+        stop.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+/// Runs the chosen scenarios and prints their figures.
+pub async fn run(args: BenchArgs) -> ExitCode {
+    let all = ["raw", "throughput", "latency", "launch", "waiting"];
+    if let Some(bad) = args.only.iter().find(|c| !all.contains(&c.as_str())) {
+        eprintln!("runtime bench: unknown scenario {bad:?}; choose from {all:?}");
+        return ExitCode::from(2);
+    }
+    // Always in this order: `waiting` grows the process, which slows the
+    // fork of every later command flow.
+    let chosen: Vec<&str> = all
+        .into_iter()
+        .filter(|s| args.only.is_empty() || args.only.iter().any(|o| o == s))
+        .collect();
+    println!(
+        "kodo bench: embedded default (SQLite WAL + local queue, {} shards), {} cores",
+        args.shards,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let mut report = Vec::new();
+    for scenario in chosen {
+        let shown = report.len();
+        let result = match scenario {
+            "raw" => raw(&args, &mut report).await,
+            "throughput" => throughput(&args, &mut report).await,
+            "latency" => latency(&args, &mut report).await,
+            "launch" => launch(&args, &mut report).await,
+            _ => waiting(&args, &mut report).await,
+        };
+        if let Err(e) = result {
+            eprintln!("runtime bench: {scenario} failed: {e}");
+            return ExitCode::from(1);
+        }
+        for line in &report[shown..] {
+            println!("{line}");
+        }
+    }
     ExitCode::SUCCESS
 }

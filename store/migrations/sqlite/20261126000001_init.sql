@@ -15,11 +15,15 @@ CREATE INDEX executions_by_status ON executions (status, fid);
 CREATE INDEX executions_by_flow   ON executions (flow, fid);
 CREATE INDEX executions_by_node   ON executions (node, status);
 
+-- Rows are appended in commit order (rowid), so a batch that interleaves many
+-- executions writes a few sequential pages; the unique index keeps (fid, seq)
+-- once and serves reads by execution.
 CREATE TABLE events (
+    id      INTEGER PRIMARY KEY,
     fid     TEXT    NOT NULL,
     seq     INTEGER NOT NULL,
     ts      REAL    NOT NULL,
     kind    TEXT    NOT NULL,
-    payload TEXT    NOT NULL,
-    PRIMARY KEY (fid, seq)
-) WITHOUT ROWID;
+    payload TEXT    NOT NULL
+);
+CREATE UNIQUE INDEX events_by_fid_seq ON events (fid, seq);
