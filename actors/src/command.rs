@@ -230,10 +230,20 @@ async fn drive(started: Started, ctx: &Ctx, inputs: &Value) -> Outcome {
     let last_result = Arc::new(Mutex::new(None::<String>));
     let mut readers = JoinSet::new();
     if let Some(out) = child.stdout.take() {
-        readers.spawn(pump_text(BufReader::new(out), ctx.clone(), Kind::Stdout, max));
+        readers.spawn(pump_text(
+            BufReader::new(out),
+            ctx.clone(),
+            Kind::Stdout,
+            max,
+        ));
     }
     if let Some(err) = child.stderr.take() {
-        readers.spawn(pump_text(BufReader::new(err), ctx.clone(), Kind::Stderr, max));
+        readers.spawn(pump_text(
+            BufReader::new(err),
+            ctx.clone(),
+            Kind::Stderr,
+            max,
+        ));
     }
     match tokio::net::unix::pipe::Receiver::from_owned_fd(fd3) {
         Ok(rx) => {

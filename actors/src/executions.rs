@@ -177,7 +177,11 @@ impl Executions {
         let me = myself.clone();
         tokio::spawn(async move {
             // Ignored by the Tracer when the execution already ended.
-            if let Err(e) = ctx.tracer().trace(Trace::Finish(Outcome::Failed(reason))).await {
+            if let Err(e) = ctx
+                .tracer()
+                .trace(Trace::Finish(Outcome::Failed(reason)))
+                .await
+            {
                 tracing::error!(fid = %ctx.fid(), error = %e, "could not record the end");
             }
             let _ = me.cast(ExecMsg::Ended(ctx.fid().clone()));

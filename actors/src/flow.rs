@@ -291,16 +291,25 @@ impl Ctx {
         let wait = timeout.unwrap_or(self.inner.limits.lock_timeout);
         let mut open = self.inner.locks.open(&self.inner.fid, &lid);
         let lock = json!({"lid": lid, "name": name, "data": data, "expires": now_ts() + wait.as_secs_f64()});
-        self.inner.tracer.trace(Trace::Lock(lock.to_string())).await?;
+        self.inner
+            .tracer
+            .trace(Trace::Lock(lock.to_string()))
+            .await?;
         match tokio::time::timeout(wait, &mut open.answer).await {
             Ok(Ok(answer)) => {
                 let lease = json!({"lid": lid, "name": name, "result": answer});
-                self.inner.tracer.trace(Trace::Lease(lease.to_string())).await?;
+                self.inner
+                    .tracer
+                    .trace(Trace::Lease(lease.to_string()))
+                    .await?;
                 Ok(answer)
             }
             _ => {
                 let lease = json!({"lid": lid, "name": name, "error": "expired"});
-                self.inner.tracer.trace(Trace::Lease(lease.to_string())).await?;
+                self.inner
+                    .tracer
+                    .trace(Trace::Lease(lease.to_string()))
+                    .await?;
                 Err(LockError::Expired {
                     lid,
                     name: name.to_string(),

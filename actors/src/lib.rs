@@ -21,7 +21,9 @@ pub mod spooler;
 pub mod tracer;
 
 pub use executions::LaunchError;
-pub use flow::{BoxError, CommandSpec, Ctx, ExecLimits, FlowDef, FlowResult, Flows, LockError, Stop};
+pub use flow::{
+    BoxError, CommandSpec, Ctx, ExecLimits, FlowDef, FlowResult, Flows, LockError, Stop,
+};
 pub use hub::{Hub, Subscription};
 pub use locks::AnswerError;
 pub use node::{KillError, Launched, Node, NodeError, NodeOptions};

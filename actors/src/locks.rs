@@ -19,10 +19,13 @@ pub enum AnswerError {
     },
 }
 
-/// The open locks of this node.
+/// An open lock's execution and where its answer goes.
+type Waiter = (Fid, oneshot::Sender<Value>);
+
+/// The open locks of this node, by lock id.
 #[derive(Clone, Default)]
 pub struct Locks {
-    open: Arc<Mutex<HashMap<String, (Fid, oneshot::Sender<Value>)>>>,
+    open: Arc<Mutex<HashMap<String, Waiter>>>,
 }
 
 /// An open lock; closes itself (forgets the lock) when dropped.

@@ -278,7 +278,10 @@ impl Node {
     /// can no longer store events and should exit with this reason.
     pub async fn failed(&self) -> String {
         let mut ended = self.spoolers_ended.clone();
-        match ended.wait_for(|why| why.as_ref().is_some_and(|w| !w.is_empty())).await {
+        match ended
+            .wait_for(|why| why.as_ref().is_some_and(|w| !w.is_empty()))
+            .await
+        {
             Ok(why) => why.clone().unwrap_or_default(),
             Err(_) => std::future::pending().await,
         }

@@ -261,7 +261,10 @@ mod tests {
             ["lock", "status:awaiting"]
         );
         assert_eq!(kinds(&b.plan(Trace::Lock("{}".into())).unwrap()), ["lock"]);
-        assert_eq!(kinds(&b.plan(Trace::Lease("{}".into())).unwrap()), ["lease"]);
+        assert_eq!(
+            kinds(&b.plan(Trace::Lease("{}".into())).unwrap()),
+            ["lease"]
+        );
         assert_eq!(
             kinds(&b.plan(Trace::Lease("{}".into())).unwrap()),
             ["lease", "status:running"]
@@ -304,7 +307,9 @@ mod tests {
     fn stamps_without_gaps() {
         let mut b = TraceBook::new(64);
         let fid = Fid::new();
-        let planned = b.plan(Trace::Finish(Outcome::Killed("by x".into()))).unwrap();
+        let planned = b
+            .plan(Trace::Finish(Outcome::Killed("by x".into())))
+            .unwrap();
         let events = b.stamp(&fid, planned);
         assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
         assert_eq!(events[0].payload, json_text("killed: by x"));

@@ -272,7 +272,10 @@ mod tests {
         assert_eq!(e.status(), Some(Status::Killed));
         assert!(Status::Killed.is_final());
         assert!(!Status::Awaiting.is_final());
-        let not = Event { kind: Kind::Stdout, ..e };
+        let not = Event {
+            kind: Kind::Stdout,
+            ..e
+        };
         assert_eq!(not.status(), None);
     }
 }

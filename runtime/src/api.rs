@@ -57,7 +57,10 @@ impl ApiError {
     }
     fn internal(e: impl std::fmt::Display) -> Self {
         tracing::error!(error = %e, "request failed");
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, format!("store unavailable: {e}"))
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store unavailable: {e}"),
+        )
     }
 }
 
@@ -127,11 +130,8 @@ async fn authenticate(
             request.extensions_mut().insert(user);
             next.run(request).await
         }
-        None => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing or unknown bearer token",
-        )
-        .into_response(),
+        None => ApiError::new(StatusCode::UNAUTHORIZED, "missing or unknown bearer token")
+            .into_response(),
     }
 }
 
@@ -147,7 +147,9 @@ impl<S: Send + Sync> FromRequestParts<S> for User {
 }
 
 /// Parses a JSON body, turning every failure into a JSON 400 or 413.
-fn json_body<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> ApiResult<Option<T>> {
+fn json_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Option<T>> {
     let bytes = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
@@ -221,10 +223,17 @@ async fn launch(
             } else {
                 StatusCode::ACCEPTED
             };
-            Ok((status, Json(json!({"fid": launched.fid, "stored": launched.stored}))).into_response())
+            Ok((
+                status,
+                Json(json!({"fid": launched.fid, "stored": launched.stored})),
+            )
+                .into_response())
         }
         Err(LaunchError::UnknownFlow(f)) => Err(ApiError::not_found(format!("flow {f}"))),
-        Err(e) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+        Err(e) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+        )),
     }
 }
 
@@ -337,7 +346,9 @@ async fn get_events(
         )
         .await
         .map_err(ApiError::internal)?;
-    Ok(Json(json!({"events": events.iter().map(event_json).collect::<Vec<_>>()})))
+    Ok(Json(
+        json!({"events": events.iter().map(event_json).collect::<Vec<_>>()}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -375,9 +386,11 @@ async fn stream(
         buffer: VecDeque::new(),
         done: false,
     };
-    let events = futures::stream::unfold(follow, |mut f| async move {
-        f.next().await.map(|e| (Ok(e), f))
-    });
+    let events =
+        futures::stream::unfold(
+            follow,
+            |mut f| async move { f.next().await.map(|e| (Ok(e), f)) },
+        );
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
@@ -451,8 +464,16 @@ async fn kill(
             format!("execution already ended: {}", row.status),
         ));
     }
-    match state.node.kill(&row.fid, &format!("by {}", user.name)).await {
-        Ok(()) => Ok((StatusCode::ACCEPTED, Json(json!({"fid": row.fid, "killing": true}))).into_response()),
+    match state
+        .node
+        .kill(&row.fid, &format!("by {}", user.name))
+        .await
+    {
+        Ok(()) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"fid": row.fid, "killing": true})),
+        )
+            .into_response()),
         Err(KillError::NotRunning(_)) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "execution is not running on this node",
@@ -473,7 +494,8 @@ async fn answer_lock(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
     let row = visible(&state, &user, &fid).await?;
-    let body: AnswerBody = json_body(body)?.ok_or_else(|| ApiError::bad("expected {\"answer\": ...}"))?;
+    let body: AnswerBody =
+        json_body(body)?.ok_or_else(|| ApiError::bad("expected {\"answer\": ...}"))?;
     if row.status.is_final() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -482,7 +504,9 @@ async fn answer_lock(
     }
     match state.node.answer_lock(&row.fid, &lid, body.answer) {
         Ok(()) => Ok(Json(json!({"fid": row.fid, "lid": lid, "answered": true}))),
-        Err(e @ AnswerError::NotFound { .. }) => Err(ApiError::new(StatusCode::NOT_FOUND, e.to_string())),
+        Err(e @ AnswerError::NotFound { .. }) => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, e.to_string()))
+        }
     }
 }
 

@@ -70,7 +70,12 @@ struct TimingStore {
 
 impl TimingStore {
     fn count(&self, status: Status) -> u64 {
-        self.statuses.lock().unwrap().get(&status).copied().unwrap_or(0)
+        self.statuses
+            .lock()
+            .unwrap()
+            .get(&status)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Waits until `n` events of `status` are committed.
@@ -91,10 +96,16 @@ impl Store for TimingStore {
         self.inner.write(events).await?;
         let now = now_ts();
         let at = Instant::now();
-        self.events.fetch_add(events.len() as u64, Ordering::Relaxed);
+        self.events
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
         if self.record.load(Ordering::Relaxed) {
             let mut l = self.latencies.lock().unwrap();
-            l.extend(events.iter().filter(|e| e.kind == Kind::Debug).map(|e| now - e.ts));
+            l.extend(
+                events
+                    .iter()
+                    .filter(|e| e.kind == Kind::Debug)
+                    .map(|e| now - e.ts),
+            );
         }
         let mut statuses = self.statuses.lock().unwrap();
         for e in events {
@@ -136,28 +147,38 @@ fn payload(i: usize) -> Value {
 
 fn flows() -> Flows {
     let mut flows = Flows::default();
-    flows.add(FlowDef::rust("emit", |ctx: Ctx, inputs: Value| async move {
-        let n = inputs["n"].as_u64().unwrap_or(100) as usize;
-        for i in 0..n {
-            ctx.emit(Kind::Debug, &payload(i)).await?;
-        }
+    flows.add(FlowDef::rust(
+        "emit",
+        |ctx: Ctx, inputs: Value| async move {
+            let n = inputs["n"].as_u64().unwrap_or(100) as usize;
+            for i in 0..n {
+                ctx.emit(Kind::Debug, &payload(i)).await?;
+            }
+            Ok(Value::Null)
+        },
+    ));
+    flows.add(FlowDef::rust(
+        "paced",
+        |ctx: Ctx, inputs: Value| async move {
+            let per_second = inputs["rate"].as_f64().unwrap_or(100.0);
+            let until =
+                Instant::now() + Duration::from_secs_f64(inputs["seconds"].as_f64().unwrap_or(5.0));
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_second));
+            let mut i = 0;
+            while Instant::now() < until {
+                tick.tick().await;
+                ctx.emit(Kind::Debug, &payload(i)).await?;
+                i += 1;
+            }
+            Ok(Value::Null)
+        },
+    ));
+    flows.add(FlowDef::rust("noop", |_ctx: Ctx, _| async move {
         Ok(Value::Null)
     }));
-    flows.add(FlowDef::rust("paced", |ctx: Ctx, inputs: Value| async move {
-        let per_second = inputs["rate"].as_f64().unwrap_or(100.0);
-        let until = Instant::now() + Duration::from_secs_f64(inputs["seconds"].as_f64().unwrap_or(5.0));
-        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_second));
-        let mut i = 0;
-        while Instant::now() < until {
-            tick.tick().await;
-            ctx.emit(Kind::Debug, &payload(i)).await?;
-            i += 1;
-        }
-        Ok(Value::Null)
-    }));
-    flows.add(FlowDef::rust("noop", |_ctx: Ctx, _| async move { Ok(Value::Null) }));
     flows.add(FlowDef::rust("waits", |ctx: Ctx, _| async move {
-        ctx.lock("approve", Value::Null, Some(Duration::from_secs(86_400))).await?;
+        ctx.lock("approve", Value::Null, Some(Duration::from_secs(86_400)))
+            .await?;
         Ok(Value::Null)
     }));
     flows.add(FlowDef::command(
@@ -276,7 +297,9 @@ async fn throughput(args: &BenchArgs, report: &mut Vec<String>) -> Result<(), St
     while let Some(r) = launches.join_next().await {
         r.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
     }
-    b.store.until(Status::Finished, args.executions as u64).await;
+    b.store
+        .until(Status::Finished, args.executions as u64)
+        .await;
     let secs = start.elapsed().as_secs_f64();
     let flow_events = (args.executions * args.events) as f64;
     let stored = b.store.events.load(Ordering::Relaxed) as f64;

@@ -231,7 +231,15 @@ pub struct FlowSection {
 }
 
 /// Sections whose keys `KODO_*` variables may override.
-const OVERRIDABLE: &[&str] = &["node", "api", "store", "transport", "spooler", "limits", "log"];
+const OVERRIDABLE: &[&str] = &[
+    "node",
+    "api",
+    "store",
+    "transport",
+    "spooler",
+    "limits",
+    "log",
+];
 
 impl Config {
     /// Reads `path` (or only defaults when `path` is None) and applies `env`.
@@ -276,17 +284,22 @@ impl Config {
             key: key.to_string(),
             message,
         };
-        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            err("-", e.to_string().trim().replace('\n', " "))
-        })?;
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| err("-", e.to_string().trim().replace('\n', " ")))?;
         apply_env(&mut table, env)?;
-        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
-            .map_err(|e| {
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
                 let key = e.path().to_string();
                 let message = e.into_inner().to_string();
-                err(&key, message.lines().next().unwrap_or("").trim().to_string())
+                err(
+                    &key,
+                    message.lines().next().unwrap_or("").trim().to_string(),
+                )
             })?;
-        config.validate().map_err(|(key, message)| err(&key, message))?;
+        config
+            .validate()
+            .map_err(|(key, message)| err(&key, message))?;
         Ok(config)
     }
 
@@ -305,7 +318,10 @@ impl Config {
         let mut seen = std::collections::HashSet::new();
         for (i, t) in self.auth.tokens.iter().enumerate() {
             if t.token.len() < 8 {
-                return bad(&format!("auth.tokens[{i}].token"), "tokens need 8 characters or more");
+                return bad(
+                    &format!("auth.tokens[{i}].token"),
+                    "tokens need 8 characters or more",
+                );
             }
             if t.user.is_empty() {
                 return bad(&format!("auth.tokens[{i}].user"), "empty user");
@@ -321,7 +337,10 @@ impl Config {
             return bad("store.synchronous", "expected \"normal\" or \"full\"");
         }
         if self.transport.kind != "local" {
-            return bad("transport.kind", "expected \"local\" (the only transport of this build)");
+            return bad(
+                "transport.kind",
+                "expected \"local\" (the only transport of this build)",
+            );
         }
         if !(1..=256).contains(&self.transport.shards) {
             return bad("transport.shards", "expected 1 to 256");
@@ -344,23 +363,35 @@ impl Config {
             ("limits.launch_wait", self.limits.launch_wait),
             ("limits.shutdown_wait", self.limits.shutdown_wait),
         ] {
-            if !(v.is_finite() && v >= 0.0 && v < 1e9) {
+            if !(0.0..1e9).contains(&v) {
                 return bad(key, "expected seconds, 0 or more");
             }
         }
-        if self.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
+        if self
+            .log
+            .level
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
             return bad("log.level", "not a valid log filter");
         }
         for (name, flow) in &self.flows {
             let key = format!("flows.{name}");
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
                 return bad(&key, "flow names use letters, digits, '-', '_' and '.'");
             }
             if flow.command.first().is_none_or(String::is_empty) {
-                return bad(&format!("{key}.command"), "expected a program and its arguments");
+                return bad(
+                    &format!("{key}.command"),
+                    "expected a program and its arguments",
+                );
             }
             if let Some(t) = flow.timeout
-                && !(t.is_finite() && t > 0.0 && t < 1e9)
+                && !(t > 0.0 && t < 1e9)
             {
                 return bad(&format!("{key}.timeout"), "expected seconds, more than 0");
             }
@@ -484,7 +515,10 @@ mod tests {
     }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -528,26 +562,59 @@ mod tests {
     fn bad_files_name_the_key_and_the_file() {
         let cases = [
             ("[api]\nlisten = 3", "kodo.toml: api.listen: invalid type"),
-            ("[api]\nlisen = \"x\"", "kodo.toml: api.lisen: unknown field `lisen`"),
+            (
+                "[api]\nlisen = \"x\"",
+                "kodo.toml: api.lisen: unknown field `lisen`",
+            ),
             ("[nope]\n", "kodo.toml: nope: unknown field `nope`"),
             ("[api\n", "kodo.toml: -: TOML parse error"),
-            ("[api]\nlisten = \"localhost\"", "kodo.toml: api.listen: expected HOST:PORT"),
-            ("[api]\nlisten = \"0.0.0.0:1\"", "kodo.toml: api.listen: refusing"),
-            ("[store]\nurl = \"mysql://x\"", "kodo.toml: store.url: expected sqlite"),
-            ("[store]\nsynchronous = \"off\"", "kodo.toml: store.synchronous"),
-            ("[transport]\nkind = \"carrier-pigeon\"", "kodo.toml: transport.kind"),
+            (
+                "[api]\nlisten = \"localhost\"",
+                "kodo.toml: api.listen: expected HOST:PORT",
+            ),
+            (
+                "[api]\nlisten = \"0.0.0.0:1\"",
+                "kodo.toml: api.listen: refusing",
+            ),
+            (
+                "[store]\nurl = \"mysql://x\"",
+                "kodo.toml: store.url: expected sqlite",
+            ),
+            (
+                "[store]\nsynchronous = \"off\"",
+                "kodo.toml: store.synchronous",
+            ),
+            (
+                "[transport]\nkind = \"carrier-pigeon\"",
+                "kodo.toml: transport.kind",
+            ),
             ("[transport]\nshards = 0", "kodo.toml: transport.shards"),
             ("[limits]\nkill_grace = -1", "kodo.toml: limits.kill_grace"),
             ("[flows.x]\ncommand = []", "kodo.toml: flows.x.command"),
-            ("[flows.x]\ncommand = [\"a\"]\ntimeout = 0", "kodo.toml: flows.x.timeout"),
-            ("[flows.x]\ncommand = [\"a\"]\nretries = 1", "kodo.toml: flows.x.retries: unknown field `retries`"),
-            ("[flows.\"a b\"]\ncommand = [\"a\"]", "kodo.toml: flows.a b: flow names"),
-            ("[[auth.tokens]]\ntoken = \"short\"\nuser = \"u\"", "kodo.toml: auth.tokens[0].token"),
+            (
+                "[flows.x]\ncommand = [\"a\"]\ntimeout = 0",
+                "kodo.toml: flows.x.timeout",
+            ),
+            (
+                "[flows.x]\ncommand = [\"a\"]\nretries = 1",
+                "kodo.toml: flows.x.retries: unknown field `retries`",
+            ),
+            (
+                "[flows.\"a b\"]\ncommand = [\"a\"]",
+                "kodo.toml: flows.a b: flow names",
+            ),
+            (
+                "[[auth.tokens]]\ntoken = \"short\"\nuser = \"u\"",
+                "kodo.toml: auth.tokens[0].token",
+            ),
             ("[log]\nlevel = \"[[[\"", "kodo.toml: log.level"),
         ];
         for (text, expected) in cases {
             let e = parse(text).unwrap_err().to_string();
-            assert!(e.starts_with(expected), "{text:?}: got {e:?}, want {expected:?}");
+            assert!(
+                e.starts_with(expected),
+                "{text:?}: got {e:?}, want {expected:?}"
+            );
         }
     }
 
@@ -570,12 +637,12 @@ mod tests {
         assert_eq!(c.store.url, "sqlite:///tmp/x.db");
         assert_eq!(c.limits.kill_grace, 0.5);
         assert_eq!(c.transport.shards, 4);
-        let e = Config::parse("kodo.toml", "", env(&[("KODO_TRANSPORT_SHARDS", "many")]))
-            .unwrap_err();
+        let e =
+            Config::parse("kodo.toml", "", env(&[("KODO_TRANSPORT_SHARDS", "many")])).unwrap_err();
         assert_eq!(e.source_name, "KODO_TRANSPORT_SHARDS");
         assert_eq!(e.key, "transport.shards");
-        let e = Config::parse("kodo.toml", "api = 1", env(&[("KODO_API_LISTEN", "x")]))
-            .unwrap_err();
+        let e =
+            Config::parse("kodo.toml", "api = 1", env(&[("KODO_API_LISTEN", "x")])).unwrap_err();
         assert!(e.message.contains("not a table"), "{e}");
     }
 

@@ -85,7 +85,9 @@ impl Runtime {
                 return Err(StartError::Bind { addr, source });
             }
         };
-        let addr = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr, source })?;
         let app = api::router(node.clone(), &config);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {

@@ -81,7 +81,10 @@ async fn run(config: Config) -> ExitCode {
         _ = term.recv() => None,
         why = running.failed() => Some(why),
     };
-    let reason = failure.as_deref().unwrap_or("node shutting down").to_string();
+    let reason = failure
+        .as_deref()
+        .unwrap_or("node shutting down")
+        .to_string();
     tracing::info!(%reason, "shutting down");
     let left = running.shutdown(&reason).await;
     match (failure, left) {
@@ -103,7 +106,10 @@ async fn run(config: Config) -> ExitCode {
 async fn upgrade(config: Config) -> ExitCode {
     match kodo_store::open(&config.store.url, &config.store_options(true)).await {
         Ok(store) => {
-            println!("database {} is up to date; migrations:", kodo_store::mask_url(&config.store.url));
+            println!(
+                "database {} is up to date; migrations:",
+                kodo_store::mask_url(&config.store.url)
+            );
             for (version, description) in kodo_store::SqliteStore::migrations() {
                 println!("  {version} {description}");
             }
@@ -119,7 +125,10 @@ async fn upgrade(config: Config) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("runtime: cannot start tokio: {e}");

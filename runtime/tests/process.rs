@@ -49,7 +49,11 @@ async fn start(config: &Path, dir: &Path) -> (Child, String) {
 /// Sends SIGTERM (as `kill` does) and returns the exit code.
 async fn terminate(child: &mut Child) -> i32 {
     let pid = child.id().expect("still running").to_string();
-    let sent = Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+    let sent = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
     assert!(sent.success());
     tokio::time::timeout(DEADLINE, child.wait())
         .await
@@ -95,7 +99,10 @@ async fn stream_until(base: &str, fid: &str, needle: &str) -> String {
     })
     .await
     .expect("stream reached what was awaited");
-    assert!(text.contains(needle), "stream ended without {needle:?}: {text}");
+    assert!(
+        text.contains(needle),
+        "stream ended without {needle:?}: {text}"
+    );
     text
 }
 
@@ -129,7 +136,10 @@ async fn bad_configs_exit_2_naming_the_key_and_the_file() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("kodo.toml: api.lisen: unknown field `lisen`"), "{err}");
+    assert!(
+        err.contains("kodo.toml: api.lisen: unknown field `lisen`"),
+        "{err}"
+    );
 
     let missing = dir.path().join("nope.toml");
     let out = runtime(&["run", "--config", missing.to_str().unwrap()], dir.path())
@@ -173,15 +183,29 @@ async fn the_sample_config_runs_both_demo_flows() {
     let flows = get(&base, "/flows").await;
     assert_eq!(flows["flows"].as_array().unwrap().len(), 2);
 
-    let hello = post(&base, "/flows/hello/executions", json!({"inputs": {"name": "kodo"}})).await;
+    let hello = post(
+        &base,
+        "/flows/hello/executions",
+        json!({"inputs": {"name": "kodo"}}),
+    )
+    .await;
     let fid = hello["fid"].as_str().unwrap();
     stream_until(&base, fid, "\"finished\"").await;
-    let finals = get(&base, &format!("/executions/{fid}/events?kinds=final,action")).await;
+    let finals = get(
+        &base,
+        &format!("/executions/{fid}/events?kinds=final,action"),
+    )
+    .await;
     let events = finals["events"].as_array().unwrap();
     assert_eq!(events.len(), 6, "{finals}");
     assert_eq!(events[5]["payload"]["inputs"], json!({"name": "kodo"}));
 
-    let approve = post(&base, "/flows/approve/executions", json!({"inputs": {"item": "a raise"}})).await;
+    let approve = post(
+        &base,
+        "/flows/approve/executions",
+        json!({"inputs": {"item": "a raise"}}),
+    )
+    .await;
     let fid = approve["fid"].as_str().unwrap();
     let text = stream_until(&base, fid, "event: lock").await;
     let data = text
@@ -192,7 +216,12 @@ async fn the_sample_config_runs_both_demo_flows() {
     let lock: Value = serde_json::from_str(data).unwrap();
     assert_eq!(lock["data"]["question"], "Approve a raise?");
     let lid = lock["lid"].as_str().unwrap();
-    post(&base, &format!("/executions/{fid}/locks/{lid}"), json!({"answer": "yes"})).await;
+    post(
+        &base,
+        &format!("/executions/{fid}/locks/{lid}"),
+        json!({"answer": "yes"}),
+    )
+    .await;
     stream_until(&base, fid, "\"finished\"").await;
     let result = get(&base, &format!("/executions/{fid}/events?kinds=final")).await;
     assert_eq!(
@@ -238,7 +267,11 @@ async fn sigkill_then_restart_ends_every_execution_and_keeps_every_stored_event(
         assert_eq!(row["status"], "error", "{row}");
         let now = get(&base, &format!("/executions/{fid}/events")).await;
         let now = now["events"].as_array().unwrap();
-        assert_eq!(&now[..old.len()], &old[..], "everything stored before the kill stays");
+        assert_eq!(
+            &now[..old.len()],
+            &old[..],
+            "everything stored before the kill stays"
+        );
         let tail: Vec<_> = now[old.len()..]
             .iter()
             .map(|e| (e["kind"].clone(), e["payload"].clone()))
@@ -261,13 +294,23 @@ async fn sigkill_then_restart_ends_every_execution_and_keeps_every_stored_event(
 async fn db_upgrade_and_help() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), "");
-    let out = runtime(&["db", "upgrade", "--config", cfg.to_str().unwrap()], dir.path())
-        .output()
-        .await
-        .unwrap();
+    let out = runtime(
+        &["db", "upgrade", "--config", cfg.to_str().unwrap()],
+        dir.path(),
+    )
+    .output()
+    .await
+    .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("is up to date") && text.contains("init"), "{text}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("is up to date") && text.contains("init"),
+        "{text}"
+    );
     assert!(dir.path().join("kodo.db").exists());
     for args in [
         &["--help"][..],

@@ -193,7 +193,10 @@ mod tests {
             mask_url("postgres://kodo:secret@db:5432/kodo"),
             "postgres://kodo:***@db:5432/kodo"
         );
-        assert_eq!(mask_url("sqlite://./data/kodo.db"), "sqlite://./data/kodo.db");
+        assert_eq!(
+            mask_url("sqlite://./data/kodo.db"),
+            "sqlite://./data/kodo.db"
+        );
         assert_eq!(mask_url("redis://db:6379"), "redis://db:6379");
         assert_eq!(mask_url("nonsense"), "nonsense");
     }

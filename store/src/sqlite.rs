@@ -331,10 +331,14 @@ impl Store for SqliteStore {
     }
 
     async fn events(&self, fid: &Fid, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
-        let mut sql = String::from("SELECT seq, ts, kind, payload FROM events WHERE fid = ? AND seq > ?");
+        let mut sql =
+            String::from("SELECT seq, ts, kind, payload FROM events WHERE fid = ? AND seq > ?");
         let kinds: &[Kind] = query.kinds.as_deref().unwrap_or(&[]);
         if !kinds.is_empty() {
-            sql.push_str(&format!(" AND kind IN ({})", vec!["?"; kinds.len()].join(", ")));
+            sql.push_str(&format!(
+                " AND kind IN ({})",
+                vec!["?"; kinds.len()].join(", ")
+            ));
         }
         sql.push_str(" ORDER BY seq LIMIT ?");
         let mut q = sqlx::query(AssertSqlSafe(sql))

@@ -247,7 +247,12 @@ impl TestApi {
     }
 
     /// A request to `path` with an optional bearer token.
-    pub fn req(&self, method: reqwest::Method, path: &str, token: Option<&str>) -> reqwest::RequestBuilder {
+    pub fn req(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> reqwest::RequestBuilder {
         let r = self.http.request(method, format!("{}{path}", self.base));
         match token {
             Some(t) => r.bearer_auth(t),

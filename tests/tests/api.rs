@@ -45,7 +45,13 @@ async fn start() -> TestApi {
     TestApi::start(AUTH, rust_flows()).await
 }
 
-async fn call(api: &TestApi, method: Method, path: &str, token: &str, body: Option<Value>) -> (StatusCode, Value) {
+async fn call(
+    api: &TestApi,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
     let mut r = api.req(method, path, Some(token));
     if let Some(b) = body {
         r = r.json(&b);
@@ -57,7 +63,14 @@ async fn call(api: &TestApi, method: Method, path: &str, token: &str, body: Opti
 }
 
 async fn launch(api: &TestApi, flow: &str, token: &str, inputs: Value) -> String {
-    let (status, body) = call(api, Method::POST, &format!("/flows/{flow}/executions"), token, Some(json!({"inputs": inputs}))).await;
+    let (status, body) = call(
+        api,
+        Method::POST,
+        &format!("/flows/{flow}/executions"),
+        token,
+        Some(json!({"inputs": inputs})),
+    )
+    .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     body["fid"].as_str().expect("fid").to_string()
 }
@@ -65,7 +78,11 @@ async fn launch(api: &TestApi, flow: &str, token: &str, inputs: Value) -> String
 /// Follows the execution's stream to its end and returns its events.
 async fn follow(api: &TestApi, fid: &str, token: &str) -> Vec<Sse> {
     let resp = api
-        .req(Method::GET, &format!("/executions/{fid}/stream"), Some(token))
+        .req(
+            Method::GET,
+            &format!("/executions/{fid}/stream"),
+            Some(token),
+        )
         .send()
         .await
         .unwrap();
@@ -84,12 +101,20 @@ async fn health_and_flows() {
     assert_eq!(health["transport"]["kind"], "local");
     let (status, flows) = call(&api, Method::GET, "/flows", ANN, None).await;
     assert_eq!(status, StatusCode::OK);
-    let names: Vec<_> = flows["flows"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap().to_string()).collect();
+    let names: Vec<_> = flows["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(names, ["asks", "count", "echo"]);
     assert_eq!(flows["flows"][2]["kind"], "command");
     assert_eq!(flows["flows"][2]["description"], "echoes its inputs");
     let (status, body) = call(&api, Method::GET, "/nowhere", ANN, None).await;
-    assert_eq!((status, body["error"].as_str().is_some()), (StatusCode::NOT_FOUND, true));
+    assert_eq!(
+        (status, body["error"].as_str().is_some()),
+        (StatusCode::NOT_FOUND, true)
+    );
     api.running.shutdown("test over").await;
 }
 
@@ -101,29 +126,62 @@ async fn launch_read_and_list_with_every_error() {
     assert_eq!(events.last().unwrap().data, "\"finished\"");
     let (status, row) = call(&api, Method::GET, &format!("/executions/{fid}"), ANN, None).await;
     assert_eq!(status, StatusCode::OK);
-    for key in ["fid", "flow", "status", "owner", "created", "updated", "events"] {
+    for key in [
+        "fid", "flow", "status", "owner", "created", "updated", "events",
+    ] {
         assert!(row.get(key).is_some(), "missing {key}: {row}");
     }
-    assert_eq!((row["status"].as_str(), row["owner"].as_str()), (Some("finished"), Some("ann")));
+    assert_eq!(
+        (row["status"].as_str(), row["owner"].as_str()),
+        (Some("finished"), Some("ann"))
+    );
     assert_eq!(row["events"].as_u64().unwrap() as usize, events.len());
 
     // events: paging, kinds, payloads as JSON
-    let (_, all) = call(&api, Method::GET, &format!("/executions/{fid}/events"), ANN, None).await;
+    let (_, all) = call(
+        &api,
+        Method::GET,
+        &format!("/executions/{fid}/events"),
+        ANN,
+        None,
+    )
+    .await;
     let all = all["events"].as_array().unwrap().clone();
     assert_eq!(all.len(), events.len());
-    assert!(all.iter().enumerate().all(|(i, e)| e["seq"] == json!(i + 1)));
+    assert!(
+        all.iter()
+            .enumerate()
+            .all(|(i, e)| e["seq"] == json!(i + 1))
+    );
     assert_eq!(all[0]["kind"], "meta");
-    let (_, page) = call(&api, Method::GET, &format!("/executions/{fid}/events?after=2&limit=2"), ANN, None).await;
-    let seqs: Vec<_> = page["events"].as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    let (_, page) = call(
+        &api,
+        Method::GET,
+        &format!("/executions/{fid}/events?after=2&limit=2"),
+        ANN,
+        None,
+    )
+    .await;
+    let seqs: Vec<_> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
     assert_eq!(seqs, [3, 4]);
-    let (_, out) = call(&api, Method::GET, &format!("/executions/{fid}/events?kinds=stdout,final"), ANN, None).await;
+    let (_, out) = call(
+        &api,
+        Method::GET,
+        &format!("/executions/{fid}/events?kinds=stdout,final"),
+        ANN,
+        None,
+    )
+    .await;
     let out = out["events"].as_array().unwrap();
     assert_eq!(out[0]["payload"], json!(r#"{"hello":"world"}"#));
     assert_eq!(out[1]["payload"], json!(7));
 
-    for (path, code) in [
-        ("/flows/nope/executions", StatusCode::NOT_FOUND),
-    ] {
+    for (path, code) in [("/flows/nope/executions", StatusCode::NOT_FOUND)] {
         let (status, body) = call(&api, Method::POST, path, ANN, Some(json!({}))).await;
         assert_eq!(status, code, "{path}: {body}");
     }
@@ -134,20 +192,42 @@ async fn launch_read_and_list_with_every_error() {
         (&"x".repeat(10_000), StatusCode::PAYLOAD_TOO_LARGE),
     ];
     for (body, code) in bad_bodies {
-        let resp = api.req(Method::POST, "/flows/count/executions", Some(ANN)).header("content-type", "application/json").body(body.to_string()).send().await.unwrap();
+        let resp = api
+            .req(Method::POST, "/flows/count/executions", Some(ANN))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), code, "{body:.40}");
         let err: Value = resp.json().await.expect("a JSON error body");
-        assert!(err["error"].as_str().is_some_and(|e| !e.is_empty()), "{err}");
+        assert!(
+            err["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{err}"
+        );
     }
     // An empty body means no inputs.
-    let resp = api.req(Method::POST, "/flows/count/executions", Some(ANN)).send().await.unwrap();
+    let resp = api
+        .req(Method::POST, "/flows/count/executions", Some(ANN))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::CREATED);
 
     let get_errors = [
         ("/executions/not-a-fid", StatusCode::NOT_FOUND),
-        ("/executions/01990000-0000-7000-8000-000000000000", StatusCode::NOT_FOUND),
-        ("/executions/01990000-0000-7000-8000-000000000000/events", StatusCode::NOT_FOUND),
-        ("/executions/01990000-0000-7000-8000-000000000000/stream", StatusCode::NOT_FOUND),
+        (
+            "/executions/01990000-0000-7000-8000-000000000000",
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "/executions/01990000-0000-7000-8000-000000000000/events",
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "/executions/01990000-0000-7000-8000-000000000000/stream",
+            StatusCode::NOT_FOUND,
+        ),
         ("/executions?status=sleeping", StatusCode::BAD_REQUEST),
         ("/executions?limit=0", StatusCode::BAD_REQUEST),
         ("/executions?limit=abc", StatusCode::BAD_REQUEST),
@@ -159,11 +239,30 @@ async fn launch_read_and_list_with_every_error() {
         assert_eq!(status, code, "{path}: {body}");
         assert!(body["error"].as_str().is_some(), "{path}: {body}");
     }
-    let (status, _) = call(&api, Method::GET, &format!("/executions/{fid}/events?kinds=nope"), ANN, None).await;
+    let (status, _) = call(
+        &api,
+        Method::GET,
+        &format!("/executions/{fid}/events?kinds=nope"),
+        ANN,
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    let (status, _) = call(&api, Method::GET, &format!("/executions/{fid}/events?limit=0"), ANN, None).await;
+    let (status, _) = call(
+        &api,
+        Method::GET,
+        &format!("/executions/{fid}/events?limit=0"),
+        ANN,
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    let resp = api.req(Method::GET, &format!("/executions/{fid}/stream"), Some(ANN)).header("last-event-id", "x").send().await.unwrap();
+    let resp = api
+        .req(Method::GET, &format!("/executions/{fid}/stream"), Some(ANN))
+        .header("last-event-id", "x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     api.running.shutdown("test over").await;
 }
@@ -180,11 +279,32 @@ async fn listing_filters_and_pages_with_a_cursor() {
         follow(&api, fid, ROOT).await;
     }
     let (_, page1) = call(&api, Method::GET, "/executions?limit=3", ANN, None).await;
-    let ids1: Vec<_> = page1["executions"].as_array().unwrap().iter().map(|e| e["fid"].as_str().unwrap().to_string()).collect();
-    assert_eq!(ids1, [mine[4].clone(), mine[3].clone(), mine[2].clone()], "newest first, only ann's");
+    let ids1: Vec<_> = page1["executions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["fid"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        ids1,
+        [mine[4].clone(), mine[3].clone(), mine[2].clone()],
+        "newest first, only ann's"
+    );
     let cursor = page1["next_cursor"].as_str().unwrap();
-    let (_, page2) = call(&api, Method::GET, &format!("/executions?limit=3&cursor={cursor}"), ANN, None).await;
-    let ids2: Vec<_> = page2["executions"].as_array().unwrap().iter().map(|e| e["fid"].as_str().unwrap().to_string()).collect();
+    let (_, page2) = call(
+        &api,
+        Method::GET,
+        &format!("/executions?limit=3&cursor={cursor}"),
+        ANN,
+        None,
+    )
+    .await;
+    let ids2: Vec<_> = page2["executions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["fid"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(ids2, [mine[1].clone(), mine[0].clone()]);
     assert!(page2["next_cursor"].is_null());
     let (_, by_flow) = call(&api, Method::GET, "/executions?flow=echo", ROOT, None).await;
@@ -194,7 +314,13 @@ async fn listing_filters_and_pages_with_a_cursor() {
     let (_, by_owner) = call(&api, Method::GET, "/executions?owner=bob", ROOT, None).await;
     assert_eq!(by_owner["executions"][0]["fid"], json!(bobs));
     let (_, ignored) = call(&api, Method::GET, "/executions?owner=bob", ANN, None).await;
-    assert!(ignored["executions"].as_array().unwrap().iter().all(|e| e["owner"] == "ann"));
+    assert!(
+        ignored["executions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["owner"] == "ann")
+    );
     api.running.shutdown("test over").await;
 }
 
@@ -203,9 +329,17 @@ async fn auth_isolates_users_and_admins_see_all() {
     let api = start().await;
     let fid = launch(&api, "asks", ANN, json!({})).await;
     for token in [None, Some("wrong-token")] {
-        for (method, path) in [(Method::GET, "/flows".to_string()), (Method::GET, format!("/executions/{fid}")), (Method::POST, "/flows/count/executions".to_string())] {
+        for (method, path) in [
+            (Method::GET, "/flows".to_string()),
+            (Method::GET, format!("/executions/{fid}")),
+            (Method::POST, "/flows/count/executions".to_string()),
+        ] {
             let resp = api.req(method, &path, token).send().await.unwrap();
-            assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{path} with {token:?}");
+            assert_eq!(
+                resp.status(),
+                StatusCode::UNAUTHORIZED,
+                "{path} with {token:?}"
+            );
             let body: Value = resp.json().await.unwrap();
             assert!(body["error"].as_str().is_some());
         }
@@ -218,13 +352,27 @@ async fn auth_isolates_users_and_admins_see_all() {
         (Method::POST, format!("/executions/{fid}/locks/any")),
     ] {
         let (status, _) = call(&api, method, &path, BOB, Some(json!({"answer": 1}))).await;
-        assert_eq!(status, StatusCode::NOT_FOUND, "bob must not see ann's {path}");
+        assert_eq!(
+            status,
+            StatusCode::NOT_FOUND,
+            "bob must not see ann's {path}"
+        );
     }
     let (_, bobs) = call(&api, Method::GET, "/executions", BOB, None).await;
     assert!(bobs["executions"].as_array().unwrap().is_empty());
     let (status, row) = call(&api, Method::GET, &format!("/executions/{fid}"), ROOT, None).await;
-    assert_eq!((status, row["owner"].as_str()), (StatusCode::OK, Some("ann")));
-    let (status, _) = call(&api, Method::POST, &format!("/executions/{fid}/kill"), ROOT, None).await;
+    assert_eq!(
+        (status, row["owner"].as_str()),
+        (StatusCode::OK, Some("ann"))
+    );
+    let (status, _) = call(
+        &api,
+        Method::POST,
+        &format!("/executions/{fid}/kill"),
+        ROOT,
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let events = follow(&api, &fid, ANN).await;
     assert_eq!(events.last().unwrap().data, "\"killed\"");
@@ -235,46 +383,136 @@ async fn auth_isolates_users_and_admins_see_all() {
 async fn a_live_stream_follows_a_lock_to_the_end_and_resumes() {
     let api = start().await;
     let fid = launch(&api, "asks", ANN, json!({})).await;
-    let live = api.req(Method::GET, &format!("/executions/{fid}/stream"), Some(ANN)).send().await.unwrap();
+    let live = api
+        .req(Method::GET, &format!("/executions/{fid}/stream"), Some(ANN))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(live.headers()["content-type"], "text/event-stream");
     let mut live = SseReader::new(live);
-    let so_far = live.until(|evs| evs.iter().any(|e| e.event == "lock")).await;
-    let lock: Value = serde_json::from_str(&so_far.iter().find(|e| e.event == "lock").unwrap().data).unwrap();
+    let so_far = live
+        .until(|evs| evs.iter().any(|e| e.event == "lock"))
+        .await;
+    let lock: Value =
+        serde_json::from_str(&so_far.iter().find(|e| e.event == "lock").unwrap().data).unwrap();
     let lid = lock["lid"].as_str().unwrap();
     let (status, _) = call(&api, Method::GET, &format!("/executions/{fid}"), ANN, None).await;
     assert_eq!(status, StatusCode::OK);
     let (_, row) = call(&api, Method::GET, &format!("/executions/{fid}"), ANN, None).await;
     assert_eq!(row["status"], "awaiting");
 
-    let (status, body) = call(&api, Method::POST, &format!("/executions/{fid}/locks/not-{lid}"), ANN, Some(json!({"answer": 1}))).await;
+    let (status, body) = call(
+        &api,
+        Method::POST,
+        &format!("/executions/{fid}/locks/not-{lid}"),
+        ANN,
+        Some(json!({"answer": 1})),
+    )
+    .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
-    let (status, _) = call(&api, Method::POST, &format!("/executions/{fid}/locks/{lid}"), ANN, Some(json!({"wrong": 1}))).await;
+    let (status, _) = call(
+        &api,
+        Method::POST,
+        &format!("/executions/{fid}/locks/{lid}"),
+        ANN,
+        Some(json!({"wrong": 1})),
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    let resp = api.req(Method::POST, &format!("/executions/{fid}/locks/{lid}"), Some(ANN)).send().await.unwrap();
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "an answer is required");
-    let (status, body) = call(&api, Method::POST, &format!("/executions/{fid}/locks/{lid}"), ANN, Some(json!({"answer": {"ok": true}}))).await;
-    assert_eq!((status, body["answered"].as_bool()), (StatusCode::OK, Some(true)));
+    let resp = api
+        .req(
+            Method::POST,
+            &format!("/executions/{fid}/locks/{lid}"),
+            Some(ANN),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::BAD_REQUEST,
+        "an answer is required"
+    );
+    let (status, body) = call(
+        &api,
+        Method::POST,
+        &format!("/executions/{fid}/locks/{lid}"),
+        ANN,
+        Some(json!({"answer": {"ok": true}})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["answered"].as_bool()),
+        (StatusCode::OK, Some(true))
+    );
 
     let all = live.until(|_| false).await;
     let ids: Vec<u64> = all.iter().filter_map(|e| e.id).collect();
-    assert_eq!(ids, (1..=ids.len() as u64).collect::<Vec<_>>(), "every seq once, in order");
+    assert_eq!(
+        ids,
+        (1..=ids.len() as u64).collect::<Vec<_>>(),
+        "every seq once, in order"
+    );
     let kinds: Vec<&str> = all.iter().map(|e| e.event.as_str()).collect();
-    assert!(kinds.ends_with(&["lease", "status", "result", "final", "status"]), "{kinds:?}");
+    assert!(
+        kinds.ends_with(&["lease", "status", "result", "final", "status"]),
+        "{kinds:?}"
+    );
     assert_eq!(all.last().unwrap().data, "\"finished\"");
 
     // Resume after seq 3 with Last-Event-ID, and after the end: nothing more.
-    let resumed = api.req(Method::GET, &format!("/executions/{fid}/stream"), Some(ANN)).header("last-event-id", "3").send().await.unwrap().text().await.unwrap();
+    let resumed = api
+        .req(Method::GET, &format!("/executions/{fid}/stream"), Some(ANN))
+        .header("last-event-id", "3")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let resumed = parse_sse(&resumed);
     assert_eq!(resumed.first().and_then(|e| e.id), Some(4));
     assert_eq!(resumed.len(), all.len() - 3);
-    let past = api.req(Method::GET, &format!("/executions/{fid}/stream?after={}", all.len()), Some(ANN)).send().await.unwrap().text().await.unwrap();
+    let past = api
+        .req(
+            Method::GET,
+            &format!("/executions/{fid}/stream?after={}", all.len()),
+            Some(ANN),
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(parse_sse(&past).is_empty());
 
-    let (status, body) = call(&api, Method::POST, &format!("/executions/{fid}/locks/{lid}"), ANN, Some(json!({"answer": 2}))).await;
+    let (status, body) = call(
+        &api,
+        Method::POST,
+        &format!("/executions/{fid}/locks/{lid}"),
+        ANN,
+        Some(json!({"answer": 2})),
+    )
+    .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    let (status, body) = call(&api, Method::POST, &format!("/executions/{fid}/kill"), ANN, None).await;
+    let (status, body) = call(
+        &api,
+        Method::POST,
+        &format!("/executions/{fid}/kill"),
+        ANN,
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    let (status, _) = call(&api, Method::POST, "/executions/01990000-0000-7000-8000-000000000000/kill", ANN, None).await;
+    let (status, _) = call(
+        &api,
+        Method::POST,
+        "/executions/01990000-0000-7000-8000-000000000000/kill",
+        ANN,
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     api.running.shutdown("test over").await;
 }

@@ -10,13 +10,16 @@ use std::time::Duration;
 
 fn flows() -> Flows {
     let mut flows = Flows::default();
-    flows.add(FlowDef::rust("count", |ctx: Ctx, inputs: Value| async move {
-        let n = inputs["n"].as_u64().unwrap_or(3);
-        for i in 0..n {
-            ctx.debug(&format!("step {i}")).await?;
-        }
-        Ok(json!({"counted": n}))
-    }));
+    flows.add(FlowDef::rust(
+        "count",
+        |ctx: Ctx, inputs: Value| async move {
+            let n = inputs["n"].as_u64().unwrap_or(3);
+            for i in 0..n {
+                ctx.debug(&format!("step {i}")).await?;
+            }
+            Ok(json!({"counted": n}))
+        },
+    ));
     flows.add(FlowDef::rust("panics", |ctx: Ctx, _| async move {
         ctx.debug("about to panic").await?;
         panic!("boom in the flow");
@@ -92,13 +95,23 @@ async fn start() -> TestNode {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rust_flow_runs_to_finished_with_every_event_in_order() {
     let t = start().await;
-    let launched = t.node.launch("count", "ann", json!({"n": 5})).await.unwrap();
-    assert!(launched.stored, "meta and starting are committed before launch returns");
+    let launched = t
+        .node
+        .launch("count", "ann", json!({"n": 5}))
+        .await
+        .unwrap();
+    assert!(
+        launched.stored,
+        "meta and starting are committed before launch returns"
+    );
     assert_eq!(wait_final(&t.node, &launched.fid).await, Status::Finished);
     let events = stored_events(&t.store, &launched.fid).await;
     assert_eq!(check_log(&events), Ok(Status::Finished));
     let kinds: Vec<_> = events.iter().map(|e| e.kind).collect();
-    assert_eq!(&kinds[..4], &[Kind::Meta, Kind::Status, Kind::Inputs, Kind::Status]);
+    assert_eq!(
+        &kinds[..4],
+        &[Kind::Meta, Kind::Status, Kind::Inputs, Kind::Status]
+    );
     assert_eq!(payloads(&events, Kind::Debug).len(), 5);
     assert_eq!(payloads(&events, Kind::Final), vec![json!({"counted": 5})]);
     let row = t.store.execution(&launched.fid).await.unwrap().unwrap();
@@ -133,7 +146,12 @@ async fn failures_panics_and_timeouts_end_in_error_with_the_cause() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_flow_speaks_the_protocol_and_answers_a_lock() {
     let t = start().await;
-    let fid = t.node.launch("sh", "ann", json!({"k": "v"})).await.unwrap().fid;
+    let fid = t
+        .node
+        .launch("sh", "ann", json!({"k": "v"}))
+        .await
+        .unwrap()
+        .fid;
     let lock = wait_event(&t.node, &fid, Kind::Lock).await;
     let lock: Value = serde_json::from_str(&lock.payload).unwrap();
     assert_eq!(lock["name"], "ok?");
@@ -148,23 +166,41 @@ async fn a_command_flow_speaks_the_protocol_and_answers_a_lock() {
     let stdout = payloads(&events, Kind::Stdout);
     assert_eq!(stdout[0], json!(r#"got {"k":"v"}"#));
     let answered = stdout[1].as_str().unwrap();
-    assert!(answered.contains(lid) && answered.contains(r#""answer":{"yes":true}"#), "{answered}");
+    assert!(
+        answered.contains(lid) && answered.contains(r#""answer":{"yes":true}"#),
+        "{answered}"
+    );
     // stderr and fd 3 are separate pipes: their relative order is not defined.
     assert!(payloads(&events, Kind::Stderr).contains(&json!("to stderr")));
     let warnings: Vec<_> = payloads(&events, Kind::Stderr)
         .into_iter()
-        .filter(|p| p.as_str().unwrap().starts_with("kodo: ignored invalid fd-3 line"))
+        .filter(|p| {
+            p.as_str()
+                .unwrap()
+                .starts_with("kodo: ignored invalid fd-3 line")
+        })
         .collect();
     assert_eq!(warnings.len(), 2, "bad JSON and a runtime-only kind");
-    assert_eq!(payloads(&events, Kind::Lease)[0]["result"], json!({"yes": true}));
-    assert_eq!(payloads(&events, Kind::Final)[0]["answer"], json!({"yes": true}));
+    assert_eq!(
+        payloads(&events, Kind::Lease)[0]["result"],
+        json!({"yes": true})
+    );
+    assert_eq!(
+        payloads(&events, Kind::Final)[0]["answer"],
+        json!({"yes": true})
+    );
     t.node.shutdown("test over").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn locks_expire_into_error_and_kills_end_killed() {
     let t = start().await;
-    let brief = t.node.launch("asks-briefly", "ann", json!({})).await.unwrap().fid;
+    let brief = t
+        .node
+        .launch("asks-briefly", "ann", json!({}))
+        .await
+        .unwrap()
+        .fid;
     assert_eq!(wait_final(&t.node, &brief).await, Status::Error);
     let events = stored_events(&t.store, &brief).await;
     assert_eq!(payloads(&events, Kind::Lease)[0]["error"], "expired");
@@ -192,7 +228,13 @@ async fn spooler_crashes_and_store_errors_lose_and_duplicate_nothing() {
     t.faults.fail_writes.store(3, Ordering::SeqCst);
     let mut fids = Vec::new();
     for _ in 0..10 {
-        fids.push(t.node.launch("count", "ann", json!({"n": 50})).await.unwrap().fid);
+        fids.push(
+            t.node
+                .launch("count", "ann", json!({"n": 50}))
+                .await
+                .unwrap()
+                .fid,
+        );
     }
     for fid in &fids {
         assert_eq!(wait_final(&t.node, fid).await, Status::Finished);
@@ -212,8 +254,13 @@ async fn shutdown_kills_running_executions_and_a_restart_closes_leftovers() {
     let fid = t.node.launch("asks", "ann", json!({})).await.unwrap().fid;
     wait_event(&t.node, &fid, Kind::Lock).await;
     assert_eq!(t.node.shutdown("node shutting down").await, 0);
-    let store = kodo_store::SqliteStore::open(&t.url, &Default::default()).await.unwrap();
-    let row = kodo_store::Store::execution(&store, &fid).await.unwrap().unwrap();
+    let store = kodo_store::SqliteStore::open(&t.url, &Default::default())
+        .await
+        .unwrap();
+    let row = kodo_store::Store::execution(&store, &fid)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(row.status, Status::Killed);
     kodo_store::Store::close(&store).await;
 }

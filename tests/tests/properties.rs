@@ -25,6 +25,9 @@ use tokio::sync::{mpsc, oneshot};
 const CAPACITY: usize = 16 * 1024;
 /// Spooler crashes per case stay under the restart policy (10 per minute per shard).
 const MAX_CRASHES: u32 = 8;
+/// Failed writes per case: the Spooler's backoff doubles (10 ms, 20 ms... 2 s),
+/// so more failures would only outwait the test's deadline.
+const MAX_FAILED_WRITES: u32 = 8;
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -90,8 +93,13 @@ fn puppet(mailboxes: Mailboxes) -> FlowDef {
                         let _ = reply.send(accepted);
                     }
                     Cmd::Lock(lid) => {
-                        ctx.lock_as(lid, "ask", json!({"key": key}), Some(Duration::from_secs(3600)))
-                            .await?;
+                        ctx.lock_as(
+                            lid,
+                            "ask",
+                            json!({"key": key}),
+                            Some(Duration::from_secs(3600)),
+                        )
+                        .await?;
                     }
                     Cmd::Panic => panic!("puppet {key} told to panic"),
                     Cmd::Finish => return Ok(json!({"key": key})),
@@ -118,20 +126,32 @@ async fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let t = TestNode::start(flows, 2, CAPACITY, NodeOptions::default()).await;
     let mut execs: Vec<Exec> = Vec::new();
     let mut crashes = 0;
+    let mut failed_writes = 0;
     let mut next_key = 0u64;
     for op in ops {
         let pick = |i: usize, execs: &mut Vec<Exec>| {
             let n = execs.len();
-            (n > 0).then(|| i % n).filter(|&i| execs[i].expected.is_none())
+            (n > 0)
+                .then(|| i % n)
+                .filter(|&i| execs[i].expected.is_none())
         };
         match op {
             Op::Launch => {
                 let (tx, rx) = mpsc::unbounded_channel();
                 next_key += 1;
                 mailboxes.lock().unwrap().insert(next_key, rx);
-                let launched = t.node.launch("puppet", "prop", json!({"key": next_key})).await;
+                let launched = t
+                    .node
+                    .launch("puppet", "prop", json!({"key": next_key}))
+                    .await;
                 let fid = launched.expect("launch").fid;
-                execs.push(Exec { fid, tx, accepted: Vec::new(), lock: None, expected: None });
+                execs.push(Exec {
+                    fid,
+                    tx,
+                    accepted: Vec::new(),
+                    lock: None,
+                    expected: None,
+                });
             }
             Op::Emit(i, n) => {
                 if let Some(i) = pick(i, &mut execs).filter(|&i| execs[i].lock.is_none()) {
@@ -141,7 +161,11 @@ async fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         .await
                         .expect("emits accepted in time")
                         .expect("puppet replied");
-                    prop_assert_eq!(accepted.len(), n as usize, "a live flow's emits are accepted");
+                    prop_assert_eq!(
+                        accepted.len(),
+                        n as usize,
+                        "a live flow's emits are accepted"
+                    );
                     execs[i].accepted.extend(accepted);
                 }
             }
@@ -169,12 +193,17 @@ async fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 if let Some(i) = pick(i, &mut execs)
                     && let Some(lid) = execs[i].lock.take()
                 {
-                    t.node.answer_lock(&execs[i].fid, &lid, json!(i)).expect("open lock answers");
+                    t.node
+                        .answer_lock(&execs[i].fid, &lid, json!(i))
+                        .expect("open lock answers");
                 }
             }
             Op::Kill(i) => {
                 if let Some(i) = pick(i, &mut execs) {
-                    t.node.kill(&execs[i].fid, "by the test").await.expect("kill a live execution");
+                    t.node
+                        .kill(&execs[i].fid, "by the test")
+                        .await
+                        .expect("kill a live execution");
                     execs[i].expected = Some((Status::Killed, "killed: by the test"));
                 }
             }
@@ -200,12 +229,18 @@ async fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 if crashes < MAX_CRASHES {
                     crashes += 1;
                     let f = &t.faults;
-                    let which = if after_commit { &f.panic_after_commit } else { &f.panic_before_commit };
+                    let which = if after_commit {
+                        &f.panic_after_commit
+                    } else {
+                        &f.panic_before_commit
+                    };
                     which.fetch_add(1, Ordering::SeqCst);
                 }
             }
             Op::FailWrites(k) => {
-                t.faults.fail_writes.fetch_add(k as u32, Ordering::SeqCst);
+                let k = (k as u32).min(MAX_FAILED_WRITES - failed_writes);
+                failed_writes += k;
+                t.faults.fail_writes.fetch_add(k, Ordering::SeqCst);
             }
         }
     }
@@ -213,7 +248,9 @@ async fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
     for (i, e) in execs.iter_mut().enumerate() {
         if e.expected.is_none() {
             if let Some(lid) = e.lock.take() {
-                t.node.answer_lock(&e.fid, &lid, json!(i)).expect("open lock answers");
+                t.node
+                    .answer_lock(&e.fid, &lid, json!(i))
+                    .expect("open lock answers");
             }
             e.tx.send(Cmd::Finish).unwrap();
             e.expected = Some((Status::Finished, ""));
@@ -230,10 +267,19 @@ async fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
             let error = payloads(&events, Kind::Error);
             prop_assert!(error[0].as_str().unwrap().contains(cause), "{:?}", error);
         }
-        prop_assert_eq!(&payloads(&events, Kind::Debug), &e.accepted, "accepted = stored, in order");
+        prop_assert_eq!(
+            &payloads(&events, Kind::Debug),
+            &e.accepted,
+            "accepted = stored, in order"
+        );
     }
     let health = t.node.transport().health().await;
-    prop_assert!(health.peak_bytes <= CAPACITY, "queue peak {} > {}", health.peak_bytes, CAPACITY);
+    prop_assert!(
+        health.peak_bytes <= CAPACITY,
+        "queue peak {} > {}",
+        health.peak_bytes,
+        CAPACITY
+    );
     prop_assert_eq!(t.node.shutdown("case over").await, 0);
     Ok(())
 }

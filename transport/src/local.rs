@@ -98,7 +98,9 @@ impl Transport for LocalQueue {
         // sum of its events' charges when it is acknowledged.
         let mut state = shard.state.lock().expect("queue lock");
         for (i, event) in events.into_iter().enumerate() {
-            state.queue.push_back((event, if i == 0 { total } else { 0 }));
+            state
+                .queue
+                .push_back((event, if i == 0 { total } else { 0 }));
         }
         drop(state);
         shard.ready.notify_one();
@@ -252,9 +254,15 @@ mod tests {
             async move { q.publish(events(&fid, 3..=3)).await }
         });
         tokio::task::yield_now().await;
-        assert!(!blocked.is_finished(), "a full queue must make the publisher wait");
+        assert!(
+            !blocked.is_finished(),
+            "a full queue must make the publisher wait"
+        );
         let d = q.receive(0, 10).await.unwrap().unwrap();
-        assert!(!blocked.is_finished(), "delivered but unacked events still hold room");
+        assert!(
+            !blocked.is_finished(),
+            "delivered but unacked events still hold room"
+        );
         q.ack(d.receipt).await.unwrap();
         tokio::time::timeout(Duration::from_secs(5), blocked)
             .await
@@ -288,7 +296,10 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(idle.is_none());
-        assert!(matches!(q.receive(9, 1).await, Err(TransportError::NoShard(9))));
+        assert!(matches!(
+            q.receive(9, 1).await,
+            Err(TransportError::NoShard(9))
+        ));
     }
 
     #[tokio::test]
