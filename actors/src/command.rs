@@ -226,7 +226,12 @@ async fn drive(started: Started, ctx: &Ctx, inputs: &Value) -> Outcome {
     } = started;
     let max = ctx.limits().max_payload;
     let stdin = Arc::new(tokio::sync::Mutex::new(child.stdin.take()));
-    write_line(&stdin, &inputs.to_string()).await;
+    // The inputs go first: the stdin lock is taken here, before any lock
+    // answer can queue for it; the write runs beside the rest, so a child
+    // that never reads stdin can still be waited for and killed.
+    let first = stdin.clone().lock_owned().await;
+    let inputs_line = inputs.to_string();
+    let inputs_writer = tokio::spawn(async move { write_to(first, &inputs_line).await });
     let last_result = Arc::new(Mutex::new(None::<String>));
     let mut readers = JoinSet::new();
     if let Some(out) = child.stdout.take() {
@@ -274,6 +279,7 @@ async fn drive(started: Started, ctx: &Ctx, inputs: &Value) -> Outcome {
     };
     // Whatever the leader left behind in its group goes too, so the pipes close.
     drop(group);
+    inputs_writer.abort();
     stdin.lock().await.take();
     let drained = tokio::time::timeout(DRAIN_AFTER_EXIT, async {
         while readers.join_next().await.is_some() {}
@@ -300,8 +306,11 @@ fn outcome(status: std::io::Result<ExitStatus>, last_result: Option<String>) -> 
     }
 }
 
-async fn write_line(stdin: &tokio::sync::Mutex<Option<ChildStdin>>, line: &str) {
-    let mut guard = stdin.lock().await;
+async fn write_line(stdin: &Arc<tokio::sync::Mutex<Option<ChildStdin>>>, line: &str) {
+    write_to(stdin.clone().lock_owned().await, line).await;
+}
+
+async fn write_to(mut guard: tokio::sync::OwnedMutexGuard<Option<ChildStdin>>, line: &str) {
     if let Some(pipe) = guard.as_mut() {
         let mut bytes = line.as_bytes().to_vec();
         bytes.push(b'\n');
@@ -387,4 +396,59 @@ async fn pump_fd3<R: AsyncBufRead + Unpin>(
     }
     // Open locks live on until answered or expired (or the process ends).
     while locks.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn long_lines_come_in_pieces_and_nothing_is_lost() {
+        let data = b"short\r\n0123456789abcdef\nlast-without-newline".to_vec();
+        let mut reader = BufReader::with_capacity(4, &data[..]);
+        let mut lines = Vec::new();
+        while let Some(line) = next_line(&mut reader, 10).await.unwrap() {
+            lines.push(line);
+        }
+        assert_eq!(
+            lines,
+            ["short", "0123456789", "abcdef", "last-witho", "ut-newline"]
+        );
+        let bad = [0xff, 0xfe, b'o', b'k', b'\n'];
+        let mut reader = BufReader::new(&bad[..]);
+        assert_eq!(
+            next_line(&mut reader, 64).await.unwrap().unwrap(),
+            "\u{fffd}\u{fffd}ok"
+        );
+    }
+
+    #[test]
+    fn fd3_lines_are_parsed_or_refused_with_a_reason() {
+        assert_eq!(
+            parse_fd3(r#"{"kind":"result","payload":{"a":1}}"#),
+            Ok(Fd3Request::Emit(Kind::Result, r#"{"a":1}"#.into()))
+        );
+        assert_eq!(
+            parse_fd3(r#"{"kind":"lock","name":"ok?","timeout":2.5}"#),
+            Ok(Fd3Request::Lock {
+                name: "ok?".into(),
+                data: Value::Null,
+                timeout: Some(Duration::from_millis(2500))
+            })
+        );
+        for (line, reason) in [
+            ("not json", "expected"),
+            (r#"{"kind":"final","payload":1}"#, "may not emit `final`"),
+            (r#"{"kind":"nope"}"#, "unknown Kind `nope`"),
+            (r#"{"kind":"lock"}"#, "needs a \"name\""),
+            (
+                r#"{"kind":"lock","name":"x","timeout":-1}"#,
+                "bad lock timeout",
+            ),
+            (r#"{"kind":"debug","payload":1,"extra":2}"#, "unknown field"),
+        ] {
+            let err = parse_fd3(line).unwrap_err();
+            assert!(err.contains(reason), "{line}: {err}");
+        }
+    }
 }

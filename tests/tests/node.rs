@@ -64,6 +64,20 @@ fn flows() -> Flows {
         },
     ));
     flows.add(FlowDef::command(
+        "asks-cmd-briefly",
+        CommandSpec {
+            command: vec!["sh".into(), "-c".into(), ASKS_BRIEFLY.into()],
+            ..Default::default()
+        },
+    ));
+    flows.add(FlowDef::command(
+        "ignores-stdin",
+        CommandSpec {
+            command: vec!["sh".into(), "-c".into(), "echo up; sleep 3600".into()],
+            ..Default::default()
+        },
+    ));
+    flows.add(FlowDef::command(
         "missing",
         CommandSpec {
             command: vec!["/nonexistent/kodo-flow".into()],
@@ -86,6 +100,15 @@ echo '{"kind":"lock","name":"ok?","data":{"a":1}}' >&3
 read answer
 echo "answer $answer"
 echo "{\"kind\":\"result\",\"payload\":$answer}" >&3
+"#;
+
+/// Asks with a 50 ms lock, reports the expiry it reads on stdin, and fails.
+const ASKS_BRIEFLY: &str = r#"
+read inputs
+echo '{"kind":"lock","name":"hurry","timeout":0.05}' >&3
+read reply
+echo "reply $reply"
+exit 3
 "#;
 
 async fn start() -> TestNode {
@@ -263,4 +286,42 @@ async fn shutdown_kills_running_executions_and_a_restart_closes_leftovers() {
         .unwrap();
     assert_eq!(row.status, Status::Killed);
     kodo_store::Store::close(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_lock_expires_on_stdin_and_a_child_deaf_to_stdin_can_be_killed() {
+    let t = start().await;
+    let fid = t
+        .node
+        .launch("asks-cmd-briefly", "ann", json!({}))
+        .await
+        .unwrap()
+        .fid;
+    assert_eq!(wait_final(&t.node, &fid).await, Status::Error);
+    let events = stored_events(&t.store, &fid).await;
+    check_log(&events).unwrap();
+    let lease = &payloads(&events, Kind::Lease)[0];
+    assert_eq!(lease["error"], "expired");
+    let reply = payloads(&events, Kind::Stdout)[0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        reply.contains(r#""error":"expired""#) && reply.contains(lease["lid"].as_str().unwrap()),
+        "{reply}"
+    );
+    assert_eq!(payloads(&events, Kind::Error)[0], "exited with code 3");
+
+    // Inputs far larger than a pipe buffer, to a child that never reads stdin.
+    let big = json!({"blob": "x".repeat(512 * 1024)});
+    let fid = t
+        .node
+        .launch("ignores-stdin", "ann", big)
+        .await
+        .unwrap()
+        .fid;
+    wait_event(&t.node, &fid, Kind::Stdout).await;
+    t.node.kill(&fid, "by ann").await.unwrap();
+    assert_eq!(wait_final(&t.node, &fid).await, Status::Killed);
+    t.node.shutdown("test over").await;
 }
