@@ -50,7 +50,10 @@ impl SqliteStore {
         };
         let base = SqliteConnectOptions::from_str(url).map_err(|e| config_err(e.to_string()))?;
         let path = base.get_filename().to_path_buf();
-        if path.as_os_str().is_empty() || path.to_str() == Some(":memory:") {
+        let in_memory = url.contains(":memory:")
+            || url.contains("mode=memory")
+            || path.to_string_lossy().starts_with("file:sqlx-in-memory");
+        if path.as_os_str().is_empty() || in_memory {
             return Err(config_err(
                 "an in-memory database loses every event on exit; name a file".into(),
             ));
