@@ -16,10 +16,11 @@ use crate::locks::{AnswerError, Locks};
 use crate::spooler::{SpoolerShared, Spoolers, SpoolersMsg, StoreHealth};
 use crate::tracer::{Outcome, TraceBook};
 use kodo_core::{Fid, Status};
-use kodo_store::{SharedStore, StoreError};
+use kodo_store::{ExecutionRow, SharedStore, StoreError};
 use kodo_transport::SharedTransport;
 use ractor::{Actor, ActorRef};
 use serde_json::Value;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -88,6 +89,10 @@ pub struct Launched {
     pub stored: bool,
 }
 
+/// What a node knows of an execution whose first events are not stored yet:
+/// flow, owner, launch time.
+type Unstored = (String, String, f64);
+
 /// A running node.
 pub struct Node {
     executions: ActorRef<ExecMsg>,
@@ -103,6 +108,8 @@ pub struct Node {
     options: NodeOptions,
     health: Arc<StoreHealth>,
     stopping: Arc<AtomicBool>,
+    /// Launched here, first events not committed yet.
+    unstored: Arc<Mutex<HashMap<Fid, Unstored>>>,
 }
 
 impl Node {
@@ -172,6 +179,7 @@ impl Node {
             options,
             health,
             stopping,
+            unstored: Arc::default(),
         })
     }
 
@@ -189,6 +197,10 @@ impl Node {
             .ok_or_else(|| LaunchError::UnknownFlow(flow.to_string()))?;
         let fid = Fid::new();
         let mut committed = self.hub.subscribe(&fid);
+        self.unstored.lock().expect("unstored lock").insert(
+            fid.clone(),
+            (flow.to_string(), owner.to_string(), kodo_core::now_ts()),
+        );
         let started = self
             .executions
             .call(
@@ -203,13 +215,26 @@ impl Node {
             )
             .await
             .map_err(|_| LaunchError::ShuttingDown)?;
-        match started {
-            ractor::rpc::CallResult::Success(result) => result?,
-            _ => return Err(LaunchError::ShuttingDown),
+        let started = match started {
+            ractor::rpc::CallResult::Success(result) => result,
+            _ => Err(LaunchError::ShuttingDown),
+        };
+        if let Err(e) = started {
+            self.unstored.lock().expect("unstored lock").remove(&fid);
+            return Err(e);
         }
         let stored = tokio::time::timeout(self.options.launch_wait, committed.until(2))
             .await
             .is_ok();
+        if stored {
+            self.unstored.lock().expect("unstored lock").remove(&fid);
+        } else {
+            let (unstored, fid) = (self.unstored.clone(), fid.clone());
+            tokio::spawn(async move {
+                committed.until(2).await;
+                unstored.lock().expect("unstored lock").remove(&fid);
+            });
+        }
         Ok(Launched { fid, stored })
     }
 
@@ -239,6 +264,28 @@ impl Node {
     /// Answers an open lock.
     pub fn answer_lock(&self, fid: &Fid, lid: &str, answer: Value) -> Result<(), AnswerError> {
         self.locks.answer(fid, lid, answer)
+    }
+
+    /// An execution launched here whose first events are not stored yet
+    /// (the store is slow or down), as far as this node knows it: status
+    /// `starting`, no events stored.
+    pub fn find_unstored(&self, fid: &Fid) -> Option<ExecutionRow> {
+        let (flow, owner, created) = self
+            .unstored
+            .lock()
+            .expect("unstored lock")
+            .get(fid)?
+            .clone();
+        Some(ExecutionRow {
+            fid: fid.clone(),
+            flow,
+            owner,
+            node: self.options.node.clone(),
+            status: Status::Starting,
+            created,
+            updated: created,
+            events: 0,
+        })
     }
 
     /// How many executions run now.

@@ -162,10 +162,15 @@ fn json_body<T: serde::de::DeserializeOwned>(
 /// Loads an execution the user may see; anything else is 404.
 async fn visible(state: &AppState, user: &User, fid: &str) -> ApiResult<ExecutionRow> {
     let fid = Fid::parse(fid).ok_or_else(|| ApiError::not_found(format!("execution {fid}")))?;
-    match state.node.store().execution(&fid).await {
-        Ok(Some(row)) if user.admin || row.owner == user.name => Ok(row),
-        Ok(_) => Err(ApiError::not_found(format!("execution {fid}"))),
-        Err(e) => Err(ApiError::internal(e)),
+    let row = match state.node.store().execution(&fid).await {
+        Ok(Some(row)) => Some(row),
+        // Launched here, first events not stored yet (the store is slow or down).
+        Ok(None) => state.node.find_unstored(&fid),
+        Err(e) => return Err(ApiError::internal(e)),
+    };
+    match row {
+        Some(row) if user.admin || row.owner == user.name => Ok(row),
+        _ => Err(ApiError::not_found(format!("execution {fid}"))),
     }
 }
 

@@ -26,7 +26,7 @@ pub mod config;
 pub use config::{Config, ConfigError};
 
 use kodo_actors::{FlowDef, Flows, Node, NodeError};
-use kodo_store::StoreError;
+use kodo_store::{SharedStore, StoreError};
 use kodo_transport::LocalQueue;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -56,13 +56,25 @@ pub enum StartError {
 pub struct Runtime {
     config: Config,
     flows: Flows,
+    store: Option<SharedStore>,
 }
 
 impl Runtime {
     /// A runtime with the config's command flows.
     pub fn new(config: Config) -> Self {
         let flows = config.flows();
-        Self { config, flows }
+        Self {
+            config,
+            flows,
+            store: None,
+        }
+    }
+
+    /// Uses this store instead of opening `store.url` (a store of your own,
+    /// or a wrapped one).
+    pub fn with_store(mut self, store: SharedStore) -> Self {
+        self.store = Some(store);
+        self
     }
 
     /// Adds a flow (a Rust flow, usually).
@@ -73,8 +85,15 @@ impl Runtime {
 
     /// Opens the store, starts the node and the API.
     pub async fn start(self) -> Result<Running, StartError> {
-        let Runtime { config, flows } = self;
-        let store = kodo_store::open(&config.store.url, &config.store_options(false)).await?;
+        let Runtime {
+            config,
+            flows,
+            store,
+        } = self;
+        let store = match store {
+            Some(store) => store,
+            None => kodo_store::open(&config.store.url, &config.store_options(false)).await?,
+        };
         let transport = LocalQueue::new(config.transport.shards, config.transport.capacity_bytes);
         let node = Arc::new(Node::start(store, transport, flows, config.node_options()).await?);
         let addr = config.listen();

@@ -43,6 +43,21 @@ pub struct FaultyStore {
     pub faults: Arc<Faults>,
 }
 
+impl FaultyStore {
+    /// Opens a SQLite store at `url`, wrapped; returns it and its fault switches.
+    pub async fn open(url: &str) -> (SharedStore, Arc<Faults>) {
+        let inner = SqliteStore::open(url, &StoreOptions::default())
+            .await
+            .expect("open store");
+        let faults = Arc::new(Faults::default());
+        let store = Arc::new(FaultyStore {
+            inner,
+            faults: faults.clone(),
+        });
+        (store, faults)
+    }
+}
+
 #[async_trait]
 impl Store for FaultyStore {
     async fn write(&self, events: &[Event]) -> Result<(), StoreError> {
@@ -103,14 +118,7 @@ impl TestNode {
     pub async fn start(flows: Flows, shards: usize, capacity: usize, options: NodeOptions) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = db_url(dir.path());
-        let inner = SqliteStore::open(&url, &StoreOptions::default())
-            .await
-            .expect("open store");
-        let faults = Arc::new(Faults::default());
-        let store: SharedStore = Arc::new(FaultyStore {
-            inner,
-            faults: faults.clone(),
-        });
+        let (store, faults) = FaultyStore::open(&url).await;
         let transport = LocalQueue::new(shards, capacity);
         let node = Node::start(store.clone(), transport, flows, options)
             .await
@@ -214,6 +222,8 @@ pub fn payloads(events: &[Event], kind: Kind) -> Vec<serde_json::Value> {
 pub struct TestApi {
     /// The running runtime.
     pub running: kodo_runtime::Running,
+    /// Its store's fault switches.
+    pub faults: Arc<Faults>,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
     /// An HTTP client.
@@ -226,13 +236,14 @@ impl TestApi {
     /// Starts a runtime from config text (the store URL and address are filled in) and Rust flows.
     pub async fn start(config: &str, flows: Vec<kodo_actors::FlowDef>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
+        let url = db_url(dir.path());
         let text = format!(
-            "[api]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 4096\n[store]\nurl = \"{}\"\n{config}",
-            db_url(dir.path())
+            "[api]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 4096\n[store]\nurl = \"{url}\"\n{config}"
         );
         let config =
             kodo_runtime::Config::parse("test.toml", &text, Vec::new()).expect("test config");
-        let mut runtime = kodo_runtime::Runtime::new(config);
+        let (store, faults) = FaultyStore::open(&url).await;
+        let mut runtime = kodo_runtime::Runtime::new(config).with_store(store);
         for flow in flows {
             runtime = runtime.flow(flow);
         }
@@ -240,6 +251,7 @@ impl TestApi {
         let base = format!("http://{}", running.addr());
         Self {
             running,
+            faults,
             base,
             http: reqwest::Client::new(),
             dir,

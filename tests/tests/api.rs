@@ -516,3 +516,92 @@ async fn a_live_stream_follows_a_lock_to_the_end_and_resumes() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     api.running.shutdown("test over").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_degrades_while_store_writes_fail_and_recovers() {
+    let api = TestApi::start(
+        &format!("{AUTH}\n[limits]\nlaunch_wait = 0.5\n"),
+        rust_flows(),
+    )
+    .await;
+    api.faults
+        .fail_writes
+        .store(1_000_000, std::sync::atomic::Ordering::SeqCst);
+    // The launch is accepted, but its first events cannot be stored: 202 after launch_wait.
+    let resp = api
+        .req(Method::POST, "/flows/count/executions", Some(ANN))
+        .json(&json!({"inputs": {"n": 2}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["stored"], false);
+    let fid = body["fid"].as_str().unwrap().to_string();
+    // Not stored yet, but known: its owner sees it starting, others do not see it.
+    let (status, row) = call(&api, Method::GET, &format!("/executions/{fid}"), ANN, None).await;
+    assert_eq!(
+        (status, row["status"].as_str(), row["events"].as_u64()),
+        (StatusCode::OK, Some("starting"), Some(0))
+    );
+    let (status, _) = call(&api, Method::GET, &format!("/executions/{fid}"), BOB, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let stream = api
+        .req(Method::GET, &format!("/executions/{fid}/stream"), Some(ANN))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    let resp = api.req(Method::GET, "/health", None).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let health: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (health["status"].as_str(), health["store"]["ok"].as_bool()),
+        (Some("degraded"), Some(false))
+    );
+    assert!(
+        health["store"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("injected fault"),
+        "{health}"
+    );
+    // The store comes back: everything accepted meanwhile is stored, health is ok again.
+    api.faults
+        .fail_writes
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    let events = SseReader::new(stream).until(|_| false).await;
+    assert_eq!(events.last().unwrap().data, "\"finished\"");
+    assert_eq!(events.iter().filter(|e| e.event == "debug").count(), 2);
+    let resp = api.req(Method::GET, "/health", None).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    api.running.shutdown("test over").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_node_answers_503() {
+    let config = format!("{AUTH}\n[limits]\nmax_running = 1\n");
+    let api = TestApi::start(&config, rust_flows()).await;
+    let first = launch(&api, "asks", ANN, json!({})).await;
+    let (status, body) = call(
+        &api,
+        Method::POST,
+        "/flows/count/executions",
+        ANN,
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("limit"), "{body}");
+    let (status, _) = call(
+        &api,
+        Method::POST,
+        &format!("/executions/{first}/kill"),
+        ANN,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    follow(&api, &first, ANN).await;
+    api.running.shutdown("test over").await;
+}
