@@ -290,11 +290,10 @@ impl Ctx {
     ) -> Result<Value, LockError> {
         let wait = timeout.unwrap_or(self.inner.limits.lock_timeout);
         let mut open = self.inner.locks.open(&self.inner.fid, &lid);
-        let lock = json!({"lid": lid, "name": name, "data": data, "expires": now_ts() + wait.as_secs_f64()});
-        self.inner
-            .tracer
-            .trace(Trace::Lock(lock.to_string()))
-            .await?;
+        // Only the text is kept: a JSON value held here would live as long as the wait.
+        let lock = json!({"lid": lid, "name": name, "data": data, "expires": now_ts() + wait.as_secs_f64()})
+            .to_string();
+        self.inner.tracer.trace(Trace::Lock(lock)).await?;
         match tokio::time::timeout(wait, &mut open.answer).await {
             Ok(Ok(answer)) => {
                 let lease = json!({"lid": lid, "name": name, "result": answer});

@@ -6,29 +6,31 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The id of one execution: a UUIDv7, so ids sort by creation time.
+/// Clones share one allocation (an execution's id is held in many places).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Fid(String);
+pub struct Fid(Arc<str>);
 
 impl Fid {
     /// A fresh, time-sortable id.
     pub fn new() -> Self {
-        Fid(uuid::Uuid::now_v7().to_string())
+        Fid(uuid::Uuid::now_v7().to_string().into())
     }
 
     /// Parses an id given by a client; only canonical UUID text is accepted.
     pub fn parse(text: &str) -> Option<Self> {
         let id = uuid::Uuid::parse_str(text).ok()?;
         let canonical = id.to_string();
-        (canonical == text).then_some(Fid(canonical))
+        (canonical == text).then(|| Fid(canonical.into()))
     }
 
     /// Wraps a string that is already known to be a valid id (read from the store).
     pub fn from_stored(text: String) -> Self {
-        Fid(text)
+        Fid(text.into())
     }
 
     /// The id as text.
