@@ -27,8 +27,11 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqli
 
 /// Rows per multi-row INSERT statement (5 binds each, well under SQLite's limit).
 const ROWS_PER_STATEMENT: usize = 100;
-/// Rows written between two background checkpoints.
-const CHECKPOINT_EVERY_ROWS: usize = 16_384;
+/// Rows written between two background checkpoints: small checkpoints keep
+/// the commit tail short (measured: p99 at 10k events/s over 20 s is ~4 ms
+/// at 512 rows, ~15 ms at 16k rows, ~3 ms with none); notifications that
+/// arrive while one runs coalesce, so under heavy load they run back to back.
+const CHECKPOINT_EVERY_ROWS: usize = 512;
 
 /// A store in one SQLite database file.
 pub struct SqliteStore {
