@@ -10,12 +10,9 @@
 //! Latencies are measured by a wrapper around the real store that notes,
 //! after each commit, how long ago each event was stamped by its Tracer.
 
-use async_trait::async_trait;
 use kodo_actors::{CommandSpec, Ctx, FlowDef, Flows, Node, NodeOptions};
 use kodo_core::{Event, Fid, Kind, Status, now_ts};
-use kodo_store::{
-    EventQuery, ExecutionRow, ListQuery, SharedStore, SqliteStore, Store, StoreError, StoreOptions,
-};
+use kodo_store::{Hooked, SharedStore, SqliteStore, StoreOptions, WriteHooks};
 use kodo_transport::LocalQueue;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -57,9 +54,9 @@ pub struct BenchArgs {
     pub dir: Option<std::path::PathBuf>,
 }
 
-/// The real store, noting commit latencies and counting statuses.
-struct TimingStore {
-    inner: SqliteStore,
+/// Notes commit latencies and counts statuses after each commit of the real store.
+#[derive(Default)]
+struct Timing {
     record: std::sync::atomic::AtomicBool,
     latencies: Mutex<Vec<f64>>,
     running_at: Mutex<HashMap<Fid, Instant>>,
@@ -68,7 +65,7 @@ struct TimingStore {
     changed: Notify,
 }
 
-impl TimingStore {
+impl Timing {
     fn count(&self, status: Status) -> u64 {
         self.statuses
             .lock()
@@ -90,10 +87,8 @@ impl TimingStore {
     }
 }
 
-#[async_trait]
-impl Store for TimingStore {
-    async fn write(&self, events: &[Event]) -> Result<(), StoreError> {
-        self.inner.write(events).await?;
+impl WriteHooks for Timing {
+    fn after(&self, events: &[Event]) {
         let now = now_ts();
         let at = Instant::now();
         self.events
@@ -118,25 +113,6 @@ impl Store for TimingStore {
         }
         drop(statuses);
         self.changed.notify_waiters();
-        Ok(())
-    }
-    async fn execution(&self, fid: &Fid) -> Result<Option<ExecutionRow>, StoreError> {
-        self.inner.execution(fid).await
-    }
-    async fn executions(&self, q: &ListQuery) -> Result<Vec<ExecutionRow>, StoreError> {
-        self.inner.executions(q).await
-    }
-    async fn events(&self, fid: &Fid, q: &EventQuery) -> Result<Vec<Event>, StoreError> {
-        self.inner.events(fid, q).await
-    }
-    async fn unfinished(&self, node: &str) -> Result<Vec<ExecutionRow>, StoreError> {
-        self.inner.unfinished(node).await
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
-    }
-    async fn close(&self) {
-        self.inner.close().await
     }
 }
 
@@ -193,7 +169,8 @@ fn flows() -> Flows {
 
 struct Bench {
     node: Arc<Node>,
-    store: Arc<TimingStore>,
+    store: SharedStore,
+    timing: Arc<Timing>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -210,28 +187,21 @@ async fn fresh(args: &BenchArgs, name: &str) -> Result<Bench, String> {
     let inner = SqliteStore::open(&url, &StoreOptions::default())
         .await
         .map_err(|e| e.to_string())?;
-    let store = Arc::new(TimingStore {
-        inner,
-        record: false.into(),
-        latencies: Mutex::default(),
-        running_at: Mutex::default(),
-        statuses: Mutex::default(),
-        events: AtomicU64::new(0),
-        changed: Notify::new(),
-    });
-    let shared: SharedStore = store.clone();
+    let timing = Arc::new(Timing::default());
+    let store: SharedStore = Arc::new(Hooked::new(Arc::new(inner), timing.clone()));
     let transport = LocalQueue::new(args.shards, 64 << 20);
     let options = NodeOptions {
         max_live: args.waiting.max(args.executions) + 1000,
         shutdown_wait: Duration::from_secs(120),
         ..NodeOptions::default()
     };
-    let node = Node::start(shared, transport, flows(), options)
+    let node = Node::start(store.clone(), transport, flows(), options)
         .await
         .map_err(|e| e.to_string())?;
     Ok(Bench {
         node: Arc::new(node),
         store,
+        timing,
         _dir: tmp,
     })
 }
@@ -261,7 +231,15 @@ async fn raw(args: &BenchArgs, report: &mut Vec<String>) -> Result<(), String> {
     let total = args.executions * args.events;
     let text = payload(0).to_string();
     for interleaved in [false, true] {
-        let b = fresh(args, if interleaved { "raw-interleaved" } else { "raw" }).await?;
+        let b = fresh(
+            args,
+            if interleaved {
+                "raw-interleaved"
+            } else {
+                "raw"
+            },
+        )
+        .await?;
         let fids: Vec<Fid> = (0..args.executions).map(|_| Fid::new()).collect();
         let order: Vec<(usize, u64)> = if interleaved {
             (1..=args.events as u64)
@@ -287,7 +265,11 @@ async fn raw(args: &BenchArgs, report: &mut Vec<String>) -> Result<(), String> {
             b.store.write(&batch).await.map_err(|e| e.to_string())?;
         }
         let rate = total as f64 / start.elapsed().as_secs_f64();
-        let how = if interleaved { "interleaved" } else { "fid-major  " };
+        let how = if interleaved {
+            "interleaved"
+        } else {
+            "fid-major  "
+        };
         report.push(format!(
             "raw      store.write, batches of 1000, {how}, {total} events: {rate:.0} events/s"
         ));
@@ -308,12 +290,12 @@ async fn throughput(args: &BenchArgs, report: &mut Vec<String>) -> Result<(), St
     while let Some(r) = launches.join_next().await {
         r.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
     }
-    b.store
+    b.timing
         .until(Status::Finished, args.executions as u64)
         .await;
     let secs = start.elapsed().as_secs_f64();
     let flow_events = (args.executions * args.events) as f64;
-    let stored = b.store.events.load(Ordering::Relaxed) as f64;
+    let stored = b.timing.events.load(Ordering::Relaxed) as f64;
     report.push(format!(
         "through  {} executions x {} events: {:.0} flow events/s ({:.0} stored events/s incl. status/meta), {:.2} s",
         args.executions,
@@ -330,7 +312,7 @@ async fn latency(args: &BenchArgs, report: &mut Vec<String>) -> Result<(), Strin
     let b = fresh(args, "latency").await?;
     let per_execution = 100.0;
     let executions = ((args.rate as f64 / per_execution).ceil() as usize).max(1);
-    b.store.record.store(true, Ordering::Relaxed);
+    b.timing.record.store(true, Ordering::Relaxed);
     for _ in 0..executions {
         b.node
             .launch(
@@ -341,8 +323,8 @@ async fn latency(args: &BenchArgs, report: &mut Vec<String>) -> Result<(), Strin
             .await
             .map_err(|e| e.to_string())?;
     }
-    b.store.until(Status::Finished, executions as u64).await;
-    let mut l = std::mem::take(&mut *b.store.latencies.lock().unwrap());
+    b.timing.until(Status::Finished, executions as u64).await;
+    let mut l = std::mem::take(&mut *b.timing.latencies.lock().unwrap());
     l.sort_by(f64::total_cmp);
     report.push(format!(
         "latency  {} events/s offered ({executions} executions x {per_execution}/s, {} s): {} events, emit->committed p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
@@ -371,7 +353,7 @@ async fn launch(args: &BenchArgs, report: &mut Vec<String>) -> Result<(), String
                 .fid;
             let mut sub = b.node.hub().subscribe(&fid);
             loop {
-                if let Some(at) = b.store.running_at.lock().unwrap().get(&fid) {
+                if let Some(at) = b.timing.running_at.lock().unwrap().get(&fid) {
                     times.push(at.duration_since(start).as_secs_f64());
                     break;
                 }
@@ -411,7 +393,7 @@ async fn waiting(args: &BenchArgs, report: &mut Vec<String>) -> Result<(), Strin
             eprintln!("bench: {launched} waiting executions launched");
         }
     }
-    b.store.until(Status::Awaiting, args.waiting as u64).await;
+    b.timing.until(Status::Awaiting, args.waiting as u64).await;
     let secs = start.elapsed().as_secs_f64();
     let after = rss_mib();
 

@@ -7,9 +7,11 @@
 //! the executions rows they change, in one transaction; an event whose
 //! `(fid, seq)` is already stored is ignored, which makes redelivery safe.
 
+mod hooked;
 mod sqlite;
 mod summary;
 
+pub use hooked::{Hooked, WriteHooks};
 pub use sqlite::SqliteStore;
 pub use summary::{ExecutionUpdate, summarize};
 

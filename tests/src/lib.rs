@@ -3,11 +3,10 @@
 //! (no sleeps), checks of the stored event log, and [`FaultyStore`], a
 //! fault-injecting wrapper around the real store.
 
-use async_trait::async_trait;
 use kodo_actors::{Flows, Node, NodeOptions};
 use kodo_core::{Event, Fid, Kind, Status};
 use kodo_store::{
-    EventQuery, ExecutionRow, ListQuery, SharedStore, SqliteStore, Store, StoreError, StoreOptions,
+    EventQuery, Hooked, SharedStore, SqliteStore, StoreError, StoreOptions, WriteHooks,
 };
 use kodo_transport::LocalQueue;
 use std::sync::Arc;
@@ -17,7 +16,7 @@ use std::time::Duration;
 /// How long any single wait in a test may take before it fails.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
-/// A faults to inject into the next store writes.
+/// Faults to inject into the next store writes.
 #[derive(Default)]
 pub struct Faults {
     /// Writes that fail with an error (the spooler retries).
@@ -36,12 +35,27 @@ fn take(counter: &AtomicU32) -> bool {
         .is_ok()
 }
 
-/// The real SQLite store with injectable faults.
-pub struct FaultyStore {
-    inner: SqliteStore,
-    /// The faults to inject.
-    pub faults: Arc<Faults>,
+impl WriteHooks for Faults {
+    fn before(&self, _events: &[Event]) -> Result<(), StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        if take(&self.fail_writes) {
+            return Err(StoreError::Injected("write refused".into()));
+        }
+        if take(&self.panic_before_commit) {
+            panic!("injected panic before commit");
+        }
+        Ok(())
+    }
+
+    fn after(&self, _events: &[Event]) {
+        if take(&self.panic_after_commit) {
+            panic!("injected panic after commit");
+        }
+    }
 }
+
+/// The real SQLite store with injectable faults.
+pub struct FaultyStore;
 
 impl FaultyStore {
     /// Opens a SQLite store at `url`, wrapped; returns it and its fault switches.
@@ -50,47 +64,8 @@ impl FaultyStore {
             .await
             .expect("open store");
         let faults = Arc::new(Faults::default());
-        let store = Arc::new(FaultyStore {
-            inner,
-            faults: faults.clone(),
-        });
+        let store = Arc::new(Hooked::new(Arc::new(inner), faults.clone()));
         (store, faults)
-    }
-}
-
-#[async_trait]
-impl Store for FaultyStore {
-    async fn write(&self, events: &[Event]) -> Result<(), StoreError> {
-        self.faults.writes.fetch_add(1, Ordering::Relaxed);
-        if take(&self.faults.fail_writes) {
-            return Err(StoreError::Injected("write refused".into()));
-        }
-        if take(&self.faults.panic_before_commit) {
-            panic!("injected panic before commit");
-        }
-        self.inner.write(events).await?;
-        if take(&self.faults.panic_after_commit) {
-            panic!("injected panic after commit");
-        }
-        Ok(())
-    }
-    async fn execution(&self, fid: &Fid) -> Result<Option<ExecutionRow>, StoreError> {
-        self.inner.execution(fid).await
-    }
-    async fn executions(&self, q: &ListQuery) -> Result<Vec<ExecutionRow>, StoreError> {
-        self.inner.executions(q).await
-    }
-    async fn events(&self, fid: &Fid, q: &EventQuery) -> Result<Vec<Event>, StoreError> {
-        self.inner.events(fid, q).await
-    }
-    async fn unfinished(&self, node: &str) -> Result<Vec<ExecutionRow>, StoreError> {
-        self.inner.unfinished(node).await
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
-    }
-    async fn close(&self) {
-        self.inner.close().await
     }
 }
 

@@ -1,0 +1,60 @@
+//! A store with hooks around its writes: for measurements (commit latency)
+//! and fault injection in tests, without repeating the whole trait.
+
+use crate::{EventQuery, ExecutionRow, ListQuery, SharedStore, Store, StoreError};
+use async_trait::async_trait;
+use kodo_core::{Event, Fid};
+use std::sync::Arc;
+
+/// What runs around each [`Store::write`] of a [`Hooked`] store.
+pub trait WriteHooks: Send + Sync + 'static {
+    /// Before the write; an error here fails the write (nothing is stored).
+    fn before(&self, _events: &[Event]) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// After the write committed.
+    fn after(&self, _events: &[Event]) {}
+}
+
+/// A store whose writes pass through [`WriteHooks`]; everything else goes
+/// straight to the inner store.
+pub struct Hooked<H> {
+    inner: SharedStore,
+    hooks: Arc<H>,
+}
+
+impl<H: WriteHooks> Hooked<H> {
+    /// Wraps `inner`.
+    pub fn new(inner: SharedStore, hooks: Arc<H>) -> Self {
+        Self { inner, hooks }
+    }
+}
+
+#[async_trait]
+impl<H: WriteHooks> Store for Hooked<H> {
+    async fn write(&self, events: &[Event]) -> Result<(), StoreError> {
+        self.hooks.before(events)?;
+        self.inner.write(events).await?;
+        self.hooks.after(events);
+        Ok(())
+    }
+    async fn execution(&self, fid: &Fid) -> Result<Option<ExecutionRow>, StoreError> {
+        self.inner.execution(fid).await
+    }
+    async fn executions(&self, query: &ListQuery) -> Result<Vec<ExecutionRow>, StoreError> {
+        self.inner.executions(query).await
+    }
+    async fn events(&self, fid: &Fid, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
+        self.inner.events(fid, query).await
+    }
+    async fn unfinished(&self, node: &str) -> Result<Vec<ExecutionRow>, StoreError> {
+        self.inner.unfinished(node).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+    async fn close(&self) {
+        self.inner.close().await
+    }
+}
