@@ -9,6 +9,8 @@
 //!   with the restart policies of [`policy`].
 //! - [`node::Node`]: the tree, with launch, kill, lock answers and shutdown.
 
+#![warn(missing_docs)]
+
 pub mod command;
 pub mod executions;
 pub mod flow;

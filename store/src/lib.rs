@@ -7,6 +7,8 @@
 //! the executions rows they change, in one transaction; an event whose
 //! `(fid, seq)` is already stored is ignored, which makes redelivery safe.
 
+#![warn(missing_docs)]
+
 mod hooked;
 mod sqlite;
 mod summary;

@@ -3,6 +3,8 @@
 //! (no sleeps), checks of the stored event log, and [`FaultyStore`], a
 //! fault-injecting wrapper around the real store.
 
+#![warn(missing_docs)]
+
 use kodo_actors::{Flows, Node, NodeOptions};
 use kodo_core::{Event, Fid, Kind, Status};
 use kodo_store::{

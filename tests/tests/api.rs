@@ -358,6 +358,20 @@ async fn auth_isolates_users_and_admins_see_all() {
             "bob must not see ann's {path}"
         );
     }
+    // The scheme is case-insensitive (RFC 7235); other schemes are refused.
+    for (header, code) in [
+        (format!("bearer {ANN}"), StatusCode::OK),
+        (format!("Basic {ANN}"), StatusCode::UNAUTHORIZED),
+        (ANN.to_string(), StatusCode::UNAUTHORIZED),
+    ] {
+        let resp = api
+            .req(Method::GET, "/flows", None)
+            .header("authorization", header.as_str())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), code, "{header}");
+    }
     let (_, bobs) = call(&api, Method::GET, "/executions", BOB, None).await;
     assert!(bobs["executions"].as_array().unwrap().is_empty());
     let (status, row) = call(&api, Method::GET, &format!("/executions/{fid}"), ROOT, None).await;

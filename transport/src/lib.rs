@@ -11,6 +11,8 @@
 //! Kodosumi's Ray queue was, without Ray). Redis Streams come next, behind
 //! the same trait: a shard is then a stream and a consumer group member.
 
+#![warn(missing_docs)]
+
 mod local;
 
 pub use local::LocalQueue;
