@@ -14,7 +14,7 @@ use crate::flow::{ExecLimits, Flows, Stop};
 use crate::hub::Hub;
 use crate::locks::{AnswerError, Locks};
 use crate::spooler::{SpoolerShared, Spoolers, SpoolersMsg, StoreHealth};
-use crate::tracer::{Outcome, TraceBook};
+use crate::tracer::{Outcome, Trace, TraceBook};
 use kodo_core::{Fid, Status};
 use kodo_store::{ExecutionRow, SharedStore, StoreError};
 use kodo_transport::SharedTransport;
@@ -383,14 +383,19 @@ pub async fn close_unfinished(
     reason: &str,
 ) -> Result<usize, StoreError> {
     let rows = store.unfinished(node).await?;
+    let mut events = Vec::new();
     for row in &rows {
         let mut book = TraceBook::new(usize::MAX);
         book.next_seq = row.events + 1;
         book.status = Some(row.status);
-        let planned = book
-            .plan(crate::tracer::Trace::Finish(Outcome::Failed(reason.into())))
-            .expect("an unfinished execution can finish");
-        store.write(&book.stamp(&row.fid, planned)).await?;
+        if let Ok(planned) = book.plan(Trace::Finish(Outcome::Failed(reason.into()))) {
+            events.extend(book.stamp(&row.fid, planned));
+        }
+    }
+    // In commits of the usual size: a node that died with many executions
+    // open comes back in a few transactions, not one per execution.
+    for batch in events.chunks(1000) {
+        store.write(batch).await?;
     }
     Ok(rows.len())
 }

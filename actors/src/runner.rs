@@ -70,9 +70,7 @@ impl Actor for Runner {
                 });
             })
         });
-        // Boxed: the Runner's task stays small while a flow waits (a command
-        // driver's state is large, and every idle execution would carry it).
-        let outcome = Box::pin(run(&ctx, &flow, inputs)).await;
+        let outcome = run(&ctx, &flow, inputs).await;
         if let Some(timer) = timer {
             timer.abort();
         }
@@ -89,6 +87,8 @@ impl Actor for Runner {
 /// started).
 async fn run(ctx: &Ctx, flow: &FlowDef, inputs: Value) -> Outcome {
     match &flow.kind {
+        // Boxed: a command driver's state is large, and inline it would make
+        // every Runner's task that large, also while a Rust flow waits on a lock.
         FlowKind::Command(spec) => Box::pin(command::run(spec, ctx, &inputs)).await,
         FlowKind::Rust(f) => {
             if let Err(e) = ctx.tracer().trace(Trace::Running).await {
