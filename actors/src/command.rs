@@ -24,9 +24,10 @@ use std::time::Duration;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 /// How long output readers may run on after the process group is gone.
-const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(5);
 
 /// Runs a command flow to its outcome.
 pub async fn run(spec: &CommandSpec, ctx: &Ctx, inputs: &Value) -> Outcome {
@@ -250,6 +251,8 @@ async fn drive(started: Started, ctx: &Ctx, inputs: &Value) -> Outcome {
             max,
         ));
     }
+    // Cancelled once the process is reaped: its open locks can no longer be answered.
+    let exited = CancellationToken::new();
     match tokio::net::unix::pipe::Receiver::from_owned_fd(fd3) {
         Ok(rx) => {
             readers.spawn(pump_fd3(
@@ -258,6 +261,7 @@ async fn drive(started: Started, ctx: &Ctx, inputs: &Value) -> Outcome {
                 stdin.clone(),
                 last_result.clone(),
                 max,
+                exited.clone(),
             ));
         }
         Err(e) => tracing::warn!(fid = %ctx.fid(), error = %e, "fd 3 unavailable"),
@@ -280,6 +284,7 @@ async fn drive(started: Started, ctx: &Ctx, inputs: &Value) -> Outcome {
     // Whatever the leader left behind in its group goes too, so the pipes close.
     drop(group);
     inputs_writer.abort();
+    exited.cancel();
     stdin.lock().await.take();
     let drained = tokio::time::timeout(DRAIN_AFTER_EXIT, async {
         while readers.join_next().await.is_some() {}
@@ -346,6 +351,7 @@ async fn pump_fd3<R: AsyncBufRead + Unpin>(
     stdin: Arc<tokio::sync::Mutex<Option<ChildStdin>>>,
     last_result: Arc<Mutex<Option<String>>>,
     max: usize,
+    exited: CancellationToken,
 ) {
     let mut locks = JoinSet::new();
     loop {
@@ -394,8 +400,12 @@ async fn pump_fd3<R: AsyncBufRead + Unpin>(
             break;
         }
     }
-    // Open locks live on until answered or expired (or the process ends).
-    while locks.join_next().await.is_some() {}
+    // Open locks live on until answered or expired, or until the process ends
+    // (a child may close fd 3 and still wait on stdin for an answer).
+    tokio::select! {
+        _ = async { while locks.join_next().await.is_some() {} } => {}
+        _ = exited.cancelled() => locks.shutdown().await,
+    }
 }
 
 #[cfg(test)]

@@ -57,11 +57,12 @@ fn init_logging(level: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
 async fn run(config: Config) -> ExitCode {
-    let running = match Runtime::new(config).start().await {
+    let running = match Runtime::new(config.clone()).start().await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("runtime: cannot start: {e}");
@@ -69,6 +70,14 @@ async fn run(config: Config) -> ExitCode {
         }
     };
     println!("kodo listening on http://{}", running.addr());
+    tracing::info!(
+        node = %config.node.name,
+        store = %kodo_store::mask_url(&config.store.url),
+        transport = %config.transport.kind,
+        flows = running.node().flows().iter().count(),
+        auth = if config.auth.tokens.is_empty() { "none (loopback only)" } else { "bearer tokens" },
+        "kodo started"
+    );
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {

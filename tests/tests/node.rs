@@ -78,6 +78,17 @@ fn flows() -> Flows {
         },
     ));
     flows.add(FlowDef::command(
+        "asks-cmd",
+        CommandSpec {
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                r#"read -r x; echo '{"kind":"lock","name":"go"}' >&3; read -r answer"#.into(),
+            ],
+            ..Default::default()
+        },
+    ));
+    flows.add(FlowDef::command(
         "missing",
         CommandSpec {
             command: vec!["/nonexistent/kodo-flow".into()],
@@ -323,5 +334,33 @@ async fn a_command_lock_expires_on_stdin_and_a_child_deaf_to_stdin_can_be_killed
     wait_event(&t.node, &fid, Kind::Stdout).await;
     t.node.kill(&fid, "by ann").await.unwrap();
     assert_eq!(wait_final(&t.node, &fid).await, Status::Killed);
+    t.node.shutdown("test over").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_command_waiting_on_a_lock_ends_it_at_once() {
+    let options = NodeOptions {
+        limits: kodo_actors::ExecLimits {
+            kill_grace: Duration::from_secs(5),
+            ..NodeOptions::default().limits
+        },
+        ..NodeOptions::default()
+    };
+    let t = TestNode::start(flows(), 2, 1 << 20, options).await;
+    let fid = t
+        .node
+        .launch("asks-cmd", "ann", json!({}))
+        .await
+        .unwrap()
+        .fid;
+    wait_event(&t.node, &fid, Kind::Lock).await;
+    let started = std::time::Instant::now();
+    t.node.kill(&fid, "by ann").await.unwrap();
+    assert_eq!(wait_final(&t.node, &fid).await, Status::Killed);
+    // sh dies on SIGTERM at once; its open lock must not hold the end back
+    // until the 5 s output drain timeout (as it once did).
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "kill took {took:?}");
+    assert!(t.node.answer_lock(&fid, "any", json!(1)).is_err());
     t.node.shutdown("test over").await;
 }
