@@ -382,7 +382,7 @@ async fn pump_fd3<R: AsyncBufRead + Unpin>(
                         Err(LockError::Expired { .. }) => {
                             json!({"lid": lid, "name": name, "error": "expired"})
                         }
-                        Err(LockError::Trace(_)) => return,
+                        Err(LockError::Trace(_) | LockError::InUse(_)) => return,
                     };
                     write_line(&stdin, &reply.to_string()).await;
                 });

@@ -169,6 +169,9 @@ pub enum LockError {
     /// Its events could not be recorded.
     #[error(transparent)]
     Trace(#[from] TraceError),
+    /// The lock id chosen with [`Ctx::lock_as`] is open already.
+    #[error(transparent)]
+    InUse(#[from] crate::locks::LockInUse),
 }
 
 struct CtxInner {
@@ -280,7 +283,8 @@ impl Ctx {
         self.lock_as(lid, name, data, timeout).await
     }
 
-    /// [`Ctx::lock`] with a lock id chosen by the caller (unique per node).
+    /// [`Ctx::lock`] with a lock id chosen by the caller; an id that is open
+    /// already is refused with [`LockError::InUse`].
     pub async fn lock_as(
         &self,
         lid: String,
@@ -289,7 +293,7 @@ impl Ctx {
         timeout: Option<Duration>,
     ) -> Result<Value, LockError> {
         let wait = timeout.unwrap_or(self.inner.limits.lock_timeout);
-        let mut open = self.inner.locks.open(&self.inner.fid, &lid);
+        let mut open = self.inner.locks.open(&self.inner.fid, &lid)?;
         // Only the text is kept: a JSON value held here would live as long as the wait.
         let lock = json!({"lid": lid, "name": name, "data": data, "expires": now_ts() + wait.as_secs_f64()})
             .to_string();

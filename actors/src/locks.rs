@@ -6,6 +6,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
+/// A lock id that is already open.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("lock {0} is already open")]
+pub struct LockInUse(pub String);
+
 /// Why an answer was not delivered.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AnswerError {
@@ -37,18 +42,22 @@ pub struct OpenLock {
 }
 
 impl Locks {
-    /// Opens lock `lid` of execution `fid`.
-    pub fn open(&self, fid: &Fid, lid: &str) -> OpenLock {
+    /// Opens lock `lid` of execution `fid`; an id that is open already is refused.
+    pub fn open(&self, fid: &Fid, lid: &str) -> Result<OpenLock, LockInUse> {
         let (tx, rx) = oneshot::channel();
-        self.open
-            .lock()
-            .expect("locks lock")
-            .insert(lid.to_string(), (fid.clone(), tx));
-        OpenLock {
+        match self.open.lock().expect("locks lock").entry(lid.to_string()) {
+            std::collections::hash_map::Entry::Occupied(_) => {
+                return Err(LockInUse(lid.to_string()));
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert((fid.clone(), tx));
+            }
+        }
+        Ok(OpenLock {
             locks: self.clone(),
             lid: lid.to_string(),
             answer: rx,
-        }
+        })
     }
 
     /// Delivers `answer` to lock `lid` of execution `fid`.
@@ -95,13 +104,18 @@ mod tests {
     async fn answers_reach_only_the_right_execution_once() {
         let locks = Locks::default();
         let fid = Fid::new();
-        let mut lock = locks.open(&fid, "l1");
+        let mut lock = locks.open(&fid, "l1").unwrap();
+        assert_eq!(
+            locks.open(&Fid::new(), "l1").err(),
+            Some(LockInUse("l1".into())),
+            "an open id is not taken twice"
+        );
         assert!(locks.answer(&Fid::new(), "l1", Value::Null).is_err());
         assert!(locks.answer(&fid, "l2", Value::Null).is_err());
         locks.answer(&fid, "l1", Value::from(7)).unwrap();
         assert!(locks.answer(&fid, "l1", Value::from(8)).is_err());
         assert_eq!((&mut lock.answer).await.unwrap(), Value::from(7));
-        let dropped = locks.open(&fid, "l3");
+        let dropped = locks.open(&fid, "l3").unwrap();
         drop(dropped);
         assert!(locks.is_empty());
     }

@@ -171,7 +171,8 @@ async fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Lock(i) => {
                 if let Some(i) = pick(i, &mut execs).filter(|&i| execs[i].lock.is_none()) {
-                    let lid = format!("lock-{}-{}", execs[i].fid, execs[i].accepted.len());
+                    next_key += 1;
+                    let lid = format!("lock-{}-{next_key}", execs[i].fid);
                     execs[i].tx.send(Cmd::Lock(lid.clone())).unwrap();
                     // Wait until this very lock is stored (an earlier one may be too).
                     let mut sub = t.node.hub().subscribe(&execs[i].fid);
