@@ -197,10 +197,7 @@ impl Node {
             .ok_or_else(|| LaunchError::UnknownFlow(flow.to_string()))?;
         let fid = Fid::new();
         let mut committed = self.hub.subscribe(&fid);
-        self.unstored.lock().expect("unstored lock").insert(
-            fid.clone(),
-            (flow.to_string(), owner.to_string(), kodo_core::now_ts()),
-        );
+        let launched_at = kodo_core::now_ts();
         let started = self
             .executions
             .call(
@@ -215,20 +212,20 @@ impl Node {
             )
             .await
             .map_err(|_| LaunchError::ShuttingDown)?;
-        let started = match started {
-            ractor::rpc::CallResult::Success(result) => result,
-            _ => Err(LaunchError::ShuttingDown),
-        };
-        if let Err(e) = started {
-            self.unstored.lock().expect("unstored lock").remove(&fid);
-            return Err(e);
+        match started {
+            ractor::rpc::CallResult::Success(result) => result?,
+            _ => return Err(LaunchError::ShuttingDown),
         }
         let stored = tokio::time::timeout(self.options.launch_wait, committed.until(2))
             .await
             .is_ok();
-        if stored {
-            self.unstored.lock().expect("unstored lock").remove(&fid);
-        } else {
+        if !stored {
+            // Nobody knows the fid before this returns, so the node needs to
+            // answer for it only from here until its first events are stored.
+            self.unstored.lock().expect("unstored lock").insert(
+                fid.clone(),
+                (flow.to_string(), owner.to_string(), launched_at),
+            );
             let (unstored, fid) = (self.unstored.clone(), fid.clone());
             tokio::spawn(async move {
                 committed.until(2).await;
