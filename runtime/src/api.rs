@@ -175,6 +175,17 @@ async fn visible(state: &AppState, user: &User, fid: &str) -> ApiResult<Executio
     }
 }
 
+/// 409 for an execution that has ended: it can no longer be killed or answered.
+fn still_running(row: &ExecutionRow) -> ApiResult<()> {
+    if row.status.is_final() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("execution already ended: {}", row.status),
+        ));
+    }
+    Ok(())
+}
+
 fn row_json(row: &ExecutionRow) -> Value {
     json!({
         "fid": row.fid,
@@ -464,12 +475,7 @@ async fn kill(
     Path(fid): Path<String>,
 ) -> ApiResult<Response> {
     let row = visible(&state, &user, &fid).await?;
-    if row.status.is_final() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!("execution already ended: {}", row.status),
-        ));
-    }
+    still_running(&row)?;
     match state
         .node
         .kill(&row.fid, &format!("by {}", user.name))
@@ -502,12 +508,7 @@ async fn answer_lock(
     let row = visible(&state, &user, &fid).await?;
     let body: AnswerBody =
         json_body(body)?.ok_or_else(|| ApiError::bad("expected {\"answer\": ...}"))?;
-    if row.status.is_final() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!("execution already ended: {}", row.status),
-        ));
-    }
+    still_running(&row)?;
     match state.node.answer_lock(&row.fid, &lid, body.answer) {
         Ok(()) => Ok(Json(json!({"fid": row.fid, "lid": lid, "answered": true}))),
         Err(e @ AnswerError::NotFound { .. }) => {
