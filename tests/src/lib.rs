@@ -12,7 +12,7 @@ use kodo_store::{
 };
 use kodo_transport::LocalQueue;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 /// How long any single wait in a test may take before it fails.
@@ -27,8 +27,6 @@ pub struct Faults {
     pub panic_before_commit: AtomicU32,
     /// Writes that commit and then panic (the spooler crashes before its ack).
     pub panic_after_commit: AtomicU32,
-    /// Writes seen.
-    pub writes: AtomicU64,
 }
 
 fn take(counter: &AtomicU32) -> bool {
@@ -39,7 +37,6 @@ fn take(counter: &AtomicU32) -> bool {
 
 impl WriteHooks for Faults {
     fn before(&self, _events: &[Event]) -> Result<(), StoreError> {
-        self.writes.fetch_add(1, Ordering::Relaxed);
         if take(&self.fail_writes) {
             return Err(StoreError::Injected("write refused".into()));
         }
