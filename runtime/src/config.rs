@@ -87,12 +87,14 @@ impl Default for ApiSection {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreSection {
-    /// `sqlite://PATH`.
+    /// `sqlite://PATH` or `postgres://USER:PASSWORD@HOST:PORT/DATABASE`.
     pub url: String,
-    /// `normal` (survives a crash of the process) or `full` (survives power loss).
+    /// SQLite: `normal` (survives a crash of the process) or `full` (survives power loss).
     pub synchronous: String,
-    /// Connections for API reads.
+    /// SQLite: connections for API reads.
     pub read_connections: u32,
+    /// PostgreSQL: the most connections (spoolers and API reads share them).
+    pub pool: u32,
 }
 
 impl Default for StoreSection {
@@ -101,6 +103,7 @@ impl Default for StoreSection {
             url: "sqlite://./data/kodo.db".into(),
             synchronous: "normal".into(),
             read_connections: 4,
+            pool: 8,
         }
     }
 }
@@ -330,8 +333,14 @@ impl Config {
                 return bad(&format!("auth.tokens[{i}].token"), "duplicate token");
             }
         }
-        if !self.store.url.starts_with("sqlite:") {
-            return bad("store.url", "expected sqlite://PATH");
+        if kodo_store::Backend::of(&self.store.url).is_err() {
+            return bad(
+                "store.url",
+                "expected sqlite://PATH or postgres://USER:PASSWORD@HOST:PORT/DATABASE",
+            );
+        }
+        if !(1..=1000).contains(&self.store.pool) {
+            return bad("store.pool", "expected 1 to 1000 connections");
         }
         if !matches!(self.store.synchronous.as_str(), "normal" | "full") {
             return bad("store.synchronous", "expected \"normal\" or \"full\"");
@@ -425,6 +434,7 @@ impl Config {
         kodo_store::StoreOptions {
             read_connections: self.store.read_connections,
             full_sync: self.store.synchronous == "full",
+            pool: self.store.pool,
             upgrade,
         }
     }
@@ -578,7 +588,7 @@ mod tests {
             ),
             (
                 "[store]\nurl = \"mysql://x\"",
-                "kodo.toml: store.url: expected sqlite",
+                "kodo.toml: store.url: expected sqlite://PATH or postgres://",
             ),
             (
                 "[store]\nsynchronous = \"off\"",

@@ -113,16 +113,18 @@ async fn run(config: Config) -> ExitCode {
 }
 
 async fn upgrade(config: Config) -> ExitCode {
-    match kodo_store::open(&config.store.url, &config.store_options(true)).await {
-        Ok(store) => {
-            println!(
-                "database {} is up to date; migrations:",
-                kodo_store::mask_url(&config.store.url)
-            );
-            for (version, description) in kodo_store::SqliteStore::migrations() {
+    let url = kodo_store::mask_url(&config.store.url);
+    match kodo_store::upgrade(&config.store.url, &config.store_options(true)).await {
+        Ok(applied) if applied.is_empty() => {
+            println!("database {url}: schema already up to date; nothing applied");
+            ExitCode::SUCCESS
+        }
+        Ok(applied) => {
+            println!("database {url}: applied {} migration(s):", applied.len());
+            for (version, description) in applied {
                 println!("  {version} {description}");
             }
-            store.close().await;
+            println!("database {url}: schema up to date");
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -308,10 +308,22 @@ async fn db_upgrade_and_help() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        text.contains("is up to date") && text.contains("init"),
+        text.contains("applied 1 migration(s)") && text.contains("init"),
         "{text}"
     );
     assert!(dir.path().join("kodo.db").exists());
+    let out = runtime(
+        &["db", "upgrade", "--config", cfg.to_str().unwrap()],
+        dir.path(),
+    )
+    .output()
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("nothing applied"),
+        "{text}"
+    );
     for args in [
         &["--help"][..],
         &["run", "--help"],
@@ -323,4 +335,29 @@ async fn db_upgrade_and_help() {
     }
     let out = runtime(&["frobnicate"], dir.path()).output().await.unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn an_unreachable_postgres_stops_startup_with_the_url_masked() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://kodo:hunter22@127.0.0.1:{port}/kodo");
+    let out = runtime(&["run", "--config", cfg.to_str().unwrap()], dir.path())
+        .env("KODO_STORE_URL", &url)
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("postgres://kodo:***@127.0.0.1:{port}/kodo"))
+            && err.contains("refused")
+            && !err.contains("hunter22"),
+        "{err}"
+    );
 }

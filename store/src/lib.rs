@@ -1,5 +1,5 @@
 //! The event store of kodo: the [`Store`] trait the actors and the API use,
-//! and its SQLite implementation (the embedded default).
+//! and its two implementations: SQLite (the embedded default) and PostgreSQL.
 //!
 //! A store keeps two tables: `executions` (one row per execution, its flow,
 //! owner, node, status and counts) and `events` (primary key `(fid, seq)`).
@@ -10,12 +10,15 @@
 #![warn(missing_docs)]
 
 mod hooked;
+mod postgres;
+mod sql;
 mod sqlite;
 mod summary;
 
 pub use hooked::{Hooked, WriteHooks};
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
-pub use summary::{ExecutionUpdate, summarize};
+pub use summary::{ExecutionUpdate, ExecutionValues, summarize};
 
 use async_trait::async_trait;
 use kodo_core::{Event, Fid, Kind, Status};
@@ -153,25 +156,70 @@ pub fn mask_url(url: &str) -> String {
     }
 }
 
-/// Opens the store a URL names: `sqlite://PATH` (more schemes come with more backends).
+/// Opens the store a URL names: `sqlite://PATH` or `postgres://...`
+/// (`postgresql://` too).
 pub async fn open(url: &str, options: &StoreOptions) -> Result<SharedStore, StoreError> {
-    if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::open(url, options).await?))
-    } else {
-        Err(StoreError::Config {
-            url: mask_url(url),
-            reason: "unsupported scheme; use sqlite://PATH".into(),
-        })
+    Ok(match Backend::of(url)? {
+        Backend::Sqlite => Arc::new(SqliteStore::open(url, options).await?),
+        Backend::Postgres => Arc::new(PgStore::open(url, options).await?),
+    })
+}
+
+/// Brings the schema of the database a URL names up to date and returns the
+/// migrations it applied (empty: it was already up to date).
+pub async fn upgrade(url: &str, options: &StoreOptions) -> Result<Vec<(i64, String)>, StoreError> {
+    let options = StoreOptions {
+        upgrade: true,
+        ..options.clone()
+    };
+    Ok(match Backend::of(url)? {
+        Backend::Sqlite => {
+            let store = SqliteStore::open(url, &options).await?;
+            store.close().await;
+            store.migrated().to_vec()
+        }
+        Backend::Postgres => {
+            let store = PgStore::open(url, &options).await?;
+            store.close().await;
+            store.migrated().to_vec()
+        }
+    })
+}
+
+/// The database kinds a store URL can name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// `sqlite://PATH`
+    Sqlite,
+    /// `postgres://...` or `postgresql://...`
+    Postgres,
+}
+
+impl Backend {
+    /// The backend of a URL, or a [`StoreError::Config`] naming it.
+    pub fn of(url: &str) -> Result<Self, StoreError> {
+        if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres)
+        } else {
+            Err(StoreError::Config {
+                url: mask_url(url),
+                reason: "unsupported scheme; use sqlite://PATH or postgres://USER:PASSWORD@HOST:PORT/DATABASE".into(),
+            })
+        }
     }
 }
 
 /// Knobs of a store; the defaults serve one machine.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
-    /// Connections for readers (the API).
+    /// SQLite: connections for readers (the API).
     pub read_connections: u32,
-    /// `synchronous=FULL` instead of `NORMAL` (survives power loss, slower commits).
+    /// SQLite: `synchronous=FULL` instead of `NORMAL` (survives power loss, slower commits).
     pub full_sync: bool,
+    /// PostgreSQL: the most connections of the pool (spoolers and API share it).
+    pub pool: u32,
     /// Apply migrations on open: always for a new database; for an existing one
     /// only when this is true (`runtime db upgrade`), else a schema behind is an error.
     pub upgrade: bool,
@@ -182,6 +230,7 @@ impl Default for StoreOptions {
         Self {
             read_connections: 4,
             full_sync: false,
+            pool: 8,
             upgrade: false,
         }
     }

@@ -6,16 +6,19 @@
 //! checkpoints are turned off on the writer and run by a background task on a
 //! reader connection instead, so a checkpoint never lands inside a commit.
 
+use crate::sql::{
+    EXECUTION_COLUMNS, events_sql, kinds, list_binds, list_sql, migrations_to_apply, row_to_event,
+    row_to_execution, unfinished_sql, upsert_executions_sql,
+};
 use crate::{
     EventQuery, ExecutionRow, ListQuery, Store, StoreError, StoreOptions, mask_url, summarize,
 };
 use async_trait::async_trait;
-use kodo_core::{Event, Fid, Kind, Status};
+use kodo_core::{Event, Fid};
+use sqlx::AssertSqlSafe;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, Row};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -41,6 +44,7 @@ pub struct SqliteStore {
     rows_since_checkpoint: AtomicUsize,
     checkpoint: Arc<Notify>,
     checkpointer: tokio::task::JoinHandle<()>,
+    migrated: Vec<(i64, String)>,
 }
 
 impl SqliteStore {
@@ -82,7 +86,7 @@ impl SqliteStore {
             .connect_with(common.clone().pragma("wal_autocheckpoint", "0"))
             .await
             .map_err(|e| config_err(e.to_string()))?;
-        Self::check_schema(&writer, &masked, options.upgrade).await?;
+        let migrated = Self::check_schema(&writer, &masked, options.upgrade).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(options.read_connections.max(1))
             .connect_with(common)
@@ -97,45 +101,44 @@ impl SqliteStore {
             rows_since_checkpoint: AtomicUsize::new(0),
             checkpoint,
             checkpointer,
+            migrated,
         })
     }
 
     /// Applies the migrations a new database needs; an existing one that is
-    /// behind is upgraded only when asked, else refused.
-    async fn check_schema(pool: &SqlitePool, url: &str, upgrade: bool) -> Result<(), StoreError> {
-        let tables: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('_sqlx_migrations', 'executions')",
+    /// behind is upgraded only when asked, else refused. Returns what it applied.
+    async fn check_schema(
+        pool: &SqlitePool,
+        url: &str,
+        upgrade: bool,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ('_sqlx_migrations', 'executions')",
         )
-        .fetch_one(pool)
+        .fetch_all(pool)
         .await?;
-        let applied: i64 = if tables > 0 {
-            sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
-                .fetch_one(pool)
-                .await
-                .unwrap_or(0)
+        let applied = if tables.iter().any(|t| t == "_sqlx_migrations") {
+            Some(
+                sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                    .fetch_all(pool)
+                    .await?,
+            )
+        } else if tables.is_empty() {
+            None
         } else {
-            0
+            Some(Vec::new())
         };
-        let known = MIGRATOR.iter().count();
-        if tables == 0 || upgrade {
+        let missing = migrations_to_apply(url, &MIGRATOR, applied, upgrade)?;
+        if !missing.is_empty() {
             MIGRATOR.run(pool).await?;
-            tracing::info!(url, known, "sqlite schema up to date");
-        } else if (applied as usize) < known {
-            return Err(StoreError::SchemaBehind {
-                url: url.to_string(),
-                applied: applied as usize,
-                known,
-            });
+            tracing::info!(url, applied = missing.len(), "sqlite schema migrated");
         }
-        Ok(())
+        Ok(missing)
     }
 
-    /// The migrations this build knows, by version and description.
-    pub fn migrations() -> Vec<(i64, String)> {
-        MIGRATOR
-            .iter()
-            .map(|m| (m.version, m.description.to_string()))
-            .collect()
+    /// The migrations opening this database applied (version, description).
+    pub fn migrated(&self) -> &[(i64, String)] {
+        &self.migrated
     }
 }
 
@@ -165,64 +168,16 @@ fn insert_events_sql(rows: usize) -> String {
     sql
 }
 
-fn insert_executions_sql(rows: usize) -> String {
-    let mut sql = String::from(
-        "INSERT INTO executions (fid, flow, owner, node, status, status_seq, created, updated, events) VALUES ",
-    );
-    push_tuples(&mut sql, rows, 9);
-    sql.push_str(" ON CONFLICT (fid) DO NOTHING");
-    sql
-}
-
-fn update_executions_sql(rows: usize) -> String {
-    let mut sql = String::from("WITH u (fid, updated, events, status, status_seq) AS (VALUES ");
-    push_tuples(&mut sql, rows, 5);
-    sql.push_str(
-        ") UPDATE executions SET \
-           updated = max(executions.updated, u.updated), \
-           events = max(executions.events, u.events), \
-           status = CASE WHEN u.status_seq > executions.status_seq THEN u.status ELSE executions.status END, \
-           status_seq = max(executions.status_seq, u.status_seq) \
-         FROM u WHERE executions.fid = u.fid",
-    );
-    sql
+fn upsert_sql(rows: usize) -> String {
+    let mut values = String::from("VALUES ");
+    push_tuples(&mut values, rows, 9);
+    upsert_executions_sql(&values, "max", "min")
 }
 
 fn push_tuples(sql: &mut String, rows: usize, columns: usize) {
     let tuple = format!("({})", vec!["?"; columns].join(", "));
     sql.push_str(&vec![tuple; rows].join(", "));
 }
-
-fn row_to_execution(row: &SqliteRow) -> Result<ExecutionRow, StoreError> {
-    let status: String = row.try_get("status")?;
-    Ok(ExecutionRow {
-        fid: Fid::from_stored(row.try_get("fid")?),
-        flow: row.try_get("flow")?,
-        owner: row.try_get("owner")?,
-        node: row.try_get("node")?,
-        status: status
-            .parse()
-            .map_err(|e: kodo_core::UnknownName| StoreError::Corrupt(e.to_string()))?,
-        created: row.try_get("created")?,
-        updated: row.try_get("updated")?,
-        events: row.try_get::<i64, _>("events")? as u64,
-    })
-}
-
-fn row_to_event(fid: &Fid, row: &SqliteRow) -> Result<Event, StoreError> {
-    let kind: String = row.try_get("kind")?;
-    Ok(Event {
-        fid: fid.clone(),
-        seq: row.try_get::<i64, _>("seq")? as u64,
-        ts: row.try_get("ts")?,
-        kind: kind
-            .parse()
-            .map_err(|e: kodo_core::UnknownName| StoreError::Corrupt(e.to_string()))?,
-        payload: row.try_get("payload")?,
-    })
-}
-
-const EXECUTION_COLUMNS: &str = "fid, flow, owner, node, status, created, updated, events";
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -244,37 +199,20 @@ impl Store for SqliteStore {
             }
             q.execute(&mut *tx).await?;
         }
-        let created: Vec<_> = updates.iter().filter(|u| u.meta.is_some()).collect();
-        for chunk in created.chunks(ROWS_PER_STATEMENT) {
-            let mut q = sqlx::query(AssertSqlSafe(insert_executions_sql(chunk.len())));
-            for u in chunk {
-                let (meta, ts) = u.meta.as_ref().expect("filtered on meta");
-                q = q
-                    .bind(u.fid.as_str())
-                    .bind(meta.flow.as_str())
-                    .bind(meta.owner.as_str())
-                    .bind(meta.node.as_str())
-                    .bind(Status::Starting.as_str())
-                    .bind(0_i64)
-                    .bind(*ts)
-                    .bind(*ts)
-                    .bind(0_i64);
-            }
-            q.execute(&mut *tx).await?;
-        }
         for chunk in updates.chunks(ROWS_PER_STATEMENT) {
-            let mut q = sqlx::query(AssertSqlSafe(update_executions_sql(chunk.len())));
+            let mut q = sqlx::query(AssertSqlSafe(upsert_sql(chunk.len())));
             for u in chunk {
-                let (status, status_seq) = match u.status {
-                    Some((s, seq)) => (Some(s.as_str()), seq as i64),
-                    None => (None, 0),
-                };
+                let v = u.values();
                 q = q
-                    .bind(u.fid.as_str())
-                    .bind(u.updated)
-                    .bind(u.max_seq as i64)
-                    .bind(status)
-                    .bind(status_seq);
+                    .bind(v.fid)
+                    .bind(v.flow)
+                    .bind(v.owner)
+                    .bind(v.node)
+                    .bind(v.status)
+                    .bind(v.status_seq)
+                    .bind(v.created)
+                    .bind(v.updated)
+                    .bind(v.events);
             }
             q.execute(&mut *tx).await?;
         }
@@ -301,35 +239,12 @@ impl Store for SqliteStore {
     }
 
     async fn executions(&self, query: &ListQuery) -> Result<Vec<ExecutionRow>, StoreError> {
-        let mut sql = format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE 1 = 1");
-        if query.owner.is_some() {
-            sql.push_str(" AND owner = ?");
+        let mut q = sqlx::query(AssertSqlSafe(list_sql(query, |_| "?".into())));
+        for value in list_binds(query) {
+            q = q.bind(value);
         }
-        if query.status.is_some() {
-            sql.push_str(" AND status = ?");
-        }
-        if query.flow.is_some() {
-            sql.push_str(" AND flow = ?");
-        }
-        if query.before.is_some() {
-            sql.push_str(" AND fid < ?");
-        }
-        sql.push_str(" ORDER BY fid DESC LIMIT ?");
-        let mut q = sqlx::query(AssertSqlSafe(sql));
-        if let Some(owner) = &query.owner {
-            q = q.bind(owner.as_str());
-        }
-        if let Some(status) = query.status {
-            q = q.bind(status.as_str());
-        }
-        if let Some(flow) = &query.flow {
-            q = q.bind(flow.as_str());
-        }
-        if let Some(before) = &query.before {
-            q = q.bind(before.as_str());
-        }
-        q = q.bind(query.limit as i64);
-        q.fetch_all(&self.reader)
+        q.bind(query.limit as i64)
+            .fetch_all(&self.reader)
             .await?
             .iter()
             .map(row_to_execution)
@@ -337,20 +252,10 @@ impl Store for SqliteStore {
     }
 
     async fn events(&self, fid: &Fid, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
-        let mut sql =
-            String::from("SELECT seq, ts, kind, payload FROM events WHERE fid = ? AND seq > ?");
-        let kinds: &[Kind] = query.kinds.as_deref().unwrap_or(&[]);
-        if !kinds.is_empty() {
-            sql.push_str(&format!(
-                " AND kind IN ({})",
-                vec!["?"; kinds.len()].join(", ")
-            ));
-        }
-        sql.push_str(" ORDER BY seq LIMIT ?");
-        let mut q = sqlx::query(AssertSqlSafe(sql))
+        let mut q = sqlx::query(AssertSqlSafe(events_sql(query, |_| "?".into())))
             .bind(fid.as_str())
             .bind(query.after as i64);
-        for kind in kinds {
+        for kind in kinds(query) {
             q = q.bind(kind.as_str());
         }
         q.bind(query.limit as i64)
@@ -362,10 +267,7 @@ impl Store for SqliteStore {
     }
 
     async fn unfinished(&self, node: &str) -> Result<Vec<ExecutionRow>, StoreError> {
-        let sql = format!(
-            "SELECT {EXECUTION_COLUMNS} FROM executions WHERE node = ? AND status NOT IN ('finished', 'error', 'killed') ORDER BY fid"
-        );
-        sqlx::query(AssertSqlSafe(sql))
+        sqlx::query(AssertSqlSafe(unfinished_sql("?")))
             .bind(node)
             .fetch_all(&self.writer)
             .await?

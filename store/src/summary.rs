@@ -18,6 +18,55 @@ pub struct ExecutionUpdate {
     pub updated: f64,
 }
 
+/// The values one [`ExecutionUpdate`] upserts into the executions table, in
+/// column order: a row made before its `meta` is stored has empty flow,
+/// owner and node, and status `starting` at seq 0 unless the batch has one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExecutionValues<'a> {
+    /// `fid`
+    pub fid: &'a str,
+    /// `flow` (empty without meta)
+    pub flow: &'a str,
+    /// `owner` (empty without meta)
+    pub owner: &'a str,
+    /// `node` (empty without meta)
+    pub node: &'a str,
+    /// `status`
+    pub status: &'static str,
+    /// `status_seq`
+    pub status_seq: i64,
+    /// `created`
+    pub created: f64,
+    /// `updated`
+    pub updated: f64,
+    /// `events`
+    pub events: i64,
+}
+
+impl ExecutionUpdate {
+    /// The row values this update upserts.
+    pub fn values(&self) -> ExecutionValues<'_> {
+        let (status, status_seq) = self
+            .status
+            .map_or((Status::Starting, 0), |(s, seq)| (s, seq as i64));
+        let (flow, owner, node, created) = match &self.meta {
+            Some((m, ts)) => (m.flow.as_str(), m.owner.as_str(), m.node.as_str(), *ts),
+            None => ("", "", "", self.updated),
+        };
+        ExecutionValues {
+            fid: self.fid.as_str(),
+            flow,
+            owner,
+            node,
+            status: status.as_str(),
+            status_seq,
+            created,
+            updated: self.updated,
+            events: self.max_seq as i64,
+        }
+    }
+}
+
 /// Folds a batch into one update per execution, in order of first appearance.
 pub fn summarize(events: &[Event]) -> Vec<ExecutionUpdate> {
     let mut updates: Vec<ExecutionUpdate> = Vec::new();

@@ -7,9 +7,7 @@
 
 use kodo_actors::{Flows, Node, NodeOptions};
 use kodo_core::{Event, Fid, Kind, Status};
-use kodo_store::{
-    EventQuery, Hooked, SharedStore, SqliteStore, StoreError, StoreOptions, WriteHooks,
-};
+use kodo_store::{EventQuery, Hooked, SharedStore, StoreError, StoreOptions, WriteHooks};
 use kodo_transport::LocalQueue;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -53,17 +51,17 @@ impl WriteHooks for Faults {
     }
 }
 
-/// The real SQLite store with injectable faults.
+/// The real store (SQLite or PostgreSQL) with injectable faults.
 pub struct FaultyStore;
 
 impl FaultyStore {
-    /// Opens a SQLite store at `url`, wrapped; returns it and its fault switches.
+    /// Opens the store at `url`, wrapped; returns it and its fault switches.
     pub async fn open(url: &str) -> (SharedStore, Arc<Faults>) {
-        let inner = SqliteStore::open(url, &StoreOptions::default())
+        let inner = kodo_store::open(url, &StoreOptions::default())
             .await
             .expect("open store");
         let faults = Arc::new(Faults::default());
-        let store = Arc::new(Hooked::new(Arc::new(inner), faults.clone()));
+        let store = Arc::new(Hooked::new(inner, faults.clone()));
         (store, faults)
     }
 }
@@ -209,8 +207,17 @@ pub struct TestApi {
 impl TestApi {
     /// Starts a runtime from config text (the store URL and address are filled in) and Rust flows.
     pub async fn start(config: &str, flows: Vec<kodo_actors::FlowDef>) -> Self {
+        Self::start_on(None, config, flows).await
+    }
+
+    /// Like [`TestApi::start`], on the store `url` names (None: a SQLite file in a temp dir).
+    pub async fn start_on(
+        url: Option<&str>,
+        config: &str,
+        flows: Vec<kodo_actors::FlowDef>,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let url = db_url(dir.path());
+        let url = url.map_or_else(|| db_url(dir.path()), String::from);
         let text = format!(
             "[api]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 4096\n[store]\nurl = \"{url}\"\n{config}"
         );
@@ -315,5 +322,55 @@ impl SseReader {
         tokio::time::timeout(DEADLINE, work)
             .await
             .expect("stream produced the awaited events in time")
+    }
+}
+
+/// A throwaway PostgreSQL server of one test (started by `scripts/pg` in a
+/// temp dir, on a free 127.0.0.1 port), which the test may stop and start.
+pub struct PgServer {
+    dir: tempfile::TempDir,
+    /// Its URL (user `kodo`, database `postgres`).
+    pub url: String,
+}
+
+const PG_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/pg");
+
+fn pg_script(args: &[&str]) -> String {
+    let out = std::process::Command::new(PG_SCRIPT)
+        .args(args)
+        .output()
+        .expect("run scripts/pg");
+    assert!(
+        out.status.success(),
+        "scripts/pg {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+impl PgServer {
+    /// Creates and starts a server (fsync off: test data only).
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = pg_script(&["start", dir.path().to_str().unwrap(), "--fast"]);
+        Self { dir, url }
+    }
+
+    /// Stops the server (fast shutdown: clients are disconnected).
+    pub fn stop(&self) {
+        pg_script(&["stop", self.dir.path().to_str().unwrap()]);
+    }
+
+    /// Starts it again on the same port and data.
+    pub fn restart(&self) {
+        pg_script(&["start", self.dir.path().to_str().unwrap(), "--fast"]);
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(PG_SCRIPT)
+            .args(["stop", self.dir.path().to_str().unwrap()])
+            .output();
     }
 }

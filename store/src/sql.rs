@@ -1,0 +1,203 @@
+//! What both SQL backends share: the read queries (with each backend's
+//! placeholder style), decoding rows, and the decision what to do with a
+//! database's migrations.
+
+use crate::{EventQuery, ExecutionRow, ListQuery, StoreError};
+use kodo_core::{Event, Fid, Kind};
+use sqlx::{ColumnIndex, Decode, Row, Type};
+
+/// The columns every execution query selects, in [`ExecutionRow`] order.
+pub(crate) const EXECUTION_COLUMNS: &str =
+    "fid, flow, owner, node, status, created, updated, events";
+
+/// The SQL that upserts executions rows: commutative, so batches of one
+/// execution may commit in any order (two spoolers, a redelivery) and the row
+/// still ends the same. A row first made without its `meta` event has empty
+/// flow, owner and node until `meta` arrives; the status is the one with the
+/// highest seq; counts and times only grow (`created` only shrinks).
+/// `rows` is the source of the new values (`VALUES ...` or `SELECT ...`);
+/// `greatest`/`least` are the backend's names for max and min of two values.
+pub(crate) fn upsert_executions_sql(rows: &str, greatest: &str, least: &str) -> String {
+    format!(
+        "INSERT INTO executions AS x (fid, flow, owner, node, status, status_seq, created, updated, events) \
+         {rows} \
+         ON CONFLICT (fid) DO UPDATE SET \
+           flow = CASE WHEN x.flow = '' THEN excluded.flow ELSE x.flow END, \
+           owner = CASE WHEN x.owner = '' THEN excluded.owner ELSE x.owner END, \
+           node = CASE WHEN x.node = '' THEN excluded.node ELSE x.node END, \
+           status = CASE WHEN excluded.status_seq > x.status_seq THEN excluded.status ELSE x.status END, \
+           status_seq = {greatest}(x.status_seq, excluded.status_seq), \
+           created = {least}(x.created, excluded.created), \
+           updated = {greatest}(x.updated, excluded.updated), \
+           events = {greatest}(x.events, excluded.events)"
+    )
+}
+
+/// `SELECT` of a page of executions; `ph(n)` writes the n-th placeholder
+/// (1-based). Binds, in order: owner, status, flow, before (each only when
+/// set), then the limit.
+pub(crate) fn list_sql(query: &ListQuery, ph: impl Fn(usize) -> String) -> String {
+    let mut sql = format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE true");
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        ph(n)
+    };
+    for (set, column, op) in [
+        (query.owner.is_some(), "owner", "="),
+        (query.status.is_some(), "status", "="),
+        (query.flow.is_some(), "flow", "="),
+        (query.before.is_some(), "fid", "<"),
+    ] {
+        if set {
+            sql.push_str(&format!(" AND {column} {op} {}", next()));
+        }
+    }
+    sql.push_str(&format!(" ORDER BY fid DESC LIMIT {}", next()));
+    sql
+}
+
+/// The text values [`list_sql`] binds before the limit, in order.
+pub(crate) fn list_binds(query: &ListQuery) -> Vec<&str> {
+    [
+        query.owner.as_deref(),
+        query.status.map(|s| s.as_str()),
+        query.flow.as_deref(),
+        query.before.as_ref().map(Fid::as_str),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// `SELECT` of a page of one execution's events. Binds: fid, after, each
+/// kind of the filter, then the limit.
+pub(crate) fn events_sql(query: &EventQuery, ph: impl Fn(usize) -> String) -> String {
+    let mut sql = format!(
+        "SELECT seq, ts, kind, payload FROM events WHERE fid = {} AND seq > {}",
+        ph(1),
+        ph(2)
+    );
+    let kinds = query.kinds.as_deref().unwrap_or(&[]);
+    if !kinds.is_empty() {
+        let list: Vec<String> = (0..kinds.len()).map(|i| ph(3 + i)).collect();
+        sql.push_str(&format!(" AND kind IN ({})", list.join(", ")));
+    }
+    sql.push_str(&format!(" ORDER BY seq LIMIT {}", ph(3 + kinds.len())));
+    sql
+}
+
+/// The kinds an event query filters on (empty: all).
+pub(crate) fn kinds(query: &EventQuery) -> &[Kind] {
+    query.kinds.as_deref().unwrap_or(&[])
+}
+
+/// `SELECT` of a node's executions whose status is not final.
+pub(crate) fn unfinished_sql(ph1: &str) -> String {
+    format!(
+        "SELECT {EXECUTION_COLUMNS} FROM executions WHERE node = {ph1} \
+         AND status NOT IN ('finished', 'error', 'killed') ORDER BY fid"
+    )
+}
+
+/// Decodes a row of [`EXECUTION_COLUMNS`].
+pub(crate) fn row_to_execution<R>(row: &R) -> Result<ExecutionRow, StoreError>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> f64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let status: String = row.try_get("status")?;
+    Ok(ExecutionRow {
+        fid: Fid::from_stored(row.try_get("fid")?),
+        flow: row.try_get("flow")?,
+        owner: row.try_get("owner")?,
+        node: row.try_get("node")?,
+        status: status
+            .parse()
+            .map_err(|e: kodo_core::UnknownName| StoreError::Corrupt(e.to_string()))?,
+        created: row.try_get("created")?,
+        updated: row.try_get("updated")?,
+        events: row.try_get::<i64, _>("events")? as u64,
+    })
+}
+
+/// Decodes a row of `seq, ts, kind, payload` of execution `fid`.
+pub(crate) fn row_to_event<R>(fid: &Fid, row: &R) -> Result<Event, StoreError>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> f64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let kind: String = row.try_get("kind")?;
+    Ok(Event {
+        fid: fid.clone(),
+        seq: row.try_get::<i64, _>("seq")? as u64,
+        ts: row.try_get("ts")?,
+        kind: kind
+            .parse()
+            .map_err(|e: kodo_core::UnknownName| StoreError::Corrupt(e.to_string()))?,
+        payload: row.try_get("payload")?,
+    })
+}
+
+/// Which migrations to apply to a database, given the versions it has applied
+/// (`None`: a new, empty database). A new database gets all; an existing one
+/// that is behind gets the missing ones only when `upgrade` is asked, else it
+/// is refused with [`StoreError::SchemaBehind`].
+pub(crate) fn migrations_to_apply(
+    url: &str,
+    migrator: &sqlx::migrate::Migrator,
+    applied: Option<Vec<i64>>,
+    upgrade: bool,
+) -> Result<Vec<(i64, String)>, StoreError> {
+    let fresh = applied.is_none();
+    let applied = applied.unwrap_or_default();
+    let missing: Vec<(i64, String)> = migrator
+        .iter()
+        .filter(|m| !applied.contains(&m.version))
+        .map(|m| (m.version, m.description.to_string()))
+        .collect();
+    if missing.is_empty() || fresh || upgrade {
+        Ok(missing)
+    } else {
+        Err(StoreError::SchemaBehind {
+            url: url.to_string(),
+            applied: applied.len(),
+            known: migrator.iter().count(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kodo_core::Status;
+
+    #[test]
+    fn placeholders_follow_the_filters() {
+        let q = ListQuery {
+            owner: Some("a".into()),
+            status: Some(Status::Running),
+            flow: None,
+            before: Some(Fid::new()),
+            limit: 5,
+        };
+        let sql = list_sql(&q, |n| format!("${n}"));
+        assert!(sql.ends_with(
+            "WHERE true AND owner = $1 AND status = $2 AND fid < $3 ORDER BY fid DESC LIMIT $4"
+        ));
+        let e = EventQuery {
+            after: 0,
+            limit: 9,
+            kinds: Some(vec![Kind::Result, Kind::Final]),
+        };
+        assert!(
+            events_sql(&e, |_| "?".into()).ends_with("AND kind IN (?, ?) ORDER BY seq LIMIT ?")
+        );
+    }
+}

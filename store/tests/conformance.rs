@@ -1,0 +1,504 @@
+//! One conformance suite for every store backend: the same test functions
+//! run against a real SQLite file (`sqlite::`) and a real PostgreSQL database
+//! (`postgres::`, one fresh database per test on the server that
+//! `KODO_TEST_PG_URL` names; `scripts/test` starts one). Backend-specific
+//! error paths (URLs, connections) follow at the end.
+
+use kodo_core::{Event, Fid, Kind, Meta, Status, json_text};
+use kodo_store::{
+    EventQuery, ExecutionRow, ListQuery, SharedStore, SqliteStore, StoreError, StoreOptions,
+};
+use sqlx::{Connection, Executor};
+
+/// A database for one test: a file in a temp dir, or a fresh PostgreSQL database.
+struct Db {
+    url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Db {
+    async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("sub/kodo.db").display());
+        Self {
+            url,
+            _dir: Some(dir),
+        }
+    }
+
+    async fn postgres() -> Self {
+        Self {
+            url: fresh_pg_database().await,
+            _dir: None,
+        }
+    }
+
+    async fn open(&self) -> SharedStore {
+        kodo_store::open(&self.url, &StoreOptions::default())
+            .await
+            .unwrap()
+    }
+
+    async fn open_with(&self, options: &StoreOptions) -> Result<SharedStore, StoreError> {
+        kodo_store::open(&self.url, options).await
+    }
+}
+
+/// The server the PostgreSQL tests use.
+fn pg_server() -> String {
+    std::env::var("KODO_TEST_PG_URL").expect(
+        "KODO_TEST_PG_URL is not set: the PostgreSQL tests need a server; \
+         run them with scripts/test, which starts a throwaway one",
+    )
+}
+
+/// A new, empty database on the test server; its URL.
+async fn fresh_pg_database() -> String {
+    let server = pg_server();
+    let name = format!("kodo_{}", Fid::new().as_str().replace('-', ""));
+    let mut admin = sqlx::PgConnection::connect(&server).await.unwrap();
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .unwrap();
+    admin.close().await.unwrap();
+    with_database(&server, &name)
+}
+
+fn with_database(url: &str, name: &str) -> String {
+    let (base, _) = url.rsplit_once('/').unwrap();
+    format!("{base}/{name}")
+}
+
+/// Runs each listed test function against both backends.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Db::sqlite().await).await
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Db::postgres().await).await
+            })*
+        }
+    };
+}
+
+conformance!(
+    rewrites_are_ignored_and_a_stale_status_never_wins,
+    lists_page_by_cursor_and_filter_by_owner_status_flow_and_node,
+    batches_of_one_execution_may_commit_in_any_order,
+    concurrent_spoolers_writing_the_same_executions_store_each_event_once,
+    payloads_and_times_come_back_exactly,
+    a_schema_behind_is_refused_until_upgraded,
+);
+
+fn meta_event(fid: &Fid, owner: &str, flow: &str) -> Event {
+    let meta = Meta {
+        flow: flow.into(),
+        owner: owner.into(),
+        node: "n1".into(),
+        kodo: "test".into(),
+    };
+    Event {
+        fid: fid.clone(),
+        seq: 1,
+        ts: 1.0,
+        kind: Kind::Meta,
+        payload: serde_json::to_string(&meta).unwrap(),
+    }
+}
+
+fn status(fid: &Fid, seq: u64, s: Status) -> Event {
+    Event {
+        fid: fid.clone(),
+        seq,
+        ts: seq as f64,
+        kind: Kind::Status,
+        payload: json_text(s.as_str()),
+    }
+}
+
+fn line(fid: &Fid, seq: u64) -> Event {
+    Event {
+        fid: fid.clone(),
+        seq,
+        ts: seq as f64,
+        kind: Kind::Stdout,
+        payload: json_text(&format!("line {seq}")),
+    }
+}
+
+fn all(after: u64) -> EventQuery {
+    EventQuery {
+        after,
+        limit: 1000,
+        kinds: None,
+    }
+}
+
+fn seqs(events: &[Event]) -> Vec<u64> {
+    events.iter().map(|e| e.seq).collect()
+}
+
+/// A whole execution: meta, starting, running, `lines` stdout lines, finished.
+fn execution(fid: &Fid, owner: &str, lines: u64) -> Vec<Event> {
+    let mut events = vec![
+        meta_event(fid, owner, "f"),
+        status(fid, 2, Status::Starting),
+        status(fid, 3, Status::Running),
+    ];
+    events.extend((4..4 + lines).map(|seq| line(fid, seq)));
+    events.push(status(fid, 4 + lines, Status::Finished));
+    events
+}
+
+async fn rewrites_are_ignored_and_a_stale_status_never_wins(db: Db) {
+    let store = db.open().await;
+    let fid = Fid::new();
+    let first = vec![
+        meta_event(&fid, "ann", "f"),
+        status(&fid, 2, Status::Starting),
+    ];
+    store.write(&first).await.unwrap();
+    let second = vec![
+        status(&fid, 3, Status::Running),
+        status(&fid, 4, Status::Finished),
+    ];
+    store.write(&second).await.unwrap();
+    // A redelivery of both batches, in their order, changes nothing.
+    store.write(&first).await.unwrap();
+    store.write(&second).await.unwrap();
+    // Even a lone stale status changes nothing.
+    store
+        .write(&[status(&fid, 3, Status::Running)])
+        .await
+        .unwrap();
+    let row = store.execution(&fid).await.unwrap().unwrap();
+    assert_eq!(
+        (row.status, row.events, row.owner.as_str()),
+        (Status::Finished, 4, "ann")
+    );
+    let events = store.events(&fid, &all(0)).await.unwrap();
+    assert_eq!(
+        events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    assert_eq!(events[1], first[1]);
+    let page = store
+        .events(
+            &fid,
+            &EventQuery {
+                after: 1,
+                limit: 2,
+                kinds: Some(vec![Kind::Status]),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3]);
+    assert!(store.execution(&Fid::new()).await.unwrap().is_none());
+    assert!(store.events(&Fid::new(), &all(0)).await.unwrap().is_empty());
+    store.close().await;
+}
+
+async fn lists_page_by_cursor_and_filter_by_owner_status_flow_and_node(db: Db) {
+    let store = db.open().await;
+    let mut fids = Vec::new();
+    for i in 0..5 {
+        let fid = Fid::new();
+        let owner = if i % 2 == 0 { "ann" } else { "bob" };
+        let mut batch = vec![meta_event(&fid, owner, if i < 3 { "a" } else { "b" })];
+        if i == 4 {
+            batch.push(status(&fid, 2, Status::Error));
+        }
+        store.write(&batch).await.unwrap();
+        fids.push(fid);
+    }
+    let q =
+        |owner: Option<&str>, status, flow: Option<&str>, before: Option<Fid>, limit| ListQuery {
+            owner: owner.map(String::from),
+            status,
+            flow: flow.map(String::from),
+            before,
+            limit,
+        };
+    let ids = |rows: Vec<ExecutionRow>| rows.into_iter().map(|r| r.fid).collect::<Vec<_>>();
+    let first = ids(store
+        .executions(&q(None, None, None, None, 2))
+        .await
+        .unwrap());
+    assert_eq!(first, [fids[4].clone(), fids[3].clone()]);
+    let next = ids(store
+        .executions(&q(None, None, None, Some(fids[3].clone()), 10))
+        .await
+        .unwrap());
+    assert_eq!(next, [fids[2].clone(), fids[1].clone(), fids[0].clone()]);
+    let anns = ids(store
+        .executions(&q(Some("ann"), None, None, None, 10))
+        .await
+        .unwrap());
+    assert_eq!(anns, [fids[4].clone(), fids[2].clone(), fids[0].clone()]);
+    let errors = ids(store
+        .executions(&q(None, Some(Status::Error), None, None, 10))
+        .await
+        .unwrap());
+    assert_eq!(errors, [fids[4].clone()]);
+    let flow_b = ids(store
+        .executions(&q(None, None, Some("b"), None, 10))
+        .await
+        .unwrap());
+    assert_eq!(flow_b, [fids[4].clone(), fids[3].clone()]);
+    let open_on_n1 = store.unfinished("n1").await.unwrap();
+    assert_eq!(open_on_n1.len(), 4, "the one in error is final");
+    assert!(store.unfinished("n2").await.unwrap().is_empty());
+    store.ping().await.unwrap();
+    store.close().await;
+}
+
+async fn batches_of_one_execution_may_commit_in_any_order(db: Db) {
+    let store = db.open().await;
+    let fid = Fid::new();
+    let events = execution(&fid, "ann", 6);
+    // The last batch first, then the middle one reversed, then the first:
+    // what two spoolers or a redelivery can do.
+    store.write(&events[7..]).await.unwrap();
+    let middle: Vec<Event> = events[3..7].iter().rev().cloned().collect();
+    store.write(&middle).await.unwrap();
+    let row = store.execution(&fid).await.unwrap().unwrap();
+    assert_eq!(row.status, Status::Finished, "a status stored before meta");
+    assert_eq!(row.flow, "", "no meta yet");
+    store.write(&events[..3]).await.unwrap();
+    let row = store.execution(&fid).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            row.status,
+            row.events,
+            row.owner.as_str(),
+            row.flow.as_str()
+        ),
+        (Status::Finished, 10, "ann", "f")
+    );
+    assert_eq!((row.created, row.updated), (1.0, 10.0));
+    assert_eq!(
+        store.events(&fid, &all(0)).await.unwrap(),
+        events,
+        "read back in seq order"
+    );
+    store.close().await;
+}
+
+async fn concurrent_spoolers_writing_the_same_executions_store_each_event_once(db: Db) {
+    let store = db.open().await;
+    let fids: Vec<Fid> = (0..20).map(|_| Fid::new()).collect();
+    let all_events: Vec<Event> = fids
+        .iter()
+        .flat_map(|fid| execution(fid, "ann", 40))
+        .collect();
+    // Four writers each take every event, interleaved across executions in
+    // their own order and cut into their own batch sizes: every event is
+    // written four times, concurrently, in different orders.
+    let writers: Vec<_> = (0..4_usize)
+        .map(|w| {
+            let store = store.clone();
+            let mut mine = all_events.clone();
+            mine.sort_by_key(|e| ((e.seq as usize * (w + 1)) % 7, e.fid.clone(), e.seq));
+            if w % 2 == 1 {
+                mine.reverse();
+            }
+            tokio::spawn(async move {
+                for batch in mine.chunks(17 + 30 * w) {
+                    store.write(batch).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    for fid in &fids {
+        let row = store.execution(fid).await.unwrap().unwrap();
+        assert_eq!(
+            (row.status, row.events, row.flow.as_str()),
+            (Status::Finished, 44, "f")
+        );
+        let stored = store.events(fid, &all(0)).await.unwrap();
+        assert_eq!(seqs(&stored), (1..=44).collect::<Vec<_>>());
+    }
+    let listed = store
+        .executions(&ListQuery {
+            owner: Some("ann".into()),
+            limit: 100,
+            ..ListQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), fids.len());
+    store.close().await;
+}
+
+async fn payloads_and_times_come_back_exactly(db: Db) {
+    let store = db.open().await;
+    let fid = Fid::new();
+    let odd = serde_json::json!({
+        "text": "ünïcödé ✓ 日本語 \u{0} \\ \" '; DROP TABLE events; --",
+        "n": 1e300,
+        "nested": [1, {"a": null}],
+    });
+    let mut events = vec![meta_event(&fid, "ann", "f")];
+    events.push(Event {
+        fid: fid.clone(),
+        seq: 2,
+        ts: 1_764_000_000.123_456_7,
+        kind: Kind::Result,
+        payload: odd.to_string(),
+    });
+    events.push(Event {
+        fid: fid.clone(),
+        seq: 3,
+        ts: 1_764_000_000.123_456_8,
+        kind: Kind::Stdout,
+        payload: json_text(&"x".repeat(200_000)),
+    });
+    store.write(&events).await.unwrap();
+    let back = store.events(&fid, &all(0)).await.unwrap();
+    assert_eq!(back, events);
+    let value: serde_json::Value = serde_json::from_str(&back[1].payload).unwrap();
+    assert_eq!(value, odd);
+    store.close().await;
+}
+
+async fn a_schema_behind_is_refused_until_upgraded(db: Db) {
+    let store = db.open().await;
+    store.close().await;
+    // Make the database look like one an older build made: no migration recorded.
+    forget_migrations(&db.url).await;
+    match db.open_with(&StoreOptions::default()).await {
+        Err(StoreError::SchemaBehind {
+            applied: 0,
+            known: 1,
+            ..
+        }) => {}
+        Err(e) => panic!("wrong error {e}"),
+        Ok(_) => panic!("opened a database that is behind"),
+    }
+    let err = db
+        .open_with(&StoreOptions::default())
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("run `runtime db upgrade`"), "{err}");
+    // An upgrade says what it applied; a second one has nothing to do.
+    forget_migrations_table(&db.url).await;
+    let applied = kodo_store::upgrade(&db.url, &StoreOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(applied.len(), 1, "{applied:?}");
+    assert!(applied[0].1.contains("init"), "{applied:?}");
+    let again = kodo_store::upgrade(&db.url, &StoreOptions::default())
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "{again:?}");
+    db.open().await.close().await;
+}
+
+/// Deletes the record of applied migrations (the tables stay).
+async fn forget_migrations(url: &str) {
+    run_sql(url, "DELETE FROM _sqlx_migrations").await;
+}
+
+/// Drops the tables so a real upgrade can apply the migration again.
+async fn forget_migrations_table(url: &str) {
+    for sql in [
+        "DROP TABLE _sqlx_migrations",
+        "DROP TABLE events",
+        "DROP TABLE executions",
+    ] {
+        run_sql(url, sql).await;
+    }
+}
+
+async fn run_sql(url: &str, sql: &'static str) {
+    if url.starts_with("sqlite:") {
+        let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+        c.execute(sql).await.unwrap();
+        c.close().await.unwrap();
+    } else {
+        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+        c.execute(sql).await.unwrap();
+        c.close().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn bad_sqlite_urls_are_refused_with_the_url_in_the_message() {
+    let opts = StoreOptions::default();
+    for (url, expected) in [
+        ("sqlite::memory:", "in-memory database"),
+        (
+            "sqlite:///proc/no-such-dir/kodo.db",
+            "cannot create /proc/no-such-dir",
+        ),
+        ("sqlite://x.db?mode=bogus", "sqlite://x.db?mode=bogus"),
+    ] {
+        let err = match SqliteStore::open(url, &opts).await {
+            Ok(_) => panic!("{url} opened"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains(expected) && err.contains(url.split('?').next().unwrap()),
+            "{url}: {err}"
+        );
+    }
+    let err = match kodo_store::open("mysql://u:secret@db/kodo", &opts).await {
+        Ok(_) => panic!("mysql opened"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("mysql://u:***@db/kodo") && !err.contains("secret"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn bad_postgres_urls_are_refused_with_the_url_masked() {
+    let server = pg_server();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let wrong_password = {
+        let (scheme_user, rest) = server.split_once(':').unwrap();
+        let rest = rest.trim_start_matches("//");
+        let (user, after) = rest.split_once(':').unwrap();
+        let (_, host) = after.split_once('@').unwrap();
+        format!("{scheme_user}://{user}:wrong-secret@{host}")
+    };
+    let missing_db = with_database(&server, "no_such_database");
+    let unreachable = format!("postgres://kodo:unreach-secret@127.0.0.1:{port}/kodo");
+    let cases = [
+        (unreachable.as_str(), "refused"),
+        (
+            "postgres://kodo:bad-secret@127.0.0.1:notaport/kodo",
+            "invalid port",
+        ),
+        (wrong_password.as_str(), "password authentication failed"),
+        (missing_db.as_str(), "does not exist"),
+    ];
+    for (url, expected) in cases {
+        let err = match kodo_store::open(url, &StoreOptions::default()).await {
+            Ok(_) => panic!("{url} opened"),
+            Err(e) => e.to_string(),
+        };
+        let masked = kodo_store::mask_url(url);
+        assert!(
+            err.contains(expected) && err.contains(&masked) && !err.contains("secret"),
+            "{url}: {err}"
+        );
+    }
+}
