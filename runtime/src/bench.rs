@@ -1,7 +1,9 @@
 //! `runtime bench`: measures the embedded default (SQLite + in-process queue)
-//! on this machine, each scenario on a fresh scratch database:
+//! on this machine, or a PostgreSQL server (`--store-url postgres://...`),
+//! each scenario on a fresh scratch database:
 //!
-//! - `raw`: batched inserts straight into the store (the ceiling).
+//! - `raw`: batched inserts straight into the store (the ceiling); on
+//!   PostgreSQL also plain UNNEST and COPY loops into the events table.
 //! - `throughput`: E executions × N events (Rust flows), emit -> committed.
 //! - `latency`: emit -> committed p50/p99 at an offered rate.
 //! - `launch`: launch -> `running` stored, Rust and command flows.
@@ -12,7 +14,7 @@
 
 use kodo_actors::{CommandSpec, Ctx, FlowDef, Flows, Node, NodeOptions};
 use kodo_core::{Event, Fid, Kind, Status, now_ts};
-use kodo_store::{Hooked, SharedStore, SqliteStore, StoreOptions, WriteHooks};
+use kodo_store::{Hooked, SharedStore, StoreOptions, WriteHooks};
 use kodo_transport::LocalQueue;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -52,6 +54,14 @@ pub struct BenchArgs {
     /// Scratch folder (default: a new temp folder, removed afterwards).
     #[arg(long)]
     pub dir: Option<std::path::PathBuf>,
+    /// A PostgreSQL server to measure instead of SQLite
+    /// (`postgres://USER:PASSWORD@HOST:PORT/DB`): each scenario creates
+    /// and uses a fresh database `kodo_bench_<scenario>` on it.
+    #[arg(long)]
+    pub store_url: Option<String>,
+    /// PostgreSQL pool size.
+    #[arg(long, default_value_t = 8)]
+    pub pool: u32,
 }
 
 /// Notes commit latencies and counts statuses after each commit of the real store.
@@ -183,12 +193,19 @@ async fn fresh(args: &BenchArgs, name: &str) -> Result<Bench, String> {
         }
     };
     let _ = std::fs::remove_dir_all(&dir);
-    let url = format!("sqlite://{}", dir.join("bench.db").display());
-    let inner = SqliteStore::open(&url, &StoreOptions::default())
+    let url = match &args.store_url {
+        Some(server) => fresh_pg_database(server, name).await?,
+        None => format!("sqlite://{}", dir.join("bench.db").display()),
+    };
+    let options = StoreOptions {
+        pool: args.pool,
+        ..StoreOptions::default()
+    };
+    let inner = kodo_store::open(&url, &options)
         .await
         .map_err(|e| e.to_string())?;
     let timing = Arc::new(Timing::default());
-    let store: SharedStore = Arc::new(Hooked::new(Arc::new(inner), timing.clone()));
+    let store: SharedStore = Arc::new(Hooked::new(inner, timing.clone()));
     let transport = LocalQueue::new(args.shards, 64 << 20);
     let options = NodeOptions {
         max_live: args.waiting.max(args.executions) + 1000,
@@ -204,6 +221,101 @@ async fn fresh(args: &BenchArgs, name: &str) -> Result<Bench, String> {
         timing,
         _dir: tmp,
     })
+}
+
+/// Creates (or re-creates) the database `kodo_bench_<name>` on the server
+/// `server` names and returns its URL.
+async fn fresh_pg_database(server: &str, name: &str) -> Result<String, String> {
+    use sqlx::{Connection, Executor};
+    let db = format!("kodo_bench_{}", name.replace('-', "_").to_lowercase());
+    let mut admin = sqlx::PgConnection::connect(server)
+        .await
+        .map_err(|e| format!("{}: {e}", kodo_store::mask_url(server)))?;
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+        format!("CREATE DATABASE {db}"),
+    ] {
+        admin
+            .execute(sqlx::AssertSqlSafe(sql))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let _ = admin.close().await;
+    let (base, _) = server
+        .rsplit_once('/')
+        .ok_or_else(|| format!("{}: no database in the URL", kodo_store::mask_url(server)))?;
+    Ok(format!("{base}/{db}"))
+}
+
+/// Plain loops into PostgreSQL's events table, with none of the runtime
+/// around them: a batched UNNEST insert (`ON CONFLICT DO NOTHING`, what the
+/// store does for events) and a batched COPY (no conflict handling at all).
+async fn raw_postgres(args: &BenchArgs, report: &mut Vec<String>) -> Result<(), String> {
+    let Some(server) = &args.store_url else {
+        return Ok(());
+    };
+    let total = args.executions * args.events;
+    let text = payload(0).to_string();
+    for method in ["UNNEST", "COPY"] {
+        let url = fresh_pg_database(server, &format!("raw_{method}")).await?;
+        kodo_store::open(&url, &StoreOptions::default())
+            .await
+            .map_err(|e| e.to_string())?
+            .close()
+            .await;
+        let pool = sqlx::PgPool::connect(&url)
+            .await
+            .map_err(|e| e.to_string())?;
+        let fids: Vec<String> = (0..args.executions)
+            .map(|_| Fid::new().as_str().to_string())
+            .collect();
+        let rows: Vec<(usize, i64)> = (0..args.executions)
+            .flat_map(|f| (1..=args.events as i64).map(move |seq| (f, seq)))
+            .collect();
+        let start = Instant::now();
+        for chunk in rows.chunks(1000) {
+            if method == "UNNEST" {
+                sqlx::query(
+                    "INSERT INTO events (fid, seq, ts, kind, payload) \
+                     SELECT * FROM UNNEST($1::text[], $2::int8[], $3::float8[], $4::text[], $5::text[]) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(chunk.iter().map(|&(f, _)| fids[f].as_str()).collect::<Vec<_>>())
+                .bind(chunk.iter().map(|&(_, s)| s).collect::<Vec<_>>())
+                .bind(chunk.iter().map(|_| now_ts()).collect::<Vec<_>>())
+                .bind(vec!["debug"; chunk.len()])
+                .bind(vec![text.as_str(); chunk.len()])
+                .execute(&pool)
+                .await
+                .map_err(|e| e.to_string())?;
+            } else {
+                let mut data = String::with_capacity(chunk.len() * (text.len() + 80));
+                for &(f, seq) in chunk {
+                    let escaped = text.replace('\\', "\\\\");
+                    data.push_str(&format!(
+                        "{}\t{seq}\t{}\tdebug\t{escaped}\n",
+                        fids[f],
+                        now_ts()
+                    ));
+                }
+                let mut conn = pool.acquire().await.map_err(|e| e.to_string())?;
+                let mut copy = conn
+                    .copy_in_raw("COPY events (fid, seq, ts, kind, payload) FROM STDIN")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                copy.send(data.as_bytes())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                copy.finish().await.map_err(|e| e.to_string())?;
+            }
+        }
+        let rate = total as f64 / start.elapsed().as_secs_f64();
+        report.push(format!(
+            "raw      plain {method:<6} loop into events, batches of 1000, {total} events: {rate:.0} events/s"
+        ));
+        pool.close().await;
+    }
+    Ok(())
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -428,8 +540,16 @@ pub async fn run(args: BenchArgs) -> ExitCode {
         .into_iter()
         .filter(|s| args.only.is_empty() || args.only.iter().any(|o| o == s))
         .collect();
+    let store = match &args.store_url {
+        Some(url) => format!(
+            "PostgreSQL {} (pool {})",
+            kodo_store::mask_url(url),
+            args.pool
+        ),
+        None => "SQLite WAL".into(),
+    };
     println!(
-        "kodo bench: embedded default (SQLite WAL + local queue, {} shards), {} cores",
+        "kodo bench: {store} + local queue, {} shards, {} cores",
         args.shards,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
@@ -437,7 +557,10 @@ pub async fn run(args: BenchArgs) -> ExitCode {
     for scenario in chosen {
         let shown = report.len();
         let result = match scenario {
-            "raw" => raw(&args, &mut report).await,
+            "raw" => match raw_postgres(&args, &mut report).await {
+                Ok(()) => raw(&args, &mut report).await,
+                e => e,
+            },
             "throughput" => throughput(&args, &mut report).await,
             "latency" => latency(&args, &mut report).await,
             "launch" => launch(&args, &mut report).await,
