@@ -41,19 +41,26 @@ impl Hub {
 
     /// Tells subscribers that `events` are committed.
     pub fn committed(&self, events: &[Event]) {
+        self.advance(events.iter().map(|e| (&e.fid, e.seq)));
+    }
+
+    /// Tells subscribers that events up to these seqs are committed
+    /// (notices from spoolers in other processes).
+    pub fn committed_marks(&self, marks: &[(Fid, u64)]) {
+        self.advance(marks.iter().map(|(fid, seq)| (fid, *seq)));
+    }
+
+    fn advance<'a>(&self, marks: impl Iterator<Item = (&'a Fid, u64)>) {
         let subs = self.subs.lock().expect("hub lock");
         if subs.is_empty() {
             return;
         }
-        for event in events {
-            if let Some(tx) = subs.get(&event.fid) {
-                tx.send_if_modified(|seq| {
-                    let newer = event.seq > *seq;
-                    if newer {
-                        *seq = event.seq;
-                    }
-                    newer
-                });
+        for (fid, seq) in marks {
+            if let Some(tx) = subs.get(fid) {
+                // Every commit wakes the followers, even one below the mark:
+                // with spoolers in several processes, a late batch can fill
+                // a gap below events already committed.
+                tx.send_modify(|mark| *mark = (*mark).max(seq));
             }
         }
     }

@@ -29,4 +29,5 @@ pub use flow::{
 pub use hub::{Hub, Subscription};
 pub use locks::AnswerError;
 pub use node::{KillError, Launched, Node, NodeError, NodeOptions};
+pub use spooler::{SpoolerGroup, SpoolerShared, StoreHealth};
 pub use tracer::{Outcome, TraceError, Tracer};

@@ -13,7 +13,7 @@ use crate::executions::{ExecMsg, ExecShared, Executions, LaunchError};
 use crate::flow::{ExecLimits, Flows, Stop};
 use crate::hub::Hub;
 use crate::locks::{AnswerError, Locks};
-use crate::spooler::{SpoolerShared, Spoolers, SpoolersMsg, StoreHealth};
+use crate::spooler::{SpoolerGroup, SpoolerShared, StoreHealth};
 use crate::tracer::{Outcome, Trace, TraceBook};
 use kodo_core::{Fid, Status};
 use kodo_store::{ExecutionRow, SharedStore, StoreError};
@@ -24,7 +24,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// How a node runs.
@@ -42,6 +41,9 @@ pub struct NodeOptions {
     pub launch_wait: Duration,
     /// How long shutdown waits for executions to stop and spoolers to drain.
     pub shutdown_wait: Duration,
+    /// Run the Spoolers in this node (false: `runtime spool` processes
+    /// drain a shared Redis transport instead).
+    pub spoolers: bool,
 }
 
 impl Default for NodeOptions {
@@ -57,6 +59,7 @@ impl Default for NodeOptions {
             max_live: 250_000,
             launch_wait: Duration::from_secs(10),
             shutdown_wait: Duration::from_secs(30),
+            spoolers: true,
         }
     }
 }
@@ -97,9 +100,8 @@ type Unstored = (String, String, f64);
 pub struct Node {
     executions: ActorRef<ExecMsg>,
     executions_done: tokio::sync::Mutex<Option<JoinHandle<()>>>,
-    spoolers: ActorRef<SpoolersMsg>,
-    /// None while the spoolers run; then why they ended (empty: drained on request).
-    spoolers_ended: watch::Receiver<Option<String>>,
+    /// None when spooler processes of their own drain the transport.
+    spoolers: Option<SpoolerGroup>,
     store: SharedStore,
     transport: SharedTransport,
     hub: Arc<Hub>,
@@ -128,18 +130,24 @@ impl Node {
         let hub = Hub::new();
         let locks = Locks::default();
         let health = Arc::new(StoreHealth::default());
-        let escalation = Arc::new(Mutex::new(None));
-        let spooler_shared = SpoolerShared {
-            transport: transport.clone(),
-            store: store.clone(),
-            hub: hub.clone(),
-            batch_max: options.batch_max.max(1),
-            health: health.clone(),
+        let marks = hub.clone();
+        transport.listen_commits(Arc::new(move |committed| marks.committed_marks(committed)));
+        let spoolers = if options.spoolers {
+            let shared = SpoolerShared {
+                transport: transport.clone(),
+                store: store.clone(),
+                hub: hub.clone(),
+                batch_max: options.batch_max.max(1),
+                health: health.clone(),
+            };
+            Some(
+                SpoolerGroup::start(shared)
+                    .await
+                    .map_err(NodeError::Spawn)?,
+            )
+        } else {
+            None
         };
-        let (spoolers, spoolers_done) =
-            Actor::spawn(None, Spoolers, (spooler_shared, escalation.clone()))
-                .await
-                .map_err(|e| NodeError::Spawn(format!("spoolers: {e}")))?;
         let exec_shared = ExecShared {
             transport: transport.clone(),
             locks: locks.clone(),
@@ -151,26 +159,10 @@ impl Node {
             .await
             .map_err(|e| NodeError::Spawn(format!("executions: {e}")))?;
         let stopping = Arc::new(AtomicBool::new(false));
-        let (ended_tx, spoolers_ended) = watch::channel(None);
-        let watching = stopping.clone();
-        tokio::spawn(async move {
-            let _ = spoolers_done.await;
-            let why = if watching.load(Ordering::Acquire) {
-                String::new()
-            } else {
-                escalation
-                    .lock()
-                    .expect("escalation lock")
-                    .clone()
-                    .unwrap_or_else(|| "the spooler supervisor stopped".into())
-            };
-            let _ = ended_tx.send(Some(why));
-        });
         Ok(Node {
             executions,
             executions_done: tokio::sync::Mutex::new(Some(executions_done)),
             spoolers,
-            spoolers_ended,
             store,
             transport,
             hub,
@@ -216,7 +208,22 @@ impl Node {
             ractor::rpc::CallResult::Success(result) => result?,
             _ => return Err(LaunchError::ShuttingDown),
         }
-        let stored = tokio::time::timeout(self.options.launch_wait, committed.until(2))
+        let first_events = async {
+            committed.until(2).await;
+            if self.transport.commits_in_order() {
+                return;
+            }
+            // A later batch may have committed first: wait for the row's meta.
+            while !self
+                .store
+                .execution(&fid)
+                .await
+                .is_ok_and(|row| row.is_some_and(|r| !r.owner.is_empty()))
+            {
+                committed.changed().await;
+            }
+        };
+        let stored = tokio::time::timeout(self.options.launch_wait, first_events)
             .await
             .is_ok();
         if !stored {
@@ -321,13 +328,9 @@ impl Node {
     /// Resolves when a supervisor gave up (a Spooler kept crashing): the node
     /// can no longer store events and should exit with this reason.
     pub async fn failed(&self) -> String {
-        let mut ended = self.spoolers_ended.clone();
-        match ended
-            .wait_for(|why| why.as_ref().is_some_and(|w| !w.is_empty()))
-            .await
-        {
-            Ok(why) => why.clone().unwrap_or_default(),
-            Err(_) => std::future::pending().await,
+        match &self.spoolers {
+            Some(spoolers) => spoolers.failed().await,
+            None => std::future::pending().await,
         }
     }
 
@@ -354,13 +357,8 @@ impl Node {
             let _ = done.await;
         }
         self.transport.close();
-        let mut ended = self.spoolers_ended.clone();
-        if tokio::time::timeout(wait, ended.wait_for(Option::is_some))
-            .await
-            .is_err()
-        {
-            tracing::error!(?wait, "spoolers did not drain in time");
-            self.spoolers.stop(None);
+        if let Some(spoolers) = &self.spoolers {
+            spoolers.drain(wait).await;
         }
         let health = self.transport.health().await;
         let left = health.queued + health.pending;

@@ -9,8 +9,10 @@ use kodo_store::SharedStore;
 use kodo_transport::SharedTransport;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 /// The store's state as the Spoolers see it, for `/health`.
 #[derive(Default)]
@@ -204,5 +206,75 @@ impl Actor for Spoolers {
             _ => {}
         }
         Ok(())
+    }
+}
+
+/// The Spoolers and their supervisor as one handle: a node starts one, and
+/// `runtime spool` runs one alone (the spoolers-only process of a Redis
+/// deployment).
+pub struct SpoolerGroup {
+    spoolers: ActorRef<SpoolersMsg>,
+    /// None while the spoolers run; then why they ended (empty: drained on request).
+    ended: watch::Receiver<Option<String>>,
+    draining: Arc<AtomicBool>,
+}
+
+impl SpoolerGroup {
+    /// Starts one Spooler per shard of `shared.transport` under their supervisor.
+    pub async fn start(shared: SpoolerShared) -> Result<Self, String> {
+        let escalation = Arc::new(Mutex::new(None));
+        let (spoolers, done) = Actor::spawn(None, Spoolers, (shared, escalation.clone()))
+            .await
+            .map_err(|e| format!("spoolers: {e}"))?;
+        let draining = Arc::new(AtomicBool::new(false));
+        let (ended_tx, ended) = watch::channel(None);
+        let watching = draining.clone();
+        tokio::spawn(async move {
+            let _ = done.await;
+            let why = if watching.load(Ordering::Acquire) {
+                String::new()
+            } else {
+                escalation
+                    .lock()
+                    .expect("escalation lock")
+                    .clone()
+                    .unwrap_or_else(|| "the spooler supervisor stopped".into())
+            };
+            let _ = ended_tx.send(Some(why));
+        });
+        Ok(Self {
+            spoolers,
+            ended,
+            draining,
+        })
+    }
+
+    /// Resolves when the supervisor gave up (a Spooler kept crashing): no
+    /// more events can be stored, the process should exit with this reason.
+    pub async fn failed(&self) -> String {
+        let mut ended = self.ended.clone();
+        match ended
+            .wait_for(|why| why.as_ref().is_some_and(|w| !w.is_empty()))
+            .await
+        {
+            Ok(why) => why.clone().unwrap_or_default(),
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Waits (up to `wait`) for the Spoolers to drain a closed transport and
+    /// end; stops them if they take longer. Returns whether they drained.
+    pub async fn drain(&self, wait: Duration) -> bool {
+        self.draining.store(true, Ordering::Release);
+        let mut ended = self.ended.clone();
+        if tokio::time::timeout(wait, ended.wait_for(Option::is_some))
+            .await
+            .is_err()
+        {
+            tracing::error!(?wait, "spoolers did not drain in time");
+            self.spoolers.stop(None);
+            return false;
+        }
+        true
     }
 }

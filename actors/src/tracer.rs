@@ -6,7 +6,7 @@
 //! function that tests call without actors.
 
 use kodo_core::{Event, Fid, Kind, Status, json_text, now_ts};
-use kodo_transport::SharedTransport;
+use kodo_transport::{Accepted, SharedTransport};
 
 /// How an execution ended.
 #[derive(Clone, Debug, PartialEq)]
@@ -216,15 +216,25 @@ impl Tracer {
         // Plan on a draft so a refused publish leaves no gap in the numbering.
         let mut draft = book.clone();
         let planned = draft.plan(trace)?;
+        let mut accepted = Accepted::now();
         if !planned.is_empty() {
             let events = draft.stamp(&self.fid, planned);
-            self.transport
+            // Cancel-safe: if this call is dropped here (a killed flow),
+            // nothing was published and the book stays as it was.
+            accepted = self
+                .transport
                 .publish(events)
                 .await
                 .map_err(|e| TraceError::Transport(e.to_string()))?;
         }
         *book = draft;
-        Ok(book.next_seq - 1)
+        let last = book.next_seq - 1;
+        drop(book);
+        accepted
+            .durable()
+            .await
+            .map_err(|e| TraceError::Transport(e.to_string()))?;
+        Ok(last)
     }
 }
 

@@ -235,9 +235,48 @@ pub fn json_text(text: &str) -> String {
     serde_json::Value::String(text.to_string()).to_string()
 }
 
+/// Replaces the password of a URL by `***`, for messages and logs.
+pub fn mask_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match (authority.rfind('@'), authority.find(':')) {
+        (Some(at), Some(colon)) if colon < at => format!(
+            "{}{}:***{}",
+            &url[..scheme_end + 3],
+            &authority[..colon],
+            &rest[at..]
+        ),
+        (Some(at), None) if url.starts_with("redis") => {
+            // redis://PASSWORD@host: the user part is the password.
+            format!("{}***{}", &url[..scheme_end + 3], &rest[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn masks_passwords_only() {
+        assert_eq!(
+            mask_url("postgres://kodo:secret@db:5432/kodo"),
+            "postgres://kodo:***@db:5432/kodo"
+        );
+        assert_eq!(
+            mask_url("sqlite://./data/kodo.db"),
+            "sqlite://./data/kodo.db"
+        );
+        assert_eq!(mask_url("redis://db:6379"), "redis://db:6379");
+        assert_eq!(mask_url("redis://:pw@db:6379/0"), "redis://:***@db:6379/0");
+        assert_eq!(mask_url("redis://pw@db:6379"), "redis://***@db:6379");
+        assert_eq!(mask_url("nonsense"), "nonsense");
+    }
 
     #[test]
     fn fourteen_kinds_six_statuses_round_trip() {

@@ -445,8 +445,16 @@ impl SseFollow {
                 kinds: None,
             };
             match store.events(&self.fid, &query).await {
-                Ok(events) if !events.is_empty() => {
-                    self.buffer.extend(events);
+                Ok(events) if events.first().is_some_and(|e| e.seq == self.last + 1) => {
+                    // Only the gap-free run after the last one sent: with
+                    // spoolers in several processes a later batch can commit
+                    // before an earlier one; the gap fills, then it follows.
+                    let run = events
+                        .iter()
+                        .zip(self.last + 1..)
+                        .take_while(|(e, seq)| e.seq == *seq)
+                        .count();
+                    self.buffer.extend(events.into_iter().take(run));
                     continue;
                 }
                 Ok(_) => {}

@@ -112,12 +112,22 @@ impl Default for StoreSection {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TransportSection {
-    /// `local`: the in-process queue.
+    /// `local` (the in-process queue) or `redis` (Redis Streams).
     pub kind: String,
-    /// Shards, each drained by one Spooler.
+    /// Shards (Redis: streams), each drained by one Spooler per process.
     pub shards: usize,
-    /// The most bytes of events in flight; Tracers wait beyond it.
+    /// The most bytes of events in flight in this process; Tracers wait beyond it.
     pub capacity_bytes: usize,
+    /// Redis: `redis://[:PASSWORD@]HOST:PORT[/DB]`.
+    pub url: String,
+    /// Redis: prefix of every key (one deployment, one prefix).
+    pub prefix: String,
+    /// Redis: entries a stream may hold before producers wait.
+    pub max_len: usize,
+    /// Redis: seconds after which a pending entry of a silent consumer is claimed.
+    pub claim_idle: f64,
+    /// Redis: seconds one blocking read waits for entries.
+    pub block: f64,
 }
 
 impl Default for TransportSection {
@@ -126,6 +136,11 @@ impl Default for TransportSection {
             kind: "local".into(),
             shards: 2,
             capacity_bytes: 64 << 20,
+            url: "redis://127.0.0.1:6379".into(),
+            prefix: "kodo".into(),
+            max_len: 100_000,
+            claim_idle: 10.0,
+            block: 0.5,
         }
     }
 }
@@ -136,11 +151,17 @@ impl Default for TransportSection {
 pub struct SpoolerSection {
     /// The most events one transaction commits.
     pub batch_max: usize,
+    /// Run Spoolers inside `runtime run`; false leaves the Redis streams to
+    /// `runtime spool` processes.
+    pub enabled: bool,
 }
 
 impl Default for SpoolerSection {
     fn default() -> Self {
-        Self { batch_max: 1000 }
+        Self {
+            batch_max: 1000,
+            enabled: true,
+        }
     }
 }
 
@@ -345,11 +366,35 @@ impl Config {
         if !matches!(self.store.synchronous.as_str(), "normal" | "full") {
             return bad("store.synchronous", "expected \"normal\" or \"full\"");
         }
-        if self.transport.kind != "local" {
-            return bad(
-                "transport.kind",
-                "expected \"local\" (the only transport of this build)",
-            );
+        match self.transport.kind.as_str() {
+            "local" => {
+                if !self.spooler.enabled {
+                    return bad(
+                        "spooler.enabled",
+                        "the local transport needs the node's own Spoolers; use transport.kind = \"redis\"",
+                    );
+                }
+            }
+            "redis" => {
+                if !self.transport.url.starts_with("redis://") {
+                    return bad("transport.url", "expected redis://HOST:PORT");
+                }
+                if self.transport.prefix.is_empty() || self.transport.prefix.contains(' ') {
+                    return bad("transport.prefix", "expected a key prefix without spaces");
+                }
+                if self.transport.max_len < 100 {
+                    return bad("transport.max_len", "expected at least 100");
+                }
+                for (key, v, min) in [
+                    ("transport.claim_idle", self.transport.claim_idle, 0.1),
+                    ("transport.block", self.transport.block, 0.01),
+                ] {
+                    if !(min..1e6).contains(&v) {
+                        return bad(key, &format!("expected seconds, {min} or more"));
+                    }
+                }
+            }
+            _ => return bad("transport.kind", "expected \"local\" or \"redis\""),
         }
         if !(1..=256).contains(&self.transport.shards) {
             return bad("transport.shards", "expected 1 to 256");
@@ -426,7 +471,37 @@ impl Config {
             max_live: self.limits.max_running,
             launch_wait: Duration::from_secs_f64(self.limits.launch_wait),
             shutdown_wait: Duration::from_secs_f64(self.limits.shutdown_wait),
+            spoolers: self.spooler.enabled,
         }
+    }
+
+    /// The Redis transport's options; `consumer` names this process's
+    /// consumers (a stable name re-reads its own pending entries at restart).
+    pub fn redis_options(&self, consumer: &str) -> kodo_transport::RedisOptions {
+        kodo_transport::RedisOptions {
+            url: self.transport.url.clone(),
+            prefix: self.transport.prefix.clone(),
+            shards: self.transport.shards,
+            consumer: consumer.to_string(),
+            max_len: self.transport.max_len,
+            claim_idle: Duration::from_secs_f64(self.transport.claim_idle),
+            block: Duration::from_secs_f64(self.transport.block),
+            capacity_bytes: self.transport.capacity_bytes,
+        }
+    }
+
+    /// Opens the configured transport.
+    pub async fn transport(
+        &self,
+        consumer: &str,
+    ) -> Result<kodo_transport::SharedTransport, kodo_transport::TransportError> {
+        Ok(match self.transport.kind.as_str() {
+            "redis" => kodo_transport::RedisStreams::connect(self.redis_options(consumer)).await?,
+            _ => kodo_transport::LocalQueue::new(
+                self.transport.shards,
+                self.transport.capacity_bytes,
+            ),
+        })
     }
 
     /// The store's options.

@@ -29,7 +29,6 @@ pub use config::{Config, ConfigError};
 
 use kodo_actors::{FlowDef, Flows, Node, NodeError};
 use kodo_store::{SharedStore, StoreError};
-use kodo_transport::LocalQueue;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -44,6 +43,9 @@ pub enum StartError {
     /// The node could not start.
     #[error(transparent)]
     Node(#[from] NodeError),
+    /// The transport could not be opened.
+    #[error("transport: {0}")]
+    Transport(#[from] kodo_transport::TransportError),
     /// The API address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -96,7 +98,7 @@ impl Runtime {
             Some(store) => store,
             None => kodo_store::open(&config.store.url, &config.store_options(false)).await?,
         };
-        let transport = LocalQueue::new(config.transport.shards, config.transport.capacity_bytes);
+        let transport = config.transport(&config.node.name).await?;
         let node = Arc::new(Node::start(store, transport, flows, config.node_options()).await?);
         let addr = config.listen();
         let listener = match tokio::net::TcpListener::bind(addr).await {

@@ -21,6 +21,19 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Runs Spoolers only: drains the Redis streams into the store, beside
+    /// any number of other `runtime spool` and `runtime run` processes.
+    Spool {
+        /// The config file (default: ./kodo.toml if it exists).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// This process's consumer name in the Redis group (default:
+        /// NODE-spool-PID). A stable name re-reads its own pending entries
+        /// at restart; a new one leaves them to be claimed after
+        /// `transport.claim_idle`.
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Database commands.
     Db {
         #[command(subcommand)]
@@ -112,6 +125,75 @@ async fn run(config: Config) -> ExitCode {
     }
 }
 
+async fn spool(config: Config, name: Option<String>) -> ExitCode {
+    if config.transport.kind != "redis" {
+        eprintln!(
+            "runtime: spool needs transport.kind = \"redis\" (with the local transport, `runtime run` stores its own events)"
+        );
+        return ExitCode::from(2);
+    }
+    let consumer =
+        name.unwrap_or_else(|| format!("{}-spool-{}", config.node.name, std::process::id()));
+    let store = match kodo_store::open(&config.store.url, &config.store_options(false)).await {
+        Ok(store) => store,
+        Err(e) => {
+            eprintln!("runtime: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let transport = match config.transport(&consumer).await {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("runtime: cannot start: transport: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let shared = kodo_actors::SpoolerShared {
+        transport: transport.clone(),
+        store: store.clone(),
+        hub: kodo_actors::Hub::new(),
+        batch_max: config.spooler.batch_max,
+        health: Default::default(),
+    };
+    let group = match kodo_actors::SpoolerGroup::start(shared).await {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("runtime: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    println!(
+        "kodo spooling {} shards of {} into {} as {consumer}",
+        config.transport.shards,
+        kodo_store::mask_url(&config.transport.url),
+        kodo_store::mask_url(&config.store.url)
+    );
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("runtime: cannot watch SIGTERM: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let failure = tokio::select! {
+        _ = tokio::signal::ctrl_c() => None,
+        _ = term.recv() => None,
+        why = group.failed() => Some(why),
+    };
+    tracing::info!("spooler stopping: finishing the batches in hand");
+    transport.close();
+    let drained = group.drain(config.node_options().shutdown_wait).await;
+    store.close().await;
+    match failure {
+        Some(why) => {
+            eprintln!("runtime: spool stopped because {why}");
+            ExitCode::from(1)
+        }
+        None if drained => ExitCode::SUCCESS,
+        None => ExitCode::from(1),
+    }
+}
+
 async fn upgrade(config: Config) -> ExitCode {
     let url = kodo_store::mask_url(&config.store.url);
     match kodo_store::upgrade(&config.store.url, &config.store_options(true)).await {
@@ -161,6 +243,13 @@ fn main() -> ExitCode {
                 Ok(config) => {
                     init_logging(&config.log.level);
                     upgrade(config).await
+                }
+                Err(code) => code,
+            },
+            Command::Spool { config, name } => match load_config(config) {
+                Ok(config) => {
+                    init_logging(&config.log.level);
+                    spool(config, name).await
                 }
                 Err(code) => code,
             },

@@ -137,24 +137,7 @@ pub trait Store: Send + Sync + 'static {
 /// A shared store.
 pub type SharedStore = Arc<dyn Store>;
 
-/// Replaces the password of a URL by `***`, for messages and logs.
-pub fn mask_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    match (authority.rfind('@'), authority.find(':')) {
-        (Some(at), Some(colon)) if colon < at => format!(
-            "{}{}:***{}",
-            &url[..scheme_end + 3],
-            &authority[..colon],
-            &rest[at..]
-        ),
-        _ => url.to_string(),
-    }
-}
+pub use kodo_core::mask_url;
 
 /// Opens the store a URL names: `sqlite://PATH` or `postgres://...`
 /// (`postgresql://` too).
@@ -233,24 +216,5 @@ impl Default for StoreOptions {
             pool: 8,
             upgrade: false,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::mask_url;
-
-    #[test]
-    fn masks_passwords_only() {
-        assert_eq!(
-            mask_url("postgres://kodo:secret@db:5432/kodo"),
-            "postgres://kodo:***@db:5432/kodo"
-        );
-        assert_eq!(
-            mask_url("sqlite://./data/kodo.db"),
-            "sqlite://./data/kodo.db"
-        );
-        assert_eq!(mask_url("redis://db:6379"), "redis://db:6379");
-        assert_eq!(mask_url("nonsense"), "nonsense");
     }
 }

@@ -8,7 +8,7 @@
 use kodo_actors::{Flows, Node, NodeOptions};
 use kodo_core::{Event, Fid, Kind, Status};
 use kodo_store::{EventQuery, Hooked, SharedStore, StoreError, StoreOptions, WriteHooks};
-use kodo_transport::LocalQueue;
+use kodo_transport::{LocalQueue, RedisOptions, RedisStreams, SharedTransport};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -88,10 +88,14 @@ pub fn db_url(dir: &std::path::Path) -> String {
 impl TestNode {
     /// Starts a node with `flows`, `shards` spoolers and `capacity` bytes of queue.
     pub async fn start(flows: Flows, shards: usize, capacity: usize, options: NodeOptions) -> Self {
+        Self::start_on(flows, LocalQueue::new(shards, capacity), options).await
+    }
+
+    /// Starts a node with `flows` on `transport`.
+    pub async fn start_on(flows: Flows, transport: SharedTransport, options: NodeOptions) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = db_url(dir.path());
         let (store, faults) = FaultyStore::open(&url).await;
-        let transport = LocalQueue::new(shards, capacity);
         let node = Node::start(store.clone(), transport, flows, options)
             .await
             .expect("start node");
@@ -325,52 +329,94 @@ impl SseReader {
     }
 }
 
-/// A throwaway PostgreSQL server of one test (started by `scripts/pg` in a
-/// temp dir, on a free 127.0.0.1 port), which the test may stop and start.
-pub struct PgServer {
-    dir: tempfile::TempDir,
-    /// Its URL (user `kodo`, database `postgres`).
-    pub url: String,
-}
-
-const PG_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/pg");
-
-fn pg_script(args: &[&str]) -> String {
-    let out = std::process::Command::new(PG_SCRIPT)
+/// Runs `scripts/NAME ARGS...` (the project's service scripts); its stdout.
+fn script(name: &str, args: &[&str]) -> String {
+    let path = format!("{}/../scripts/{name}", env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(&path)
         .args(args)
         .output()
-        .expect("run scripts/pg");
+        .unwrap_or_else(|e| panic!("run {path}: {e}"));
     assert!(
         out.status.success(),
-        "scripts/pg {args:?} failed: {}",
+        "scripts/{name} {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-impl PgServer {
-    /// Creates and starts a server (fsync off: test data only).
-    pub fn start() -> Self {
+/// A throwaway server of one test, started by a project script (`scripts/pg`
+/// or `scripts/redis`) in a temp dir on a free 127.0.0.1 port, which the
+/// test may stop and start again; stopped when dropped.
+pub struct Server {
+    script: &'static str,
+    dir: tempfile::TempDir,
+    extra: &'static [&'static str],
+    /// Its URL.
+    pub url: String,
+}
+
+impl Server {
+    fn start(name: &'static str, extra: &'static [&'static str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let url = pg_script(&["start", dir.path().to_str().unwrap(), "--fast"]);
-        Self { dir, url }
+        let mut args = vec!["start", dir.path().to_str().unwrap()];
+        args.extend(extra);
+        let url = script(name, &args);
+        Self {
+            script: name,
+            dir,
+            extra,
+            url,
+        }
     }
 
-    /// Stops the server (fast shutdown: clients are disconnected).
+    /// A PostgreSQL server (fsync off: test data only), user `kodo`, database `postgres`.
+    pub fn postgres() -> Self {
+        Self::start("pg", &["--fast"])
+    }
+
+    /// A Redis server with AOF on (`appendfsync always`).
+    pub fn redis() -> Self {
+        Self::start("redis", &[])
+    }
+
+    /// Stops the server gracefully (PostgreSQL: fast shutdown; Redis: SHUTDOWN).
     pub fn stop(&self) {
-        pg_script(&["stop", self.dir.path().to_str().unwrap()]);
+        script(self.script, &["stop", self.dir.path().to_str().unwrap()]);
     }
 
     /// Starts it again on the same port and data.
     pub fn restart(&self) {
-        pg_script(&["start", self.dir.path().to_str().unwrap(), "--fast"]);
+        let mut args = vec!["start", self.dir.path().to_str().unwrap()];
+        args.extend(self.extra);
+        script(self.script, &args);
     }
 }
 
-impl Drop for PgServer {
+impl Drop for Server {
     fn drop(&mut self) {
-        let _ = std::process::Command::new(PG_SCRIPT)
+        let path = format!("{}/../scripts/{}", env!("CARGO_MANIFEST_DIR"), self.script);
+        let _ = std::process::Command::new(path)
             .args(["stop", self.dir.path().to_str().unwrap()])
             .output();
     }
+}
+
+/// Redis transport options for tests: a fresh key prefix (so tests share a
+/// server without sharing streams), short blocking reads.
+pub fn redis_options(url: &str, consumer: &str, shards: usize) -> RedisOptions {
+    RedisOptions {
+        url: url.to_string(),
+        prefix: format!("test-{}", Fid::new()),
+        shards,
+        consumer: consumer.to_string(),
+        block: Duration::from_millis(100),
+        ..RedisOptions::default()
+    }
+}
+
+/// Connects a Redis transport with these options.
+pub async fn redis_transport(options: RedisOptions) -> Arc<RedisStreams> {
+    RedisStreams::connect(options)
+        .await
+        .expect("connect to the test redis")
 }

@@ -4,7 +4,7 @@
 
 use kodo_actors::{Ctx, FlowDef};
 use kodo_core::Fid;
-use kodo_tests::{DEADLINE, PgServer, TestApi, check_log, stored_events, wait_final};
+use kodo_tests::{DEADLINE, Server, TestApi, check_log, stored_events, wait_final};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -38,7 +38,7 @@ async fn health_until(api: &TestApi, what: &str, done: impl Fn(u16, &Value) -> b
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_outage_loses_nothing_and_shows_in_health() {
-    let pg = PgServer::start();
+    let pg = Server::postgres();
     let emitted = Arc::new(AtomicU64::new(0));
     let counter = emitted.clone();
     let flow = FlowDef::rust("chatty", move |ctx: Ctx, _| {

@@ -8,7 +8,11 @@
 //! the one the model expects; the queue never holds more bytes than its
 //! bound; shutdown leaves nothing unstored.
 //!
-//! `PROPTEST_CASES` sets the number of cases (default 256).
+//! The same machine runs on Redis Streams too (a real server from
+//! `scripts/redis`), under the same invariants.
+//!
+//! `PROPTEST_CASES` sets the number of cases (default 256; Redis runs an
+//! eighth of them, at least 8).
 
 use kodo_actors::{Ctx, FlowDef, Flows, NodeOptions};
 use kodo_core::{Fid, Kind, Status};
@@ -119,11 +123,23 @@ struct Exec {
     expected: Option<(Status, &'static str)>,
 }
 
-async fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
+/// Runs one case on the local queue, or on Redis Streams at `redis` (a
+/// fresh key prefix per case).
+async fn run_case(ops: Vec<Op>, redis: Option<&str>) -> Result<(), TestCaseError> {
     let mailboxes: Mailboxes = Arc::default();
     let mut flows = Flows::default();
     flows.add(puppet(mailboxes.clone()));
-    let t = TestNode::start(flows, 2, CAPACITY, NodeOptions::default()).await;
+    let t = match redis {
+        None => TestNode::start(flows, 2, CAPACITY, NodeOptions::default()).await,
+        Some(url) => {
+            let options = kodo_transport::RedisOptions {
+                capacity_bytes: CAPACITY,
+                ..redis_options(url, "node", 2)
+            };
+            let transport = redis_transport(options).await;
+            TestNode::start_on(flows, transport, NodeOptions::default()).await
+        }
+    };
     let mut execs: Vec<Exec> = Vec::new();
     let mut crashes = 0;
     let mut failed_writes = 0;
@@ -304,6 +320,30 @@ proptest! {
             .enable_all()
             .build()
             .unwrap();
-        rt.block_on(run_case(ops))?;
+        rt.block_on(run_case(ops, None))?;
+    }
+}
+
+/// The same state machine with Redis Streams as the transport (one real
+/// server for all cases; fewer cases: each costs a few round trips more).
+#[test]
+fn on_redis_no_event_is_lost_duplicated_or_reordered_and_every_execution_ends_once() {
+    let server = Server::redis();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let config = ProptestConfig {
+        cases: (cases() / 8).max(8),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    let result = runner.run(&proptest::collection::vec(op(), 1..40), |ops| {
+        rt.block_on(run_case(ops, Some(&server.url)))
+    });
+    if let Err(e) = result {
+        panic!("{e}");
     }
 }

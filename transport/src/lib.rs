@@ -8,14 +8,17 @@
 //! deliveries back, first in line, in their original order.
 //!
 //! The embedded default is [`LocalQueue`], a bounded in-process queue (what
-//! Kodosumi's Ray queue was, without Ray). Redis Streams come next, behind
-//! the same trait: a shard is then a stream and a consumer group member.
+//! Kodosumi's Ray queue was, without Ray). [`RedisStreams`] puts the same
+//! trait on Redis Streams: a shard is then a stream, read by a consumer
+//! group that any number of spooler processes join.
 
 #![warn(missing_docs)]
 
 mod local;
+mod redis;
 
 pub use local::LocalQueue;
+pub use redis::{RedisOptions, RedisStreams};
 
 use async_trait::async_trait;
 use kodo_core::{Event, Fid};
@@ -71,10 +74,18 @@ pub struct TransportHealth {
     pub peak_bytes: usize,
     /// The configured bound.
     pub capacity_bytes: usize,
+    /// Redis: entries in the streams not yet acknowledged by the spoolers
+    /// (of every process): what a store outage piles up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backlog: Option<usize>,
     /// Why it does not work, when it does not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
+
+/// Hears of commits that spoolers in other processes made: per execution,
+/// the highest seq they committed.
+pub type CommitListener = Arc<dyn Fn(&[(Fid, u64)]) + Send + Sync>;
 
 /// Carries events from Tracers (producers) to Spoolers (consumers).
 #[async_trait]
@@ -84,7 +95,12 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Publishes events of one execution, in order. Waits while the
     /// transport is full: this is the backpressure the Tracers feel.
-    async fn publish(&self, events: Vec<Event>) -> Result<(), TransportError>;
+    ///
+    /// Cancel-safe: when the returned future is dropped before it resolves,
+    /// nothing was published. Once it resolves, the events are taken (in
+    /// order, ahead of any later publish); [`Accepted::durable`] then waits
+    /// until they are safe from a crash of this process (Redis: written).
+    async fn publish(&self, events: Vec<Event>) -> Result<Accepted, TransportError>;
 
     /// Waits for events on `shard` and returns up to `max` of them, oldest
     /// first; `None` once the transport is closed and the shard is drained.
@@ -103,6 +119,42 @@ pub trait Transport: Send + Sync + 'static {
 
     /// The transport's state now.
     async fn health(&self) -> TransportHealth;
+
+    /// Calls `listener` with the commits spoolers in other processes make
+    /// (for the live hub of a node whose spoolers run elsewhere). An
+    /// in-process transport has no other processes and never calls it.
+    fn listen_commits(&self, _listener: CommitListener) {}
+
+    /// Whether one execution's events are always committed in seq order
+    /// (one consumer per shard). Not so for Redis, whose spooler processes
+    /// share each stream: a later batch may commit before an earlier one.
+    fn commits_in_order(&self) -> bool {
+        true
+    }
+}
+
+/// Events a transport took (see [`Transport::publish`]).
+#[derive(Debug)]
+pub struct Accepted(Option<tokio::sync::oneshot::Receiver<()>>);
+
+impl Accepted {
+    /// Taken and as safe as they will be (an in-process queue).
+    pub fn now() -> Self {
+        Self(None)
+    }
+
+    /// Safe once `written` fires.
+    pub fn when(written: tokio::sync::oneshot::Receiver<()>) -> Self {
+        Self(Some(written))
+    }
+
+    /// Waits until the events are safe from a crash of this process.
+    pub async fn durable(self) -> Result<(), TransportError> {
+        match self.0 {
+            Some(written) => written.await.map_err(|_| TransportError::Closed),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A shared transport.

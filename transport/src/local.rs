@@ -1,7 +1,7 @@
 //! The in-process transport: a bounded queue per shard, with acknowledgement
 //! and redelivery, and one byte budget across all shards.
 
-use crate::{Delivery, Receipt, Transport, TransportError, TransportHealth, shard_of};
+use crate::{Accepted, Delivery, Receipt, Transport, TransportError, TransportHealth, shard_of};
 use async_trait::async_trait;
 use kodo_core::Event;
 use std::collections::{BTreeMap, VecDeque};
@@ -74,9 +74,9 @@ impl Transport for LocalQueue {
         self.shards.len()
     }
 
-    async fn publish(&self, events: Vec<Event>) -> Result<(), TransportError> {
+    async fn publish(&self, events: Vec<Event>) -> Result<Accepted, TransportError> {
         let Some(first) = events.first() else {
-            return Ok(());
+            return Ok(Accepted::now());
         };
         if self.closed.load(Ordering::Acquire) {
             return Err(TransportError::Closed);
@@ -104,7 +104,7 @@ impl Transport for LocalQueue {
         }
         drop(state);
         shard.ready.notify_one();
-        Ok(())
+        Ok(Accepted::now())
     }
 
     async fn receive(&self, shard: usize, max: usize) -> Result<Option<Delivery>, TransportError> {
@@ -197,6 +197,7 @@ impl Transport for LocalQueue {
             used_bytes: self.capacity - self.budget.available_permits(),
             peak_bytes: self.peak.load(Ordering::Relaxed),
             capacity_bytes: self.capacity,
+            backlog: None,
             error: None,
         }
     }
