@@ -243,18 +243,16 @@ pub fn mask_url(url: &str) -> String {
     let rest = &url[scheme_end + 3..];
     let authority_end = rest.find('/').unwrap_or(rest.len());
     let authority = &rest[..authority_end];
-    match (authority.rfind('@'), authority.find(':')) {
-        (Some(at), Some(colon)) if colon < at => format!(
-            "{}{}:***{}",
-            &url[..scheme_end + 3],
-            &authority[..colon],
-            &rest[at..]
-        ),
-        (Some(at), None) if url.starts_with("redis") => {
-            // redis://PASSWORD@host: the user part is the password.
-            format!("{}***{}", &url[..scheme_end + 3], &rest[at..])
-        }
-        _ => url.to_string(),
+    let Some(at) = authority.rfind('@') else {
+        return url.to_string();
+    };
+    let scheme = &url[..scheme_end + 3];
+    let host = &rest[at..];
+    match authority[..at].find(':') {
+        Some(colon) => format!("{scheme}{}:***{host}", &authority[..colon]),
+        // redis://PASSWORD@host: a lone user part is the password.
+        None if url.starts_with("redis") => format!("{scheme}***{host}"),
+        None => url.to_string(),
     }
 }
 

@@ -62,6 +62,14 @@ pub struct BenchArgs {
     /// PostgreSQL pool size.
     #[arg(long, default_value_t = 8)]
     pub pool: u32,
+    /// A Redis server to carry events instead of the in-process queue
+    /// (`redis://HOST:PORT`): each scenario uses fresh keys on it.
+    #[arg(long)]
+    pub transport_url: Option<String>,
+    /// With Redis: Spooler processes (`runtime spool`) to start beside the
+    /// bench; 0 runs the Spoolers inside the bench's node.
+    #[arg(long, default_value_t = 0)]
+    pub spool_processes: usize,
 }
 
 /// Notes commit latencies and counts statuses after each commit of the real store.
@@ -181,7 +189,76 @@ struct Bench {
     node: Arc<Node>,
     store: SharedStore,
     timing: Arc<Timing>,
+    /// `runtime spool` children (their commits bypass `timing`).
+    spoolers: Vec<tokio::process::Child>,
     _dir: Option<tempfile::TempDir>,
+}
+
+impl Bench {
+    /// Waits until every execution in `fids` has a final status stored.
+    async fn until_final(&self, fids: &[Fid]) {
+        if self.spoolers.is_empty() {
+            self.timing.until(Status::Finished, fids.len() as u64).await;
+            return;
+        }
+        for fid in fids {
+            let mut sub = self.node.hub().subscribe(fid);
+            while !self
+                .store
+                .execution(fid)
+                .await
+                .is_ok_and(|r| r.is_some_and(|r| r.status.is_final()))
+            {
+                sub.changed().await;
+            }
+        }
+    }
+
+    async fn end(mut self) {
+        self.node.shutdown("bench over").await;
+        for child in &mut self.spoolers {
+            if let Some(pid) = child.id() {
+                // SIGTERM: the spooler finishes its batch and exits.
+                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            }
+            let _ = child.wait().await;
+        }
+    }
+}
+
+/// Starts `n` `runtime spool` processes on `store_url` and the Redis keys of
+/// `transport`, and waits until each has started.
+async fn spawn_spoolers(
+    args: &BenchArgs,
+    store_url: &str,
+    redis: &kodo_transport::RedisOptions,
+    dir: &std::path::Path,
+) -> Result<Vec<tokio::process::Child>, String> {
+    use tokio::io::AsyncBufReadExt;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut children = Vec::new();
+    for i in 0..args.spool_processes {
+        let mut child = tokio::process::Command::new(&exe)
+            .args(["spool", "--name", &format!("bench-spool-{i}")])
+            .current_dir(dir)
+            .env("KODO_STORE_URL", store_url)
+            .env("KODO_STORE_POOL", args.pool.to_string())
+            .env("KODO_TRANSPORT_KIND", "redis")
+            .env("KODO_TRANSPORT_URL", &redis.url)
+            .env("KODO_TRANSPORT_PREFIX", &redis.prefix)
+            .env("KODO_TRANSPORT_SHARDS", redis.shards.to_string())
+            .env("KODO_LOG_LEVEL", "warn")
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+        match lines.next_line().await {
+            Ok(Some(line)) if line.starts_with("kodo spooling") => children.push(child),
+            other => return Err(format!("spooler {i} did not start: {other:?}")),
+        }
+    }
+    Ok(children)
 }
 
 async fn fresh(args: &BenchArgs, name: &str) -> Result<Bench, String> {
@@ -206,10 +283,30 @@ async fn fresh(args: &BenchArgs, name: &str) -> Result<Bench, String> {
         .map_err(|e| e.to_string())?;
     let timing = Arc::new(Timing::default());
     let store: SharedStore = Arc::new(Hooked::new(inner, timing.clone()));
-    let transport = LocalQueue::new(args.shards, 64 << 20);
+    let mut spoolers = Vec::new();
+    let transport: kodo_transport::SharedTransport = match &args.transport_url {
+        Some(redis_url) => {
+            let redis = kodo_transport::RedisOptions {
+                url: redis_url.clone(),
+                prefix: format!("bench-{name}-{}", Fid::new()),
+                shards: args.shards,
+                consumer: "bench".into(),
+                ..kodo_transport::RedisOptions::default()
+            };
+            if args.spool_processes > 0 {
+                std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+                spoolers = spawn_spoolers(args, &url, &redis, &dir).await?;
+            }
+            kodo_transport::RedisStreams::connect(redis)
+                .await
+                .map_err(|e| e.to_string())?
+        }
+        None => LocalQueue::new(args.shards, 64 << 20),
+    };
     let options = NodeOptions {
         max_live: args.waiting.max(args.executions) + 1000,
         shutdown_wait: Duration::from_secs(120),
+        spoolers: spoolers.is_empty(),
         ..NodeOptions::default()
     };
     let node = Node::start(store.clone(), transport, flows(), options)
@@ -219,6 +316,7 @@ async fn fresh(args: &BenchArgs, name: &str) -> Result<Bench, String> {
         node: Arc::new(node),
         store,
         timing,
+        spoolers,
         _dir: tmp,
     })
 }
@@ -385,7 +483,7 @@ async fn raw(args: &BenchArgs, report: &mut Vec<String>) -> Result<(), String> {
         report.push(format!(
             "raw      store.write, batches of 1000, {how}, {total} events: {rate:.0} events/s"
         ));
-        b.node.shutdown("bench over").await;
+        b.end().await;
     }
     Ok(())
 }
@@ -399,12 +497,15 @@ async fn throughput(args: &BenchArgs, report: &mut Vec<String>) -> Result<(), St
         let n = args.events;
         launches.spawn(async move { node.launch("emit", "bench", json!({"n": n})).await });
     }
+    let mut fids = Vec::with_capacity(args.executions);
     while let Some(r) = launches.join_next().await {
-        r.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+        fids.push(
+            r.map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?
+                .fid,
+        );
     }
-    b.timing
-        .until(Status::Finished, args.executions as u64)
-        .await;
+    b.until_final(&fids).await;
     let secs = start.elapsed().as_secs_f64();
     let flow_events = (args.executions * args.events) as f64;
     let stored = b.timing.events.load(Ordering::Relaxed) as f64;
@@ -416,7 +517,7 @@ async fn throughput(args: &BenchArgs, report: &mut Vec<String>) -> Result<(), St
         stored / secs,
         secs
     ));
-    b.node.shutdown("bench over").await;
+    b.end().await;
     Ok(())
 }
 
@@ -447,7 +548,7 @@ async fn latency(args: &BenchArgs, report: &mut Vec<String>) -> Result<(), Strin
         percentile(&l, 0.99) * 1e3,
         l.last().copied().unwrap_or(f64::NAN) * 1e3
     ));
-    b.node.shutdown("bench over").await;
+    b.end().await;
     Ok(())
 }
 
@@ -481,7 +582,7 @@ async fn launch(args: &BenchArgs, report: &mut Vec<String>) -> Result<(), String
             percentile(&times, 0.99) * 1e3
         ));
     }
-    b.node.shutdown("bench over").await;
+    b.end().await;
     Ok(())
 }
 
@@ -518,11 +619,96 @@ async fn waiting(args: &BenchArgs, report: &mut Vec<String>) -> Result<(), Strin
         (after - before) * 1024.0 / args.waiting as f64
     ));
     let stop = Instant::now();
-    b.node.shutdown("bench over").await;
+    b.end().await;
     report.push(format!(
         "waiting  shutdown killed and stored all {} in {:.1} s",
         args.waiting,
         stop.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+/// Plain loops on Redis with none of the runtime around them, with the
+/// transport's entry shape (one event per entry): pipelined XADD (100 per
+/// round trip), then XREADGROUP (COUNT 100) + XACK until all are read.
+async fn raw_redis(args: &BenchArgs, report: &mut Vec<String>) -> Result<(), String> {
+    let Some(url) = &args.transport_url else {
+        return Ok(());
+    };
+    let err = |e: redis::RedisError| e.to_string();
+    let mut conn = redis::Client::open(url.as_str())
+        .map_err(err)?
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(err)?;
+    let key = format!("bench-raw-{}", Fid::new());
+    let total = args.executions * args.events;
+    let fid = Fid::new();
+    let value = format!("{} debug {}", now_ts(), payload(0));
+    let start = Instant::now();
+    for chunk in (0..total).collect::<Vec<_>>().chunks(100) {
+        let mut p = redis::pipe();
+        for &i in chunk {
+            p.cmd("XADD")
+                .arg(&key)
+                .arg("*")
+                .arg("fid")
+                .arg(fid.as_str())
+                .arg(i + 1)
+                .arg(&value)
+                .ignore();
+        }
+        p.query_async::<()>(&mut conn).await.map_err(err)?;
+    }
+    let add = total as f64 / start.elapsed().as_secs_f64();
+    redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&key)
+        .arg("g")
+        .arg("0")
+        .query_async::<()>(&mut conn)
+        .await
+        .map_err(err)?;
+    let start = Instant::now();
+    let mut read = 0;
+    while read < total {
+        let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("g")
+            .arg("c")
+            .arg("COUNT")
+            .arg(100)
+            .arg("STREAMS")
+            .arg(&key)
+            .arg(">")
+            .query_async(&mut conn)
+            .await
+            .map_err(err)?;
+        let ids: Vec<String> = reply
+            .keys
+            .into_iter()
+            .flat_map(|k| k.ids.into_iter().map(|id| id.id))
+            .collect();
+        if ids.is_empty() {
+            break;
+        }
+        read += ids.len();
+        redis::cmd("XACK")
+            .arg(&key)
+            .arg("g")
+            .arg(&ids)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(err)?;
+    }
+    let consume = read as f64 / start.elapsed().as_secs_f64();
+    redis::cmd("DEL")
+        .arg(&key)
+        .query_async::<()>(&mut conn)
+        .await
+        .map_err(err)?;
+    report.push(format!(
+        "raw      plain redis loops, {total} one-event entries: pipelined XADD {add:.0}/s, XREADGROUP+XACK {consume:.0}/s"
     ));
     Ok(())
 }
@@ -548,8 +734,16 @@ pub async fn run(args: BenchArgs) -> ExitCode {
         ),
         None => "SQLite WAL".into(),
     };
+    let transport = match (&args.transport_url, args.spool_processes) {
+        (Some(url), 0) => format!("Redis {} with in-node spoolers", kodo_store::mask_url(url)),
+        (Some(url), n) => format!(
+            "Redis {} with {n} spooler processes",
+            kodo_store::mask_url(url)
+        ),
+        (None, _) => "local queue".into(),
+    };
     println!(
-        "kodo bench: {store} + local queue, {} shards, {} cores",
+        "kodo bench: {store} + {transport}, {} shards, {} cores",
         args.shards,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
@@ -558,9 +752,18 @@ pub async fn run(args: BenchArgs) -> ExitCode {
         let shown = report.len();
         let result = match scenario {
             "raw" => match raw_postgres(&args, &mut report).await {
-                Ok(()) => raw(&args, &mut report).await,
+                Ok(()) => match raw_redis(&args, &mut report).await {
+                    Ok(()) => raw(&args, &mut report).await,
+                    e => e,
+                },
                 e => e,
             },
+            "latency" | "launch" | "waiting" if args.spool_processes > 0 => {
+                report.push(format!(
+                    "{scenario:<8} skipped: it times commits inside this process; run it without --spool-processes"
+                ));
+                Ok(())
+            }
             "throughput" => throughput(&args, &mut report).await,
             "latency" => latency(&args, &mut report).await,
             "launch" => launch(&args, &mut report).await,

@@ -361,3 +361,195 @@ async fn an_unreachable_postgres_stops_startup_with_the_url_masked() {
         "{err}"
     );
 }
+
+/// Runs `scripts/redis CMD DIR` and returns its output (the URL for `start`).
+fn redis_script(cmd: &str, dir: &Path) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/redis");
+    let out = std::process::Command::new(script)
+        .args([cmd, dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Starts `runtime spool --name NAME` and waits for its first line.
+async fn start_spool(config: &Path, dir: &Path, name: &str) -> Child {
+    let mut child = runtime(
+        &[
+            "spool",
+            "--config",
+            config.to_str().unwrap(),
+            "--name",
+            name,
+        ],
+        dir,
+    )
+    .spawn()
+    .expect("spawn runtime spool");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(DEADLINE, lines.next_line())
+        .await
+        .expect("spool printed its first line in time")
+        .unwrap()
+        .unwrap_or_default();
+    assert!(line.starts_with("kodo spooling"), "{line:?}");
+    child
+}
+
+/// Entries delivered to `consumer` and not acknowledged, over both streams.
+fn pending_of(redis_url: &str, consumer: &str) -> u64 {
+    let port = redis_url.rsplit(':').next().unwrap();
+    (0..2)
+        .map(|shard| {
+            let out = std::process::Command::new("redis-cli")
+                .args([
+                    "-p",
+                    port,
+                    "XPENDING",
+                    &format!("kodo:events:{shard}"),
+                    "spoolers",
+                    "-",
+                    "+",
+                    "1000",
+                    consumer,
+                ])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.contains('-'))
+                .count() as u64
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spooler_killed_mid_batch_leaves_its_entries_to_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis_dir = dir.path().join("redis");
+    let redis_url = redis_script("start", &redis_dir);
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            r#"
+[transport]
+kind = "redis"
+url = "{redis_url}"
+claim_idle = 1.0
+block = 0.1
+[spooler]
+enabled = false
+[limits]
+launch_wait = 0.5
+[flows.lines]
+command = ["sh", "-c", "seq 1 200"]
+"#
+        ),
+    );
+    let (mut node, base) = start(&cfg, dir.path()).await;
+    let mut a = start_spool(&cfg, dir.path(), "a").await;
+    let mut fids = Vec::new();
+    for _ in 0..2 {
+        let fid = post(&base, "/flows/lines/executions", json!({})).await["fid"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        stream_until(&base, &fid, "data: \"finished\"").await;
+        fids.push(fid);
+    }
+    // Hold the database's write lock: spooler a takes entries and cannot
+    // commit them (it retries, holding them), as if killed mid-batch.
+    let db = format!("sqlite://{}", dir.path().join("kodo.db").display());
+    let mut lock = <sqlx::SqliteConnection as sqlx::Connection>::connect(&db)
+        .await
+        .unwrap();
+    sqlx::Executor::execute(&mut lock, "BEGIN EXCLUSIVE")
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let body = post(&base, "/flows/lines/executions", json!({})).await;
+        assert_eq!(body["stored"], false, "nothing can be stored now");
+        fids.push(body["fid"].as_str().unwrap().to_string());
+    }
+    tokio::time::timeout(DEADLINE, async {
+        while pending_of(&redis_url, "a-0") + pending_of(&redis_url, "a-1") == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("spooler a took entries");
+    a.start_kill().unwrap();
+    a.wait().await.unwrap();
+    sqlx::Executor::execute(&mut lock, "ROLLBACK")
+        .await
+        .unwrap();
+    drop(lock);
+
+    // Spooler b claims what a left (after claim_idle) and stores it once.
+    let mut b = start_spool(&cfg, dir.path(), "b").await;
+    for fid in &fids[2..] {
+        // Followed live: b's commits reach the node over Redis pub/sub.
+        let text = stream_until(&base, fid, "data: \"finished\"").await;
+        let ids: Vec<u64> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("id: "))
+            .map(|id| id.parse().unwrap())
+            .collect();
+        assert_eq!(
+            ids,
+            (1..=ids.len() as u64).collect::<Vec<_>>(),
+            "live order"
+        );
+    }
+    for fid in &fids {
+        let events = get(&base, &format!("/executions/{fid}/events?limit=1000")).await;
+        let events = events["events"].as_array().unwrap();
+        let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<_>>(), "{fid}");
+        let lines: Vec<String> = events
+            .iter()
+            .filter(|e| e["kind"] == "stdout")
+            .map(|e| e["payload"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(lines, (1..=200).map(|i| i.to_string()).collect::<Vec<_>>());
+        assert_eq!(events.last().unwrap()["payload"], "finished");
+    }
+    assert_eq!(
+        pending_of(&redis_url, "a-0") + pending_of(&redis_url, "a-1"),
+        0
+    );
+    assert_eq!(terminate(&mut b).await, 0);
+    assert_eq!(terminate(&mut node).await, 0);
+    redis_script("stop", &redis_dir);
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_stops_startup_naming_the_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("redis://127.0.0.1:{port}");
+    for command in ["run", "spool"] {
+        let out = runtime(&[command, "--config", cfg.to_str().unwrap()], dir.path())
+            .env("KODO_TRANSPORT_KIND", "redis")
+            .env("KODO_TRANSPORT_URL", &url)
+            .output()
+            .await
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{command}: {err}");
+        assert!(
+            err.contains(&url) && err.contains("transport"),
+            "{command}: {err}"
+        );
+    }
+}

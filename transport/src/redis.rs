@@ -45,7 +45,8 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 const GROUP: &str = "spoolers";
 /// The most publishes one pipeline carries.
 const PIPELINE_MAX: usize = 512;
-/// Trim a stream after this many entries were acknowledged on it.
+/// Trim a stream after this many entries were acknowledged on it (or a
+/// quarter of `max_len`, if less, so a full stream always drains below it).
 const TRIM_EVERY: usize = 1000;
 
 /// How to reach Redis and shape the streams.
@@ -811,7 +812,7 @@ impl Transport for RedisStreams {
         let acked = state
             .acked_since_trim
             .fetch_add(held.ids.len(), Ordering::Relaxed);
-        if acked + held.ids.len() >= TRIM_EVERY {
+        if acked + held.ids.len() >= TRIM_EVERY.min(self.options.max_len / 4).max(1) {
             state.acked_since_trim.store(0, Ordering::Relaxed);
             if let Err(e) = self.trim(&state.key).await {
                 tracing::warn!(error = %e, stream = %state.key, "trim failed; the next one retries");
