@@ -122,7 +122,9 @@ async fn launch_waiting(base: &str) -> String {
         .as_str()
         .unwrap()
         .to_string();
+    // Its stdout and its fd 3 are read apart: wait for both lines.
     stream_until(base, &fid, "event: lock").await;
+    stream_until(base, &fid, "data: \"started\"").await;
     fid
 }
 

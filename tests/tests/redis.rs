@@ -311,7 +311,7 @@ async fn health_until(api: &TestApi, what: &str, done: impl Fn(u16, &Value) -> b
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_loses_nothing_and_shows_in_health() {
     const EXECUTIONS: u64 = 4;
-    const LINES: u64 = 300;
+    const LINES: u64 = 1000;
     let server = Server::redis();
     let flow = FlowDef::rust("chatty", |ctx: Ctx, _| async move {
         for i in 0..LINES {
