@@ -123,10 +123,6 @@ impl Node {
         flows: Flows,
         options: NodeOptions,
     ) -> Result<Node, NodeError> {
-        let closed = close_unfinished(&store, &options.node, "node restarted").await?;
-        if closed > 0 {
-            tracing::warn!(closed, node = %options.node, "closed executions a previous run left unfinished");
-        }
         let hub = Hub::new();
         let locks = Locks::default();
         let health = Arc::new(StoreHealth::default());
@@ -148,6 +144,19 @@ impl Node {
         } else {
             None
         };
+        // Events a previous run of this node published may still be on
+        // their way (Redis): let the spoolers store them first, so the
+        // closing status comes after them.
+        if !transport.settle(options.shutdown_wait).await {
+            tracing::warn!(
+                wait = ?options.shutdown_wait,
+                "events published before this start are not all stored yet (no spooler running?); closing unfinished executions anyway"
+            );
+        }
+        let closed = close_unfinished(&store, &options.node, "node restarted").await?;
+        if closed > 0 {
+            tracing::warn!(closed, node = %options.node, "closed executions a previous run left unfinished");
+        }
         let exec_shared = ExecShared {
             transport: transport.clone(),
             locks: locks.clone(),

@@ -674,6 +674,31 @@ mod tests {
                 "kodo.toml: transport.kind",
             ),
             ("[transport]\nshards = 0", "kodo.toml: transport.shards"),
+            ("[store]\npool = 0", "kodo.toml: store.pool"),
+            (
+                "[spooler]\nenabled = false",
+                "kodo.toml: spooler.enabled: the local transport needs",
+            ),
+            (
+                "[transport]\nkind = \"redis\"\nurl = \"http://x\"",
+                "kodo.toml: transport.url: expected redis://",
+            ),
+            (
+                "[transport]\nkind = \"redis\"\nprefix = \"a b\"",
+                "kodo.toml: transport.prefix",
+            ),
+            (
+                "[transport]\nkind = \"redis\"\nmax_len = 5",
+                "kodo.toml: transport.max_len",
+            ),
+            (
+                "[transport]\nkind = \"redis\"\nclaim_idle = 0",
+                "kodo.toml: transport.claim_idle",
+            ),
+            (
+                "[transport]\nkind = \"redis\"\nblock = -1",
+                "kodo.toml: transport.block",
+            ),
             ("[limits]\nkill_grace = -1", "kodo.toml: limits.kill_grace"),
             ("[flows.x]\ncommand = []", "kodo.toml: flows.x.command"),
             (

@@ -555,3 +555,83 @@ async fn an_unreachable_redis_stops_startup_naming_the_url() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_closes_its_executions_after_their_events_in_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis_dir = dir.path().join("redis");
+    let redis_url = redis_script("start", &redis_dir);
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "[transport]\nkind = \"redis\"\nurl = \"{redis_url}\"\nblock = 0.1\n\
+             [spooler]\nenabled = false\n[limits]\nlaunch_wait = 0.2\n{WAITING_FLOW}"
+        ),
+    );
+    // No spooler runs: the node's events wait in Redis, unstored.
+    let (mut node, base) = start(&cfg, dir.path()).await;
+    let body = post(&base, "/flows/waits/executions", json!({})).await;
+    assert_eq!(body["stored"], false);
+    let fid = body["fid"].as_str().unwrap().to_string();
+    tokio::time::timeout(DEADLINE, async {
+        // meta+starting+inputs, running, stdout, lock+awaiting: 4 entries or more.
+        while redis_len(&redis_url) < 4 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the flow reached its lock");
+    node.start_kill().unwrap();
+    node.wait().await.unwrap();
+
+    // Restarted, then a spooler: the node first waits for it to store what
+    // its previous run published, then closes the execution after it.
+    let mut node = runtime(&["run", "--config", cfg.to_str().unwrap()], dir.path())
+        .spawn()
+        .unwrap();
+    let mut spool = start_spool(&cfg, dir.path(), "s").await;
+    let mut lines = BufReader::new(node.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(DEADLINE, lines.next_line())
+        .await
+        .expect("the node started once the spooler stored its backlog")
+        .unwrap()
+        .unwrap();
+    let base = line.strip_prefix("kodo listening on ").unwrap().to_string();
+    let events = get(&base, &format!("/executions/{fid}/events")).await;
+    let events = events["events"].as_array().unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert!(kinds.contains(&"lock"), "{kinds:?}");
+    let tail: Vec<_> = events[events.len() - 2..]
+        .iter()
+        .map(|e| (e["kind"].clone(), e["payload"].clone()))
+        .collect();
+    assert_eq!(
+        tail,
+        [
+            (json!("error"), json!("node restarted")),
+            (json!("status"), json!("error"))
+        ]
+    );
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<_>>());
+    assert_eq!(terminate(&mut node).await, 0);
+    assert_eq!(terminate(&mut spool).await, 0);
+    redis_script("stop", &redis_dir);
+}
+
+/// Entries in both of kodo's streams.
+fn redis_len(redis_url: &str) -> u64 {
+    let port = redis_url.rsplit(':').next().unwrap();
+    (0..2)
+        .map(|shard| {
+            let out = std::process::Command::new("redis-cli")
+                .args(["-p", port, "XLEN", &format!("kodo:events:{shard}")])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse::<u64>()
+                .unwrap_or(0)
+        })
+        .sum()
+}

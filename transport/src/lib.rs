@@ -125,6 +125,15 @@ pub trait Transport: Send + Sync + 'static {
     /// in-process transport has no other processes and never calls it.
     fn listen_commits(&self, _listener: CommitListener) {}
 
+    /// Waits (up to `wait`) until everything published before this call
+    /// is stored and acknowledged, by whichever consumer; returns whether it
+    /// got there. A node calls it at start, before it closes what its
+    /// previous run left unfinished, so no late event lands after the
+    /// closing status. An in-process queue starts empty: at once `true`.
+    async fn settle(&self, _wait: std::time::Duration) -> bool {
+        true
+    }
+
     /// Whether one execution's events are always committed in seq order
     /// (one consumer per shard). Not so for Redis, whose spooler processes
     /// share each stream: a later batch may commit before an earlier one.

@@ -909,6 +909,66 @@ impl Transport for RedisStreams {
         false
     }
 
+    async fn settle(&self, wait: Duration) -> bool {
+        let start = Instant::now();
+        let mut conn = self.conn.clone();
+        let mut marks = Vec::new();
+        for shard in &self.shards {
+            let info: Result<Value, _> = cmd("XINFO")
+                .arg("STREAM")
+                .arg(&shard.key)
+                .query_async(&mut conn)
+                .await;
+            let last = info.ok().and_then(|v| {
+                let mut it = array(v).into_iter();
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    if text(k).as_deref() == Some("last-generated-id") {
+                        return text(v).and_then(|t| StreamId::parse(&t));
+                    }
+                }
+                None
+            });
+            marks.push(last.unwrap_or(StreamId(0, 0)));
+        }
+        let mut pause = Duration::from_millis(10);
+        loop {
+            let mut settled = true;
+            for (shard, mark) in self.shards.iter().zip(&marks) {
+                if *mark == StreamId(0, 0) {
+                    continue;
+                }
+                let groups: Result<Value, _> = cmd("XINFO")
+                    .arg("GROUPS")
+                    .arg(&shard.key)
+                    .query_async(&mut conn)
+                    .await;
+                let pending: Result<Value, _> = cmd("XPENDING")
+                    .arg(&shard.key)
+                    .arg(GROUP)
+                    .query_async(&mut conn)
+                    .await;
+                let delivered = groups.ok().and_then(|g| {
+                    groups_of(g)
+                        .into_iter()
+                        .find(|g| g.name == GROUP)
+                        .and_then(|g| StreamId::parse(&g.last_delivered))
+                });
+                let oldest = pending.ok().map(oldest_pending);
+                let done = delivered.is_some_and(|d| d >= *mark)
+                    && oldest.is_some_and(|o| o.is_none_or(|o| o > *mark));
+                settled &= done;
+            }
+            if settled {
+                return true;
+            }
+            if start.elapsed() >= wait {
+                return false;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+
     fn listen_commits(&self, listener: CommitListener) {
         let channel = format!("{}:commits", self.options.prefix);
         let task = tokio::spawn(listen_loop(self.client.clone(), channel, listener));
