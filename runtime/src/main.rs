@@ -74,6 +74,24 @@ fn init_logging(level: &str) {
         .init();
 }
 
+/// Waits for Ctrl-C or SIGTERM (`None`) or for `failed` to give a reason.
+async fn until_stopped(
+    failed: impl std::future::Future<Output = String>,
+) -> Result<Option<String>, ExitCode> {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("runtime: cannot watch SIGTERM: {e}");
+            return Err(ExitCode::from(1));
+        }
+    };
+    Ok(tokio::select! {
+        _ = tokio::signal::ctrl_c() => None,
+        _ = term.recv() => None,
+        why = failed => Some(why),
+    })
+}
+
 async fn run(config: Config) -> ExitCode {
     let running = match Runtime::new(config.clone()).start().await {
         Ok(r) => r,
@@ -91,17 +109,9 @@ async fn run(config: Config) -> ExitCode {
         auth = if config.auth.tokens.is_empty() { "none (loopback only)" } else { "bearer tokens" },
         "kodo started"
     );
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("runtime: cannot watch SIGTERM: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let failure = tokio::select! {
-        _ = tokio::signal::ctrl_c() => None,
-        _ = term.recv() => None,
-        why = running.failed() => Some(why),
+    let failure = match until_stopped(running.failed()).await {
+        Ok(failure) => failure,
+        Err(code) => return code,
     };
     let reason = failure
         .as_deref()
@@ -168,17 +178,9 @@ async fn spool(config: Config, name: Option<String>) -> ExitCode {
         kodo_store::mask_url(&config.transport.url),
         kodo_store::mask_url(&config.store.url)
     );
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("runtime: cannot watch SIGTERM: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let failure = tokio::select! {
-        _ = tokio::signal::ctrl_c() => None,
-        _ = term.recv() => None,
-        why = group.failed() => Some(why),
+    let failure = match until_stopped(group.failed()).await {
+        Ok(failure) => failure,
+        Err(code) => return code,
     };
     tracing::info!("spooler stopping: finishing the batches in hand");
     transport.close();

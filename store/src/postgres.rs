@@ -7,10 +7,7 @@
 //! round trip. Rows are sorted (events by `(fid, seq)`, executions by fid)
 //! so two spoolers writing the same execution take row locks in one order.
 
-use crate::sql::{
-    EXECUTION_COLUMNS, events_sql, kinds, list_binds, list_sql, migrations_to_apply, row_to_event,
-    row_to_execution, unfinished_sql, upsert_executions_sql,
-};
+use crate::sql::{Reads, migrations_to_apply, upsert_executions_sql};
 use crate::{
     EventQuery, ExecutionRow, ListQuery, Store, StoreError, StoreOptions, mask_url, summarize,
 };
@@ -159,51 +156,19 @@ impl Store for PgStore {
     }
 
     async fn execution(&self, fid: &Fid) -> Result<Option<ExecutionRow>, StoreError> {
-        let sql = format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE fid = $1");
-        sqlx::query(AssertSqlSafe(sql))
-            .bind(fid.as_str())
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|row| row_to_execution(&row))
-            .transpose()
+        Reads::<sqlx::Postgres>::execution(&self.pool, fid).await
     }
 
     async fn executions(&self, query: &ListQuery) -> Result<Vec<ExecutionRow>, StoreError> {
-        let mut q = sqlx::query(AssertSqlSafe(list_sql(query, |n| format!("${n}"))));
-        for value in list_binds(query) {
-            q = q.bind(value);
-        }
-        q.bind(query.limit as i64)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(row_to_execution)
-            .collect()
+        Reads::<sqlx::Postgres>::executions(&self.pool, query).await
     }
 
     async fn events(&self, fid: &Fid, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
-        let mut q = sqlx::query(AssertSqlSafe(events_sql(query, |n| format!("${n}"))))
-            .bind(fid.as_str())
-            .bind(query.after as i64);
-        for kind in kinds(query) {
-            q = q.bind(kind.as_str());
-        }
-        q.bind(query.limit as i64)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|row| row_to_event(fid, row))
-            .collect()
+        Reads::<sqlx::Postgres>::events(&self.pool, fid, query).await
     }
 
     async fn unfinished(&self, node: &str) -> Result<Vec<ExecutionRow>, StoreError> {
-        sqlx::query(AssertSqlSafe(unfinished_sql("$1")))
-            .bind(node)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(row_to_execution)
-            .collect()
+        Reads::<sqlx::Postgres>::unfinished(&self.pool, node).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -173,6 +173,112 @@ pub(crate) fn migrations_to_apply(
     }
 }
 
+/// A value a read query binds.
+enum Bind<'a> {
+    Text(&'a str),
+    Int(i64),
+}
+
+/// What a backend must offer for the shared reads: a sqlx database whose
+/// rows decode text, integers and floats, and that binds text and integers.
+pub(crate) trait SqlBackend: sqlx::Database {
+    /// The n-th placeholder (1-based) in this backend's SQL.
+    fn placeholder(n: usize) -> String;
+}
+
+impl SqlBackend for sqlx::Sqlite {
+    fn placeholder(_: usize) -> String {
+        "?".into()
+    }
+}
+
+impl SqlBackend for sqlx::Postgres {
+    fn placeholder(n: usize) -> String {
+        format!("${n}")
+    }
+}
+
+/// The reads of [`crate::Store`], the same queries on every SQL backend
+/// (each with its placeholders).
+pub(crate) struct Reads<DB>(std::marker::PhantomData<DB>);
+
+impl<DB> Reads<DB>
+where
+    DB: SqlBackend,
+    <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+    for<'c> &'c mut <DB as sqlx::Database>::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + Type<DB>,
+    for<'a> &'a str: ColumnIndex<DB::Row>,
+    for<'r> String: Decode<'r, DB> + Type<DB>,
+    for<'r> i64: Decode<'r, DB>,
+    for<'r> f64: Decode<'r, DB> + Type<DB>,
+{
+    /// Runs a read query with `binds` and decodes every row with `decode`.
+    async fn fetch<T>(
+        pool: &sqlx::Pool<DB>,
+        sql: String,
+        binds: Vec<Bind<'_>>,
+        decode: impl Fn(&DB::Row) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut q = sqlx::query::<DB>(sqlx::AssertSqlSafe(sql));
+        for bind in binds {
+            q = match bind {
+                Bind::Text(t) => q.bind(t),
+                Bind::Int(i) => q.bind(i),
+            };
+        }
+        q.fetch_all(pool).await?.iter().map(decode).collect()
+    }
+
+    /// [`crate::Store::execution`].
+    pub(crate) async fn execution(
+        pool: &sqlx::Pool<DB>,
+        fid: &Fid,
+    ) -> Result<Option<ExecutionRow>, StoreError> {
+        let sql = format!(
+            "SELECT {EXECUTION_COLUMNS} FROM executions WHERE fid = {}",
+            DB::placeholder(1)
+        );
+        let binds = vec![Bind::Text(fid.as_str())];
+        let rows = Self::fetch(pool, sql, binds, row_to_execution).await?;
+        Ok(rows.into_iter().next())
+    }
+
+    /// [`crate::Store::executions`].
+    pub(crate) async fn executions(
+        pool: &sqlx::Pool<DB>,
+        query: &ListQuery,
+    ) -> Result<Vec<ExecutionRow>, StoreError> {
+        let mut binds: Vec<Bind> = list_binds(query).into_iter().map(Bind::Text).collect();
+        binds.push(Bind::Int(query.limit as i64));
+        let sql = list_sql(query, DB::placeholder);
+        Self::fetch(pool, sql, binds, row_to_execution).await
+    }
+
+    /// [`crate::Store::events`].
+    pub(crate) async fn events(
+        pool: &sqlx::Pool<DB>,
+        fid: &Fid,
+        query: &EventQuery,
+    ) -> Result<Vec<Event>, StoreError> {
+        let mut binds = vec![Bind::Text(fid.as_str()), Bind::Int(query.after as i64)];
+        binds.extend(kinds(query).iter().map(|k| Bind::Text(k.as_str())));
+        binds.push(Bind::Int(query.limit as i64));
+        let sql = events_sql(query, DB::placeholder);
+        Self::fetch(pool, sql, binds, |row| row_to_event(fid, row)).await
+    }
+
+    /// [`crate::Store::unfinished`].
+    pub(crate) async fn unfinished(
+        pool: &sqlx::Pool<DB>,
+        node: &str,
+    ) -> Result<Vec<ExecutionRow>, StoreError> {
+        let sql = unfinished_sql(&DB::placeholder(1));
+        Self::fetch(pool, sql, vec![Bind::Text(node)], row_to_execution).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

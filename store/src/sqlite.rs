@@ -6,10 +6,7 @@
 //! checkpoints are turned off on the writer and run by a background task on a
 //! reader connection instead, so a checkpoint never lands inside a commit.
 
-use crate::sql::{
-    EXECUTION_COLUMNS, events_sql, kinds, list_binds, list_sql, migrations_to_apply, row_to_event,
-    row_to_execution, unfinished_sql, upsert_executions_sql,
-};
+use crate::sql::{Reads, migrations_to_apply, upsert_executions_sql};
 use crate::{
     EventQuery, ExecutionRow, ListQuery, Store, StoreError, StoreOptions, mask_url, summarize,
 };
@@ -233,51 +230,19 @@ impl Store for SqliteStore {
     }
 
     async fn execution(&self, fid: &Fid) -> Result<Option<ExecutionRow>, StoreError> {
-        let sql = format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE fid = ?");
-        sqlx::query(AssertSqlSafe(sql))
-            .bind(fid.as_str())
-            .fetch_optional(&self.reader)
-            .await?
-            .map(|row| row_to_execution(&row))
-            .transpose()
+        Reads::<sqlx::Sqlite>::execution(&self.reader, fid).await
     }
 
     async fn executions(&self, query: &ListQuery) -> Result<Vec<ExecutionRow>, StoreError> {
-        let mut q = sqlx::query(AssertSqlSafe(list_sql(query, |_| "?".into())));
-        for value in list_binds(query) {
-            q = q.bind(value);
-        }
-        q.bind(query.limit as i64)
-            .fetch_all(&self.reader)
-            .await?
-            .iter()
-            .map(row_to_execution)
-            .collect()
+        Reads::<sqlx::Sqlite>::executions(&self.reader, query).await
     }
 
     async fn events(&self, fid: &Fid, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
-        let mut q = sqlx::query(AssertSqlSafe(events_sql(query, |_| "?".into())))
-            .bind(fid.as_str())
-            .bind(query.after as i64);
-        for kind in kinds(query) {
-            q = q.bind(kind.as_str());
-        }
-        q.bind(query.limit as i64)
-            .fetch_all(&self.reader)
-            .await?
-            .iter()
-            .map(|row| row_to_event(fid, row))
-            .collect()
+        Reads::<sqlx::Sqlite>::events(&self.reader, fid, query).await
     }
 
     async fn unfinished(&self, node: &str) -> Result<Vec<ExecutionRow>, StoreError> {
-        sqlx::query(AssertSqlSafe(unfinished_sql("?")))
-            .bind(node)
-            .fetch_all(&self.writer)
-            .await?
-            .iter()
-            .map(row_to_execution)
-            .collect()
+        Reads::<sqlx::Sqlite>::unfinished(&self.writer, node).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

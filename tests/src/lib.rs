@@ -243,6 +243,70 @@ impl TestApi {
         }
     }
 
+    /// Launches `flow` without a token (no auth configured) and expects 201.
+    pub async fn launch(&self, flow: &str) -> Fid {
+        let resp = self
+            .req(
+                reqwest::Method::POST,
+                &format!("/flows/{flow}/executions"),
+                None,
+            )
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .expect("launch");
+        assert_eq!(resp.status().as_u16(), 201, "launch of {flow}");
+        let body: serde_json::Value = resp.json().await.expect("launch JSON");
+        Fid::parse(body["fid"].as_str().expect("fid")).expect("a valid fid")
+    }
+
+    /// Waits until each execution finished, checks its log (gap-free, one
+    /// final status, last) and returns its `debug` payloads.
+    pub async fn finished_debug_lines(&self, fids: &[Fid]) -> Vec<Vec<serde_json::Value>> {
+        let node = self.running.node();
+        let mut all = Vec::new();
+        for fid in fids {
+            assert_eq!(wait_final(node, fid).await, Status::Finished, "{fid}");
+            let events = stored_events(node.store(), fid).await;
+            check_log(&events).unwrap_or_else(|e| panic!("{fid}: {e}"));
+            all.push(payloads(&events, Kind::Debug));
+        }
+        all
+    }
+
+    /// `GET /health` without a token: its status code and body.
+    pub async fn health(&self) -> (u16, serde_json::Value) {
+        let resp = self
+            .req(reqwest::Method::GET, "/health", None)
+            .send()
+            .await
+            .expect("GET /health");
+        (
+            resp.status().as_u16(),
+            resp.json().await.expect("health JSON"),
+        )
+    }
+
+    /// Asks `/health` until `done` holds (with [`DEADLINE`]); returns that body.
+    pub async fn health_until(
+        &self,
+        what: &str,
+        done: impl Fn(u16, &serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let work = async {
+            loop {
+                let (code, body) = self.health().await;
+                if done(code, &body) {
+                    return body;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(DEADLINE, work)
+            .await
+            .unwrap_or_else(|_| panic!("/health never showed {what}"))
+    }
+
     /// A request to `path` with an optional bearer token.
     pub fn req(
         &self,

@@ -7,7 +7,6 @@ use kodo_actors::{Ctx, FlowDef};
 use kodo_core::{Event, Fid, Kind, json_text};
 use kodo_tests::*;
 use kodo_transport::{Delivery, RedisOptions, RedisStreams, Transport, TransportError};
-use reqwest::Method;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -288,26 +287,6 @@ async fn unreachable_redis_and_a_shard_mismatch_are_clear_errors() {
     );
 }
 
-async fn health(api: &TestApi) -> (u16, Value) {
-    let resp = api.req(Method::GET, "/health", None).send().await.unwrap();
-    (resp.status().as_u16(), resp.json().await.unwrap())
-}
-
-async fn health_until(api: &TestApi, what: &str, done: impl Fn(u16, &Value) -> bool) -> Value {
-    let work = async {
-        loop {
-            let (code, body) = health(api).await;
-            if done(code, &body) {
-                return body;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    tokio::time::timeout(DEADLINE, work)
-        .await
-        .unwrap_or_else(|_| panic!("/health never showed {what}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_loses_nothing_and_shows_in_health() {
     const EXECUTIONS: u64 = 4;
@@ -328,36 +307,25 @@ async fn a_redis_restart_loses_nothing_and_shows_in_health() {
     let api = TestApi::start(&config, vec![flow]).await;
     let mut fids = Vec::new();
     for _ in 0..EXECUTIONS {
-        let resp = api
-            .req(Method::POST, "/flows/chatty/executions", None)
-            .json(&json!({}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 201);
-        let body: Value = resp.json().await.unwrap();
-        fids.push(Fid::parse(body["fid"].as_str().unwrap()).unwrap());
+        fids.push(api.launch("chatty").await);
     }
     server.stop();
-    let down = health_until(&api, "the transport down", |code, body| {
-        code == 503 && body["transport"]["ok"] == false
-    })
-    .await;
+    let down = api
+        .health_until("the transport down", |code, body| {
+            code == 503 && body["transport"]["ok"] == false
+        })
+        .await;
     assert!(down["transport"]["error"].as_str().is_some(), "{down}");
     assert!(
         down["running"].as_u64().unwrap() > 0,
         "flows were mid-run: {down}"
     );
     server.restart();
-    for fid in &fids {
-        let status = wait_final(api.running.node(), fid).await;
-        assert_eq!(status, kodo_core::Status::Finished);
-        let events = stored_events(api.running.node().store(), fid).await;
-        check_log(&events).unwrap();
-        let lines = payloads(&events, Kind::Debug);
-        let expected: Vec<Value> = (0..LINES).map(|i| json!(format!("line {i}"))).collect();
+    let expected: Vec<Value> = (0..LINES).map(|i| json!(format!("line {i}"))).collect();
+    for lines in api.finished_debug_lines(&fids).await {
         assert_eq!(lines, expected, "every line stored once, in order");
     }
-    health_until(&api, "the transport back", |code, _| code == 200).await;
+    api.health_until("the transport back", |code, _| code == 200)
+        .await;
     assert_eq!(api.running.shutdown("test over").await, 0);
 }

@@ -14,6 +14,7 @@
 
 #![warn(missing_docs)]
 
+mod budget;
 mod local;
 mod redis;
 

@@ -1,16 +1,14 @@
 //! The in-process transport: a bounded queue per shard, with acknowledgement
 //! and redelivery, and one byte budget across all shards.
 
+use crate::budget::Budget;
 use crate::{Accepted, Delivery, Receipt, Transport, TransportError, TransportHealth, shard_of};
 use async_trait::async_trait;
 use kodo_core::Event;
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::{Notify, Semaphore};
-
-/// The largest budget a tokio semaphore hands out in one request.
-const MAX_BUDGET: usize = u32::MAX as usize;
+use tokio::sync::Notify;
 
 /// A bounded in-process queue: the embedded default transport.
 ///
@@ -21,9 +19,7 @@ const MAX_BUDGET: usize = u32::MAX as usize;
 /// publisher or `close` wakes them.
 pub struct LocalQueue {
     shards: Vec<Shard>,
-    budget: Semaphore,
-    capacity: usize,
-    peak: AtomicUsize,
+    budget: Budget,
     closed: AtomicBool,
 }
 
@@ -42,7 +38,6 @@ struct ShardState {
 impl LocalQueue {
     /// A queue of `shards` shards holding at most `capacity_bytes` of events.
     pub fn new(shards: usize, capacity_bytes: usize) -> Arc<Self> {
-        let capacity = capacity_bytes.clamp(1, MAX_BUDGET);
         Arc::new(Self {
             shards: (0..shards.max(1))
                 .map(|_| Shard {
@@ -50,21 +45,13 @@ impl LocalQueue {
                     ready: Notify::new(),
                 })
                 .collect(),
-            budget: Semaphore::new(capacity),
-            capacity,
-            peak: AtomicUsize::new(0),
+            budget: Budget::new(capacity_bytes),
             closed: AtomicBool::new(false),
         })
     }
 
     fn shard(&self, shard: usize) -> Result<&Shard, TransportError> {
         self.shards.get(shard).ok_or(TransportError::NoShard(shard))
-    }
-
-    /// What one event costs of the budget: its weight, capped so that a
-    /// single huge event still fits in an empty queue.
-    fn cost(&self, event: &Event) -> u32 {
-        event.weight().min(self.capacity) as u32
     }
 }
 
@@ -82,18 +69,8 @@ impl Transport for LocalQueue {
             return Err(TransportError::Closed);
         }
         let shard = self.shard(shard_of(&first.fid, self.shards.len()))?;
-        let total = events
-            .iter()
-            .map(|e| self.cost(e) as usize)
-            .sum::<usize>()
-            .min(self.capacity) as u32;
-        self.budget
-            .acquire_many(total)
-            .await
-            .map_err(|_| TransportError::Closed)?
-            .forget();
-        let used = self.capacity - self.budget.available_permits();
-        self.peak.fetch_max(used, Ordering::Relaxed);
+        let total = self.budget.cost(&events);
+        self.budget.take(total).await?;
         // The first event carries the whole charge; a delivery gives back the
         // sum of its events' charges when it is acknowledged.
         let mut state = shard.state.lock().expect("queue lock");
@@ -149,7 +126,7 @@ impl Transport for LocalQueue {
             .pending
             .remove(&receipt.ticket);
         if let Some((_, cost)) = done {
-            self.budget.add_permits(cost as usize);
+            self.budget.give(cost as usize);
         }
         Ok(())
     }
@@ -194,9 +171,9 @@ impl Transport for LocalQueue {
             ok: true,
             queued,
             pending,
-            used_bytes: self.capacity - self.budget.available_permits(),
-            peak_bytes: self.peak.load(Ordering::Relaxed),
-            capacity_bytes: self.capacity,
+            used_bytes: self.budget.used(),
+            peak_bytes: self.budget.peak(),
+            capacity_bytes: self.budget.capacity(),
             backlog: None,
             error: None,
         }

@@ -26,6 +26,7 @@
 //! died). Streams are trimmed by MINID below the oldest entry that any
 //! consumer group still has pending or undelivered, never further.
 
+use crate::budget::Budget;
 use crate::{
     Accepted, CommitListener, Delivery, Receipt, Transport, TransportError, TransportHealth,
     shard_of,
@@ -39,7 +40,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 /// The consumer group of the spoolers.
 const GROUP: &str = "spoolers";
@@ -91,7 +92,8 @@ struct Outgoing {
     fid: Fid,
     fields: Vec<(u64, String)>,
     done: oneshot::Sender<()>,
-    _permit: OwnedSemaphorePermit,
+    /// What it holds of the budget, given back once written.
+    cost: u32,
 }
 
 /// A delivery not yet acknowledged.
@@ -121,8 +123,7 @@ pub struct RedisStreams {
     client: redis::Client,
     conn: ConnectionManager,
     outbox: mpsc::Sender<Outgoing>,
-    budget: Arc<Semaphore>,
-    peak: AtomicUsize,
+    budget: Arc<Budget>,
     shards: Vec<ShardState>,
     next_ticket: AtomicU64,
     closed: AtomicBool,
@@ -195,14 +196,14 @@ impl RedisStreams {
                 .map_err(|e| fail(&e))?;
         }
         let (outbox, inbox) = mpsc::channel(PIPELINE_MAX * 4);
+        let budget = Arc::new(Budget::new(options.capacity_bytes));
         let error = Arc::new(Mutex::new(None));
         let transport = Arc::new(Self {
             masked,
             client,
             conn: conn.clone(),
             outbox,
-            budget: Arc::new(Semaphore::new(options.capacity_bytes)),
-            peak: AtomicUsize::new(0),
+            budget: budget.clone(),
             shards,
             next_ticket: AtomicU64::new(1),
             closed: AtomicBool::new(false),
@@ -215,6 +216,7 @@ impl RedisStreams {
         let writer = tokio::spawn(write_loop(
             conn,
             inbox,
+            budget,
             keys,
             transport.options.max_len,
             error,
@@ -553,6 +555,7 @@ fn decode(entry: &Entry) -> Result<Vec<Event>, String> {
 async fn write_loop(
     mut conn: ConnectionManager,
     mut inbox: mpsc::Receiver<Outgoing>,
+    budget: Arc<Budget>,
     keys: Vec<String>,
     max_len: usize,
     error: Arc<Mutex<Option<String>>>,
@@ -595,6 +598,7 @@ async fn write_loop(
             }
         };
         for out in batch.drain(..) {
+            budget.give(out.cost as usize);
             let _ = out.done.send(());
         }
         // Backpressure: while a stream is over its bound, take no more.
@@ -617,6 +621,31 @@ async fn write_loop(
             }
             over = still;
         }
+    }
+}
+
+/// Sends a publish to the writer; the budget it holds comes back if the
+/// send fails or is cancelled (dropped before it is sent).
+async fn send_or_give_back(
+    outbox: &mpsc::Sender<Outgoing>,
+    out: Outgoing,
+    budget: &Budget,
+) -> Result<(), TransportError> {
+    struct GiveBack<'a>(&'a Budget, u32, bool);
+    impl Drop for GiveBack<'_> {
+        fn drop(&mut self) {
+            if !self.2 {
+                self.0.give(self.1 as usize);
+            }
+        }
+    }
+    let mut guard = GiveBack(budget, out.cost, false);
+    let sent = outbox.send(out).await.is_ok();
+    guard.2 = sent;
+    if sent {
+        Ok(())
+    } else {
+        Err(TransportError::Closed)
     }
 }
 
@@ -687,16 +716,8 @@ impl Transport for RedisStreams {
             return Err(TransportError::Closed);
         }
         let fid = first.fid.clone();
-        let weight: usize = events.iter().map(Event::weight).sum();
-        let permits = weight.clamp(1, self.options.capacity_bytes) as u32;
-        let permit = self
-            .budget
-            .clone()
-            .acquire_many_owned(permits)
-            .await
-            .map_err(|_| TransportError::Closed)?;
-        let used = self.options.capacity_bytes - self.budget.available_permits();
-        self.peak.fetch_max(used, Ordering::Relaxed);
+        let cost = self.budget.cost(&events);
+        self.budget.take(cost).await?;
         let fields = events
             .into_iter()
             .map(|e| (e.seq, format!("{} {} {}", e.ts, e.kind.as_str(), e.payload)))
@@ -707,14 +728,12 @@ impl Transport for RedisStreams {
             fid,
             fields,
             done,
-            _permit: permit,
+            cost,
         };
-        // Cancel-safe up to here (a dropped send sends nothing); once sent,
-        // the writer writes it, retrying while Redis is down.
-        self.outbox
-            .send(out)
-            .await
-            .map_err(|_| TransportError::Closed)?;
+        // Cancel-safe up to here (a dropped send sends nothing, and gives
+        // its budget back); once sent, the writer writes it, retrying while
+        // Redis is down.
+        send_or_give_back(&self.outbox, out, &self.budget).await?;
         Ok(Accepted::when(written))
     }
 
@@ -891,15 +910,14 @@ impl Transport for RedisStreams {
                     .sum::<usize>()
             })
             .sum();
-        let used = self.options.capacity_bytes - self.budget.available_permits();
         TransportHealth {
             kind: "redis",
             ok: error.is_none(),
             queued: self.outbox.max_capacity() - self.outbox.capacity(),
             pending,
-            used_bytes: used,
-            peak_bytes: self.peak.load(Ordering::Relaxed),
-            capacity_bytes: self.options.capacity_bytes,
+            used_bytes: self.budget.used(),
+            peak_bytes: self.budget.peak(),
+            capacity_bytes: self.budget.capacity(),
             backlog,
             error,
         }
