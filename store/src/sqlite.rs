@@ -183,12 +183,8 @@ impl Store for SqliteStore {
             return Ok(());
         }
         let updates = summarize(events);
-        // In (fid, seq) order the unique index is updated page by page, not
-        // at 1000 random places: interleaved batches write much faster.
-        let mut sorted: Vec<&Event> = events.iter().collect();
-        sorted.sort_unstable_by(|a, b| (a.fid.as_str(), a.seq).cmp(&(b.fid.as_str(), b.seq)));
         let mut tx = self.writer.begin().await?;
-        for chunk in sorted.chunks(ROWS_PER_STATEMENT) {
+        for chunk in events.chunks(ROWS_PER_STATEMENT) {
             let mut q = sqlx::query(AssertSqlSafe(insert_events_sql(chunk.len())));
             for e in chunk {
                 q = q
