@@ -45,8 +45,15 @@ impl Hub {
     }
 
     /// Tells subscribers that events up to these seqs are committed
-    /// (notices from spoolers in other processes).
+    /// (notices from spoolers in other processes). No marks at all means
+    /// notices may have been lost: every subscriber is woken to look again.
     pub fn committed_marks(&self, marks: &[(Fid, u64)]) {
+        if marks.is_empty() {
+            for tx in self.subs.lock().expect("hub lock").values() {
+                tx.send_modify(|_| {});
+            }
+            return;
+        }
         self.advance(marks.iter().map(|(fid, seq)| (fid, *seq)));
     }
 
@@ -123,6 +130,12 @@ mod tests {
         assert_eq!(b.committed(), 3);
         hub.committed(&[ev(2)]);
         assert_eq!(a.committed(), 3, "an older seq never moves the mark back");
+        let woken = std::time::Duration::from_secs(5);
+        // Woken even so: it may fill a gap.
+        tokio::time::timeout(woken, a.changed()).await.unwrap();
+        hub.committed_marks(&[]);
+        // Woken by a "look again".
+        tokio::time::timeout(woken, a.changed()).await.unwrap();
         drop(b);
         assert_eq!(hub.followed(), 1);
         drop(a);

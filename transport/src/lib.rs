@@ -85,7 +85,8 @@ pub struct TransportHealth {
 }
 
 /// Hears of commits that spoolers in other processes made: per execution,
-/// the highest seq they committed.
+/// the highest seq they committed. An empty slice means notices may have
+/// been missed (the connection was lost): every follower should look again.
 pub type CommitListener = Arc<dyn Fn(&[(Fid, u64)]) + Send + Sync>;
 
 /// Carries events from Tracers (producers) to Spoolers (consumers).

@@ -662,6 +662,8 @@ async fn listen_loop(client: redis::Client, channel: String, listener: CommitLis
         match subscribed {
             Ok(pubsub) => {
                 backoff = Duration::from_millis(50);
+                // Notices sent while unsubscribed are gone: wake every follower.
+                listener(&[]);
                 let mut messages = pubsub.into_on_message();
                 while let Some(msg) = messages.next().await {
                     let marks = parse_marks(msg.get_payload_bytes());
