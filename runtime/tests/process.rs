@@ -360,6 +360,26 @@ async fn an_unreachable_postgres_stops_startup_with_the_url_masked() {
     );
 }
 
+/// A Redis server of one test, stopped when dropped (also when the test fails).
+struct RedisServer {
+    dir: std::path::PathBuf,
+    url: String,
+}
+
+impl RedisServer {
+    fn start(dir: &Path) -> Self {
+        let dir = dir.join("redis");
+        let url = redis_script("start", &dir);
+        Self { dir, url }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        redis_script("stop", &self.dir);
+    }
+}
+
 /// Runs `scripts/redis CMD DIR` and returns its output (the URL for `start`).
 fn redis_script(cmd: &str, dir: &Path) -> String {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/redis");
@@ -429,8 +449,8 @@ fn pending_of(redis_url: &str, consumer: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spooler_killed_mid_batch_leaves_its_entries_to_another() {
     let dir = tempfile::tempdir().unwrap();
-    let redis_dir = dir.path().join("redis");
-    let redis_url = redis_script("start", &redis_dir);
+    let redis = RedisServer::start(dir.path());
+    let redis_url = redis.url.clone();
     let cfg = write_config(
         dir.path(),
         &format!(
@@ -523,7 +543,6 @@ command = ["sh", "-c", "seq 1 200"]
     );
     assert_eq!(terminate(&mut b).await, 0);
     assert_eq!(terminate(&mut node).await, 0);
-    redis_script("stop", &redis_dir);
 }
 
 #[tokio::test]
@@ -551,8 +570,8 @@ async fn an_unreachable_redis_stops_startup_naming_the_url() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_closes_its_executions_after_their_events_in_redis() {
     let dir = tempfile::tempdir().unwrap();
-    let redis_dir = dir.path().join("redis");
-    let redis_url = redis_script("start", &redis_dir);
+    let redis = RedisServer::start(dir.path());
+    let redis_url = redis.url.clone();
     let cfg = write_config(
         dir.path(),
         &format!(
@@ -608,7 +627,6 @@ async fn a_restarted_node_closes_its_executions_after_their_events_in_redis() {
     assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<_>>());
     assert_eq!(terminate(&mut node).await, 0);
     assert_eq!(terminate(&mut spool).await, 0);
-    redis_script("stop", &redis_dir);
 }
 
 /// Entries in both of kodo's streams.
