@@ -448,6 +448,12 @@ impl Server {
         script(self.script, &["stop", self.dir.path().to_str().unwrap()]);
     }
 
+    /// Kills the server with SIGKILL, as a crash would (Redis only).
+    pub fn kill(&self) {
+        assert_eq!(self.script, "redis", "only scripts/redis can kill");
+        script(self.script, &["kill", self.dir.path().to_str().unwrap()]);
+    }
+
     /// Starts it again on the same port and data.
     pub fn restart(&self) {
         let mut args = vec!["start", self.dir.path().to_str().unwrap()];

@@ -289,6 +289,17 @@ async fn unreachable_redis_and_a_shard_mismatch_are_clear_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_loses_nothing_and_shows_in_health() {
+    redis_goes_away_mid_run(Server::stop).await;
+}
+
+/// With `appendfsync always`, even a crash of Redis loses no entry it
+/// acknowledged: a kill -9 mid-run and a restart from the AOF.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_crash_loses_nothing_and_shows_in_health() {
+    redis_goes_away_mid_run(Server::kill).await;
+}
+
+async fn redis_goes_away_mid_run(go_away: fn(&Server)) {
     const EXECUTIONS: u64 = 4;
     const LINES: u64 = 1000;
     let server = Server::redis();
@@ -309,7 +320,7 @@ async fn a_redis_restart_loses_nothing_and_shows_in_health() {
     for _ in 0..EXECUTIONS {
         fids.push(api.launch("chatty").await);
     }
-    server.stop();
+    go_away(&server);
     let down = api
         .health_until("the transport down", |code, body| {
             code == 503 && body["transport"]["ok"] == false

@@ -749,6 +749,9 @@ impl Transport for RedisStreams {
                     entries
                 }
                 Err(e) => {
+                    // The read may have been served (entries now pending for
+                    // this consumer) with its answer lost: read those again.
+                    state.recovering.store(true, Ordering::Release);
                     let err = self.unavailable(&e);
                     tracing::warn!(error = %err, stream = %state.key, retry_in = ?backoff, "redis read failed");
                     if self.closed.load(Ordering::Acquire) {
