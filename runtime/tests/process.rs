@@ -551,6 +551,14 @@ async fn an_unreachable_redis_stops_startup_naming_the_url() {
     let cfg = write_config(dir.path(), "");
     let port = free_port();
     let url = format!("redis://127.0.0.1:{port}");
+    // Spoolers alone make no sense on the in-process queue.
+    let out = runtime(&["spool", "--config", cfg.to_str().unwrap()], dir.path())
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("transport.kind = \"redis\""), "{err}");
     for command in ["run", "spool"] {
         let out = runtime(&[command, "--config", cfg.to_str().unwrap()], dir.path())
             .env("KODO_TRANSPORT_KIND", "redis")
