@@ -291,29 +291,7 @@ impl RedisStreams {
     /// Trims a stream below the oldest entry any group still needs.
     async fn trim(&self, key: &str) -> Result<(), redis::RedisError> {
         let mut conn = self.conn.clone();
-        let groups: Value = cmd("XINFO")
-            .arg("GROUPS")
-            .arg(key)
-            .query_async(&mut conn)
-            .await?;
-        let mut keep_from: Option<StreamId> = None;
-        for group in groups_of(groups) {
-            let needed = if group.pending > 0 {
-                let summary: Value = cmd("XPENDING")
-                    .arg(key)
-                    .arg(&group.name)
-                    .query_async(&mut conn)
-                    .await?;
-                oldest_pending(summary)
-            } else {
-                StreamId::parse(&group.last_delivered).map(|id| id.next())
-            };
-            let Some(needed) = needed else {
-                return Ok(()); // cannot tell: keep everything
-            };
-            keep_from = Some(keep_from.map_or(needed, |k| k.min(needed)));
-        }
-        if let Some(minid) = keep_from {
+        if let Some(minid) = first_unacked(&mut conn, key).await? {
             let _: Value = cmd("XTRIM")
                 .arg(key)
                 .arg("MINID")
@@ -323,6 +301,39 @@ impl RedisStreams {
         }
         Ok(())
     }
+}
+
+/// The oldest entry of a stream that some consumer group has not
+/// acknowledged (pending at a consumer, or not delivered yet): every entry
+/// below it is acknowledged by every group. None when that cannot be told
+/// (no group, or an answer that does not parse).
+async fn first_unacked(
+    conn: &mut ConnectionManager,
+    key: &str,
+) -> Result<Option<StreamId>, redis::RedisError> {
+    let groups: Value = cmd("XINFO")
+        .arg("GROUPS")
+        .arg(key)
+        .query_async(conn)
+        .await?;
+    let mut first: Option<StreamId> = None;
+    for group in groups_of(groups) {
+        let needed = if group.pending > 0 {
+            let summary: Value = cmd("XPENDING")
+                .arg(key)
+                .arg(&group.name)
+                .query_async(conn)
+                .await?;
+            oldest_pending(summary)
+        } else {
+            StreamId::parse(&group.last_delivered).map(|id| id.next())
+        };
+        let Some(needed) = needed else {
+            return Ok(None);
+        };
+        first = Some(first.map_or(needed, |f| f.min(needed)));
+    }
+    Ok(first)
 }
 
 /// Creates the consumer group (and the stream) unless it exists.
@@ -466,10 +477,13 @@ impl std::fmt::Display for StreamId {
     }
 }
 
+/// What `XINFO GROUPS` says of one consumer group.
 struct GroupInfo {
     name: String,
     pending: u64,
     last_delivered: String,
+    /// Entries not yet delivered to the group (0 when Redis cannot tell).
+    lag: u64,
 }
 
 fn text(v: Value) -> Option<String> {
@@ -487,15 +501,16 @@ fn groups_of(v: Value) -> Vec<GroupInfo> {
                 name: String::new(),
                 pending: 0,
                 last_delivered: String::new(),
+                lag: 0,
             };
             let flat = array(g);
             let mut it = flat.into_iter();
             while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                let number = |v| text(v).and_then(|t| t.parse().ok()).unwrap_or(0);
                 match text(k).as_deref() {
                     Some("name") => info.name = text(v).unwrap_or_default(),
-                    Some("pending") => {
-                        info.pending = text(v).and_then(|t| t.parse().ok()).unwrap_or(0)
-                    }
+                    Some("pending") => info.pending = number(v),
+                    Some("lag") => info.lag = number(v),
                     Some("last-delivered-id") => info.last_delivered = text(v).unwrap_or_default(),
                     _ => {}
                 }
@@ -874,29 +889,14 @@ impl Transport for RedisStreams {
             tokio::time::timeout(Duration::from_secs(2), p.query_async(&mut conn)).await;
         let (backlog, error) = match answer {
             Ok(Ok(replies)) => {
-                let mut backlog = 0;
-                for reply in replies.into_iter().skip(1) {
-                    for group in array(reply).into_iter().filter_map(|g| {
-                        let flat = array(g);
-                        let mut it = flat.into_iter();
-                        let mut lag_pending = (0usize, 0usize, false);
-                        while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                            let n = text(v).and_then(|t| t.parse::<usize>().ok());
-                            match text(k).as_deref() {
-                                Some("name") => {}
-                                Some("lag") => lag_pending.0 = n.unwrap_or(0),
-                                Some("pending") => lag_pending.1 = n.unwrap_or(0),
-                                _ => continue,
-                            }
-                            lag_pending.2 = true;
-                        }
-                        lag_pending.2.then_some(lag_pending)
-                    }) {
-                        backlog += group.0 + group.1;
-                    }
-                }
+                let backlog: u64 = replies
+                    .into_iter()
+                    .skip(1)
+                    .flat_map(groups_of)
+                    .map(|g| g.lag + g.pending)
+                    .sum();
                 (
-                    Some(backlog),
+                    Some(backlog as usize),
                     self.error.lock().expect("error lock").clone(),
                 )
             }
@@ -957,29 +957,11 @@ impl Transport for RedisStreams {
         loop {
             let mut settled = true;
             for (shard, mark) in self.shards.iter().zip(&marks) {
-                if *mark == StreamId(0, 0) {
-                    continue;
+                // Settled once every entry up to the mark is acknowledged.
+                if *mark != StreamId(0, 0) {
+                    let first = first_unacked(&mut conn, &shard.key).await;
+                    settled &= matches!(first, Ok(Some(first)) if first > *mark);
                 }
-                let groups: Result<Value, _> = cmd("XINFO")
-                    .arg("GROUPS")
-                    .arg(&shard.key)
-                    .query_async(&mut conn)
-                    .await;
-                let pending: Result<Value, _> = cmd("XPENDING")
-                    .arg(&shard.key)
-                    .arg(GROUP)
-                    .query_async(&mut conn)
-                    .await;
-                let delivered = groups.ok().and_then(|g| {
-                    groups_of(g)
-                        .into_iter()
-                        .find(|g| g.name == GROUP)
-                        .and_then(|g| StreamId::parse(&g.last_delivered))
-                });
-                let oldest = pending.ok().map(oldest_pending);
-                let done = delivered.is_some_and(|d| d >= *mark)
-                    && oldest.is_some_and(|o| o.is_none_or(|o| o > *mark));
-                settled &= done;
             }
             if settled {
                 return true;
