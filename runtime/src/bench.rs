@@ -354,6 +354,8 @@ async fn raw_postgres(args: &BenchArgs, report: &mut Vec<String>) -> Result<(), 
     };
     let total = args.executions * args.events;
     let text = payload(0).to_string();
+    // COPY's text format escapes backslashes.
+    let escaped = text.replace('\\', "\\\\");
     for method in ["UNNEST", "COPY"] {
         let url = fresh_pg_database(server, &format!("raw_{method}")).await?;
         kodo_store::open(&url, &StoreOptions::default())
@@ -389,7 +391,6 @@ async fn raw_postgres(args: &BenchArgs, report: &mut Vec<String>) -> Result<(), 
             } else {
                 let mut data = String::with_capacity(chunk.len() * (text.len() + 80));
                 for &(f, seq) in chunk {
-                    let escaped = text.replace('\\', "\\\\");
                     data.push_str(&format!(
                         "{}\t{seq}\t{}\tdebug\t{escaped}\n",
                         fids[f],
