@@ -60,8 +60,9 @@ pub enum ExecMsg {
     StopAll {
         /// Why.
         reason: String,
-        /// Answered when every execution has recorded its end.
-        reply: RpcReplyPort<()>,
+        /// Answered when every execution has recorded its end, with the
+        /// executions that ended meanwhile and the last seq each published.
+        reply: RpcReplyPort<Vec<(Fid, u64)>>,
     },
     /// An execution's final status is recorded (sent by the supervisor to itself).
     Ended(Fid),
@@ -92,7 +93,14 @@ pub struct ExecState {
     shared: ExecShared,
     live: HashMap<Fid, Ctx>,
     runners: HashMap<ActorId, Fid>,
-    draining: Option<Vec<RpcReplyPort<()>>>,
+    draining: Option<Draining>,
+}
+
+/// What the supervisor keeps while it stops everything.
+#[derive(Default)]
+struct Draining {
+    waiters: Vec<RpcReplyPort<Vec<(Fid, u64)>>>,
+    ended: Vec<(Fid, u64)>,
 }
 
 impl Executions {
@@ -139,6 +147,7 @@ impl Executions {
             inputs,
             begin,
         };
+        tracing::info!(%fid, flow = %args.flow.name, %owner, "execution launched");
         let (runner, _) = Actor::spawn_linked(None, Runner, args, myself.get_cell())
             .await
             .map_err(|e| LaunchError::Spawn(e.to_string()))?;
@@ -238,20 +247,21 @@ impl Actor for Executions {
                         reason: reason.clone(),
                     });
                 }
-                let waiters = state.draining.get_or_insert_with(Vec::new);
+                let draining = state.draining.get_or_insert_with(Draining::default);
                 if state.live.is_empty() {
-                    let _ = reply.send(());
+                    let _ = reply.send(draining.ended.clone());
                 } else {
-                    waiters.push(reply);
+                    draining.waiters.push(reply);
                 }
             }
             ExecMsg::Ended(fid) => {
-                state.live.remove(&fid);
-                if state.live.is_empty()
-                    && let Some(waiters) = state.draining.as_mut()
-                {
-                    for reply in waiters.drain(..) {
-                        let _ = reply.send(());
+                let ctx = state.live.remove(&fid);
+                if let (Some(ctx), Some(draining)) = (ctx, state.draining.as_mut()) {
+                    draining.ended.push((fid, ctx.tracer().published()));
+                    if state.live.is_empty() {
+                        for reply in draining.waiters.drain(..) {
+                            let _ = reply.send(draining.ended.clone());
+                        }
                     }
                 }
             }

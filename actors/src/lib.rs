@@ -19,6 +19,7 @@ pub mod locks;
 pub mod node;
 pub mod policy;
 pub mod runner;
+pub mod shutdown;
 pub mod spooler;
 pub mod tracer;
 
@@ -29,5 +30,6 @@ pub use flow::{
 pub use hub::{Hub, Subscription};
 pub use locks::AnswerError;
 pub use node::{KillError, Launched, Node, NodeError, NodeOptions};
+pub use shutdown::ShutdownReport;
 pub use spooler::{SpoolerGroup, SpoolerShared, StoreHealth};
 pub use tracer::{Outcome, TraceError, Tracer};

@@ -13,10 +13,11 @@ use crate::executions::{ExecMsg, ExecShared, Executions, LaunchError};
 use crate::flow::{ExecLimits, Flows, Stop};
 use crate::hub::Hub;
 use crate::locks::{AnswerError, Locks};
+use crate::shutdown::{ShutdownReport, check_stored};
 use crate::spooler::{SpoolerGroup, SpoolerShared, StoreHealth};
 use crate::tracer::{Outcome, Trace, TraceBook};
 use kodo_core::{Fid, Status};
-use kodo_store::{ExecutionRow, SharedStore, StoreError};
+use kodo_store::{ExecutionRow, NodeClaim, SharedStore, StoreError};
 use kodo_transport::SharedTransport;
 use ractor::{Actor, ActorRef};
 use serde_json::Value;
@@ -112,17 +113,22 @@ pub struct Node {
     stopping: Arc<AtomicBool>,
     /// Launched here, first events not committed yet.
     unstored: Arc<Mutex<HashMap<Fid, Unstored>>>,
+    /// This node's name, owned in the store until shutdown.
+    claim: Mutex<Option<NodeClaim>>,
 }
 
 impl Node {
-    /// Closes what a previous run of this node left unfinished, then starts
-    /// the spoolers and the execution supervisor.
+    /// Claims the node's name in the store (a second live node of that name
+    /// is refused with [`StoreError::NodeTaken`] and changes nothing), closes
+    /// what a previous run of this node left unfinished, then starts the
+    /// spoolers and the execution supervisor.
     pub async fn start(
         store: SharedStore,
         transport: SharedTransport,
         flows: Flows,
         options: NodeOptions,
     ) -> Result<Node, NodeError> {
+        let claim = store.claim_node(&options.node).await?;
         let hub = Hub::new();
         let locks = Locks::default();
         let health = Arc::new(StoreHealth::default());
@@ -181,6 +187,7 @@ impl Node {
             health,
             stopping,
             unstored: Arc::default(),
+            claim: Mutex::new(Some(claim)),
         })
     }
 
@@ -344,11 +351,13 @@ impl Node {
     }
 
     /// Stops every execution (`killed: <reason>`), drains the transport into
-    /// the store and closes it. Returns how many events were left unstored.
-    /// Calling it again does nothing more.
-    pub async fn shutdown(&self, reason: &str) -> usize {
+    /// the store, checks that every event is stored, closes the store and
+    /// gives the node's name up. Calling it again does nothing more (and
+    /// reports nothing missing).
+    pub async fn shutdown(&self, reason: &str) -> ShutdownReport {
+        let mut report = ShutdownReport::default();
         if self.stopping.swap(true, Ordering::AcqRel) {
-            return 0;
+            return report;
         }
         let wait = self.options.shutdown_wait;
         let all_stopped = self.executions.call(
@@ -358,24 +367,45 @@ impl Node {
             },
             Some(wait),
         );
-        if !matches!(all_stopped.await, Ok(ractor::rpc::CallResult::Success(()))) {
-            tracing::warn!(?wait, "executions did not all stop in time");
-        }
+        let ended = match all_stopped.await {
+            Ok(ractor::rpc::CallResult::Success(ended)) => ended,
+            _ => {
+                tracing::warn!(?wait, "executions did not all stop in time");
+                report.unchecked = Some(format!("executions did not all stop within {wait:?}"));
+                Vec::new()
+            }
+        };
         self.executions.stop(None);
         if let Some(done) = self.executions_done.lock().await.take() {
             let _ = done.await;
         }
-        self.transport.close();
-        if let Some(spoolers) = &self.spoolers {
-            spoolers.drain(wait).await;
+        match &self.spoolers {
+            Some(spoolers) => {
+                self.transport.close();
+                spoolers.drain(wait).await;
+            }
+            None => {
+                // Spooler processes elsewhere store what this node published.
+                if !self.transport.settle(wait).await {
+                    tracing::warn!(
+                        ?wait,
+                        "the spooler processes have not stored everything yet"
+                    );
+                }
+                self.transport.close();
+            }
         }
         let health = self.transport.health().await;
-        let left = health.queued + health.pending;
-        if left > 0 {
-            tracing::error!(left, "events were not stored before shutdown");
+        report.unstored = health.queued + health.pending;
+        check_stored(&self.store, ended, wait, &mut report).await;
+        if report.all_stored() {
+            tracing::info!(checked = report.checked, "every event is stored");
+        } else {
+            tracing::error!(%report, "events are missing from the store");
         }
         self.store.close().await;
-        left
+        self.claim.lock().expect("claim lock").take();
+        report
     }
 }
 

@@ -74,6 +74,17 @@ impl Actor for Runner {
         if let Some(timer) = timer {
             timer.abort();
         }
+        match &outcome {
+            Outcome::Finished(_) => {
+                tracing::info!(fid = %ctx.fid(), flow = %flow.name, status = "finished", "execution ended")
+            }
+            Outcome::Failed(why) => {
+                tracing::info!(fid = %ctx.fid(), flow = %flow.name, status = "error", reason = %why, "execution ended")
+            }
+            Outcome::Killed(why) => {
+                tracing::info!(fid = %ctx.fid(), flow = %flow.name, status = "killed", reason = %why, "execution ended")
+            }
+        }
         if let Err(e) = ctx.tracer().trace(Trace::Finish(outcome)).await {
             tracing::warn!(fid = %ctx.fid(), error = %e, "could not record the outcome");
         }

@@ -7,6 +7,7 @@
 
 use kodo_core::{Event, Fid, Kind, Status, json_text, now_ts};
 use kodo_transport::{Accepted, SharedTransport};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// How an execution ended.
 #[derive(Clone, Debug, PartialEq)]
@@ -197,6 +198,7 @@ pub struct Tracer {
     fid: Fid,
     book: tokio::sync::Mutex<TraceBook>,
     transport: SharedTransport,
+    published: AtomicU64,
 }
 
 impl Tracer {
@@ -206,7 +208,14 @@ impl Tracer {
             fid,
             book: tokio::sync::Mutex::new(TraceBook::new(max_payload)),
             transport,
+            published: AtomicU64::new(0),
         }
+    }
+
+    /// The highest seq the transport has taken (0: none yet): what the
+    /// store must hold once everything is stored.
+    pub fn published(&self) -> u64 {
+        self.published.load(Ordering::Acquire)
     }
 
     /// Records a request; returns the last seq it used once the transport
@@ -229,6 +238,7 @@ impl Tracer {
         }
         *book = draft;
         let last = book.next_seq - 1;
+        self.published.store(last, Ordering::Release);
         drop(book);
         accepted
             .durable()

@@ -27,7 +27,7 @@ pub mod config;
 
 pub use config::{Config, ConfigError};
 
-use kodo_actors::{FlowDef, Flows, Node, NodeError};
+use kodo_actors::{FlowDef, Flows, Node, NodeError, ShutdownReport};
 use kodo_store::{SharedStore, StoreError};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -87,30 +87,29 @@ impl Runtime {
         self
     }
 
-    /// Opens the store, starts the node and the API.
+    /// Binds the API's address, opens the store, starts the node (which
+    /// claims its name before it touches any execution), then serves the API.
+    /// A port in use or a name held by a live node stops it before anything
+    /// is changed.
     pub async fn start(self) -> Result<Running, StartError> {
         let Runtime {
             config,
             flows,
             store,
         } = self;
+        let addr = config.listen();
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr, source })?;
         let store = match store {
             Some(store) => store,
             None => kodo_store::open(&config.store.url, &config.store_options(false)).await?,
         };
         let transport = config.transport(&config.node.name).await?;
         let node = Arc::new(Node::start(store, transport, flows, config.node_options()).await?);
-        let addr = config.listen();
-        let listener = match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => l,
-            Err(source) => {
-                node.shutdown("could not listen").await;
-                return Err(StartError::Bind { addr, source });
-            }
-        };
-        let addr = listener
-            .local_addr()
-            .map_err(|source| StartError::Bind { addr, source })?;
         let app = api::router(node.clone(), &config);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
@@ -155,8 +154,8 @@ impl Running {
     }
 
     /// Stops every execution, stores what is left, then stops the API.
-    /// Returns how many events could not be stored.
-    pub async fn shutdown(mut self, reason: &str) -> usize {
+    /// Returns what the node checked: whether every event is stored.
+    pub async fn shutdown(mut self, reason: &str) -> ShutdownReport {
         let left = self.node.shutdown(reason).await;
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

@@ -118,18 +118,18 @@ async fn run(config: Config) -> ExitCode {
         .unwrap_or("node shutting down")
         .to_string();
     tracing::info!(%reason, "shutting down");
-    let left = running.shutdown(&reason).await;
-    match (failure, left) {
-        (None, 0) => {
-            tracing::info!("stopped; every event is stored");
+    let report = running.shutdown(&reason).await;
+    match failure {
+        None if report.all_stored() => {
+            tracing::info!("stopped; {report}");
             ExitCode::SUCCESS
         }
-        (None, left) => {
-            eprintln!("runtime: stopped with {left} events not stored");
+        None => {
+            eprintln!("runtime: stopped, but not every event is stored: {report}");
             ExitCode::from(1)
         }
-        (Some(why), _) => {
-            eprintln!("runtime: stopped because {why}");
+        Some(why) => {
+            eprintln!("runtime: stopped because {why}; {report}");
             ExitCode::from(1)
         }
     }

@@ -1,7 +1,7 @@
 //! A store with hooks around its writes: for measurements (commit latency)
 //! and fault injection in tests, without repeating the whole trait.
 
-use crate::{EventQuery, ExecutionRow, ListQuery, SharedStore, Store, StoreError};
+use crate::{EventQuery, ExecutionRow, ListQuery, NodeClaim, SharedStore, Store, StoreError};
 use async_trait::async_trait;
 use kodo_core::{Event, Fid};
 use std::sync::Arc;
@@ -50,6 +50,9 @@ impl<H: WriteHooks> Store for Hooked<H> {
     }
     async fn unfinished(&self, node: &str) -> Result<Vec<ExecutionRow>, StoreError> {
         self.inner.unfinished(node).await
+    }
+    async fn claim_node(&self, node: &str) -> Result<NodeClaim, StoreError> {
+        self.inner.claim_node(node).await
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await

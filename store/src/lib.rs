@@ -9,12 +9,14 @@
 
 #![warn(missing_docs)]
 
+mod claim;
 mod hooked;
 mod postgres;
 mod sql;
 mod sqlite;
 mod summary;
 
+pub use claim::NodeClaim;
 pub use hooked::{Hooked, WriteHooks};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -56,6 +58,16 @@ pub enum StoreError {
     /// A value read back could not be understood.
     #[error("store holds a bad value: {0}")]
     Corrupt(String),
+    /// Another live process holds this node name in this store.
+    #[error(
+        "node `{node}` is already running on this store ({holder}); stop it, or give this node another name (node.name, KODO_NODE_NAME)"
+    )]
+    NodeTaken {
+        /// The node name.
+        node: String,
+        /// Who holds it, as far as the store can tell.
+        holder: String,
+    },
     /// An injected fault (tests only ever produce this).
     #[error("injected fault: {0}")]
     Injected(String),
@@ -126,6 +138,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Executions of `node` whose stored status is not final.
     async fn unfinished(&self, node: &str) -> Result<Vec<ExecutionRow>, StoreError>;
+
+    /// Claims node name `node` for this process until the claim is dropped
+    /// or the process ends; [`StoreError::NodeTaken`] while another live
+    /// process holds it.
+    async fn claim_node(&self, node: &str) -> Result<NodeClaim, StoreError>;
 
     /// Whether the store answers now.
     async fn ping(&self) -> Result<(), StoreError>;

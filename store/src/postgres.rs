@@ -9,7 +9,8 @@
 
 use crate::sql::{Reads, migrations_to_apply, upsert_executions_sql};
 use crate::{
-    EventQuery, ExecutionRow, ListQuery, Store, StoreError, StoreOptions, mask_url, summarize,
+    EventQuery, ExecutionRow, ListQuery, NodeClaim, Store, StoreError, StoreOptions, mask_url,
+    summarize,
 };
 use async_trait::async_trait;
 use kodo_core::{Event, Fid};
@@ -43,6 +44,7 @@ static WRITE_SQL: LazyLock<String> = LazyLock::new(|| {
 /// A store in one PostgreSQL database.
 pub struct PgStore {
     pool: PgPool,
+    connect: PgConnectOptions,
     url: String,
     migrated: Vec<(i64, String)>,
 }
@@ -73,9 +75,10 @@ impl PgStore {
             .max_connections(options.pool.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .test_before_acquire(false)
-            .connect_lazy_with(connect);
+            .connect_lazy_with(connect.clone());
         Ok(Self {
             pool,
+            connect,
             url: masked,
             migrated,
         })
@@ -169,6 +172,29 @@ impl Store for PgStore {
 
     async fn unfinished(&self, node: &str) -> Result<Vec<ExecutionRow>, StoreError> {
         Reads::<sqlx::Postgres>::unfinished(&self.pool, node).await
+    }
+
+    /// A session advisory lock on a connection of its own, which the claim
+    /// keeps open: the server releases the lock when that session ends.
+    async fn claim_node(&self, node: &str) -> Result<NodeClaim, StoreError> {
+        let mut conn = self
+            .connect
+            .clone()
+            .application_name(&format!("kodo node {node}"))
+            .connect()
+            .await?;
+        let claimed: bool = sqlx::query_scalar(crate::claim::PG_CLAIM_SQL)
+            .bind(node)
+            .fetch_one(&mut conn)
+            .await?;
+        if !claimed {
+            conn.close().await.ok();
+            return Err(StoreError::NodeTaken {
+                node: node.to_string(),
+                holder: format!("another session of {} holds its lock", self.url),
+            });
+        }
+        Ok(NodeClaim::new(conn))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

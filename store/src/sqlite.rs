@@ -5,17 +5,28 @@
 //! their own so the API never waits behind a batch. SQLite's automatic
 //! checkpoints are turned off on the writer and run by a background task on a
 //! reader connection instead, so a checkpoint never lands inside a commit.
+//!
+//! After any failed write the writer connection is closed and the next write
+//! opens a fresh one. On SQLITE_FULL (and some I/O errors) SQLite rolls the
+//! transaction back by itself; the driver's own ROLLBACK then fails and it
+//! still counts a transaction open, so its next `begin` would be a SAVEPOINT
+//! inside a transaction that never commits: every later "commit" would be a
+//! RELEASE, and nothing would be stored. A fresh connection is the one state
+//! known to be clean, and a batch counts as stored only after its COMMIT.
 
 use crate::sql::{Reads, migrations_to_apply, upsert_executions_sql};
 use crate::{
-    EventQuery, ExecutionRow, ListQuery, Store, StoreError, StoreOptions, mask_url, summarize,
+    EventQuery, ExecutionRow, ListQuery, NodeClaim, Store, StoreError, StoreOptions, mask_url,
+    summarize,
 };
 use async_trait::async_trait;
 use kodo_core::{Event, Fid};
 use sqlx::AssertSqlSafe;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
+use sqlx::{ConnectOptions, Connection};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,8 +46,12 @@ const CHECKPOINT_EVERY_ROWS: usize = 512;
 
 /// A store in one SQLite database file.
 pub struct SqliteStore {
-    writer: SqlitePool,
+    /// The one writer connection; `None` after a failed write (the next
+    /// write connects afresh).
+    writer: tokio::sync::Mutex<Option<SqliteConnection>>,
+    writer_options: SqliteConnectOptions,
     reader: SqlitePool,
+    path: std::path::PathBuf,
     url: String,
     rows_since_checkpoint: AtomicUsize,
     checkpoint: Arc<Notify>,
@@ -77,13 +92,12 @@ impl SqliteStore {
             .synchronous(sync)
             .busy_timeout(Duration::from_secs(10))
             .pragma("cache_size", "-8192");
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .connect_with(common.clone().pragma("wal_autocheckpoint", "0"))
+        let writer_options = common.clone().pragma("wal_autocheckpoint", "0");
+        let mut writer = writer_options
+            .connect()
             .await
             .map_err(|e| config_err(e.to_string()))?;
-        let migrated = Self::check_schema(&writer, &masked, options.upgrade).await?;
+        let migrated = Self::check_schema(&mut writer, &masked, options.upgrade).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(options.read_connections.max(1))
             .connect_with(common)
@@ -92,8 +106,10 @@ impl SqliteStore {
         let checkpoint = Arc::new(Notify::new());
         let checkpointer = tokio::spawn(run_checkpoints(reader.clone(), checkpoint.clone()));
         Ok(Self {
-            writer,
+            writer: tokio::sync::Mutex::new(Some(writer)),
+            writer_options,
             reader,
+            path,
             url: masked,
             rows_since_checkpoint: AtomicUsize::new(0),
             checkpoint,
@@ -105,19 +121,19 @@ impl SqliteStore {
     /// Applies the migrations a new database needs; an existing one that is
     /// behind is upgraded only when asked, else refused. Returns what it applied.
     async fn check_schema(
-        pool: &SqlitePool,
+        conn: &mut SqliteConnection,
         url: &str,
         upgrade: bool,
     ) -> Result<Vec<(i64, String)>, StoreError> {
         let tables: Vec<String> = sqlx::query_scalar(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ('_sqlx_migrations', 'executions')",
         )
-        .fetch_all(pool)
+        .fetch_all(&mut *conn)
         .await?;
         let applied = if tables.iter().any(|t| t == "_sqlx_migrations") {
             Some(
                 sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
-                    .fetch_all(pool)
+                    .fetch_all(&mut *conn)
                     .await?,
             )
         } else if tables.is_empty() {
@@ -127,7 +143,7 @@ impl SqliteStore {
         };
         let missing = migrations_to_apply(url, &MIGRATOR, applied, upgrade)?;
         if !missing.is_empty() {
-            MIGRATOR.run(pool).await?;
+            MIGRATOR.run(&mut *conn).await?;
             tracing::info!(url, applied = missing.len(), "sqlite schema migrated");
         }
         Ok(missing)
@@ -176,44 +192,64 @@ fn push_tuples(sql: &mut String, rows: usize, columns: usize) {
     sql.push_str(&vec![tuple; rows].join(", "));
 }
 
+/// Writes one batch in one transaction on `conn`: the events (ignoring
+/// those already stored), then the executions rows they change.
+async fn write_batch(conn: &mut SqliteConnection, events: &[Event]) -> Result<(), StoreError> {
+    let updates = summarize(events);
+    let mut tx = conn.begin().await?;
+    for chunk in events.chunks(ROWS_PER_STATEMENT) {
+        let mut q = sqlx::query(AssertSqlSafe(insert_events_sql(chunk.len())));
+        for e in chunk {
+            q = q
+                .bind(e.fid.as_str())
+                .bind(e.seq as i64)
+                .bind(e.ts)
+                .bind(e.kind.as_str())
+                .bind(e.payload.as_str());
+        }
+        q.execute(&mut *tx).await?;
+    }
+    for chunk in updates.chunks(ROWS_PER_STATEMENT) {
+        let mut q = sqlx::query(AssertSqlSafe(upsert_sql(chunk.len())));
+        for u in chunk {
+            let v = u.values();
+            q = q
+                .bind(v.fid)
+                .bind(v.flow)
+                .bind(v.owner)
+                .bind(v.node)
+                .bind(v.status)
+                .bind(v.status_seq)
+                .bind(v.created)
+                .bind(v.updated)
+                .bind(v.events);
+        }
+        q.execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn write(&self, events: &[Event]) -> Result<(), StoreError> {
         if events.is_empty() {
             return Ok(());
         }
-        let updates = summarize(events);
-        let mut tx = self.writer.begin().await?;
-        for chunk in events.chunks(ROWS_PER_STATEMENT) {
-            let mut q = sqlx::query(AssertSqlSafe(insert_events_sql(chunk.len())));
-            for e in chunk {
-                q = q
-                    .bind(e.fid.as_str())
-                    .bind(e.seq as i64)
-                    .bind(e.ts)
-                    .bind(e.kind.as_str())
-                    .bind(e.payload.as_str());
-            }
-            q.execute(&mut *tx).await?;
+        let mut slot = self.writer.lock().await;
+        // Taken out while in use: if this write fails, or is cancelled
+        // midway, the connection is dropped (closed, which rolls back
+        // whatever it held) instead of going back in the slot.
+        let mut conn = match slot.take() {
+            Some(conn) => conn,
+            None => self.writer_options.connect().await?,
+        };
+        if let Err(e) = write_batch(&mut conn, events).await {
+            conn.close_hard().await.ok();
+            return Err(e);
         }
-        for chunk in updates.chunks(ROWS_PER_STATEMENT) {
-            let mut q = sqlx::query(AssertSqlSafe(upsert_sql(chunk.len())));
-            for u in chunk {
-                let v = u.values();
-                q = q
-                    .bind(v.fid)
-                    .bind(v.flow)
-                    .bind(v.owner)
-                    .bind(v.node)
-                    .bind(v.status)
-                    .bind(v.status_seq)
-                    .bind(v.created)
-                    .bind(v.updated)
-                    .bind(v.events);
-            }
-            q.execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
+        *slot = Some(conn);
+        drop(slot);
         let rows = self
             .rows_since_checkpoint
             .fetch_add(events.len(), Ordering::Relaxed)
@@ -238,7 +274,11 @@ impl Store for SqliteStore {
     }
 
     async fn unfinished(&self, node: &str) -> Result<Vec<ExecutionRow>, StoreError> {
-        Reads::<sqlx::Sqlite>::unfinished(&self.writer, node).await
+        Reads::<sqlx::Sqlite>::unfinished(&self.reader, node).await
+    }
+
+    async fn claim_node(&self, node: &str) -> Result<NodeClaim, StoreError> {
+        crate::claim::claim_file(&self.path, node)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -248,13 +288,15 @@ impl Store for SqliteStore {
 
     async fn close(&self) {
         self.checkpointer.abort();
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&self.writer)
-            .await
-        {
-            tracing::warn!(url = %self.url, error = %e, "final checkpoint failed");
+        if let Some(mut writer) = self.writer.lock().await.take() {
+            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&mut writer)
+                .await
+            {
+                tracing::warn!(url = %self.url, error = %e, "final checkpoint failed");
+            }
+            writer.close().await.ok();
         }
-        self.writer.close().await;
         self.reader.close().await;
     }
 }

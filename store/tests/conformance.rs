@@ -8,7 +8,7 @@ use kodo_core::{Event, Fid, Kind, Meta, Status, json_text};
 use kodo_store::{
     EventQuery, ExecutionRow, ListQuery, SharedStore, SqliteStore, StoreError, StoreOptions,
 };
-use sqlx::{Connection, Executor};
+use sqlx::{ConnectOptions, Connection, Executor};
 
 /// A database for one test: a file in a temp dir, or a fresh PostgreSQL database.
 struct Db {
@@ -95,6 +95,8 @@ conformance!(
     concurrent_spoolers_writing_the_same_executions_store_each_event_once,
     payloads_and_times_come_back_exactly,
     a_schema_behind_is_refused_until_upgraded,
+    a_write_failing_midway_stores_nothing_and_the_next_one_really_commits,
+    a_node_name_is_held_by_one_claim_at_a_time,
 );
 
 fn meta_event(fid: &Fid, owner: &str, flow: &str) -> Event {
@@ -405,6 +407,142 @@ async fn a_schema_behind_is_refused_until_upgraded(db: Db) {
         .unwrap();
     assert!(again.is_empty(), "{again:?}");
     db.open().await.close().await;
+}
+
+/// A write that fails in the middle of its batch (a trigger refuses one row
+/// in its second statement) stores nothing of it and leaves the store able to
+/// write: the next batches really commit, as another connection sees, and no
+/// transaction is left open. On SQLite the first failure ends the transaction
+/// from inside (`RAISE(ROLLBACK)`, as SQLITE_FULL does), so the driver's own
+/// ROLLBACK fails; the second fails one statement only (`RAISE(ABORT)`). A
+/// writer that kept its connection would now sit inside a transaction that
+/// never commits.
+async fn a_write_failing_midway_stores_nothing_and_the_next_one_really_commits(db: Db) {
+    let store = db.open().await;
+    let fid = Fid::new();
+    let batch = execution(&fid, "ann", 250);
+    for how in ["ROLLBACK", "ABORT"] {
+        poison_seq(&db.url, 150, how).await;
+        let err = store.write(&batch).await.unwrap_err();
+        assert!(err.to_string().contains("poisoned"), "{err}");
+        assert_eq!(stored_outside(&db.url, &fid).await, 0);
+    }
+    unpoison(&db.url).await;
+    store.write(&batch[..100]).await.unwrap();
+    assert_eq!(
+        stored_outside(&db.url, &fid).await,
+        100,
+        "a commit is a commit"
+    );
+    store.write(&batch).await.unwrap();
+    assert_eq!(stored_outside(&db.url, &fid).await, batch.len() as i64);
+    let row = store.execution(&fid).await.unwrap().unwrap();
+    assert_eq!((row.status, row.events), (Status::Finished, 254));
+    store.close().await;
+}
+
+/// Two stores on one database (as two processes would open it): a node
+/// name claimed through one is refused through the other until released.
+async fn a_node_name_is_held_by_one_claim_at_a_time(db: Db) {
+    let (a, b) = (db.open().await, db.open().await);
+    let claim = a.claim_node("node-1").await.unwrap();
+    let err = b.claim_node("node-1").await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::NodeTaken { node, .. } if node == "node-1"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("already running"), "{err}");
+    let other = b.claim_node("node-2").await.unwrap();
+    drop(claim);
+    let again = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            // PostgreSQL ends the dropped claim's session asynchronously.
+            match b.claim_node("node-1").await {
+                Ok(claim) => return claim,
+                Err(StoreError::NodeTaken { .. }) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .expect("a released name can be claimed again");
+    drop((again, other));
+    a.close().await;
+    b.close().await;
+}
+
+/// Makes every write of an event with this seq fail, from inside the
+/// database; `sqlite_raise` is how SQLite fails it (`ROLLBACK` or `ABORT`).
+async fn poison_seq(url: &str, seq: u64, sqlite_raise: &str) {
+    unpoison(url).await;
+    if url.starts_with("sqlite:") {
+        let sql = format!(
+            "CREATE TRIGGER poison BEFORE INSERT ON events WHEN NEW.seq = {seq} \
+             BEGIN SELECT RAISE({sqlite_raise}, 'poisoned row'); END"
+        );
+        let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+        c.execute(sqlx::AssertSqlSafe(sql)).await.unwrap();
+        c.close().await.unwrap();
+    } else {
+        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+        c.execute(sqlx::AssertSqlSafe(format!(
+            "CREATE OR REPLACE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN IF NEW.seq = {seq} THEN RAISE EXCEPTION 'poisoned row'; END IF; RETURN NEW; END $$"
+        )))
+        .await
+        .unwrap();
+        c.execute(
+            "CREATE TRIGGER poison BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION poison()",
+        )
+        .await
+        .unwrap();
+        c.close().await.unwrap();
+    }
+}
+
+/// Removes the trigger of [`poison_seq`].
+async fn unpoison(url: &str) {
+    if url.starts_with("sqlite:") {
+        run_sql(url, "DROP TRIGGER IF EXISTS poison").await;
+    } else {
+        run_sql(url, "DROP TRIGGER IF EXISTS poison ON events").await;
+    }
+}
+
+/// How many events of `fid` another connection sees; on SQLite it also
+/// takes the write lock, which fails while a transaction is left open.
+async fn stored_outside(url: &str, fid: &Fid) -> i64 {
+    let count = "SELECT count(*) FROM events WHERE fid = $1";
+    if url.starts_with("sqlite:") {
+        let options: sqlx::sqlite::SqliteConnectOptions = url.parse().unwrap();
+        let mut c = options
+            .busy_timeout(std::time::Duration::from_millis(500))
+            .connect()
+            .await
+            .unwrap();
+        c.execute("BEGIN IMMEDIATE")
+            .await
+            .expect("the write lock is free between writes");
+        let n = sqlx::query_scalar(count)
+            .bind(fid.as_str())
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+        c.execute("ROLLBACK").await.unwrap();
+        c.close().await.unwrap();
+        n
+    } else {
+        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+        let n = sqlx::query_scalar(count)
+            .bind(fid.as_str())
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+        c.close().await.unwrap();
+        n
+    }
 }
 
 /// Deletes the record of applied migrations (the tables stay).

@@ -151,7 +151,8 @@ async fn a_rust_flow_runs_to_finished_with_every_event_in_order() {
     let row = t.store.execution(&launched.fid).await.unwrap().unwrap();
     assert_eq!((row.flow.as_str(), row.owner.as_str()), ("count", "ann"));
     assert_eq!(row.events, events.len() as u64);
-    assert_eq!(t.node.shutdown("test over").await, 0);
+    let report = t.node.shutdown("test over").await;
+    assert!(report.all_stored(), "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -287,7 +288,9 @@ async fn shutdown_kills_running_executions_and_a_restart_closes_leftovers() {
     let t = start().await;
     let fid = t.node.launch("asks", "ann", json!({})).await.unwrap().fid;
     wait_event(&t.node, &fid, Kind::Lock).await;
-    assert_eq!(t.node.shutdown("node shutting down").await, 0);
+    let report = t.node.shutdown("node shutting down").await;
+    assert!(report.all_stored(), "{report}");
+    assert_eq!(report.checked, 1, "the execution it stopped was checked");
     let store = kodo_store::SqliteStore::open(&t.url, &Default::default())
         .await
         .unwrap();

@@ -65,5 +65,6 @@ async fn a_postgres_outage_loses_nothing_and_shows_in_health() {
     }
     api.health_until("the store back", |code, _| code == 200)
         .await;
-    assert_eq!(api.running.shutdown("test over").await, 0);
+    let report = api.running.shutdown("test over").await;
+    assert!(report.all_stored(), "{report}");
 }

@@ -297,7 +297,8 @@ async fn run_case(ops: Vec<Op>, redis: Option<&str>) -> Result<(), TestCaseError
         health.peak_bytes,
         CAPACITY
     );
-    prop_assert_eq!(t.node.shutdown("case over").await, 0);
+    let report = t.node.shutdown("case over").await;
+    prop_assert!(report.all_stored(), "{}", report);
     Ok(())
 }
 

@@ -338,5 +338,6 @@ async fn redis_goes_away_mid_run(go_away: fn(&Server)) {
     }
     api.health_until("the transport back", |code, _| code == 200)
         .await;
-    assert_eq!(api.running.shutdown("test over").await, 0);
+    let report = api.running.shutdown("test over").await;
+    assert!(report.all_stored(), "{report}");
 }

@@ -1,0 +1,110 @@
+//! What a node's shutdown found: whether every event is stored, checked
+//! rather than assumed. The transport must hold nothing unstored, and each
+//! execution that ended during the shutdown must have in the store every
+//! event its Tracer published (read back from the store itself).
+
+use futures::StreamExt;
+use kodo_core::Fid;
+use kodo_store::SharedStore;
+use std::fmt;
+use std::time::Duration;
+
+/// The most executions named in a report.
+const NAMED: usize = 10;
+
+/// What a shutdown checked, and what it found missing.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ShutdownReport {
+    /// Events the transport still held, never committed.
+    pub unstored: usize,
+    /// Executions ended during the shutdown whose stored events were read back.
+    pub checked: usize,
+    /// Executions whose store holds fewer events than their Tracer
+    /// published: (fid, highest stored seq, highest published seq).
+    pub short: Vec<(Fid, u64, u64)>,
+    /// Why the check could not be completed, if it could not.
+    pub unchecked: Option<String>,
+}
+
+impl ShutdownReport {
+    /// Whether every event is stored, as checked.
+    pub fn all_stored(&self) -> bool {
+        self.unstored == 0 && self.short.is_empty() && self.unchecked.is_none()
+    }
+}
+
+impl fmt::Display for ShutdownReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.all_stored() {
+            return write!(
+                f,
+                "every event is stored (checked: the transport holds none, and the {} executions stopped now have all their events in the store)",
+                self.checked
+            );
+        }
+        let mut parts = Vec::new();
+        if self.unstored > 0 {
+            parts.push(format!("{} events were never stored", self.unstored));
+        }
+        if !self.short.is_empty() {
+            let named: Vec<String> = self
+                .short
+                .iter()
+                .take(NAMED)
+                .map(|(fid, stored, published)| {
+                    format!("{fid} (stored up to seq {stored} of {published})")
+                })
+                .collect();
+            let more = self.short.len().saturating_sub(NAMED);
+            parts.push(format!(
+                "{} executions lack events: {}{}",
+                self.short.len(),
+                named.join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        if let Some(why) = &self.unchecked {
+            parts.push(format!("could not check the store: {why}"));
+        }
+        f.write_str(&parts.join("; "))
+    }
+}
+
+/// Reads back each execution's highest stored seq and notes those below
+/// what was published; gives up (saying so) after `wait`.
+pub(crate) async fn check_stored(
+    store: &SharedStore,
+    ended: Vec<(Fid, u64)>,
+    wait: Duration,
+    report: &mut ShutdownReport,
+) {
+    let reads = futures::stream::iter(ended)
+        .map(|(fid, published)| async move {
+            let stored = store
+                .execution(&fid)
+                .await
+                .map(|row| row.map_or(0, |r| r.events));
+            (fid, published, stored)
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<_>>();
+    let Ok(results) = tokio::time::timeout(wait, reads).await else {
+        report.unchecked = Some(format!("no answer within {wait:?}"));
+        return;
+    };
+    for (fid, published, stored) in results {
+        match stored {
+            Ok(stored) => {
+                report.checked += 1;
+                if stored < published {
+                    report.short.push((fid, stored, published));
+                }
+            }
+            Err(e) => report.unchecked = Some(e.to_string()),
+        }
+    }
+}
