@@ -74,25 +74,46 @@ fn init_logging(level: &str) {
         .init();
 }
 
-/// Waits for Ctrl-C or SIGTERM (`None`) or for `failed` to give a reason.
-async fn until_stopped(
-    failed: impl std::future::Future<Output = String>,
-) -> Result<Option<String>, ExitCode> {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("runtime: cannot watch SIGTERM: {e}");
-            return Err(ExitCode::from(1));
+/// Ctrl-C and SIGTERM, watched from before the process says it is ready
+/// (a signal that arrives right after must not kill it unhandled).
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn watch() -> Result<Self, ExitCode> {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => Ok(Self { term, int }),
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("runtime: cannot watch SIGTERM and SIGINT: {e}");
+                Err(ExitCode::from(1))
+            }
         }
-    };
-    Ok(tokio::select! {
-        _ = tokio::signal::ctrl_c() => None,
-        _ = term.recv() => None,
-        why = failed => Some(why),
-    })
+    }
+
+    /// Waits for Ctrl-C or SIGTERM (`None`) or for `failed` to give a reason.
+    async fn until_stopped(
+        mut self,
+        failed: impl std::future::Future<Output = String>,
+    ) -> Option<String> {
+        tokio::select! {
+            _ = self.int.recv() => None,
+            _ = self.term.recv() => None,
+            why = failed => Some(why),
+        }
+    }
 }
 
 async fn run(config: Config) -> ExitCode {
+    let signals = match StopSignals::watch() {
+        Ok(signals) => signals,
+        Err(code) => return code,
+    };
     let running = match Runtime::new(config.clone()).start().await {
         Ok(r) => r,
         Err(e) => {
@@ -109,10 +130,7 @@ async fn run(config: Config) -> ExitCode {
         auth = if config.auth.tokens.is_empty() { "none (loopback only)" } else { "bearer tokens" },
         "kodo started"
     );
-    let failure = match until_stopped(running.failed()).await {
-        Ok(failure) => failure,
-        Err(code) => return code,
-    };
+    let failure = signals.until_stopped(running.failed()).await;
     let reason = failure
         .as_deref()
         .unwrap_or("node shutting down")
@@ -142,6 +160,10 @@ async fn spool(config: Config, name: Option<String>) -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    let signals = match StopSignals::watch() {
+        Ok(signals) => signals,
+        Err(code) => return code,
+    };
     let consumer =
         name.unwrap_or_else(|| format!("{}-spool-{}", config.node.name, std::process::id()));
     let store = match kodo_store::open(&config.store.url, &config.store_options(false)).await {
@@ -178,10 +200,7 @@ async fn spool(config: Config, name: Option<String>) -> ExitCode {
         kodo_store::mask_url(&config.transport.url),
         kodo_store::mask_url(&config.store.url)
     );
-    let failure = match until_stopped(group.failed()).await {
-        Ok(failure) => failure,
-        Err(code) => return code,
-    };
+    let failure = signals.until_stopped(group.failed()).await;
     tracing::info!("spooler stopping: finishing the batches in hand");
     transport.close();
     let drained = group.drain(config.node_options().shutdown_wait).await;

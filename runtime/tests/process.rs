@@ -1,141 +1,14 @@
 //! The `runtime` binary as a user runs it: bad configs, the sample config,
 //! SIGTERM, and SIGKILL followed by a restart.
 
+mod common;
+
+use common::*;
 use serde_json::{Value, json};
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-
-const DEADLINE: Duration = Duration::from_secs(30);
-const BIN: &str = env!("CARGO_BIN_EXE_runtime");
-
-fn runtime(args: &[&str], dir: &Path) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .current_dir(dir)
-        .env("KODO_API_LISTEN", "127.0.0.1:0")
-        .env(
-            "KODO_STORE_URL",
-            format!("sqlite://{}", dir.join("kodo.db").display()),
-        )
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    cmd
-}
-
-/// Starts `runtime run` and returns it with its base URL (read from its first stdout line).
-async fn start(config: &Path, dir: &Path) -> (Child, String) {
-    let mut child = runtime(&["run", "--config", config.to_str().unwrap()], dir)
-        .spawn()
-        .expect("spawn runtime");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(DEADLINE, lines.next_line())
-        .await
-        .expect("runtime printed its address in time")
-        .unwrap()
-        .expect("a line");
-    let base = line
-        .strip_prefix("kodo listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    (child, base)
-}
-
-/// Sends SIGTERM (as `kill` does) and returns the exit code.
-async fn terminate(child: &mut Child) -> i32 {
-    let pid = child.id().expect("still running").to_string();
-    let sent = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    assert!(sent.success());
-    tokio::time::timeout(DEADLINE, child.wait())
-        .await
-        .expect("runtime exited in time")
-        .unwrap()
-        .code()
-        .unwrap_or(-1)
-}
-
-async fn post(base: &str, path: &str, body: Value) -> Value {
-    let resp = reqwest::Client::new()
-        .post(format!("{base}{path}"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success(), "{path}: {}", resp.status());
-    resp.json().await.unwrap()
-}
-
-async fn get(base: &str, path: &str) -> Value {
-    reqwest::get(format!("{base}{path}"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-/// Reads an execution's stream until its text contains `needle` (or it ends).
-async fn stream_until(base: &str, fid: &str, needle: &str) -> String {
-    let mut resp = reqwest::get(format!("{base}/executions/{fid}/stream"))
-        .await
-        .unwrap();
-    let mut text = String::new();
-    tokio::time::timeout(DEADLINE, async {
-        while !text.contains(needle) {
-            match resp.chunk().await.unwrap() {
-                Some(b) => text.push_str(&String::from_utf8_lossy(&b)),
-                None => break,
-            }
-        }
-    })
-    .await
-    .expect("stream reached what was awaited");
-    assert!(
-        text.contains(needle),
-        "stream ended without {needle:?}: {text}"
-    );
-    text
-}
-
-/// A 127.0.0.1 port nothing listens on (bound, then let go).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
-    let path = dir.join("kodo.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-const WAITING_FLOW: &str = r#"
-[flows.waits]
-command = ["sh", "-c", "read -r x; echo started; echo '{\"kind\":\"lock\",\"name\":\"go\"}' >&3; read -r answer; echo \"$answer\""]
-"#;
-
-async fn launch_waiting(base: &str) -> String {
-    let fid = post(base, "/flows/waits/executions", json!({})).await["fid"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    // Its stdout and its fd 3 are read apart: wait for both lines.
-    stream_until(base, &fid, "event: lock").await;
-    stream_until(base, &fid, "data: \"started\"").await;
-    fid
-}
+use tokio::process::Child;
 
 #[tokio::test]
 async fn bad_configs_exit_2_naming_the_key_and_the_file() {

@@ -1,0 +1,199 @@
+//! Helpers of the process tests: the `runtime` binary started as a user
+//! starts it, with its stderr collected, and small HTTP calls.
+
+#![allow(dead_code)]
+
+use serde_json::{Value, json};
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+
+pub const DEADLINE: Duration = Duration::from_secs(30);
+pub const BIN: &str = env!("CARGO_BIN_EXE_runtime");
+
+pub fn runtime(args: &[&str], dir: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .current_dir(dir)
+        .env("KODO_API_LISTEN", "127.0.0.1:0")
+        .env(
+            "KODO_STORE_URL",
+            format!("sqlite://{}", dir.join("kodo.db").display()),
+        )
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Starts `runtime run` and returns it with its base URL (read from its first stdout line).
+pub async fn start(config: &Path, dir: &Path) -> (Child, String) {
+    let (child, base, _) = start_logged(run(config, dir)).await;
+    (child, base)
+}
+
+/// `runtime run --config CONFIG` in `dir`, not started yet.
+pub fn run(config: &Path, dir: &Path) -> Command {
+    runtime(&["run", "--config", config.to_str().unwrap()], dir)
+}
+
+/// What a process wrote to stderr, collected as it comes (so a chatty
+/// process never blocks on a full pipe).
+#[derive(Clone)]
+pub struct Log {
+    text: Arc<Mutex<String>>,
+    reader: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl Log {
+    /// Collects `child`'s stderr.
+    pub fn of(child: &mut Child) -> Self {
+        let text = Arc::new(Mutex::new(String::new()));
+        let mut stderr = child.stderr.take().expect("stderr is piped");
+        let sink = text.clone();
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; 8192];
+            while let Ok(n) = stderr.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Self {
+            text,
+            reader: Arc::new(Mutex::new(Some(reader))),
+        }
+    }
+
+    /// Everything after the process closed its stderr (it exited).
+    pub async fn complete(&self) -> String {
+        let reader = self.reader.lock().unwrap().take();
+        if let Some(reader) = reader {
+            tokio::time::timeout(DEADLINE, reader)
+                .await
+                .expect("stderr closed in time")
+                .unwrap();
+        }
+        self.text.lock().unwrap().clone()
+    }
+}
+
+/// Starts a `runtime run` command and returns it with its base URL (read
+/// from its first stdout line) and its stderr.
+pub async fn start_logged(mut command: Command) -> (Child, String, Log) {
+    let mut child = command.spawn().expect("spawn runtime");
+    let log = Log::of(&mut child);
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(DEADLINE, lines.next_line())
+        .await
+        .expect("runtime printed its address in time")
+        .unwrap();
+    let Some(line) = line else {
+        panic!("runtime exited at start: {}", log.complete().await);
+    };
+    let base = line
+        .strip_prefix("kodo listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    (child, base, log)
+}
+
+/// Sends SIGTERM (as `kill` does) and returns the exit code.
+pub async fn terminate(child: &mut Child) -> i32 {
+    let pid = child.id().expect("still running").to_string();
+    let sent = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(sent.success());
+    tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .expect("runtime exited in time")
+        .unwrap()
+        .code()
+        .unwrap_or(-1)
+}
+
+pub async fn post(base: &str, path: &str, body: Value) -> Value {
+    let resp = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{path}: {}", resp.status());
+    resp.json().await.unwrap()
+}
+
+pub async fn get(base: &str, path: &str) -> Value {
+    reqwest::get(format!("{base}{path}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Reads an execution's stream until its text contains `needle` (or it ends).
+pub async fn stream_until(base: &str, fid: &str, needle: &str) -> String {
+    let mut resp = reqwest::get(format!("{base}/executions/{fid}/stream"))
+        .await
+        .unwrap();
+    let mut text = String::new();
+    tokio::time::timeout(DEADLINE, async {
+        while !text.contains(needle) {
+            match resp.chunk().await.unwrap() {
+                Some(b) => text.push_str(&String::from_utf8_lossy(&b)),
+                None => break,
+            }
+        }
+    })
+    .await
+    .expect("stream reached what was awaited");
+    assert!(
+        text.contains(needle),
+        "stream ended without {needle:?}: {text}"
+    );
+    text
+}
+
+/// A 127.0.0.1 port nothing listens on (bound, then let go).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
+    let path = dir.join("kodo.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+pub const WAITING_FLOW: &str = r#"
+[flows.waits]
+command = ["sh", "-c", "read -r x; echo started; echo '{\"kind\":\"lock\",\"name\":\"go\"}' >&3; read -r answer; echo \"$answer\""]
+"#;
+
+pub async fn launch_waiting(base: &str) -> String {
+    let fid = post(base, "/flows/waits/executions", json!({})).await["fid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Its stdout and its fd 3 are read apart: wait for both lines.
+    stream_until(base, &fid, "event: lock").await;
+    stream_until(base, &fid, "data: \"started\"").await;
+    fid
+}
