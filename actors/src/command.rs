@@ -6,14 +6,22 @@
 //! - stdout / stderr: each line becomes a `stdout` / `stderr` event.
 //! - fd 3: JSON lines `{"kind":"result","payload":...}` for any kind a flow may
 //!   emit, or `{"kind":"lock","name":..,"data":..,"timeout":secs}`. A line
-//!   that is not valid is stored as a `stderr` warning, never a crash.
-//! - exit 0: `final` with the last `result` payload (or null); otherwise `error`.
+//!   that is not valid (or too large to be one event) is stored as a
+//!   `stderr` warning followed by its text, never a crash.
+//! - exit 0: `final` with the last `result` payload (or null); otherwise `error`,
+//!   with the last line the flow wrote to stderr.
 //!
-//! Lines longer than the payload limit are split, so nothing is dropped.
+//! Every byte a flow writes is stored: lines are split into events that fit
+//! the payload limit once JSON-escaped, and the pipes are read for as long
+//! as the flow runs, whatever it writes. One task reads all three pipes;
+//! before it records an fd-3 line it records the complete stdout and stderr
+//! lines already written, so a line printed before a lock is stored before it.
 
 use crate::flow::{CommandSpec, Ctx, LockError};
+use crate::output::{LineReader, Piece, json_pieces};
 use crate::tracer::{Outcome, Trace};
-use kodo_core::{Kind, json_text};
+use futures::FutureExt;
+use kodo_core::Kind;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -21,8 +29,8 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
+use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -126,45 +134,6 @@ fn start(spec: &CommandSpec, ctx: &Ctx) -> std::io::Result<Started> {
     })
 }
 
-/// Reads one line of at most `max` bytes (a longer line comes in pieces);
-/// `None` at end of input.
-pub async fn next_line<R: AsyncBufRead + Unpin>(
-    reader: &mut R,
-    max: usize,
-) -> std::io::Result<Option<String>> {
-    let max = max.max(1);
-    let mut line = Vec::new();
-    loop {
-        let buf = reader.fill_buf().await?;
-        if buf.is_empty() {
-            return Ok((!line.is_empty()).then(|| text(line)));
-        }
-        let room = max - line.len();
-        match buf.iter().position(|&b| b == b'\n') {
-            Some(i) if i <= room => {
-                line.extend_from_slice(&buf[..i]);
-                reader.consume(i + 1);
-                return Ok(Some(text(line)));
-            }
-            _ => {
-                let n = buf.len().min(room);
-                line.extend_from_slice(&buf[..n]);
-                reader.consume(n);
-                if line.len() >= max {
-                    return Ok(Some(text(line)));
-                }
-            }
-        }
-    }
-}
-
-fn text(mut bytes: Vec<u8>) -> String {
-    if bytes.last() == Some(&b'\r') {
-        bytes.pop();
-    }
-    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
-}
-
 /// A line on fd 3.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -233,39 +202,38 @@ async fn drive(started: Started, ctx: &Ctx, inputs: &Value) -> Outcome {
     let first = stdin.clone().lock_owned().await;
     let inputs_line = inputs.to_string();
     let inputs_writer = tokio::spawn(async move { write_to(first, &inputs_line).await });
-    let last_result = Arc::new(Mutex::new(None::<String>));
-    let mut readers = JoinSet::new();
-    if let Some(out) = child.stdout.take() {
-        readers.spawn(pump_text(
-            BufReader::new(out),
-            ctx.clone(),
-            Kind::Stdout,
-            max,
-        ));
-    }
-    if let Some(err) = child.stderr.take() {
-        readers.spawn(pump_text(
-            BufReader::new(err),
-            ctx.clone(),
-            Kind::Stderr,
-            max,
-        ));
-    }
+    let fd3 = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd3) {
+        Ok(rx) => Some(LineReader::new(rx, max + FD3_ENVELOPE)),
+        Err(e) => {
+            tracing::warn!(fid = %ctx.fid(), error = %e, "fd 3 unavailable");
+            None
+        }
+    };
+    let pipes = Pipes {
+        out: child
+            .stdout
+            .take()
+            .map(|p| LineReader::new(p, max.saturating_sub(2))),
+        err: child
+            .stderr
+            .take()
+            .map(|p| LineReader::new(p, max.saturating_sub(2))),
+        fd3,
+    };
     // Cancelled once the process is reaped: its open locks can no longer be answered.
     let exited = CancellationToken::new();
-    match tokio::net::unix::pipe::Receiver::from_owned_fd(fd3) {
-        Ok(rx) => {
-            readers.spawn(pump_fd3(
-                BufReader::new(rx),
-                ctx.clone(),
-                stdin.clone(),
-                last_result.clone(),
-                max,
-                exited.clone(),
-            ));
-        }
-        Err(e) => tracing::warn!(fid = %ctx.fid(), error = %e, "fd 3 unavailable"),
-    }
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let pump = Pump {
+        ctx: ctx.clone(),
+        max,
+        stdin: stdin.clone(),
+        seen: seen.clone(),
+        exited: exited.clone(),
+        locks: JoinSet::new(),
+        oversized: false,
+        refused: false,
+    };
+    let reader = tokio::spawn(pump.run(pipes));
 
     let status = tokio::select! {
         status = child.wait() => status,
@@ -286,27 +254,40 @@ async fn drive(started: Started, ctx: &Ctx, inputs: &Value) -> Outcome {
     inputs_writer.abort();
     exited.cancel();
     stdin.lock().await.take();
-    let drained = tokio::time::timeout(DRAIN_AFTER_EXIT, async {
-        while readers.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
+    let abort = reader.abort_handle();
+    if tokio::time::timeout(DRAIN_AFTER_EXIT, reader)
+        .await
+        .is_err()
+    {
+        abort.abort();
         tracing::warn!(fid = %ctx.fid(), "output still open after exit; stopped reading");
     }
     if let Some(stop) = ctx.stop_request() {
         return stop.outcome();
     }
-    outcome(status, last_result.lock().expect("result lock").take())
+    let seen = std::mem::take(&mut *seen.lock().expect("seen lock"));
+    outcome(status, seen.last_result, &seen.last_stderr)
 }
 
-fn outcome(status: std::io::Result<ExitStatus>, last_result: Option<String>) -> Outcome {
+fn outcome(
+    status: std::io::Result<ExitStatus>,
+    last_result: Option<String>,
+    last_stderr: &str,
+) -> Outcome {
+    let failed = |what: String| {
+        if last_stderr.is_empty() {
+            Outcome::Failed(what)
+        } else {
+            Outcome::Failed(format!("{what}: {last_stderr}"))
+        }
+    };
     match status {
         Err(e) => Outcome::Failed(format!("waiting for the process failed: {e}")),
         Ok(s) if s.success() => Outcome::Finished(last_result.unwrap_or_else(|| "null".into())),
         Ok(s) => match (s.code(), s.signal()) {
-            (Some(code), _) => Outcome::Failed(format!("exited with code {code}")),
-            (None, Some(sig)) => Outcome::Failed(format!("killed by signal {sig}")),
-            _ => Outcome::Failed(format!("ended with {s}")),
+            (Some(code), _) => failed(format!("exited with code {code}")),
+            (None, Some(sig)) => failed(format!("killed by signal {sig}")),
+            _ => failed(format!("ended with {s}")),
         },
     }
 }
@@ -326,57 +307,181 @@ async fn write_to(mut guard: tokio::sync::OwnedMutexGuard<Option<ChildStdin>>, l
     }
 }
 
-async fn pump_text<R: AsyncBufRead + Unpin>(mut reader: R, ctx: Ctx, kind: Kind, max: usize) {
-    loop {
-        match next_line(&mut reader, max.saturating_sub(16)).await {
-            Ok(Some(line)) => {
-                if ctx.emit_json(kind, json_text(&line)).await.is_err() {
-                    return;
-                }
-            }
-            Ok(None) => return,
-            Err(e) => {
-                let _ = ctx
-                    .emit(Kind::Stderr, &format!("kodo: reading {kind} failed: {e}"))
-                    .await;
-                return;
-            }
-        }
+/// Room for what surrounds a payload on an fd-3 line (`{"kind":..,"payload":..}`,
+/// a lock's name and data).
+const FD3_ENVELOPE: usize = 64 * 1024;
+/// The longest stderr line kept for an error message.
+const LAST_STDERR_CHARS: usize = 500;
+/// How much already written output one catch-up reads before an fd-3 line.
+const CATCH_UP_BYTES: usize = 1 << 20;
+
+/// A flow's three output pipes (`None` once closed).
+struct Pipes {
+    out: Option<LineReader<ChildStdout>>,
+    err: Option<LineReader<ChildStderr>>,
+    fd3: Option<LineReader<tokio::net::unix::pipe::Receiver>>,
+}
+
+/// What the reader saw that decides the outcome.
+#[derive(Default)]
+struct Seen {
+    /// The payload of the last `result` event.
+    last_result: Option<String>,
+    /// The last non-empty line of stderr (cut to [`LAST_STDERR_CHARS`]).
+    last_stderr: String,
+}
+
+/// Reads a flow's pipes into its events.
+struct Pump {
+    ctx: Ctx,
+    max: usize,
+    stdin: Arc<tokio::sync::Mutex<Option<ChildStdin>>>,
+    seen: Arc<Mutex<Seen>>,
+    exited: CancellationToken,
+    locks: JoinSet<()>,
+    /// Inside an fd-3 line too long to be an event: its parts are text.
+    oversized: bool,
+    /// Recording was refused once (the execution ended): said so in the log.
+    refused: bool,
+}
+
+/// The next piece of a pipe that is open (never resolves for a closed one).
+async fn next<R: AsyncRead + Unpin>(pipe: &mut Option<LineReader<R>>) -> Read {
+    match pipe {
+        Some(reader) => reader.next().await,
+        None => std::future::pending().await,
     }
 }
 
-async fn pump_fd3<R: AsyncBufRead + Unpin>(
-    mut reader: R,
-    ctx: Ctx,
-    stdin: Arc<tokio::sync::Mutex<Option<ChildStdin>>>,
-    last_result: Arc<Mutex<Option<String>>>,
-    max: usize,
-    exited: CancellationToken,
-) {
-    let mut locks = JoinSet::new();
-    loop {
-        let line = match next_line(&mut reader, max.saturating_sub(64)).await {
-            Ok(Some(line)) => line,
-            Ok(None) | Err(_) => break,
+type Read = std::io::Result<Option<Piece>>;
+
+impl Pump {
+    async fn run(mut self, mut pipes: Pipes) {
+        loop {
+            tokio::select! {
+                read = next(&mut pipes.out), if pipes.out.is_some() => {
+                    self.text(Kind::Stdout, read, &mut pipes.out).await;
+                }
+                read = next(&mut pipes.err), if pipes.err.is_some() => {
+                    self.text(Kind::Stderr, read, &mut pipes.err).await;
+                }
+                read = next(&mut pipes.fd3), if pipes.fd3.is_some() => {
+                    self.catch_up(&mut pipes).await;
+                    self.fd3(read, &mut pipes.fd3).await;
+                }
+                else => break,
+            }
+        }
+        // Open locks live on until answered or expired, or until the process
+        // ends (a child may close fd 3 and still wait on stdin for an answer).
+        tokio::select! {
+            _ = async { while self.locks.join_next().await.is_some() {} } => {}
+            _ = self.exited.cancelled() => self.locks.shutdown().await,
+        }
+    }
+
+    /// Records the complete stdout and stderr lines already written (up to
+    /// [`CATCH_UP_BYTES`] of each), without waiting for more.
+    async fn catch_up(&mut self, pipes: &mut Pipes) {
+        let mut budget = CATCH_UP_BYTES;
+        while budget > 0 {
+            let Some(read) = next(&mut pipes.out).now_or_never() else {
+                break;
+            };
+            budget = budget.saturating_sub(read_len(&read));
+            self.text(Kind::Stdout, read, &mut pipes.out).await;
+        }
+        let mut budget = CATCH_UP_BYTES;
+        while budget > 0 {
+            let Some(read) = next(&mut pipes.err).now_or_never() else {
+                break;
+            };
+            budget = budget.saturating_sub(read_len(&read));
+            self.text(Kind::Stderr, read, &mut pipes.err).await;
+        }
+    }
+
+    /// A piece of stdout or stderr becomes events; the end of the pipe
+    /// closes it.
+    async fn text<R>(&mut self, kind: Kind, read: Read, pipe: &mut Option<R>) {
+        match read {
+            Ok(Some(piece)) => {
+                if kind == Kind::Stderr && !piece.text().trim().is_empty() {
+                    let line: String = piece
+                        .text()
+                        .trim()
+                        .chars()
+                        .take(LAST_STDERR_CHARS)
+                        .collect();
+                    self.seen.lock().expect("seen lock").last_stderr = line;
+                }
+                self.record_text(kind, piece.text()).await;
+            }
+            Ok(None) => *pipe = None,
+            Err(e) => {
+                self.record_text(Kind::Stderr, &format!("kodo: reading {kind} failed: {e}"))
+                    .await;
+                *pipe = None;
+            }
+        }
+    }
+
+    /// A piece of fd 3: an event or a lock, or (invalid, too large) a
+    /// warning with the line's text.
+    async fn fd3<R>(&mut self, read: Read, pipe: &mut Option<R>) {
+        let piece = match read {
+            Ok(Some(piece)) => piece,
+            Ok(None) | Err(_) => {
+                *pipe = None;
+                return;
+            }
+        };
+        let line = match piece {
+            Piece::Part(text) => {
+                if !self.oversized {
+                    self.oversized = true;
+                    let limit = self.max + FD3_ENVELOPE;
+                    let warning =
+                        format!("kodo: ignored an fd-3 line longer than {limit} bytes: {text}");
+                    self.record_text(Kind::Stderr, &warning).await;
+                } else {
+                    self.record_text(Kind::Stderr, &text).await;
+                }
+                return;
+            }
+            Piece::Line(text) if self.oversized => {
+                self.oversized = false;
+                self.record_text(Kind::Stderr, &text).await;
+                return;
+            }
+            Piece::Line(text) => text,
         };
         if line.trim().is_empty() {
-            continue;
+            return;
         }
-        let recorded = match parse_fd3(&line) {
+        match parse_fd3(&line) {
+            Ok(Fd3Request::Emit(_, payload)) if payload.len() > self.max => {
+                let warning = format!(
+                    "kodo: ignored an fd-3 line (a payload of {} bytes exceeds the limit of {}): {line}",
+                    payload.len(),
+                    self.max
+                );
+                self.record_text(Kind::Stderr, &warning).await;
+            }
             Ok(Fd3Request::Emit(kind, payload)) => {
                 if kind == Kind::Result {
-                    *last_result.lock().expect("result lock") = Some(payload.clone());
+                    self.seen.lock().expect("seen lock").last_result = Some(payload.clone());
                 }
-                ctx.emit_json(kind, payload).await.map(|_| ())
+                self.record(kind, payload).await;
             }
             Ok(Fd3Request::Lock {
                 name,
                 data,
                 timeout,
             }) => {
-                let (ctx, stdin) = (ctx.clone(), stdin.clone());
+                let (ctx, stdin) = (self.ctx.clone(), self.stdin.clone());
                 let lid = uuid::Uuid::new_v4().to_string();
-                locks.spawn(async move {
+                self.locks.spawn(async move {
                     let reply = match ctx.lock_as(lid.clone(), &name, data, timeout).await {
                         Ok(answer) => json!({"lid": lid, "name": name, "answer": answer}),
                         Err(LockError::Expired { .. }) => {
@@ -386,51 +491,45 @@ async fn pump_fd3<R: AsyncBufRead + Unpin>(
                     };
                     write_line(&stdin, &reply.to_string()).await;
                 });
-                Ok(())
             }
-            Err(reason) => ctx
-                .emit(
-                    Kind::Stderr,
-                    &format!("kodo: ignored invalid fd-3 line ({reason}): {line}"),
-                )
-                .await
-                .map(|_| ()),
-        };
-        if recorded.is_err() {
-            break;
+            Err(reason) => {
+                let warning = format!("kodo: ignored invalid fd-3 line ({reason}): {line}");
+                self.record_text(Kind::Stderr, &warning).await;
+            }
         }
     }
-    // Open locks live on until answered or expired, or until the process ends
-    // (a child may close fd 3 and still wait on stdin for an answer).
-    tokio::select! {
-        _ = async { while locks.join_next().await.is_some() {} } => {}
-        _ = exited.cancelled() => locks.shutdown().await,
+
+    /// Records text as events of `kind`, in as many pieces as the limit needs.
+    async fn record_text(&mut self, kind: Kind, text: &str) {
+        for payload in json_pieces(text, self.max) {
+            self.record(kind, payload).await;
+        }
+    }
+
+    /// Records one event. A refusal (the execution has ended, the node is
+    /// stopping) is logged once; reading goes on, so the flow never blocks
+    /// on a full pipe.
+    async fn record(&mut self, kind: Kind, payload: String) {
+        if let Err(e) = self.ctx.emit_json(kind, payload).await
+            && !self.refused
+        {
+            self.refused = true;
+            tracing::debug!(fid = %self.ctx.fid(), error = %e, "output no longer recorded; still reading");
+        }
+    }
+}
+
+/// The bytes a read brought (for the catch-up budget).
+fn read_len(read: &Read) -> usize {
+    match read {
+        Ok(Some(piece)) => piece.text().len() + 1,
+        _ => 0,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn long_lines_come_in_pieces_and_nothing_is_lost() {
-        let data = b"short\r\n0123456789abcdef\nlast-without-newline".to_vec();
-        let mut reader = BufReader::with_capacity(4, &data[..]);
-        let mut lines = Vec::new();
-        while let Some(line) = next_line(&mut reader, 10).await.unwrap() {
-            lines.push(line);
-        }
-        assert_eq!(
-            lines,
-            ["short", "0123456789", "abcdef", "last-witho", "ut-newline"]
-        );
-        let bad = [0xff, 0xfe, b'o', b'k', b'\n'];
-        let mut reader = BufReader::new(&bad[..]);
-        assert_eq!(
-            next_line(&mut reader, 64).await.unwrap().unwrap(),
-            "\u{fffd}\u{fffd}ok"
-        );
-    }
 
     #[test]
     fn fd3_lines_are_parsed_or_refused_with_a_reason() {

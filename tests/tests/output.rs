@@ -1,0 +1,206 @@
+//! What a command flow writes, stored whole whatever it is: lines that grow
+//! when escaped, oversized and invalid fd-3 lines, invalid UTF-8, and the
+//! order of stdout lines written before an fd-3 line. A small payload limit
+//! (4 KiB) makes every case quick.
+
+use kodo_actors::{CommandSpec, FlowDef, Flows, NodeOptions};
+use kodo_core::{Event, Kind, Status};
+use kodo_tests::*;
+use serde_json::{Value, json};
+
+const MAX: usize = 4096;
+
+fn sh(name: &str, script: &str) -> FlowDef {
+    FlowDef::command(
+        name,
+        CommandSpec {
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            ..Default::default()
+        },
+    )
+}
+
+fn flows() -> Flows {
+    let mut flows = Flows::default();
+    // 20 KB of NUL bytes on one line (six bytes each once escaped), then more.
+    flows.add(sh(
+        "nuls",
+        "head -c 20000 /dev/zero; printf '\\nafter\\n'; head -c 3000 /dev/zero | tr '\\0' '\"' >&2; echo >&2",
+    ));
+    // A result line far over the limit, one of invalid JSON made of quotes
+    // (twice its size once escaped), then a valid result.
+    flows.add(sh(
+        "fd3-junk",
+        r#"{ printf '{"kind":"result","payload":"'; head -c 100000 /dev/zero | tr '\0' x; printf '"}\n'; } >&3
+           head -c 3000 /dev/zero | tr '\0' '"' >&3; echo >&3
+           echo '{"kind":"result","payload":"the end"}' >&3
+           echo done"#,
+    ));
+    // A result whose payload alone is over the limit, though the line is read whole.
+    flows.add(sh(
+        "fd3-big-payload",
+        r#"{ printf '{"kind":"result","payload":"'; head -c 5000 /dev/zero | tr '\0' y; printf '"}\n'; } >&3"#,
+    ));
+    // Invalid UTF-8, and multibyte characters across every cut.
+    flows.add(sh(
+        "bytes",
+        "printf 'a\\377b\\n'; i=0; while [ $i -lt 3000 ]; do printf 'é€😀'; i=$((i+1)); done; echo",
+    ));
+    flows.add(sh(
+        "ordered",
+        r#"i=1; while [ $i -le 200 ]; do echo "before $i"; echo "{\"kind\":\"result\",\"payload\":$i}" >&3; i=$((i+1)); done"#,
+    ));
+    flows.add(sh(
+        "fails-loudly",
+        "echo 'Traceback (most recent call last):' >&2; echo \"ModuleNotFoundError: No module named 'kodo'\" >&2; exit 1",
+    ));
+    flows
+}
+
+async fn start() -> TestNode {
+    let mut options = NodeOptions::default();
+    options.limits.max_payload = MAX;
+    TestNode::start(flows(), 2, 1 << 20, options).await
+}
+
+/// Runs `flow` to its end; its checked event log.
+async fn run(t: &TestNode, flow: &str) -> (Status, Vec<Event>) {
+    let fid = t.node.launch(flow, "ann", json!({})).await.unwrap().fid;
+    let status = wait_final(&t.node, &fid).await;
+    let events = stored_events(&t.store, &fid).await;
+    assert_eq!(check_log(&events), Ok(status), "{flow}");
+    assert!(
+        events.iter().all(|e| e.payload.len() <= MAX),
+        "{flow}: every event fits"
+    );
+    (status, events)
+}
+
+/// Asserts two long texts are equal, showing only where they part.
+fn assert_same(got: &str, want: &str) {
+    if got != want {
+        let at = got
+            .bytes()
+            .zip(want.bytes())
+            .take_while(|(a, b)| a == b)
+            .count();
+        let near = |s: &str| {
+            s.get(at.saturating_sub(60)..(at + 60).min(s.len()))
+                .unwrap_or("")
+                .to_string()
+        };
+        panic!(
+            "{} bytes, want {}; they part at {at}: {:?} vs {:?}",
+            got.len(),
+            want.len(),
+            near(got),
+            near(want)
+        );
+    }
+}
+
+/// The text of every `kind` event, joined.
+fn joined(events: &[Event], kind: Kind) -> String {
+    payloads(events, kind)
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_that_grow_when_escaped_are_stored_whole_and_reading_goes_on() {
+    let t = start().await;
+    let (status, events) = run(&t, "nuls").await;
+    assert_eq!(status, Status::Finished);
+    let stdout = joined(&events, Kind::Stdout);
+    assert!(
+        stdout == format!("{}after", "\0".repeat(20000)),
+        "every byte, in order"
+    );
+    assert!(payloads(&events, Kind::Stdout).len() >= 20000 * 6 / MAX);
+    assert!(joined(&events, Kind::Stderr) == "\"".repeat(3000));
+    t.node.shutdown("test over").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_invalid_fd3_lines_become_warnings_with_their_text() {
+    let t = start().await;
+    let (status, events) = run(&t, "fd3-junk").await;
+    assert_eq!(status, Status::Finished, "nothing a flow writes ends it");
+    assert_eq!(payloads(&events, Kind::Final), [json!("the end")]);
+    assert_eq!(payloads(&events, Kind::Stdout), [json!("done")]);
+    let stderr = joined(&events, Kind::Stderr);
+    let oversized = format!(
+        "kodo: ignored an fd-3 line longer than {} bytes: {{\"kind\":\"result\",\"payload\":\"{}\"}}",
+        MAX + 64 * 1024,
+        "x".repeat(100_000)
+    );
+    let quotes = format!(
+        "kodo: ignored invalid fd-3 line (invalid type: string \"\", expected struct Fd3Line at line 1 column 2): {}",
+        "\"".repeat(3000)
+    );
+    assert_same(&stderr, &format!("{oversized}{quotes}"));
+
+    let (status, events) = run(&t, "fd3-big-payload").await;
+    assert_eq!(status, Status::Finished);
+    assert_eq!(payloads(&events, Kind::Final), [Value::Null]);
+    let stderr = joined(&events, Kind::Stderr);
+    assert!(
+        stderr.starts_with(
+            "kodo: ignored an fd-3 line (a payload of 5002 bytes exceeds the limit of 4096)"
+        ) && stderr.ends_with(&format!("{}\"}}", "y".repeat(5000))),
+        "{}",
+        &stderr[..200]
+    );
+    t.node.shutdown("test over").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn characters_are_never_cut_and_invalid_utf8_is_replaced() {
+    let t = start().await;
+    let (_, events) = run(&t, "bytes").await;
+    let lines = payloads(&events, Kind::Stdout);
+    assert_eq!(lines[0], json!("a\u{fffd}b"));
+    let rest: String = lines[1..].iter().map(|p| p.as_str().unwrap()).collect();
+    assert!(
+        rest == "é€😀".repeat(3000),
+        "every character whole, in order"
+    );
+    t.node.shutdown("test over").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_printed_before_an_fd3_line_is_stored_before_it() {
+    let t = start().await;
+    let (_, events) = run(&t, "ordered").await;
+    let seq_of = |kind: Kind, payload: String| {
+        events
+            .iter()
+            .find(|e| e.kind == kind && e.payload == payload)
+            .unwrap_or_else(|| panic!("no {kind} {payload}"))
+            .seq
+    };
+    for n in 1..=200 {
+        let printed = seq_of(Kind::Stdout, format!("\"before {n}\""));
+        let result = seq_of(Kind::Result, n.to_string());
+        assert!(
+            printed < result,
+            "line {n}: stdout at seq {printed}, fd 3 at {result}"
+        );
+    }
+    t.node.shutdown("test over").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_flow_says_its_last_stderr_line() {
+    let t = start().await;
+    let (status, events) = run(&t, "fails-loudly").await;
+    assert_eq!(status, Status::Error);
+    assert_eq!(
+        payloads(&events, Kind::Error),
+        [json!(
+            "exited with code 1: ModuleNotFoundError: No module named 'kodo'"
+        )]
+    );
+    t.node.shutdown("test over").await;
+}
