@@ -18,6 +18,7 @@
 //! lines already written, so a line printed before a lock is stored before it.
 
 use crate::flow::{CommandSpec, Ctx, LockError};
+use crate::orphans;
 use crate::output::{LineReader, Piece, json_pieces};
 use crate::tracer::{Outcome, Trace};
 use futures::FutureExt;
@@ -59,14 +60,19 @@ struct Started {
     fd3: OwnedFd,
 }
 
-/// Kills the whole process group when dropped (a crashed Runner leaves no orphans).
-struct GroupGuard(libc::pid_t);
+/// Kills the whole process group when dropped (a crashed Runner leaves no
+/// orphans); while it lives, the watchdog kills the group if this process
+/// dies (see [`crate::orphans`]).
+struct GroupGuard {
+    pgid: libc::pid_t,
+    _watched: Option<orphans::Watched>,
+}
 
 impl GroupGuard {
     fn signal(&self, signal: libc::c_int) {
         // SAFETY: kill(2) with a negative pid signals the group we created; no memory is touched.
         unsafe {
-            libc::kill(-self.0, signal);
+            libc::kill(-self.pgid, signal);
         }
     }
 }
@@ -127,9 +133,13 @@ fn start(spec: &CommandSpec, ctx: &Ctx) -> std::io::Result<Started> {
     let pid = child
         .id()
         .ok_or_else(|| std::io::Error::other("child exited at once"))?;
+    let pgid = pid as libc::pid_t;
     Ok(Started {
         child,
-        group: GroupGuard(pid as libc::pid_t),
+        group: GroupGuard {
+            pgid,
+            _watched: orphans::watch(pgid),
+        },
         fd3: read3,
     })
 }

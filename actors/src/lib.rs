@@ -17,6 +17,7 @@ pub mod flow;
 pub mod hub;
 pub mod locks;
 pub mod node;
+pub mod orphans;
 pub mod output;
 pub mod policy;
 pub mod runner;

@@ -290,3 +290,62 @@ async fn a_second_node_with_a_live_name_exits_and_changes_nothing() {
     let (mut again, _) = start(&cfg, dir.path()).await;
     assert_eq!(terminate(&mut again).await, 0);
 }
+
+/// Whether process `pid` still runs (a zombie has ended).
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+            !state.starts_with('Z') && !state.starts_with('X')
+        }
+        Err(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_takes_its_flow_processes_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // The flow's shell starts a child of its own, in its process group.
+    let cfg = write_config(
+        dir.path(),
+        r#"
+[flows.family]
+command = ["sh", "-c", "read -r x; sleep 1000 & echo \"pids $$ $!\"; echo '{\"kind\":\"lock\",\"name\":\"go\"}' >&3; wait"]
+"#,
+    );
+    let (mut node, base) = start(&cfg, dir.path()).await;
+    let mut pids = Vec::new();
+    for _ in 0..2 {
+        let fid = post(&base, "/flows/family/executions", json!({})).await["fid"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let events = get_until(
+            &base,
+            &format!("/executions/{fid}/events?kinds=stdout"),
+            |_, body| body["events"].as_array().is_some_and(|e| !e.is_empty()),
+        )
+        .await;
+        let line = events["events"][0]["payload"].as_str().unwrap().to_string();
+        pids.extend(
+            line.split_whitespace()
+                .skip(1)
+                .map(|p| p.parse::<u32>().unwrap()),
+        );
+    }
+    assert_eq!(pids.len(), 4);
+    assert!(pids.iter().all(|&pid| alive(pid)), "{pids:?}");
+
+    node.start_kill().unwrap();
+    node.wait().await.unwrap();
+    tokio::time::timeout(DEADLINE, async {
+        while pids.iter().any(|&pid| alive(pid)) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        let left: Vec<_> = pids.iter().filter(|&&pid| alive(pid)).collect();
+        panic!("flow processes outlived their node: {left:?}")
+    });
+}

@@ -1,0 +1,200 @@
+//! A command flow's process group never outlives the process that runs it,
+//! however that process dies (SIGKILL included).
+//!
+//! When the first command flow starts, the process forks a watchdog: a
+//! small copy of itself that only waits for the end of a pipe whose write
+//! end stays in this process alone. The kernel closes that pipe when this
+//! process dies, for any reason; the watchdog then kills every process group
+//! listed in a table the two share (anonymous shared memory) and exits.
+//! Flows register their group when they start and leave the table when
+//! their group is gone.
+//!
+//! The parent-death signal (`PR_SET_PDEATHSIG`) would not do: it fires when
+//! the *thread* that forked dies, and tokio's threads come and go; it also
+//! reaches only the group's leader, not the processes it started.
+//!
+//! Between `fork` and `_exit` the watchdog calls only async-signal-safe
+//! functions (the process it was forked from has many threads).
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+/// Slots in the shared table: process groups that can be watched at once
+/// (4 MiB of address space; only the pages used take memory).
+const SLOTS: usize = 1 << 20;
+
+/// The process's one watchdog (None: it could not be started).
+static WATCHDOG: OnceLock<Option<Watchdog>> = OnceLock::new();
+
+struct Watchdog {
+    /// `SLOTS` shared integers: slot 0 holds the highest slot ever used,
+    /// the others a process group id or 0.
+    table: &'static [AtomicI32],
+    slots: Mutex<Slots>,
+    /// The write end of the pipe; never written, closed by the kernel when
+    /// this process ends.
+    _alive: OwnedFd,
+}
+
+#[derive(Default)]
+struct Slots {
+    free: Vec<usize>,
+    used: usize,
+}
+
+/// A process group listed with the watchdog; leaves the list when dropped.
+#[derive(Debug)]
+pub struct Watched {
+    slot: usize,
+}
+
+/// Lists process group `pgid` with the watchdog (starting it the first
+/// time). `None` when there is no watchdog or its table is full: the flow
+/// runs anyway, without that protection (logged).
+pub fn watch(pgid: libc::pid_t) -> Option<Watched> {
+    let dog = WATCHDOG
+        .get_or_init(|| match Watchdog::start() {
+            Ok(dog) => Some(dog),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the watchdog of flow processes; they may outlive a crash of this process");
+                None
+            }
+        })
+        .as_ref()?;
+    let slot = {
+        let mut slots = dog.slots.lock().expect("slots lock");
+        match slots.free.pop() {
+            Some(slot) => slot,
+            None if slots.used + 1 < SLOTS => {
+                slots.used += 1;
+                dog.table[0].store(slots.used as i32, Ordering::SeqCst);
+                slots.used
+            }
+            None => {
+                tracing::warn!(
+                    pgid,
+                    "the watchdog's table is full; this flow is not watched"
+                );
+                return None;
+            }
+        }
+    };
+    dog.table[slot].store(pgid, Ordering::SeqCst);
+    Some(Watched { slot })
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        if let Some(Some(dog)) = WATCHDOG.get() {
+            dog.table[self.slot].store(0, Ordering::SeqCst);
+            dog.slots.lock().expect("slots lock").free.push(self.slot);
+        }
+    }
+}
+
+impl Watchdog {
+    fn start() -> std::io::Result<Self> {
+        let bytes = SLOTS * std::mem::size_of::<AtomicI32>();
+        // SAFETY: a fresh anonymous mapping; nothing else refers to it.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the mapping is zeroed, aligned, `bytes` long and never
+        // unmapped; AtomicI32 has the layout of i32.
+        let table: &'static [AtomicI32] =
+            unsafe { std::slice::from_raw_parts(map as *const AtomicI32, SLOTS) };
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 writes two new descriptors into the array we own.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: both descriptors were just created and are owned by nobody else.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // SAFETY: the child runs only async-signal-safe calls and never
+        // returns from `watch_until_parent_dies`.
+        match unsafe { libc::fork() } {
+            -1 => Err(std::io::Error::last_os_error()),
+            0 => unsafe { watch_until_parent_dies(read.as_raw_fd(), table) },
+            pid => {
+                drop(read);
+                // Reaped when it exits (at the end of this process, its new
+                // parent does); a thread of its own waits, so no zombie stays
+                // if it dies early.
+                std::thread::Builder::new()
+                    .name("kodo-watchdog-reaper".into())
+                    .spawn(move || {
+                        let mut status = 0;
+                        // SAFETY: waits for our own child.
+                        unsafe { libc::waitpid(pid, &mut status, 0) };
+                        tracing::error!(pid, "the watchdog of flow processes ended early");
+                    })?;
+                tracing::debug!(pid, "watchdog of flow processes started");
+                Ok(Self {
+                    table,
+                    slots: Mutex::new(Slots::default()),
+                    _alive: write,
+                })
+            }
+        }
+    }
+}
+
+/// The watchdog's whole life, in the forked child: leave the parent's
+/// process group and signals, close every descriptor but the pipe, wait for
+/// the pipe's end, kill the listed groups, exit.
+///
+/// # Safety
+/// Call only in a child just forked; only async-signal-safe calls follow.
+unsafe fn watch_until_parent_dies(read: libc::c_int, table: &[AtomicI32]) -> ! {
+    // SAFETY (whole body): setpgid, sigaction, dup2, close_range, close,
+    // read, kill and _exit are async-signal-safe; nothing allocates.
+    unsafe {
+        libc::setpgid(0, 0);
+        let mut ignore: libc::sigaction = std::mem::zeroed();
+        ignore.sa_sigaction = libc::SIG_IGN;
+        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGPIPE] {
+            libc::sigaction(signal, &ignore, std::ptr::null_mut());
+        }
+        const PIPE: libc::c_int = 3;
+        if read != PIPE && libc::dup2(read, PIPE) < 0 {
+            libc::_exit(1);
+        }
+        if libc::syscall(libc::SYS_close_range, PIPE + 1, libc::c_uint::MAX, 0) != 0 {
+            for fd in PIPE + 1..65536 {
+                libc::close(fd);
+            }
+        }
+        for fd in 0..PIPE {
+            libc::close(fd);
+        }
+        let mut byte = 0u8;
+        loop {
+            let n = libc::read(PIPE, (&mut byte as *mut u8).cast(), 1);
+            if n < 0 && *libc::__errno_location() == libc::EINTR {
+                continue;
+            }
+            if n <= 0 {
+                break;
+            }
+        }
+        let used = (table[0].load(Ordering::SeqCst).max(0) as usize).min(table.len() - 1);
+        for slot in &table[1..=used] {
+            let pgid = slot.load(Ordering::SeqCst);
+            if pgid > 0 {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+        }
+        libc::_exit(0)
+    }
+}
