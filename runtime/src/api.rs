@@ -104,7 +104,38 @@ pub fn router(node: Arc<Node>, config: &Config) -> Router {
         .merge(authed)
         .fallback(|| async { ApiError::not_found("route") })
         .layer(DefaultBodyLimit::max(config.api.max_body_bytes))
+        .layer(middleware::map_response(json_errors))
         .with_state(state)
+}
+
+/// Gives every error answer the documented `{"error": "..."}` body, also
+/// those axum makes itself (405, a path that is not UTF-8, ...).
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_string();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_lowercase()
+    } else {
+        text
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    let body = json!({ "error": message }).to_string();
+    Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 async fn authenticate(
@@ -147,7 +178,9 @@ impl<S: Send + Sync> FromRequestParts<S> for User {
     }
 }
 
-/// Parses a JSON body, turning every failure into a JSON 400 or 413.
+/// Parses a JSON object body (an empty body is `None`), turning every
+/// failure into a JSON 400 or 413. Anything but an object is refused: a
+/// bare array would otherwise fill the fields by position.
 fn json_body<T: serde::de::DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Option<T>> {
@@ -155,9 +188,42 @@ fn json_body<T: serde::de::DeserializeOwned>(
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    serde_json::from_slice(&bytes)
+    let value: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::bad(format!(
+            "the body must be a JSON object, not {}",
+            json_type(&value)
+        )));
+    }
+    serde_json::from_value(value)
         .map(Some)
         .map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))
+}
+
+/// "a string", "an array"... for error messages.
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The largest seq a client may name (seqs are stored as signed 64-bit).
+const MAX_SEQ: u64 = i64::MAX as u64;
+
+/// Checks a seq given by a client (`after`, `Last-Event-ID`).
+fn seq_param(name: &str, seq: u64) -> ApiResult<u64> {
+    if seq > MAX_SEQ {
+        return Err(ApiError::bad(format!(
+            "{name} must be a seq from 0 to {MAX_SEQ}"
+        )));
+    }
+    Ok(seq)
 }
 
 /// Loads an execution the user may see; anything else is 404.
@@ -232,7 +298,16 @@ async fn launch(
         return Err(ApiError::not_found(format!("flow {flow}")));
     }
     let body: Option<LaunchBody> = json_body(body)?;
-    let inputs = body.and_then(|b| b.inputs).unwrap_or_else(|| json!({}));
+    let inputs = match body.and_then(|b| b.inputs) {
+        None => json!({}),
+        Some(inputs @ Value::Object(_)) => inputs,
+        Some(other) => {
+            return Err(ApiError::bad(format!(
+                "inputs must be a JSON object, not {}",
+                json_type(&other)
+            )));
+        }
+    };
     match state.node.launch(&flow, &user.name, inputs).await {
         Ok(launched) => {
             let status = if launched.stored {
@@ -356,7 +431,7 @@ async fn get_events(
         .events(
             &row.fid,
             &EventQuery {
-                after: p.after.unwrap_or(0),
+                after: seq_param("after", p.after.unwrap_or(0))?,
                 limit,
                 kinds: parse_kinds(p.kinds)?,
             },
@@ -391,8 +466,11 @@ async fn stream(
             .to_str()
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
-            .ok_or_else(|| ApiError::bad("Last-Event-ID must be a seq number"))?,
-        None => p.after.unwrap_or(0),
+            .filter(|&seq| seq <= MAX_SEQ)
+            .ok_or_else(|| {
+                ApiError::bad(format!("Last-Event-ID must be a seq from 0 to {MAX_SEQ}"))
+            })?,
+        None => seq_param("after", p.after.unwrap_or(0))?,
     };
     // Subscribe before the first read so no commit falls between the two.
     let follow = SseFollow {

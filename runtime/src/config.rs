@@ -28,6 +28,10 @@ pub struct ConfigError {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// What loading noticed and ignored (a `KODO_*` variable that names no
+    /// key); `runtime` logs these once logging runs.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
     /// This node.
     pub node: NodeSection,
     /// The HTTP API.
@@ -254,6 +258,9 @@ pub struct FlowSection {
     pub description: String,
 }
 
+/// `KODO_*` variables that are not config keys: kodo sets them for flows.
+const NOT_CONFIG: &[&str] = &["KODO_FID", "KODO_FLOW", "KODO_OWNER"];
+
 /// Sections whose keys `KODO_*` variables may override.
 const OVERRIDABLE: &[&str] = &[
     "node",
@@ -267,6 +274,10 @@ const OVERRIDABLE: &[&str] = &[
 
 impl Config {
     /// Reads `path` (or only defaults when `path` is None) and applies `env`.
+    /// Relative paths in the file mean the same wherever `runtime` starts:
+    /// relative to the file's folder (a SQLite `store.url`, a flow's `cwd`,
+    /// which is that folder when not given). A relative path in a `KODO_*`
+    /// variable is relative to the working directory, as in any shell.
     pub fn load(
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
@@ -284,14 +295,17 @@ impl Config {
             },
             None => ("(defaults)".to_string(), String::new()),
         };
-        let mut config = Self::parse(&name, &text, env)?;
+        let (mut config, from_env) = Self::parse_sourced(&name, &text, env)?;
         if let Some(dir) = path.and_then(Path::parent) {
+            let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
             for flow in config.flows.values_mut() {
-                if let Some(cwd) = &flow.cwd
-                    && cwd.is_relative()
-                {
-                    flow.cwd = Some(dir.join(cwd));
-                }
+                flow.cwd = Some(match &flow.cwd {
+                    Some(cwd) => dir.join(cwd),
+                    None => dir.clone(),
+                });
+            }
+            if !from_env.contains_key("store.url") {
+                config.store.url = sqlite_relative_to(&config.store.url, &dir);
             }
         }
         Ok(config)
@@ -303,17 +317,32 @@ impl Config {
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let err = |key: &str, message: String| ConfigError {
+        Self::parse_sourced(name, text, env).map(|(config, _)| config)
+    }
+
+    /// [`Config::parse`], also returning which keys variables set (key -> variable).
+    fn parse_sourced(
+        name: &str,
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(Config, BTreeMap<String, String>), ConfigError> {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError {
             source_name: name.to_string(),
+            key: "-".into(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        let (from_env, warnings) = apply_env(&mut table, env)?;
+        // An error in a key a variable set names the variable, not the file.
+        let err = |key: &str, message: String| ConfigError {
+            source_name: from_env
+                .get(key)
+                .cloned()
+                .unwrap_or_else(|| name.to_string()),
             key: key.to_string(),
             message,
         };
-        let mut table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| err("-", e.to_string().trim().replace('\n', " ")))?;
-        apply_env(&mut table, env)?;
-        let config: Config =
-            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
                 let key = e.path().to_string();
                 let message = e.into_inner().to_string();
                 err(
@@ -324,7 +353,8 @@ impl Config {
         config
             .validate()
             .map_err(|(key, message)| err(&key, message))?;
-        Ok(config)
+        config.warnings = warnings;
+        Ok((config, from_env))
     }
 
     fn validate(&self) -> Result<(), (String, String)> {
@@ -534,27 +564,68 @@ impl Config {
     }
 }
 
-/// Applies `KODO_<SECTION>_<KEY>` variables to the parsed file.
+/// `sqlite://PATH` with a relative PATH made relative to `dir` (other URLs as they are).
+fn sqlite_relative_to(url: &str, dir: &Path) -> String {
+    let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    else {
+        return url.to_string();
+    };
+    let (path, query) = match rest.split_once('?') {
+        Some((path, query)) => (path, format!("?{query}")),
+        None => (rest, String::new()),
+    };
+    if path.is_empty() || path.contains(":memory:") || Path::new(path).is_absolute() {
+        return url.to_string();
+    }
+    format!("sqlite://{}{query}", dir.join(path).display())
+}
+
+/// Applies `KODO_<SECTION>_<KEY>` variables to the parsed file. Returns the
+/// keys they set (key -> variable) and a warning for each `KODO_*` variable
+/// that names no key.
 fn apply_env(
     table: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
-) -> Result<(), ConfigError> {
+) -> Result<(BTreeMap<String, String>, Vec<String>), ConfigError> {
     let defaults = toml::Table::try_from(Config::default()).expect("defaults serialize");
-    for (var, raw) in env {
-        let Some(rest) = var.strip_prefix("KODO_") else {
-            continue;
-        };
-        let target = OVERRIDABLE.iter().find_map(|section| {
-            let keys = defaults.get(*section)?.as_table()?;
-            keys.iter().find_map(|(key, default)| {
-                let name = format!("{section}_{key}").to_uppercase();
-                (name == rest).then(|| (*section, key.clone(), default.clone()))
+    let known: Vec<(String, &str, &String, &toml::Value)> = OVERRIDABLE
+        .iter()
+        .filter_map(|section| Some((*section, defaults.get(*section)?.as_table()?)))
+        .flat_map(|(section, keys)| {
+            keys.iter().map(move |(key, default)| {
+                (
+                    format!("KODO_{section}_{key}").to_uppercase(),
+                    section,
+                    key,
+                    default,
+                )
             })
-        });
-        let Some((section, key, default)) = target else {
-            tracing::warn!(variable = %var, "ignoring an environment variable that names no config key");
+        })
+        .collect();
+    let (mut set, mut warnings) = (BTreeMap::new(), Vec::new());
+    for (var, raw) in env {
+        if !var.starts_with("KODO_")
+            || NOT_CONFIG.contains(&var.as_str())
+            || var.starts_with("KODO_TEST_")
+        {
+            continue;
+        }
+        let Some((_, section, key, default)) = known.iter().find(|(name, ..)| *name == var) else {
+            let nearest = known
+                .iter()
+                .map(|(name, ..)| (strsim::levenshtein(name, &var), name))
+                .min()
+                .filter(|(distance, _)| *distance <= 3)
+                .map(|(_, name)| format!(" (did you mean {name}?)"))
+                .unwrap_or_default();
+            warnings.push(format!(
+                "ignoring the environment variable {var}: it names no config key{nearest}"
+            ));
             continue;
         };
+        let (section, key) = (*section, (*key).clone());
         let bad = |message: String| ConfigError {
             source_name: var.clone(),
             key: format!("{section}.{key}"),
@@ -583,12 +654,13 @@ fn apply_env(
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         match section_table.as_table_mut() {
             Some(t) => {
-                t.insert(key, value);
+                t.insert(key.clone(), value);
             }
             None => return Err(bad(format!("[{section}] is not a table in the file"))),
         }
+        set.insert(format!("{section}.{key}"), var);
     }
-    Ok(())
+    Ok((set, warnings))
 }
 
 #[cfg(test)]
@@ -754,6 +826,77 @@ mod tests {
         let e =
             Config::parse("kodo.toml", "api = 1", env(&[("KODO_API_LISTEN", "x")])).unwrap_err();
         assert!(e.message.contains("not a table"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_value_from_a_variable_names_the_variable_and_misspelt_ones_are_reported() {
+        for (var, value, key) in [
+            ("KODO_API_LISTEN", "garbage", "api.listen"),
+            ("KODO_STORE_POOL", "0", "store.pool"),
+            ("KODO_STORE_POOL", "-1", "store.pool"),
+            ("KODO_STORE_URL", "mysql://x", "store.url"),
+        ] {
+            let e = Config::parse("kodo.toml", "", env(&[(var, value)])).unwrap_err();
+            assert_eq!((e.source_name.as_str(), e.key.as_str()), (var, key), "{e}");
+        }
+        let e = Config::parse("kodo.toml", "[store]\npool = 0", Vec::new()).unwrap_err();
+        assert_eq!(
+            e.source_name, "kodo.toml",
+            "a bad value in the file names the file"
+        );
+        let c = Config::parse(
+            "kodo.toml",
+            "",
+            env(&[
+                ("KODO_STORE_UR", "sqlite://x.db"),
+                ("KODO_NOTHING_LIKE_IT", "1"),
+                ("KODO_FID", "set for flows"),
+                ("KODO_TEST_PG_URL", "set by scripts/test"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.warnings,
+            [
+                "ignoring the environment variable KODO_STORE_UR: it names no config key (did you mean KODO_STORE_URL?)",
+                "ignoring the environment variable KODO_NOTHING_LIKE_IT: it names no config key",
+            ]
+        );
+    }
+
+    #[test]
+    fn relative_paths_in_a_file_are_relative_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kodo.toml");
+        std::fs::write(
+            &file,
+            "[store]\nurl = \"sqlite://./data/kodo.db?mode=rwc\"\n\
+             [flows.a]\ncommand = [\"sh\", \"a.sh\"]\n\
+             [flows.b]\ncommand = [\"sh\", \"b.sh\"]\ncwd = \"flows\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&file), Vec::new()).unwrap();
+        let dir = dir.path();
+        assert_eq!(
+            c.store.url,
+            format!("sqlite://{}/./data/kodo.db?mode=rwc", dir.display())
+        );
+        let flows = c.flows();
+        let cwd = |name: &str| match &flows.get(name).unwrap().kind {
+            kodo_actors::flow::FlowKind::Command(spec) => spec.cwd.clone().unwrap(),
+            _ => unreachable!(),
+        };
+        assert_eq!((cwd("a"), cwd("b")), (dir.to_path_buf(), dir.join("flows")));
+        // A variable's relative path is the shell's: relative to the working directory.
+        let c = Config::load(Some(&file), env(&[("KODO_STORE_URL", "sqlite://x.db")])).unwrap();
+        assert_eq!(c.store.url, "sqlite://x.db");
+        for (url, same) in [
+            ("sqlite:///abs/kodo.db", true),
+            ("postgres://u:p@h:1/d", true),
+            ("sqlite:rel.db", false),
+        ] {
+            assert_eq!(sqlite_relative_to(url, dir) == url, same, "{url}");
+        }
     }
 
     #[test]

@@ -24,6 +24,7 @@
 pub mod api;
 pub mod bench;
 pub mod config;
+pub mod listener;
 
 pub use config::{Config, ConfigError};
 
@@ -113,6 +114,7 @@ impl Runtime {
         let app = api::router(node.clone(), &config);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
+            let listener = listener::ApiListener::new(listener);
             let serve = axum::serve(listener, app).with_graceful_shutdown(async {
                 let _ = stop_rx.await;
             });

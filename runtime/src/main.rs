@@ -64,6 +64,17 @@ fn load_config(path: Option<PathBuf>) -> Result<Config, ExitCode> {
     })
 }
 
+/// Loads the config, starts logging at its level, then logs what loading
+/// noticed (logging did not run yet when it did).
+fn configure(path: Option<PathBuf>) -> Result<Config, ExitCode> {
+    let config = load_config(path)?;
+    init_logging(&config.log.level);
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    Ok(config)
+}
+
 fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
@@ -251,27 +262,18 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         match cli.command {
-            Command::Run { config } => match load_config(config) {
-                Ok(config) => {
-                    init_logging(&config.log.level);
-                    run(config).await
-                }
+            Command::Run { config } => match configure(config) {
+                Ok(config) => run(config).await,
                 Err(code) => code,
             },
             Command::Db {
                 command: DbCommand::Upgrade { config },
-            } => match load_config(config) {
-                Ok(config) => {
-                    init_logging(&config.log.level);
-                    upgrade(config).await
-                }
+            } => match configure(config) {
+                Ok(config) => upgrade(config).await,
                 Err(code) => code,
             },
-            Command::Spool { config, name } => match load_config(config) {
-                Ok(config) => {
-                    init_logging(&config.log.level);
-                    spool(config, name).await
-                }
+            Command::Spool { config, name } => match configure(config) {
+                Ok(config) => spool(config, name).await,
                 Err(code) => code,
             },
             Command::Bench(args) => {

@@ -526,3 +526,38 @@ fn redis_len(redis_url: &str) -> u64 {
         })
         .sum()
 }
+
+#[tokio::test]
+async fn a_config_means_the_same_from_any_directory_and_misspelt_variables_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (conf, elsewhere) = (dir.path().join("conf"), dir.path().join("elsewhere"));
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let cfg = write_config(
+        &conf,
+        "[store]\nurl = \"sqlite://./data/kodo.db\"\n[flows.pwd]\ncommand = [\"sh\", \"-c\", \"pwd\"]\n",
+    );
+    let mut command = run(&cfg, &elsewhere);
+    command
+        .env_remove("KODO_STORE_URL")
+        .env("KODO_STORE_UR", "sqlite://typo.db");
+    let (mut node, base, log) = start_logged(command).await;
+    let fid = post(&base, "/flows/pwd/executions", json!({})).await["fid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    stream_until(&base, &fid, "data: \"finished\"").await;
+    let out = get(&base, &format!("/executions/{fid}/events?kinds=stdout")).await;
+    assert_eq!(out["events"][0]["payload"], json!(conf.to_str().unwrap()));
+    assert_eq!(terminate(&mut node).await, 0);
+    assert!(
+        conf.join("data/kodo.db").exists(),
+        "the database is beside the config"
+    );
+    assert!(!elsewhere.join("data").exists());
+    let text = log.complete().await;
+    assert!(
+        text.contains("KODO_STORE_UR: it names no config key (did you mean KODO_STORE_URL?)"),
+        "{text}"
+    );
+}

@@ -262,7 +262,9 @@ where
         fid: &Fid,
         query: &EventQuery,
     ) -> Result<Vec<Event>, StoreError> {
-        let mut binds = vec![Bind::Text(fid.as_str()), Bind::Int(query.after as i64)];
+        // A seq past i64 is past every stored one (it must not wrap around).
+        let after = query.after.min(i64::MAX as u64) as i64;
+        let mut binds = vec![Bind::Text(fid.as_str()), Bind::Int(after)];
         binds.extend(kinds(query).iter().map(|k| Bind::Text(k.as_str())));
         binds.push(Bind::Int(query.limit as i64));
         let sql = events_sql(query, DB::placeholder);
