@@ -7,11 +7,21 @@
     kodo.result({"approved": answer}) # the last result becomes `final`
 
 print() lines become `stdout` events, stderr lines `stderr` events.
+
+Order: stdout, stderr and fd 3 (where emit, result and lock write) are
+separate pipes. Each keeps its own order, and kodo stores every complete
+stdout and stderr line written before an fd-3 line ahead of that event: a
+print() before a lock is stored before the lock. That needs the line to
+leave Python's buffer first, so this module line-buffers stdout and stderr
+(a pipe is block-buffered by default). Lines written after an fd-3 line may
+be stored before it.
 """
 import json
 import os
 import sys
 
+sys.stdout.reconfigure(line_buffering=True)
+sys.stderr.reconfigure(line_buffering=True)
 _fd3 = os.fdopen(3, "w", buffering=1)
 _inputs = None
 

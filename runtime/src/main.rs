@@ -5,9 +5,21 @@ use kodo_runtime::{Config, Runtime, bench};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// kodo: supervised executions whose every event is stored.
+/// kodo runs long-lived executions (AI-agent jobs, scripts, workflows) as
+/// supervised actors, stores every event they emit, and survives crashes.
 #[derive(Parser)]
-#[command(name = "runtime", version, about)]
+#[command(
+    name = "runtime",
+    version,
+    after_help = "Start here:
+  runtime run --config kodo.toml       run a node and its HTTP API (127.0.0.1:3370 by default)
+  curl -XPOST localhost:3370/flows/hello/executions -d '{\"inputs\": {}}'
+  curl -N localhost:3370/executions/FID/stream
+
+kodo.toml names the store (SQLite by default, a file beside the config), the
+flows and the API address; every key can be set with KODO_<SECTION>_<KEY>.
+The README has the HTTP API, the flow protocol and every config key."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

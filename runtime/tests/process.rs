@@ -208,6 +208,13 @@ async fn db_upgrade_and_help() {
         let out = runtime(args, dir.path()).output().await.unwrap();
         assert!(out.status.success(), "{args:?}");
     }
+    let out = runtime(&["--help"], dir.path()).output().await.unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("kodo runs long-lived executions")
+            && help.contains("Start here:\n  runtime run --config kodo.toml"),
+        "{help}"
+    );
     let out = runtime(&["frobnicate"], dir.path()).output().await.unwrap();
     assert_eq!(out.status.code(), Some(2));
 }

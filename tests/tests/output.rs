@@ -50,6 +50,28 @@ fn flows() -> Flows {
         "ordered",
         r#"i=1; while [ $i -le 200 ]; do echo "before $i"; echo "{\"kind\":\"result\",\"payload\":$i}" >&3; i=$((i+1)); done"#,
     ));
+    // The Python helper, with stdout a pipe (block-buffered unless told).
+    flows.add(FlowDef::command(
+        "py-print-then-lock",
+        CommandSpec {
+            command: vec![
+                "python3".into(),
+                "-c".into(),
+                "import kodo; kodo.inputs(); print('before'); kodo.lock('go', {}); print('after')"
+                    .into(),
+            ],
+            env: [
+                (
+                    "PYTHONPATH".to_string(),
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/../flows").to_string(),
+                ),
+                // Empty is off: the helper must not depend on it.
+                ("PYTHONUNBUFFERED".to_string(), String::new()),
+            ]
+            .into(),
+            ..Default::default()
+        },
+    ));
     flows.add(sh(
         "fails-loudly",
         "echo 'Traceback (most recent call last):' >&2; echo \"ModuleNotFoundError: No module named 'kodo'\" >&2; exit 1",
@@ -188,6 +210,37 @@ async fn a_line_printed_before_an_fd3_line_is_stored_before_it() {
             "line {n}: stdout at seq {printed}, fd 3 at {result}"
         );
     }
+    t.node.shutdown("test over").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_helper_stores_a_print_before_the_lock_after_it() {
+    let t = start().await;
+    let fid = t
+        .node
+        .launch("py-print-then-lock", "ann", json!({}))
+        .await
+        .unwrap()
+        .fid;
+    let lock = wait_event(&t.node, &fid, Kind::Lock).await;
+    let lid = serde_json::from_str::<Value>(&lock.payload).unwrap()["lid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let stored = stored_events(&t.store, &fid).await;
+    let before = stored.iter().find(|e| e.kind == Kind::Stdout);
+    assert_eq!(
+        before.map(|e| (e.payload.as_str(), e.seq < lock.seq)),
+        Some(("\"before\"", true)),
+        "the print is stored before the lock, while the flow waits"
+    );
+    t.node.answer_lock(&fid, &lid, json!("yes")).unwrap();
+    assert_eq!(wait_final(&t.node, &fid).await, Status::Finished);
+    let events = stored_events(&t.store, &fid).await;
+    assert_eq!(
+        payloads(&events, Kind::Stdout),
+        [json!("before"), json!("after")]
+    );
     t.node.shutdown("test over").await;
 }
 
