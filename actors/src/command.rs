@@ -19,9 +19,8 @@
 
 use crate::flow::{CommandSpec, Ctx, LockError};
 use crate::orphans;
-use crate::output::{LineReader, Piece, json_pieces};
+use crate::output::{Piece, PipeReader, json_pieces};
 use crate::tracer::{Outcome, Trace};
-use futures::FutureExt;
 use kodo_core::Kind;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -30,8 +29,8 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWriteExt};
-use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
+use tokio::io::AsyncWriteExt;
+use tokio::process::{Child, ChildStdin, Command};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -212,23 +211,26 @@ async fn drive(started: Started, ctx: &Ctx, inputs: &Value) -> Outcome {
     let first = stdin.clone().lock_owned().await;
     let inputs_line = inputs.to_string();
     let inputs_writer = tokio::spawn(async move { write_to(first, &inputs_line).await });
-    let fd3 = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd3) {
-        Ok(rx) => Some(LineReader::new(rx, max + FD3_ENVELOPE)),
+    let pipe = |fd: std::io::Result<OwnedFd>, max: usize, name: &str| match fd
+        .and_then(|fd| PipeReader::new(fd, max))
+    {
+        Ok(reader) => Some(reader),
         Err(e) => {
-            tracing::warn!(fid = %ctx.fid(), error = %e, "fd 3 unavailable");
+            tracing::warn!(fid = %ctx.fid(), error = %e, "{name} unavailable");
             None
         }
     };
+    let text_max = max.saturating_sub(2);
     let pipes = Pipes {
         out: child
             .stdout
             .take()
-            .map(|p| LineReader::new(p, max.saturating_sub(2))),
+            .and_then(|p| pipe(p.into_owned_fd(), text_max, "stdout")),
         err: child
             .stderr
             .take()
-            .map(|p| LineReader::new(p, max.saturating_sub(2))),
-        fd3,
+            .and_then(|p| pipe(p.into_owned_fd(), text_max, "stderr")),
+        fd3: pipe(Ok(fd3), max + FD3_ENVELOPE, "fd 3"),
     };
     // Cancelled once the process is reaped: its open locks can no longer be answered.
     let exited = CancellationToken::new();
@@ -322,14 +324,12 @@ async fn write_to(mut guard: tokio::sync::OwnedMutexGuard<Option<ChildStdin>>, l
 const FD3_ENVELOPE: usize = 64 * 1024;
 /// The longest stderr line kept for an error message.
 const LAST_STDERR_CHARS: usize = 500;
-/// How much already written output one catch-up reads before an fd-3 line.
-const CATCH_UP_BYTES: usize = 1 << 20;
 
 /// A flow's three output pipes (`None` once closed).
 struct Pipes {
-    out: Option<LineReader<ChildStdout>>,
-    err: Option<LineReader<ChildStderr>>,
-    fd3: Option<LineReader<tokio::net::unix::pipe::Receiver>>,
+    out: Option<PipeReader>,
+    err: Option<PipeReader>,
+    fd3: Option<PipeReader>,
 }
 
 /// What the reader saw that decides the outcome.
@@ -356,7 +356,7 @@ struct Pump {
 }
 
 /// The next piece of a pipe that is open (never resolves for a closed one).
-async fn next<R: AsyncRead + Unpin>(pipe: &mut Option<LineReader<R>>) -> Read {
+async fn next(pipe: &mut Option<PipeReader>) -> Read {
     match pipe {
         Some(reader) => reader.next().await,
         None => std::future::pending().await,
@@ -390,24 +390,25 @@ impl Pump {
         }
     }
 
-    /// Records the complete stdout and stderr lines already written (up to
-    /// [`CATCH_UP_BYTES`] of each), without waiting for more.
+    /// Records the complete stdout and stderr lines already written: what
+    /// the pipes hold now, read for real, without waiting for more.
     async fn catch_up(&mut self, pipes: &mut Pipes) {
-        let mut budget = CATCH_UP_BYTES;
-        while budget > 0 {
-            let Some(read) = next(&mut pipes.out).now_or_never() else {
-                break;
-            };
-            budget = budget.saturating_sub(read_len(&read));
-            self.text(Kind::Stdout, read, &mut pipes.out).await;
-        }
-        let mut budget = CATCH_UP_BYTES;
-        while budget > 0 {
-            let Some(read) = next(&mut pipes.err).now_or_never() else {
-                break;
-            };
-            budget = budget.saturating_sub(read_len(&read));
-            self.text(Kind::Stderr, read, &mut pipes.err).await;
+        self.catch_up_on(Kind::Stdout, &mut pipes.out).await;
+        self.catch_up_on(Kind::Stderr, &mut pipes.err).await;
+    }
+
+    async fn catch_up_on(&mut self, kind: Kind, pipe: &mut Option<PipeReader>) {
+        let Some(reader) = pipe else {
+            return;
+        };
+        let read = match reader.catch_up() {
+            Ok(()) => reader.ready(),
+            Err(e) => return self.text(kind, Err(e), pipe).await,
+        };
+        let mut read = read;
+        while let Some(piece) = read {
+            self.text(kind, Ok(Some(piece)), pipe).await;
+            read = pipe.as_mut().and_then(PipeReader::ready);
         }
     }
 
@@ -526,14 +527,6 @@ impl Pump {
             self.refused = true;
             tracing::debug!(fid = %self.ctx.fid(), error = %e, "output no longer recorded; still reading");
         }
-    }
-}
-
-/// The bytes a read brought (for the catch-up budget).
-fn read_len(read: &Read) -> usize {
-    match read {
-        Ok(Some(piece)) => piece.text().len() + 1,
-        _ => 0,
     }
 }
 

@@ -386,6 +386,7 @@ impl Node {
             }
             None => {
                 // Spooler processes elsewhere store what this node published.
+                report.stored_elsewhere = true;
                 if !self.transport.settle(wait).await {
                     tracing::warn!(
                         ?wait,

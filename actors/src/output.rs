@@ -3,11 +3,18 @@
 //! is split again so that each event's JSON fits the payload limit once
 //! escaped (a NUL byte takes six bytes as `\u0000`, a quote two).
 //!
-//! Reading is cancel-safe: a partly read line stays in the reader, so a
-//! read may be raced against other pipes and dropped without losing bytes.
+//! [`PipeReader::next`] is cancel-safe: bytes read are kept in the reader,
+//! so a read may be raced against other pipes and dropped without losing
+//! any. [`PipeReader::catch_up`] takes what the pipe holds right now with a
+//! real read, not the reactor's cached readiness (which may not have seen
+//! the bytes yet): what a flow wrote before is surely there.
 
 use kodo_core::json_text;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 
 /// What one read of a pipe gives.
 #[derive(Clone, Debug, PartialEq)]
@@ -29,57 +36,151 @@ impl Piece {
     }
 }
 
-/// Reads lines of at most `max` bytes from a pipe; a longer line comes in
+/// Splits bytes into lines of at most `max` bytes; a longer line comes in
 /// [`Piece::Part`]s cut between UTF-8 characters. Invalid UTF-8 becomes
 /// U+FFFD.
-pub struct LineReader<R> {
-    reader: BufReader<R>,
-    line: Vec<u8>,
+#[derive(Debug)]
+pub struct LineSplitter {
+    buf: Vec<u8>,
+    /// Bytes of `buf` already searched for a line end.
+    searched: usize,
     max: usize,
 }
 
-impl<R: AsyncRead + Unpin> LineReader<R> {
-    /// A reader of lines up to `max` bytes (at least 4).
-    pub fn new(reader: R, max: usize) -> Self {
+impl LineSplitter {
+    /// A splitter of lines up to `max` bytes (at least 4).
+    pub fn new(max: usize) -> Self {
         Self {
-            reader: BufReader::new(reader),
-            line: Vec::new(),
+            buf: Vec::new(),
+            searched: 0,
             max: max.max(4),
         }
+    }
+
+    /// Adds bytes read.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete piece in what was pushed, if any.
+    pub fn next_piece(&mut self) -> Option<Piece> {
+        let window = self.buf.len().min(self.max + 1);
+        if let Some(i) = self.buf[self.searched.min(window)..window]
+            .iter()
+            .position(|&b| b == b'\n')
+        {
+            let end = self.searched.min(window) + i;
+            let mut line: Vec<u8> = self.buf.drain(..=end).collect();
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            self.searched = 0;
+            return Some(Piece::Line(text(line)));
+        }
+        self.searched = window;
+        if self.buf.len() > self.max {
+            let cut = char_boundary(&self.buf, self.max);
+            let part: Vec<u8> = self.buf.drain(..cut).collect();
+            self.searched = 0;
+            return Some(Piece::Part(text(part)));
+        }
+        None
+    }
+
+    /// What is left at the end of input (a last line without its end).
+    pub fn finish(&mut self) -> Option<Piece> {
+        if let Some(piece) = self.next_piece() {
+            return Some(piece);
+        }
+        self.searched = 0;
+        (!self.buf.is_empty()).then(|| Piece::Line(text(std::mem::take(&mut self.buf))))
+    }
+}
+
+/// Bytes one read takes from a pipe.
+const CHUNK: usize = 16 * 1024;
+
+/// Reads a pipe (non-blocking, through the reactor) into pieces of lines.
+pub struct PipeReader {
+    fd: AsyncFd<File>,
+    lines: LineSplitter,
+    chunk: Box<[u8]>,
+    eof: bool,
+}
+
+impl PipeReader {
+    /// Reads the pipe `fd` in lines of at most `max` bytes.
+    pub fn new(fd: OwnedFd, max: usize) -> std::io::Result<Self> {
+        // SAFETY: F_SETFL on a descriptor we own; no memory is touched.
+        unsafe {
+            let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+            if flags < 0 || libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) < 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        // SAFETY: a File owns its descriptor: it stays open, and the same,
+        // for as long as the AsyncFd holds the File.
+        let fd = unsafe { AsyncFd::register_with_interest(File::from(fd), Interest::READABLE) }?;
+        Ok(Self {
+            fd,
+            lines: LineSplitter::new(max),
+            chunk: vec![0; CHUNK].into_boxed_slice(),
+            eof: false,
+        })
     }
 
     /// The next piece; `None` at end of input. Cancel-safe.
     pub async fn next(&mut self) -> std::io::Result<Option<Piece>> {
         loop {
-            let buf = self.reader.fill_buf().await?;
-            // From here to the return or the next loop, nothing awaits: the
-            // bytes copied and the bytes consumed always agree.
-            if buf.is_empty() {
-                if self.line.is_empty() {
-                    return Ok(None);
-                }
-                return Ok(Some(Piece::Line(text(std::mem::take(&mut self.line)))));
+            if let Some(piece) = self.lines.next_piece() {
+                return Ok(Some(piece));
             }
-            let room = self.max - self.line.len();
-            if let Some(i) = buf.iter().take(room + 1).position(|&b| b == b'\n') {
-                self.line.extend_from_slice(&buf[..i]);
-                self.reader.consume(i + 1);
-                let mut line = std::mem::take(&mut self.line);
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                return Ok(Some(Piece::Line(text(line))));
+            if self.eof {
+                return Ok(self.lines.finish());
             }
-            if room == 0 {
-                let cut = char_boundary(&self.line, self.max);
-                let rest = self.line.split_off(cut);
-                let part = std::mem::replace(&mut self.line, rest);
-                return Ok(Some(Piece::Part(text(part))));
+            let mut ready = self.fd.readable().await?;
+            // Read and pushed with no await between: nothing read is lost
+            // if this future is dropped at the await above.
+            match ready.try_io(|fd| fd.get_ref().read(&mut self.chunk)) {
+                Ok(Ok(0)) => self.eof = true,
+                Ok(Ok(n)) => self.lines.push(&self.chunk[..n]),
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => {}
             }
-            let n = buf.len().min(room);
-            self.line.extend_from_slice(&buf[..n]);
-            self.reader.consume(n);
         }
+    }
+
+    /// Takes everything the pipe holds now (at most one pipe's capacity:
+    /// what was written before this call), without waiting; the pieces it
+    /// completes come from [`PipeReader::next`] at once.
+    pub fn catch_up(&mut self) -> std::io::Result<()> {
+        let mut held: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int, into `held`.
+        if unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::FIONREAD, &mut held) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut left = held.max(0) as usize;
+        while left > 0 && !self.eof {
+            let want = left.min(self.chunk.len());
+            match self.fd.get_ref().read(&mut self.chunk[..want]) {
+                Ok(0) => self.eof = true,
+                Ok(n) => {
+                    self.lines.push(&self.chunk[..n]);
+                    left -= n;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// A complete piece already read, if any (never waits).
+    pub fn ready(&mut self) -> Option<Piece> {
+        self.lines.next_piece()
     }
 }
 
@@ -147,52 +248,78 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    async fn pieces(data: &[u8], max: usize, capacity: usize) -> Vec<Piece> {
-        let mut reader = LineReader::new(data, max);
-        reader.reader = BufReader::with_capacity(capacity, data);
+    /// Every piece of `data` pushed in chunks of `chunk` bytes, then finished.
+    fn pieces(data: &[u8], max: usize, chunk: usize) -> Vec<Piece> {
+        let mut lines = LineSplitter::new(max);
         let mut out = Vec::new();
-        while let Some(piece) = reader.next().await.unwrap() {
+        for part in data.chunks(chunk) {
+            lines.push(part);
+            while let Some(piece) = lines.next_piece() {
+                out.push(piece);
+            }
+        }
+        while let Some(piece) = lines.finish() {
             out.push(piece);
         }
         out
     }
 
-    #[tokio::test]
-    async fn long_lines_come_in_parts_and_nothing_is_lost() {
+    #[test]
+    fn long_lines_come_in_parts_and_nothing_is_lost() {
         let data = b"short\r\n0123456789abcdef\nlast-without-newline";
-        let got = pieces(data, 10, 4).await;
         use Piece::*;
-        assert_eq!(
-            got,
-            [
-                Line("short".into()),
-                Part("0123456789".into()),
-                Line("abcdef".into()),
-                Part("last-witho".into()),
-                Line("ut-newline".into()),
-            ]
-        );
+        for chunk in [1, 3, 4, 64] {
+            assert_eq!(
+                pieces(data, 10, chunk),
+                [
+                    Line("short".into()),
+                    Part("0123456789".into()),
+                    Line("abcdef".into()),
+                    Part("last-witho".into()),
+                    Line("ut-newline".into()),
+                ],
+                "chunk {chunk}"
+            );
+            // A line of exactly the limit is one line.
+            assert_eq!(
+                pieces(b"0123456789\n", 10, chunk),
+                [Line("0123456789".into())]
+            );
+        }
         let bad = [0xff, 0xfe, b'o', b'k', b'\n'];
-        assert_eq!(
-            pieces(&bad, 64, 8).await,
-            [Line("\u{fffd}\u{fffd}ok".into())]
-        );
-        // A line of exactly the limit is one line.
-        assert_eq!(
-            pieces(b"0123456789\n", 10, 3).await,
-            [Line("0123456789".into())]
-        );
+        assert_eq!(pieces(&bad, 64, 2), [Line("\u{fffd}\u{fffd}ok".into())]);
+    }
+
+    #[test]
+    fn a_cut_never_splits_a_character() {
+        let line = "aé€😀".repeat(50);
+        for max in 4..20 {
+            for chunk in [1, 7, 1000] {
+                let got = pieces(line.as_bytes(), max, chunk);
+                let joined: String = got.iter().map(Piece::text).collect();
+                assert_eq!(joined, line, "max {max}");
+                assert!(got.iter().all(|p| p.text().len() <= max));
+            }
+        }
     }
 
     #[tokio::test]
-    async fn a_cut_never_splits_a_character() {
-        let line = "aé€😀".repeat(50);
-        for max in 4..20 {
-            let got = pieces(line.as_bytes(), max, 7).await;
-            let joined: String = got.iter().map(Piece::text).collect();
-            assert_eq!(joined, line, "max {max}");
-            assert!(got.iter().all(|p| p.text().len() <= max));
-        }
+    async fn catch_up_takes_what_the_pipe_holds_without_waiting() {
+        let (read, write) = std::io::pipe().unwrap();
+        let mut reader = PipeReader::new(read.into(), 64).unwrap();
+        let mut write = File::from(OwnedFd::from(write));
+        std::io::Write::write_all(&mut write, b"a\nb\npartial").unwrap();
+        reader.catch_up().unwrap();
+        assert_eq!(reader.ready(), Some(Piece::Line("a".into())));
+        assert_eq!(reader.ready(), Some(Piece::Line("b".into())));
+        assert_eq!(reader.ready(), None, "an unfinished line waits");
+        std::io::Write::write_all(&mut write, b" line\n").unwrap();
+        drop(write);
+        assert_eq!(
+            reader.next().await.unwrap(),
+            Some(Piece::Line("partial line".into()))
+        );
+        assert_eq!(reader.next().await.unwrap(), None);
     }
 
     #[test]
@@ -229,6 +356,30 @@ mod tests {
             let back: String = got.iter().map(|p| serde_json::from_str::<String>(p).unwrap()).collect();
             prop_assert_eq!(back, text);
             prop_assert!(got.iter().all(|p| p.len() <= max));
+        }
+
+        #[test]
+        fn any_bytes_in_any_chunks_come_back_whole(
+            lines in proptest::collection::vec("[a-zé€😀]{0,40}", 0..8),
+            max in 4usize..30,
+            chunk in 1usize..50,
+        ) {
+            let data = lines.join("\n");
+            let got = pieces(data.as_bytes(), max, chunk);
+            let mut back = String::new();
+            for piece in &got {
+                prop_assert!(piece.text().len() <= max);
+                back.push_str(piece.text());
+                if matches!(piece, Piece::Line(_)) {
+                    back.push('\n');
+                }
+            }
+            let want = if data.is_empty() || data.ends_with('\n') {
+                data.clone()
+            } else {
+                format!("{data}\n")
+            };
+            prop_assert_eq!(back, want);
         }
     }
 }

@@ -24,6 +24,9 @@ pub struct ShutdownReport {
     pub short: Vec<(Fid, u64, u64)>,
     /// Why the check could not be completed, if it could not.
     pub unchecked: Option<String>,
+    /// Spooler processes elsewhere store this node's events: what is not
+    /// stored yet waits in the transport (Redis keeps it), not lost.
+    pub stored_elsewhere: bool,
 }
 
 impl ShutdownReport {
@@ -69,6 +72,12 @@ impl fmt::Display for ShutdownReport {
         }
         if let Some(why) = &self.unchecked {
             parts.push(format!("could not check the store: {why}"));
+        }
+        if self.stored_elsewhere {
+            parts.push(
+                "what is missing waits in the transport for the spooler processes to store it"
+                    .into(),
+            );
         }
         f.write_str(&parts.join("; "))
     }

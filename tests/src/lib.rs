@@ -160,6 +160,14 @@ pub async fn wait_event(node: &Node, fid: &Fid, kind: Kind) -> Event {
         .unwrap_or_else(|_| panic!("no {kind} event for {fid} within {DEADLINE:?}"))
 }
 
+/// Waits until the execution's `lock` event is stored; returns it and the lock id.
+pub async fn wait_lock(node: &Node, fid: &Fid) -> (Event, String) {
+    let lock = wait_event(node, fid, Kind::Lock).await;
+    let payload: serde_json::Value = serde_json::from_str(&lock.payload).expect("lock payload");
+    let lid = payload["lid"].as_str().expect("a lock id").to_string();
+    (lock, lid)
+}
+
 /// Checks the invariants of one stored event log: seqs 1..=n with no gap,
 /// `meta` first, exactly one final status and it is the last event.
 pub fn check_log(events: &[Event]) -> Result<Status, String> {

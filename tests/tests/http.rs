@@ -64,11 +64,7 @@ async fn launch_and_answer_bodies_must_be_objects() {
         );
     }
     let fid = api.launch("asks").await;
-    let lock = wait_event(api.running.node(), &fid, kodo_core::Kind::Lock).await;
-    let lid = serde_json::from_str::<Value>(&lock.payload).unwrap()["lid"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (_, lid) = wait_lock(api.running.node(), &fid).await;
     let path = format!("/executions/{fid}/locks/{lid}");
     let request = api.req(Method::POST, &path, None).body("[1]");
     assert_eq!(

@@ -222,11 +222,7 @@ async fn the_python_helper_stores_a_print_before_the_lock_after_it() {
         .await
         .unwrap()
         .fid;
-    let lock = wait_event(&t.node, &fid, Kind::Lock).await;
-    let lid = serde_json::from_str::<Value>(&lock.payload).unwrap()["lid"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (lock, lid) = wait_lock(&t.node, &fid).await;
     let stored = stored_events(&t.store, &fid).await;
     let before = stored.iter().find(|e| e.kind == Kind::Stdout);
     assert_eq!(
