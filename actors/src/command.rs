@@ -371,9 +371,11 @@ impl Pump {
             tokio::select! {
                 read = next(&mut pipes.out), if pipes.out.is_some() => {
                     self.text(Kind::Stdout, read, &mut pipes.out).await;
+                    self.buffered(Kind::Stdout, &mut pipes.out).await;
                 }
                 read = next(&mut pipes.err), if pipes.err.is_some() => {
                     self.text(Kind::Stderr, read, &mut pipes.err).await;
+                    self.buffered(Kind::Stderr, &mut pipes.err).await;
                 }
                 read = next(&mut pipes.fd3), if pipes.fd3.is_some() => {
                     self.catch_up(&mut pipes).await;
@@ -401,14 +403,17 @@ impl Pump {
         let Some(reader) = pipe else {
             return;
         };
-        let read = match reader.catch_up() {
-            Ok(()) => reader.ready(),
-            Err(e) => return self.text(kind, Err(e), pipe).await,
-        };
-        let mut read = read;
-        while let Some(piece) = read {
+        match reader.catch_up() {
+            Ok(()) => self.buffered(kind, pipe).await,
+            Err(e) => self.text(kind, Err(e), pipe).await,
+        }
+    }
+
+    /// Records the complete pieces already read from a pipe (never waits
+    /// for the pipe itself).
+    async fn buffered(&mut self, kind: Kind, pipe: &mut Option<PipeReader>) {
+        while let Some(piece) = pipe.as_mut().and_then(PipeReader::ready) {
             self.text(kind, Ok(Some(piece)), pipe).await;
-            read = pipe.as_mut().and_then(PipeReader::ready);
         }
     }
 

@@ -42,7 +42,10 @@ impl Piece {
 #[derive(Debug)]
 pub struct LineSplitter {
     buf: Vec<u8>,
-    /// Bytes of `buf` already searched for a line end.
+    /// Where the unread bytes of `buf` start (consumed bytes are dropped
+    /// in bulk, not per line).
+    start: usize,
+    /// Unread bytes already searched for a line end.
     searched: usize,
     max: usize,
 }
@@ -52,6 +55,7 @@ impl LineSplitter {
     pub fn new(max: usize) -> Self {
         Self {
             buf: Vec::new(),
+            start: 0,
             searched: 0,
             max: max.max(4),
         }
@@ -59,31 +63,36 @@ impl LineSplitter {
 
     /// Adds bytes read.
     pub fn push(&mut self, bytes: &[u8]) {
+        if self.start > 0 && self.start * 2 >= self.buf.len() {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// Takes the next `n` unread bytes.
+    fn take(&mut self, n: usize) -> &[u8] {
+        let taken = &self.buf[self.start..self.start + n];
+        self.start += n;
+        self.searched = 0;
+        taken
     }
 
     /// The next complete piece in what was pushed, if any.
     pub fn next_piece(&mut self) -> Option<Piece> {
-        let window = self.buf.len().min(self.max + 1);
-        if let Some(i) = self.buf[self.searched.min(window)..window]
-            .iter()
-            .position(|&b| b == b'\n')
-        {
-            let end = self.searched.min(window) + i;
-            let mut line: Vec<u8> = self.buf.drain(..=end).collect();
-            line.pop();
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
-            self.searched = 0;
+        let unread = &self.buf[self.start..];
+        let window = unread.len().min(self.max + 1);
+        let from = self.searched.min(window);
+        if let Some(i) = unread[from..window].iter().position(|&b| b == b'\n') {
+            let line = self.take(from + i + 1);
+            let line = line.strip_suffix(b"\n").unwrap_or(line);
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
             return Some(Piece::Line(text(line)));
         }
         self.searched = window;
-        if self.buf.len() > self.max {
-            let cut = char_boundary(&self.buf, self.max);
-            let part: Vec<u8> = self.buf.drain(..cut).collect();
-            self.searched = 0;
-            return Some(Piece::Part(text(part)));
+        if unread.len() > self.max {
+            let cut = char_boundary(unread, self.max);
+            return Some(Piece::Part(text(self.take(cut))));
         }
         None
     }
@@ -93,8 +102,8 @@ impl LineSplitter {
         if let Some(piece) = self.next_piece() {
             return Some(piece);
         }
-        self.searched = 0;
-        (!self.buf.is_empty()).then(|| Piece::Line(text(std::mem::take(&mut self.buf))))
+        let rest = self.buf.len() - self.start;
+        (rest > 0).then(|| Piece::Line(text(self.take(rest))))
     }
 }
 
@@ -209,8 +218,8 @@ fn char_boundary(bytes: &[u8], max: usize) -> usize {
     }
 }
 
-fn text(bytes: Vec<u8>) -> String {
-    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// How many bytes a character takes inside a JSON string (as serde_json
@@ -227,6 +236,10 @@ fn escaped_len(c: char) -> usize {
 /// in order; together they hold all of it. An empty text is one empty string.
 pub fn json_pieces(text: &str, max: usize) -> Vec<String> {
     let room = max.saturating_sub(2).max(6);
+    if text.len().saturating_mul(6) <= room {
+        // Fits even if every byte needed the longest escape.
+        return vec![json_text(text)];
+    }
     let mut pieces = Vec::new();
     let (mut start, mut size) = (0, 0);
     for (i, c) in text.char_indices() {
