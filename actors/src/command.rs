@@ -34,7 +34,8 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// How long output readers may run on after the process group is gone.
+/// How long output may stay silent, after the process group is gone, before
+/// kodo stops waiting for the pipes to close.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(5);
 
 /// Runs a command flow to its outcome.
@@ -266,13 +267,11 @@ async fn drive(started: Started, ctx: &Ctx, inputs: &Value) -> Outcome {
     inputs_writer.abort();
     exited.cancel();
     stdin.lock().await.take();
-    let abort = reader.abort_handle();
-    if tokio::time::timeout(DRAIN_AFTER_EXIT, reader)
-        .await
-        .is_err()
-    {
-        abort.abort();
-        tracing::warn!(fid = %ctx.fid(), "output still open after exit; stopped reading");
+    // The reader ends once the pipes close (the group is gone), or
+    // DRAIN_AFTER_EXIT after the last output when something outside the
+    // group holds them; it is not hurried while it records.
+    if let Err(e) = reader.await {
+        tracing::error!(fid = %ctx.fid(), error = %e, "the output reader failed");
     }
     if let Some(stop) = ctx.stop_request() {
         return stop.outcome();
@@ -367,7 +366,9 @@ type Read = std::io::Result<Option<Piece>>;
 
 impl Pump {
     async fn run(mut self, mut pipes: Pipes) {
-        loop {
+        let exited = self.exited.clone();
+        let mut idle_after_exit = false;
+        while pipes.out.is_some() || pipes.err.is_some() || pipes.fd3.is_some() {
             tokio::select! {
                 read = next(&mut pipes.out), if pipes.out.is_some() => {
                     self.text(Kind::Stdout, read, &mut pipes.out).await;
@@ -381,7 +382,16 @@ impl Pump {
                     self.catch_up(&mut pipes).await;
                     self.fd3(read, &mut pipes.fd3).await;
                 }
-                else => break,
+                _ = exited.cancelled(), if !idle_after_exit => idle_after_exit = true,
+                // Counted only while no pipe has anything to read: recording
+                // may wait on a slow store as long as it takes.
+                _ = tokio::time::sleep(DRAIN_AFTER_EXIT), if idle_after_exit => {
+                    tracing::warn!(
+                        fid = %self.ctx.fid(),
+                        "output still open {DRAIN_AFTER_EXIT:?} after the flow's process group ended (a process outside the group holds it); stopped reading"
+                    );
+                    break;
+                }
             }
         }
         // Open locks live on until answered or expired, or until the process
@@ -495,10 +505,19 @@ impl Pump {
                 data,
                 timeout,
             }) => {
-                let (ctx, stdin) = (self.ctx.clone(), self.stdin.clone());
+                // The lock event is recorded here, in the pipe's order; only
+                // the wait for its answer runs beside the reading.
                 let lid = uuid::Uuid::new_v4().to_string();
+                let pending = match self.ctx.open_lock(lid.clone(), &name, data, timeout).await {
+                    Ok(pending) => pending,
+                    Err(e) => {
+                        tracing::debug!(fid = %self.ctx.fid(), error = %e, "lock not opened");
+                        return;
+                    }
+                };
+                let stdin = self.stdin.clone();
                 self.locks.spawn(async move {
-                    let reply = match ctx.lock_as(lid.clone(), &name, data, timeout).await {
+                    let reply = match pending.answer().await {
                         Ok(answer) => json!({"lid": lid, "name": name, "answer": answer}),
                         Err(LockError::Expired { .. }) => {
                             json!({"lid": lid, "name": name, "error": "expired"})

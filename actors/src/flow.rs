@@ -174,6 +174,42 @@ pub enum LockError {
     InUse(#[from] crate::locks::LockInUse),
 }
 
+/// A lock whose `lock` event is recorded; [`PendingLock::answer`] waits
+/// for the answer (or the expiry) and records the `lease`.
+pub struct PendingLock {
+    ctx: Ctx,
+    lid: String,
+    name: String,
+    wait: Duration,
+    open: crate::locks::OpenLock,
+}
+
+impl PendingLock {
+    /// The lock's id.
+    pub fn lid(&self) -> &str {
+        &self.lid
+    }
+
+    /// Waits for the answer given through the API, records the `lease` and
+    /// returns the answer; after the lock's timeout, [`LockError::Expired`].
+    pub async fn answer(mut self) -> Result<Value, LockError> {
+        let (lid, name) = (self.lid, self.name);
+        let tracer = &self.ctx.inner.tracer;
+        match tokio::time::timeout(self.wait, &mut self.open.answer).await {
+            Ok(Ok(answer)) => {
+                let lease = json!({"lid": lid, "name": name, "result": answer});
+                tracer.trace(Trace::Lease(lease.to_string())).await?;
+                Ok(answer)
+            }
+            _ => {
+                let lease = json!({"lid": lid, "name": name, "error": "expired"});
+                tracer.trace(Trace::Lease(lease.to_string())).await?;
+                Err(LockError::Expired { lid, name })
+            }
+        }
+    }
+}
+
 struct CtxInner {
     fid: Fid,
     flow: String,
@@ -292,33 +328,35 @@ impl Ctx {
         data: Value,
         timeout: Option<Duration>,
     ) -> Result<Value, LockError> {
+        self.open_lock(lid, name, data, timeout)
+            .await?
+            .answer()
+            .await
+    }
+
+    /// Opens a lock and records its `lock` event (status `awaiting`);
+    /// [`PendingLock::answer`] then waits for the answer. Two steps, so a
+    /// caller can record what follows the lock while it waits.
+    pub async fn open_lock(
+        &self,
+        lid: String,
+        name: &str,
+        data: Value,
+        timeout: Option<Duration>,
+    ) -> Result<PendingLock, LockError> {
         let wait = timeout.unwrap_or(self.inner.limits.lock_timeout);
-        let mut open = self.inner.locks.open(&self.inner.fid, &lid)?;
+        let open = self.inner.locks.open(&self.inner.fid, &lid)?;
         // Only the text is kept: a JSON value held here would live as long as the wait.
         let lock = json!({"lid": lid, "name": name, "data": data, "expires": now_ts() + wait.as_secs_f64()})
             .to_string();
         self.inner.tracer.trace(Trace::Lock(lock)).await?;
-        match tokio::time::timeout(wait, &mut open.answer).await {
-            Ok(Ok(answer)) => {
-                let lease = json!({"lid": lid, "name": name, "result": answer});
-                self.inner
-                    .tracer
-                    .trace(Trace::Lease(lease.to_string()))
-                    .await?;
-                Ok(answer)
-            }
-            _ => {
-                let lease = json!({"lid": lid, "name": name, "error": "expired"});
-                self.inner
-                    .tracer
-                    .trace(Trace::Lease(lease.to_string()))
-                    .await?;
-                Err(LockError::Expired {
-                    lid,
-                    name: name.to_string(),
-                })
-            }
-        }
+        Ok(PendingLock {
+            ctx: self.clone(),
+            lid,
+            name: name.to_string(),
+            wait,
+            open,
+        })
     }
 
     /// Asks the execution to stop; the first request wins.

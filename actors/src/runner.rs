@@ -74,17 +74,14 @@ impl Actor for Runner {
         if let Some(timer) = timer {
             timer.abort();
         }
-        match &outcome {
-            Outcome::Finished(_) => {
-                tracing::info!(fid = %ctx.fid(), flow = %flow.name, status = "finished", "execution ended")
-            }
-            Outcome::Failed(why) => {
-                tracing::info!(fid = %ctx.fid(), flow = %flow.name, status = "error", reason = %why, "execution ended")
-            }
-            Outcome::Killed(why) => {
-                tracing::info!(fid = %ctx.fid(), flow = %flow.name, status = "killed", reason = %why, "execution ended")
-            }
-        }
+        // The reason stays in the execution's own events: for a command
+        // flow it holds the flow's last stderr line, which is the owner's.
+        let status = match &outcome {
+            Outcome::Finished(_) => "finished",
+            Outcome::Failed(_) => "error",
+            Outcome::Killed(_) => "killed",
+        };
+        tracing::info!(fid = %ctx.fid(), flow = %flow.name, status, "execution ended");
         if let Err(e) = ctx.tracer().trace(Trace::Finish(outcome)).await {
             tracing::warn!(fid = %ctx.fid(), error = %e, "could not record the outcome");
         }

@@ -5,7 +5,7 @@
 
 use crate::hub::Hub;
 use crate::policy::{self, RestartLog};
-use kodo_store::SharedStore;
+use kodo_store::{SharedStore, StoreError};
 use kodo_transport::SharedTransport;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use std::collections::HashMap;
@@ -87,7 +87,17 @@ impl Actor for Spooler {
             myself.stop(Some("transport drained".into()));
             return Ok(());
         };
-        commit_with_retry(shared, &delivery.events).await;
+        if commit_with_retry(shared, &delivery.events).await.is_err() {
+            // Closed at shutdown while the store failed: the batch stays
+            // unacknowledged (the shutdown reports it unstored).
+            tracing::error!(
+                shard = state.shard,
+                events = delivery.events.len(),
+                "the store was closed before this batch could be stored"
+            );
+            myself.stop(Some("store closed".into()));
+            return Ok(());
+        }
         shared.transport.ack(delivery.receipt).await?;
         shared.hub.committed(&delivery.events);
         myself.cast(Pull)?;
@@ -97,7 +107,11 @@ impl Actor for Spooler {
 
 /// Commits a batch, retrying with backoff (capped at 2 s) while the store
 /// fails: the batch stays in hand, the transport stays full, Tracers wait.
-async fn commit_with_retry(shared: &SpoolerShared, events: &[kodo_core::Event]) {
+/// Gives up only when the store was closed.
+async fn commit_with_retry(
+    shared: &SpoolerShared,
+    events: &[kodo_core::Event],
+) -> Result<(), StoreError> {
     let mut backoff = Duration::from_millis(10);
     loop {
         match shared.store.write(events).await {
@@ -106,8 +120,9 @@ async fn commit_with_retry(shared: &SpoolerShared, events: &[kodo_core::Event]) 
                     tracing::info!("store writes work again");
                     shared.health.set(None);
                 }
-                return;
+                return Ok(());
             }
+            Err(StoreError::Closed) => return Err(StoreError::Closed),
             Err(e) => {
                 tracing::warn!(error = %e, events = events.len(), retry_in = ?backoff, "store write failed");
                 shared.health.set(Some(e.to_string()));

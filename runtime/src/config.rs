@@ -297,6 +297,12 @@ impl Config {
         };
         let (mut config, from_env) = Self::parse_sourced(&name, &text, env)?;
         if let Some(dir) = path.and_then(Path::parent) {
+            // `--config kodo.toml` has the parent "": the working directory.
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
             let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
             for flow in config.flows.values_mut() {
                 flow.cwd = Some(match &flow.cwd {

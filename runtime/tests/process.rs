@@ -567,4 +567,17 @@ async fn a_config_means_the_same_from_any_directory_and_misspelt_variables_are_n
         text.contains("KODO_STORE_UR: it names no config key (did you mean KODO_STORE_URL?)"),
         "{text}"
     );
+
+    // Named by its bare file name from its own folder, as the README does.
+    let mut command = runtime(&["run", "--config", "kodo.toml"], &conf);
+    command.env_remove("KODO_STORE_URL");
+    let (mut node, base, _) = start_logged(command).await;
+    let fid = post(&base, "/flows/pwd/executions", json!({})).await["fid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    stream_until(&base, &fid, "data: \"finished\"").await;
+    let out = get(&base, &format!("/executions/{fid}/events?kinds=stdout")).await;
+    assert_eq!(out["events"][0]["payload"], json!(conf.to_str().unwrap()));
+    assert_eq!(terminate(&mut node).await, 0);
 }

@@ -53,7 +53,10 @@ fn lock_path(db: &Path, node: &str) -> std::path::PathBuf {
 /// Claims `node` beside the SQLite database file `db`.
 pub(crate) fn claim_file(db: &Path, node: &str) -> Result<NodeClaim, StoreError> {
     let path = lock_path(db, node);
-    let io = |e: std::io::Error| StoreError::Corrupt(format!("{}: {e}", path.display()));
+    let io = |e: std::io::Error| StoreError::ClaimFile {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)

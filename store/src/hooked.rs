@@ -48,6 +48,9 @@ impl<H: WriteHooks> Store for Hooked<H> {
     async fn events(&self, fid: &Fid, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
         self.inner.events(fid, query).await
     }
+    async fn event_count(&self, fid: &Fid) -> Result<u64, StoreError> {
+        self.inner.event_count(fid).await
+    }
     async fn unfinished(&self, node: &str) -> Result<Vec<ExecutionRow>, StoreError> {
         self.inner.unfinished(node).await
     }

@@ -68,6 +68,17 @@ pub enum StoreError {
         /// Who holds it, as far as the store can tell.
         holder: String,
     },
+    /// The lock file that holds a node name could not be used.
+    #[error("cannot claim the node name with {path}: {reason}")]
+    ClaimFile {
+        /// The lock file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The store was closed; nothing more is written.
+    #[error("the store is closed")]
+    Closed,
     /// An injected fault (tests only ever produce this).
     #[error("injected fault: {0}")]
     Injected(String),
@@ -135,6 +146,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// A page of one execution's events in seq order.
     async fn events(&self, fid: &Fid, query: &EventQuery) -> Result<Vec<Event>, StoreError>;
+
+    /// How many events of `fid` are stored (with no gap: its highest seq).
+    async fn event_count(&self, fid: &Fid) -> Result<u64, StoreError>;
 
     /// Executions of `node` whose stored status is not final.
     async fn unfinished(&self, node: &str) -> Result<Vec<ExecutionRow>, StoreError>;

@@ -128,6 +128,9 @@ impl Store for PgStore {
         if events.is_empty() {
             return Ok(());
         }
+        if self.pool.is_closed() {
+            return Err(StoreError::Closed);
+        }
         let mut sorted: Vec<&Event> = events.iter().collect();
         sorted.sort_unstable_by(|a, b| (a.fid.as_str(), a.seq).cmp(&(b.fid.as_str(), b.seq)));
         let mut updates = summarize(events);
@@ -168,6 +171,10 @@ impl Store for PgStore {
 
     async fn events(&self, fid: &Fid, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
         Reads::<sqlx::Postgres>::events(&self.pool, fid, query).await
+    }
+
+    async fn event_count(&self, fid: &Fid) -> Result<u64, StoreError> {
+        Reads::<sqlx::Postgres>::event_count(&self.pool, fid).await
     }
 
     async fn unfinished(&self, node: &str) -> Result<Vec<ExecutionRow>, StoreError> {

@@ -271,6 +271,19 @@ where
         Self::fetch(pool, sql, binds, |row| row_to_event(fid, row)).await
     }
 
+    /// [`crate::Store::event_count`].
+    pub(crate) async fn event_count(pool: &sqlx::Pool<DB>, fid: &Fid) -> Result<u64, StoreError> {
+        let sql = format!(
+            "SELECT count(*) AS n FROM events WHERE fid = {}",
+            DB::placeholder(1)
+        );
+        let counts = Self::fetch(pool, sql, vec![Bind::Text(fid.as_str())], |row| {
+            Ok(row.try_get::<i64, _>("n")? as u64)
+        })
+        .await?;
+        Ok(counts.into_iter().next().unwrap_or(0))
+    }
+
     /// [`crate::Store::unfinished`].
     pub(crate) async fn unfinished(
         pool: &sqlx::Pool<DB>,

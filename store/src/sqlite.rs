@@ -29,7 +29,7 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Connection};
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;
 
@@ -54,6 +54,8 @@ pub struct SqliteStore {
     path: std::path::PathBuf,
     url: String,
     rows_since_checkpoint: AtomicUsize,
+    /// Set by `close`: a write after it fails instead of reconnecting.
+    closed: AtomicBool,
     checkpoint: Arc<Notify>,
     checkpointer: tokio::task::JoinHandle<()>,
     migrated: Vec<(i64, String)>,
@@ -112,6 +114,7 @@ impl SqliteStore {
             path,
             url: masked,
             rows_since_checkpoint: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
             checkpoint,
             checkpointer,
             migrated,
@@ -237,6 +240,9 @@ impl Store for SqliteStore {
             return Ok(());
         }
         let mut slot = self.writer.lock().await;
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
         // Taken out while in use: if this write fails, or is cancelled
         // midway, the connection is dropped (closed, which rolls back
         // whatever it held) instead of going back in the slot.
@@ -273,6 +279,10 @@ impl Store for SqliteStore {
         Reads::<sqlx::Sqlite>::events(&self.reader, fid, query).await
     }
 
+    async fn event_count(&self, fid: &Fid) -> Result<u64, StoreError> {
+        Reads::<sqlx::Sqlite>::event_count(&self.reader, fid).await
+    }
+
     async fn unfinished(&self, node: &str) -> Result<Vec<ExecutionRow>, StoreError> {
         Reads::<sqlx::Sqlite>::unfinished(&self.reader, node).await
     }
@@ -288,7 +298,9 @@ impl Store for SqliteStore {
 
     async fn close(&self) {
         self.checkpointer.abort();
-        if let Some(mut writer) = self.writer.lock().await.take() {
+        let mut slot = self.writer.lock().await;
+        self.closed.store(true, Ordering::Release);
+        if let Some(mut writer) = slot.take() {
             if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
                 .execute(&mut writer)
                 .await

@@ -438,7 +438,10 @@ async fn a_write_failing_midway_stores_nothing_and_the_next_one_really_commits(d
     assert_eq!(stored_outside(&db.url, &fid).await, batch.len() as i64);
     let row = store.execution(&fid).await.unwrap().unwrap();
     assert_eq!((row.status, row.events), (Status::Finished, 254));
+    assert_eq!(store.event_count(&fid).await.unwrap(), 254);
     store.close().await;
+    // Closed is closed: a late write fails instead of reconnecting.
+    assert!(matches!(store.write(&batch).await, Err(StoreError::Closed)));
 }
 
 /// Two stores on one database (as two processes would open it): a node

@@ -50,6 +50,15 @@ fn flows() -> Flows {
         "ordered",
         r#"i=1; while [ $i -le 200 ]; do echo "before $i"; echo "{\"kind\":\"result\",\"payload\":$i}" >&3; i=$((i+1)); done"#,
     ));
+    // fd 3 in its own order: a lock, a result, another lock.
+    flows.add(sh(
+        "fd3-order",
+        r#"read -r x
+           echo '{"kind":"lock","name":"a"}' >&3
+           echo '{"kind":"result","payload":1}' >&3
+           echo '{"kind":"lock","name":"b"}' >&3
+           read -r one; read -r two"#,
+    ));
     // The Python helper, with stdout a pipe (block-buffered unless told).
     flows.add(FlowDef::command(
         "py-print-then-lock",
@@ -214,6 +223,59 @@ async fn a_line_printed_before_an_fd3_line_is_stored_before_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fd3_lines_keep_their_order_locks_too() {
+    let t = start().await;
+    let fid = t
+        .node
+        .launch("fd3-order", "ann", json!({}))
+        .await
+        .unwrap()
+        .fid;
+    let mut sub = t.node.hub().subscribe(&fid);
+    let locks = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let events = stored_events(&t.store, &fid).await;
+            let locks = payloads(&events, Kind::Lock);
+            if locks.len() == 2 {
+                return (events, locks);
+            }
+            sub.changed().await;
+        }
+    })
+    .await
+    .expect("both locks stored");
+    let (events, locks) = locks;
+    let order: Vec<String> = events
+        .iter()
+        .filter(|e| matches!(e.kind, Kind::Lock | Kind::Result))
+        .map(|e| {
+            format!(
+                "{} {}",
+                e.kind,
+                e.payload.chars().take(40).collect::<String>()
+            )
+        })
+        .collect();
+    assert_eq!(locks[0]["name"], "a", "{order:?}");
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e.kind, Kind::Lock | Kind::Result))
+            .map(|e| e.kind)
+            .collect::<Vec<_>>(),
+        [Kind::Lock, Kind::Result, Kind::Lock],
+        "{order:?}"
+    );
+    for lock in &locks {
+        t.node
+            .answer_lock(&fid, lock["lid"].as_str().unwrap(), json!(1))
+            .unwrap();
+    }
+    assert_eq!(wait_final(&t.node, &fid).await, Status::Finished);
+    t.node.shutdown("test over").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_helper_stores_a_print_before_the_lock_after_it() {
     let t = start().await;
     let fid = t
@@ -250,6 +312,63 @@ async fn a_failed_flow_says_its_last_stderr_line() {
         [json!(
             "exited with code 1: ModuleNotFoundError: No module named 'kodo'"
         )]
+    );
+    t.node.shutdown("test over").await;
+}
+
+/// A flow that exits with its output still in the pipes while the store
+/// fails: nothing is given up while recording waits (it once was, after 5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_left_in_the_pipes_is_stored_however_long_the_store_takes() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("exited");
+    let mut flows = Flows::default();
+    flows.add(FlowDef::command(
+        "prints-and-exits",
+        CommandSpec {
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                r#"i=0; while [ $i -lt 3000 ]; do echo "line $i"; i=$((i+1)); done; touch "$MARKER""#
+                    .into(),
+            ],
+            env: [("MARKER".to_string(), marker.display().to_string())].into(),
+            ..Default::default()
+        },
+    ));
+    // A 16 KiB queue fills at once while every write fails.
+    let options = NodeOptions {
+        launch_wait: std::time::Duration::from_millis(100),
+        ..NodeOptions::default()
+    };
+    let t = TestNode::start(flows, 1, 16 << 10, options).await;
+    t.faults
+        .fail_writes
+        .store(u32::MAX, std::sync::atomic::Ordering::SeqCst);
+    let fid = t
+        .node
+        .launch("prints-and-exits", "ann", json!({}))
+        .await
+        .unwrap()
+        .fid;
+    tokio::time::timeout(DEADLINE, async {
+        while !marker.exists() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the flow wrote everything and exited");
+    // Longer than kodo waits for pipes that stay open after an exit.
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    t.faults
+        .fail_writes
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(wait_final(&t.node, &fid).await, Status::Finished);
+    let events = stored_events(&t.store, &fid).await;
+    let lines: Vec<Value> = (0..3000).map(|i| json!(format!("line {i}"))).collect();
+    assert!(
+        payloads(&events, Kind::Stdout) == lines,
+        "every line, in order"
     );
     t.node.shutdown("test over").await;
 }
