@@ -341,6 +341,22 @@ impl Node {
         self.health.error()
     }
 
+    /// Resolves if this node's name was lost to another process (its
+    /// PostgreSQL claim's connection dropped and another node took the
+    /// name): two live nodes share a name, and this one must stop at once,
+    /// without writing anything more.
+    pub fn name_lost(&self) -> impl std::future::Future<Output = String> + Send + use<> {
+        let claim = self.claim.lock().expect("claim lock");
+        let lost = claim.as_ref().map(NodeClaim::lost);
+        drop(claim);
+        async move {
+            match lost {
+                Some(lost) => lost.await,
+                None => std::future::pending().await,
+            }
+        }
+    }
+
     /// Resolves when a supervisor gave up (a Spooler kept crashing): the node
     /// can no longer store events and should exit with this reason.
     pub async fn failed(&self) -> String {

@@ -1,9 +1,13 @@
 //! A command flow's process group never outlives the process that runs it,
 //! however that process dies (SIGKILL included).
 //!
-//! When the first command flow starts, the process forks a watchdog: a
-//! small copy of itself that only waits for the end of a pipe whose write
-//! end stays in this process alone. The kernel closes that pipe when this
+//! The process forks a watchdog: a copy of itself that only waits for the
+//! end of a pipe whose write end stays in this process alone. `runtime run`
+//! forks it first thing, while the process is small and has one thread (a
+//! forked child keeps the pages it was forked with, so a late fork of a
+//! large node would pin its memory); a library user gets it at the first
+//! command flow. If the watchdog dies, the next flow starts a new one (the
+//! table survives: it is shared memory). The kernel closes that pipe when this
 //! process dies, for any reason; the watchdog then kills every process group
 //! listed in a table the two share (anonymous shared memory) and exits.
 //! Flows register their group when they start and leave the table when
@@ -17,14 +21,14 @@
 //! functions (the process it was forked from has many threads).
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Slots in the shared table: process groups that can be watched at once
 /// (4 MiB of address space; only the pages used take memory).
 const SLOTS: usize = 1 << 20;
 
-/// The process's one watchdog (None: it could not be started).
+/// The process's one watchdog table (None: it could not be made).
 static WATCHDOG: OnceLock<Option<Watchdog>> = OnceLock::new();
 
 struct Watchdog {
@@ -32,9 +36,17 @@ struct Watchdog {
     /// the others a process group id or 0.
     table: &'static [AtomicI32],
     slots: Mutex<Slots>,
+    /// The watchdog process now, if one runs.
+    running: Mutex<Option<Running>>,
+}
+
+/// A forked watchdog.
+struct Running {
     /// The write end of the pipe; never written, closed by the kernel when
     /// this process ends.
     _alive: OwnedFd,
+    /// Set when the watchdog exited.
+    dead: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -49,19 +61,34 @@ pub struct Watched {
     slot: usize,
 }
 
-/// Lists process group `pgid` with the watchdog (starting it the first
-/// time). `None` when there is no watchdog or its table is full: the flow
-/// runs anyway, without that protection (logged).
-pub fn watch(pgid: libc::pid_t) -> Option<Watched> {
-    let dog = WATCHDOG
-        .get_or_init(|| match Watchdog::start() {
+fn watchdog() -> Option<&'static Watchdog> {
+    WATCHDOG
+        .get_or_init(|| match Watchdog::new() {
             Ok(dog) => Some(dog),
             Err(e) => {
-                tracing::error!(error = %e, "cannot start the watchdog of flow processes; they may outlive a crash of this process");
+                tracing::error!(error = %e, "cannot make the watchdog's table; flow processes may outlive a crash of this process");
                 None
             }
         })
-        .as_ref()?;
+        .as_ref()
+}
+
+/// Starts the watchdog now (`runtime run` does, before anything else), so
+/// the fork copies a small, single-threaded process.
+pub fn start() {
+    if let Some(dog) = watchdog() {
+        dog.ensure_running();
+    }
+}
+
+/// Lists process group `pgid` with the watchdog (starting it if none runs).
+/// `None` when there is no watchdog or its table is full: the flow runs
+/// anyway, without that protection (logged).
+pub fn watch(pgid: libc::pid_t) -> Option<Watched> {
+    let dog = watchdog()?;
+    if !dog.ensure_running() {
+        return None;
+    }
     let slot = {
         let mut slots = dog.slots.lock().expect("slots lock");
         match slots.free.pop() {
@@ -94,7 +121,8 @@ impl Drop for Watched {
 }
 
 impl Watchdog {
-    fn start() -> std::io::Result<Self> {
+    /// The shared table, with no watchdog yet.
+    fn new() -> std::io::Result<Self> {
         let bytes = SLOTS * std::mem::size_of::<AtomicI32>();
         // SAFETY: a fresh anonymous mapping; nothing else refers to it.
         let map = unsafe {
@@ -114,38 +142,70 @@ impl Watchdog {
         // unmapped; AtomicI32 has the layout of i32.
         let table: &'static [AtomicI32] =
             unsafe { std::slice::from_raw_parts(map as *const AtomicI32, SLOTS) };
-        let mut fds = [0; 2];
-        // SAFETY: pipe2 writes two new descriptors into the array we own.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: both descriptors were just created and are owned by nobody else.
-        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        // SAFETY: the child runs only async-signal-safe calls and never
-        // returns from `watch_until_parent_dies`.
-        match unsafe { libc::fork() } {
-            -1 => Err(std::io::Error::last_os_error()),
-            0 => unsafe { watch_until_parent_dies(read.as_raw_fd(), table) },
-            pid => {
-                drop(read);
-                // Reaped when it exits (at the end of this process, its new
-                // parent does); a thread of its own waits, so no zombie stays
-                // if it dies early.
-                std::thread::Builder::new()
-                    .name("kodo-watchdog-reaper".into())
-                    .spawn(move || {
-                        let mut status = 0;
-                        // SAFETY: waits for our own child.
-                        unsafe { libc::waitpid(pid, &mut status, 0) };
-                        tracing::error!(pid, "the watchdog of flow processes ended early");
-                    })?;
-                tracing::debug!(pid, "watchdog of flow processes started");
-                Ok(Self {
-                    table,
-                    slots: Mutex::new(Slots::default()),
-                    _alive: write,
-                })
+        Ok(Self {
+            table,
+            slots: Mutex::new(Slots::default()),
+            running: Mutex::new(None),
+        })
+    }
+
+    /// Makes sure a watchdog process runs (forking one if none does, or
+    /// the last one died); false when none can be started.
+    fn ensure_running(&self) -> bool {
+        let mut running = self.running.lock().expect("watchdog lock");
+        if let Some(now) = running.as_ref() {
+            if !now.dead.load(Ordering::Acquire) {
+                return true;
             }
+            tracing::error!("the watchdog of flow processes died; starting another");
+        }
+        match fork_watchdog(self.table) {
+            Ok(now) => {
+                *running = Some(now);
+                true
+            }
+            Err(e) => {
+                *running = None;
+                tracing::error!(error = %e, "cannot start the watchdog of flow processes; they may outlive a crash of this process");
+                false
+            }
+        }
+    }
+}
+
+/// Forks a watchdog over `table`; a thread of this process reaps it and
+/// notes its death.
+fn fork_watchdog(table: &'static [AtomicI32]) -> std::io::Result<Running> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new descriptors into the array we own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: the child runs only async-signal-safe calls and never
+    // returns from `watch_until_parent_dies`.
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error()),
+        0 => unsafe { watch_until_parent_dies(read.as_raw_fd(), table) },
+        pid => {
+            drop(read);
+            let dead = Arc::new(AtomicBool::new(false));
+            let noted = dead.clone();
+            std::thread::Builder::new()
+                .name("kodo-watchdog-reaper".into())
+                .spawn(move || {
+                    let mut status = 0;
+                    // SAFETY: waits for our own child.
+                    unsafe { libc::waitpid(pid, &mut status, 0) };
+                    noted.store(true, Ordering::Release);
+                    tracing::error!(pid, status, "the watchdog of flow processes ended");
+                })?;
+            tracing::debug!(pid, "watchdog of flow processes started");
+            Ok(Running {
+                _alive: write,
+                dead,
+            })
         }
     }
 }

@@ -153,7 +153,15 @@ async fn run(config: Config) -> ExitCode {
         auth = if config.auth.tokens.is_empty() { "none (loopback only)" } else { "bearer tokens" },
         "kodo started"
     );
-    let failure = signals.until_stopped(running.failed()).await;
+    let failure = tokio::select! {
+        failure = signals.until_stopped(running.failed()) => failure,
+        why = running.node().name_lost() => {
+            // Another live node has this name now: stop without a
+            // graceful shutdown, which would write into its executions.
+            eprintln!("runtime: stopping at once, without touching any execution: {why}");
+            return ExitCode::from(1);
+        }
+    };
     let reason = failure
         .as_deref()
         .unwrap_or("node shutting down")
@@ -262,6 +270,10 @@ async fn upgrade(config: Config) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Run { .. }) {
+        // Before any thread exists, while the process is small.
+        kodo_actors::orphans::start();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -305,6 +305,26 @@ fn alive(pid: u32) -> bool {
     }
 }
 
+/// The watchdog of `runtime`: its child that runs the same program (the
+/// flows run `sh`).
+fn watchdog_of(runtime: u32) -> u32 {
+    let exe = std::fs::read_link(format!("/proc/{runtime}/exe")).unwrap();
+    let mut children = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{runtime}/task")).unwrap() {
+        let path = task.unwrap().path().join("children");
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        children.extend(text.split_whitespace().map(|p| p.parse::<u32>().unwrap()));
+    }
+    let watchdogs: Vec<u32> = children
+        .into_iter()
+        .filter(|&child| {
+            alive(child) && std::fs::read_link(format!("/proc/{child}/exe")).is_ok_and(|e| e == exe)
+        })
+        .collect();
+    assert_eq!(watchdogs.len(), 1, "one watchdog: {watchdogs:?}");
+    watchdogs[0]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_takes_its_flow_processes_with_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -317,8 +337,25 @@ command = ["sh", "-c", "read -r x; sleep 1000 & echo \"pids $$ $!\"; echo '{\"ki
 "#,
     );
     let (mut node, base) = start(&cfg, dir.path()).await;
+    let runtime_pid = node.id().unwrap();
+    let watchdog = watchdog_of(runtime_pid);
     let mut pids = Vec::new();
-    for _ in 0..2 {
+    for round in 0..3 {
+        if round == 2 {
+            // The watchdog dies: the next flow starts another, which
+            // watches the earlier flows too.
+            std::process::Command::new("kill")
+                .args(["-KILL", &watchdog.to_string()])
+                .status()
+                .unwrap();
+            tokio::time::timeout(DEADLINE, async {
+                while alive(watchdog) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await
+            .expect("the watchdog died");
+        }
         let fid = post(&base, "/flows/family/executions", json!({})).await["fid"]
             .as_str()
             .unwrap()
@@ -336,8 +373,9 @@ command = ["sh", "-c", "read -r x; sleep 1000 & echo \"pids $$ $!\"; echo '{\"ki
                 .map(|p| p.parse::<u32>().unwrap()),
         );
     }
-    assert_eq!(pids.len(), 4);
+    assert_eq!(pids.len(), 6);
     assert!(pids.iter().all(|&pid| alive(pid)), "{pids:?}");
+    assert_ne!(watchdog_of(runtime_pid), watchdog, "a new watchdog runs");
 
     node.start_kill().unwrap();
     node.wait().await.unwrap();

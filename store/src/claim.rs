@@ -6,17 +6,33 @@
 //! - SQLite: an exclusive `flock` on a lock file beside the database
 //!   (`kodo.db.node-NAME.lock`); the kernel drops it when the process dies.
 //! - PostgreSQL: a session advisory lock on a connection of its own; the
-//!   server drops it when that session ends.
+//!   server drops it when that session ends. That connection can be lost (a
+//!   server restart, a network cut): a task checks it every
+//!   [`CLAIM_CHECK`] and takes the lock again on a new one. If another
+//!   process took the name meanwhile, the claim is lost, and says so
+//!   ([`NodeClaim::lost`]): two live nodes now share a name, and the node
+//!   must stop at once.
 
 use crate::StoreError;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{ConnectOptions, Connection};
 use std::fs::{OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
 use std::path::Path;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How often a PostgreSQL claim checks that its connection still holds the lock.
+pub const CLAIM_CHECK: Duration = Duration::from_secs(2);
+/// How long one connection attempt of a claim may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Proof that this process owns a node name in a store; the name is free
 /// again once this is dropped (or the process ends).
 pub struct NodeClaim {
     _held: Box<dyn Send>,
+    /// Says why, if the claim was lost to another process.
+    lost: Option<watch::Receiver<Option<String>>>,
 }
 
 impl std::fmt::Debug for NodeClaim {
@@ -26,11 +42,41 @@ impl std::fmt::Debug for NodeClaim {
 }
 
 impl NodeClaim {
-    /// A claim held by `held` for as long as it lives.
+    /// A claim held by `held` for as long as it lives, that cannot be lost.
     pub fn new(held: impl Send + 'static) -> Self {
         Self {
             _held: Box::new(held),
+            lost: None,
         }
+    }
+
+    /// Resolves with the reason if the claim is lost to another process;
+    /// never for a claim that cannot be lost. Independent of `self`.
+    pub fn lost(&self) -> impl std::future::Future<Output = String> + Send + use<> {
+        let lost = self.lost.clone();
+        async move {
+            let why = match lost {
+                Some(mut rx) => rx
+                    .wait_for(Option::is_some)
+                    .await
+                    .map(|why| why.clone().unwrap_or_default())
+                    .ok(),
+                None => None,
+            };
+            match why {
+                Some(why) => why,
+                None => std::future::pending().await,
+            }
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -88,8 +134,104 @@ pub(crate) fn claim_file(db: &Path, node: &str) -> Result<NodeClaim, StoreError>
 }
 
 /// The SQL that takes node `$1`'s advisory lock without waiting.
-pub(crate) const PG_CLAIM_SQL: &str =
-    "SELECT pg_try_advisory_lock(hashtextextended('kodo-node:' || $1, 0))";
+const PG_CLAIM_SQL: &str = "SELECT pg_try_advisory_lock(hashtextextended('kodo-node:' || $1, 0))";
+
+/// A connection of its own (named `kodo node NAME` in `pg_stat_activity`)
+/// holding node `node`'s advisory lock, or `None` when another session holds it.
+async fn lock_advisory(
+    options: &PgConnectOptions,
+    node: &str,
+) -> Result<Option<PgConnection>, StoreError> {
+    let options = options
+        .clone()
+        .application_name(&format!("kodo node {node}"));
+    let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, options.connect())
+        .await
+        .map_err(|_| {
+            sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {CONNECT_TIMEOUT:?}"),
+            ))
+        })??;
+    let claimed: bool = sqlx::query_scalar(PG_CLAIM_SQL)
+        .bind(node)
+        .fetch_one(&mut conn)
+        .await?;
+    if claimed {
+        Ok(Some(conn))
+    } else {
+        conn.close().await.ok();
+        Ok(None)
+    }
+}
+
+/// Claims `node` with a PostgreSQL advisory lock, kept by a task of its own.
+pub(crate) async fn claim_advisory(
+    options: &PgConnectOptions,
+    node: &str,
+    url: &str,
+) -> Result<NodeClaim, StoreError> {
+    let Some(conn) = lock_advisory(options, node).await? else {
+        return Err(StoreError::NodeTaken {
+            node: node.to_string(),
+            holder: format!("another session of {url} holds its lock"),
+        });
+    };
+    let (lost, rx) = watch::channel(None);
+    let keeper = tokio::spawn(keep_advisory(
+        options.clone(),
+        node.to_string(),
+        url.to_string(),
+        conn,
+        lost,
+    ));
+    Ok(NodeClaim {
+        _held: Box::new(AbortOnDrop(keeper)),
+        lost: Some(rx),
+    })
+}
+
+/// Checks the claim's connection every [`CLAIM_CHECK`]; when it is gone,
+/// takes the lock again on a new one, or reports the claim lost if another
+/// session has it by then.
+async fn keep_advisory(
+    options: PgConnectOptions,
+    node: String,
+    url: String,
+    mut conn: PgConnection,
+    lost: watch::Sender<Option<String>>,
+) {
+    loop {
+        tokio::time::sleep(CLAIM_CHECK).await;
+        let ping = tokio::time::timeout(CLAIM_CHECK, conn.ping()).await;
+        if matches!(ping, Ok(Ok(()))) {
+            continue;
+        }
+        tracing::warn!(%node, %url, "the connection holding this node's name was lost; claiming the name again");
+        let mut backoff = Duration::from_millis(100);
+        conn = loop {
+            match lock_advisory(&options, &node).await {
+                Ok(Some(conn)) => {
+                    tracing::info!(%node, "node name claimed again");
+                    break conn;
+                }
+                Ok(None) => {
+                    let why = format!(
+                        "node `{node}`: another process took this node's name while its connection to {url} was down"
+                    );
+                    tracing::error!("{why}");
+                    let _ = lost.send(Some(why));
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(%node, error = %e, retry_in = ?backoff, "cannot claim the node name again yet");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(CLAIM_CHECK);
+                }
+            }
+        };
+    }
+}
 
 #[cfg(test)]
 mod tests {

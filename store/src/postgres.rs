@@ -181,27 +181,10 @@ impl Store for PgStore {
         Reads::<sqlx::Postgres>::unfinished(&self.pool, node).await
     }
 
-    /// A session advisory lock on a connection of its own, which the claim
-    /// keeps open: the server releases the lock when that session ends.
+    /// A session advisory lock on a connection of its own, kept (and taken
+    /// again after a lost connection) by a task: see [`crate::claim`].
     async fn claim_node(&self, node: &str) -> Result<NodeClaim, StoreError> {
-        let mut conn = self
-            .connect
-            .clone()
-            .application_name(&format!("kodo node {node}"))
-            .connect()
-            .await?;
-        let claimed: bool = sqlx::query_scalar(crate::claim::PG_CLAIM_SQL)
-            .bind(node)
-            .fetch_one(&mut conn)
-            .await?;
-        if !claimed {
-            conn.close().await.ok();
-            return Err(StoreError::NodeTaken {
-                node: node.to_string(),
-                holder: format!("another session of {} holds its lock", self.url),
-            });
-        }
-        Ok(NodeClaim::new(conn))
+        crate::claim::claim_advisory(&self.connect, node, &self.url).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -643,3 +643,80 @@ async fn bad_postgres_urls_are_refused_with_the_url_masked() {
         );
     }
 }
+
+/// The pid of the session holding node `node`'s claim (named `kodo node NODE`),
+/// once one holds its advisory lock.
+async fn claim_holder(admin: &mut sqlx::PgConnection, node: &str) -> Option<i32> {
+    sqlx::query_scalar(
+        "SELECT a.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = $1",
+    )
+    .bind(format!("kodo node {node}"))
+    .fetch_optional(&mut *admin)
+    .await
+    .unwrap()
+}
+
+/// A PostgreSQL claim lives on a connection of its own: when that session
+/// ends, the claim takes the lock again on a new one; when another process
+/// took the name first, the claim says it is lost.
+#[tokio::test]
+async fn postgres_a_claim_survives_its_connection_or_says_it_is_lost() {
+    let db = Db::postgres().await;
+    let (a, b) = (db.open().await, db.open().await);
+    let mut admin = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let node = format!("n-{}", Fid::new());
+    let claim = a.claim_node(&node).await.unwrap();
+    let deadline = std::time::Duration::from_secs(30);
+
+    let first = claim_holder(&mut admin, &node).await.expect("held");
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(first)
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    tokio::time::timeout(deadline, async {
+        while claim_holder(&mut admin, &node)
+            .await
+            .is_none_or(|pid| pid == first)
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the claim took its lock again on a new connection");
+    assert!(matches!(
+        b.claim_node(&node).await,
+        Err(StoreError::NodeTaken { .. })
+    ));
+
+    // Cut again, and another process takes the name before the claim can.
+    let taken = tokio::time::timeout(deadline, async {
+        loop {
+            if let Some(pid) = claim_holder(&mut admin, &node).await {
+                sqlx::query("SELECT pg_terminate_backend($1)")
+                    .bind(pid)
+                    .execute(&mut admin)
+                    .await
+                    .unwrap();
+            }
+            match b.claim_node(&node).await {
+                Ok(claim) => return claim,
+                Err(StoreError::NodeTaken { .. }) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .expect("the other store took the name");
+    let why = tokio::time::timeout(deadline, claim.lost())
+        .await
+        .expect("the claim says it is lost");
+    assert!(
+        why.contains("another process took this node's name"),
+        "{why}"
+    );
+    drop((claim, taken));
+    a.close().await;
+    b.close().await;
+}
