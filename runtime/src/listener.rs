@@ -45,6 +45,9 @@ impl Listener for ApiListener {
 
 /// A connection whose bodiless error responses (hyper's own, for requests
 /// it could not parse) are rewritten to carry `{"error": reason}`.
+///
+/// It does not offer vectored writes (the trait's default), so hyper hands
+/// it each response head whole in one `poll_write`: keep it that way.
 pub struct JsonErrors<S> {
     inner: S,
     /// Rewritten bytes not yet written, and how many of them are.

@@ -549,13 +549,7 @@ async fn a_config_means_the_same_from_any_directory_and_misspelt_variables_are_n
         .env_remove("KODO_STORE_URL")
         .env("KODO_STORE_UR", "sqlite://typo.db");
     let (mut node, base, log) = start_logged(command).await;
-    let fid = post(&base, "/flows/pwd/executions", json!({})).await["fid"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    stream_until(&base, &fid, "data: \"finished\"").await;
-    let out = get(&base, &format!("/executions/{fid}/events?kinds=stdout")).await;
-    assert_eq!(out["events"][0]["payload"], json!(conf.to_str().unwrap()));
+    assert_eq!(cwd_of_a_flow(&base).await, conf.to_str().unwrap());
     assert_eq!(terminate(&mut node).await, 0);
     assert!(
         conf.join("data/kodo.db").exists(),
@@ -572,12 +566,17 @@ async fn a_config_means_the_same_from_any_directory_and_misspelt_variables_are_n
     let mut command = runtime(&["run", "--config", "kodo.toml"], &conf);
     command.env_remove("KODO_STORE_URL");
     let (mut node, base, _) = start_logged(command).await;
-    let fid = post(&base, "/flows/pwd/executions", json!({})).await["fid"]
+    assert_eq!(cwd_of_a_flow(&base).await, conf.to_str().unwrap());
+    assert_eq!(terminate(&mut node).await, 0);
+}
+
+/// Where the flow `pwd` (no `cwd` of its own) runs.
+async fn cwd_of_a_flow(base: &str) -> String {
+    let fid = post(base, "/flows/pwd/executions", json!({})).await["fid"]
         .as_str()
         .unwrap()
         .to_string();
-    stream_until(&base, &fid, "data: \"finished\"").await;
-    let out = get(&base, &format!("/executions/{fid}/events?kinds=stdout")).await;
-    assert_eq!(out["events"][0]["payload"], json!(conf.to_str().unwrap()));
-    assert_eq!(terminate(&mut node).await, 0);
+    stream_until(base, &fid, "data: \"finished\"").await;
+    let out = get(base, &format!("/executions/{fid}/events?kinds=stdout")).await;
+    out["events"][0]["payload"].as_str().unwrap().to_string()
 }
