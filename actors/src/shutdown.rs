@@ -41,7 +41,7 @@ impl fmt::Display for ShutdownReport {
         if self.all_stored() {
             return write!(
                 f,
-                "every event is stored (checked: the transport holds none, and the {} executions stopped now have all their events in the store)",
+                "every event is stored (checked: the transport holds none, and the store has every event of the {} execution(s) stopped now)",
                 self.checked
             );
         }

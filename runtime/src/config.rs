@@ -585,6 +585,10 @@ fn sqlite_relative_to(url: &str, dir: &Path) -> String {
     if path.is_empty() || path.contains(":memory:") || Path::new(path).is_absolute() {
         return url.to_string();
     }
+    let path: std::path::PathBuf = Path::new(path)
+        .components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect();
     format!("sqlite://{}{query}", dir.join(path).display())
 }
 
@@ -885,7 +889,7 @@ mod tests {
         let dir = dir.path();
         assert_eq!(
             c.store.url,
-            format!("sqlite://{}/./data/kodo.db?mode=rwc", dir.display())
+            format!("sqlite://{}/data/kodo.db?mode=rwc", dir.display())
         );
         let flows = c.flows();
         let cwd = |name: &str| match &flows.get(name).unwrap().kind {
