@@ -22,12 +22,13 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::io::AsyncBufReadExt;
 use tokio::sync::Notify;
 
 /// Options of `runtime bench`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Scenarios to run (raw, throughput, latency, launch, waiting); default all.
+    /// Scenarios to run (raw, throughput, latency, launch, output, waiting); default all.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Executions in the throughput run.
@@ -45,6 +46,9 @@ pub struct BenchArgs {
     /// Launches per flow kind in the launch run (one after another).
     #[arg(long, default_value_t = 200)]
     pub launches: usize,
+    /// Lines each of 4 command flows prints in the output run.
+    #[arg(long, default_value_t = 100_000)]
+    pub lines: usize,
     /// Executions waiting on a lock in the memory run.
     #[arg(long, default_value_t = 100_000)]
     pub waiting: usize,
@@ -139,8 +143,20 @@ fn payload(i: usize) -> Value {
     json!({"step": i, "text": "x".repeat(160)})
 }
 
-fn flows() -> Flows {
+/// The command the output run's flows run: `seq 1 LINES`.
+fn seq_command(lines: usize) -> Vec<String> {
+    vec!["seq".into(), "1".into(), lines.to_string()]
+}
+
+fn flows(args: &BenchArgs) -> Flows {
     let mut flows = Flows::default();
+    flows.add(FlowDef::command(
+        "lines",
+        CommandSpec {
+            command: seq_command(args.lines),
+            ..Default::default()
+        },
+    ));
     flows.add(FlowDef::rust(
         "emit",
         |ctx: Ctx, inputs: Value| async move {
@@ -234,7 +250,6 @@ async fn spawn_spoolers(
     redis: &kodo_transport::RedisOptions,
     dir: &std::path::Path,
 ) -> Result<Vec<tokio::process::Child>, String> {
-    use tokio::io::AsyncBufReadExt;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut children = Vec::new();
     for i in 0..args.spool_processes {
@@ -309,7 +324,7 @@ async fn fresh(args: &BenchArgs, name: &str) -> Result<Bench, String> {
         spoolers: spoolers.is_empty(),
         ..NodeOptions::default()
     };
-    let node = Node::start(store.clone(), transport, flows(), options)
+    let node = Node::start(store.clone(), transport, flows(args), options)
         .await
         .map_err(|e| e.to_string())?;
     Ok(Bench {
@@ -526,6 +541,63 @@ async fn throughput(args: &BenchArgs, report: &mut Vec<String>) -> Result<(), St
     Ok(())
 }
 
+/// Command-flow output: 4 flows print `--lines` lines each (`seq`), every
+/// line a stored `stdout` event; beside the same output read from the pipe
+/// and merely counted (the ceiling of the pipe and the process).
+async fn output(args: &BenchArgs, report: &mut Vec<String>) -> Result<(), String> {
+    const FLOWS: usize = 4;
+    let start = Instant::now();
+    let mut reads = tokio::task::JoinSet::new();
+    for _ in 0..FLOWS {
+        let command = seq_command(args.lines);
+        reads.spawn(async move {
+            let mut child = tokio::process::Command::new(&command[0])
+                .args(&command[1..])
+                .stdout(std::process::Stdio::piped())
+                .spawn()?;
+            let stdout = child.stdout.take().expect("piped");
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            let mut n = 0usize;
+            while lines.next_line().await?.is_some() {
+                n += 1;
+            }
+            child.wait().await?;
+            Ok::<usize, std::io::Error>(n)
+        });
+    }
+    let mut counted = 0;
+    while let Some(n) = reads.join_next().await {
+        counted += n.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+    }
+    let raw = counted as f64 / start.elapsed().as_secs_f64();
+
+    let b = fresh(args, "output").await?;
+    let start = Instant::now();
+    let mut fids = Vec::new();
+    for _ in 0..FLOWS {
+        let launched = b.node.launch("lines", "bench", json!({})).await;
+        fids.push(launched.map_err(|e| e.to_string())?.fid);
+    }
+    b.until_final(&fids).await;
+    let secs = start.elapsed().as_secs_f64();
+    for fid in &fids {
+        let stored = b.store.event_count(fid).await.map_err(|e| e.to_string())?;
+        if stored < args.lines as u64 {
+            return Err(format!(
+                "{fid}: {stored} events stored for {} lines",
+                args.lines
+            ));
+        }
+    }
+    report.push(format!(
+        "output   {FLOWS} command flows x {} lines: {:.0} stored lines/s (the same output only read and counted: {raw:.0} lines/s)",
+        args.lines,
+        (FLOWS * args.lines) as f64 / secs
+    ));
+    b.end().await;
+    Ok(())
+}
+
 async fn latency(args: &BenchArgs, report: &mut Vec<String>) -> Result<(), String> {
     let b = fresh(args, "latency").await?;
     let per_execution = 100.0;
@@ -720,7 +792,14 @@ async fn raw_redis(args: &BenchArgs, report: &mut Vec<String>) -> Result<(), Str
 
 /// Runs the chosen scenarios and prints their figures.
 pub async fn run(args: BenchArgs) -> ExitCode {
-    let all = ["raw", "throughput", "latency", "launch", "waiting"];
+    let all = [
+        "raw",
+        "throughput",
+        "latency",
+        "launch",
+        "output",
+        "waiting",
+    ];
     if let Some(bad) = args.only.iter().find(|c| !all.contains(&c.as_str())) {
         eprintln!("runtime bench: unknown scenario {bad:?}; choose from {all:?}");
         return ExitCode::from(2);
@@ -763,7 +842,7 @@ pub async fn run(args: BenchArgs) -> ExitCode {
                 },
                 e => e,
             },
-            "latency" | "launch" | "waiting" if args.spool_processes > 0 => {
+            "latency" | "launch" | "output" | "waiting" if args.spool_processes > 0 => {
                 report.push(format!(
                     "{scenario:<8} skipped: it times commits inside this process; run it without --spool-processes"
                 ));
@@ -772,6 +851,7 @@ pub async fn run(args: BenchArgs) -> ExitCode {
             "throughput" => throughput(&args, &mut report).await,
             "latency" => latency(&args, &mut report).await,
             "launch" => launch(&args, &mut report).await,
+            "output" => output(&args, &mut report).await,
             _ => waiting(&args, &mut report).await,
         };
         if let Err(e) = result {
