@@ -34,9 +34,12 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// How long output may stay silent, after the process group is gone, before
-/// kodo stops waiting for the pipes to close.
+/// How long, in all, kodo waits for output after the process group is gone
+/// (the pipes close at once unless a process outside the group holds them).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(5);
+/// How much more than the pipes held at the exit kodo reads after it (from
+/// processes that left the group and still write).
+const AFTER_EXIT_SLACK: u64 = 1 << 20;
 
 /// Runs a command flow to its outcome.
 pub async fn run(spec: &CommandSpec, ctx: &Ctx, inputs: &Value) -> Outcome {
@@ -331,6 +334,22 @@ struct Pipes {
     fd3: Option<PipeReader>,
 }
 
+impl Pipes {
+    fn open(&self) -> impl Iterator<Item = &PipeReader> {
+        [&self.out, &self.err, &self.fd3].into_iter().flatten()
+    }
+
+    /// Bytes read from all pipes so far.
+    fn read_bytes(&self) -> u64 {
+        self.open().map(PipeReader::read_bytes).sum()
+    }
+
+    /// Bytes the pipes hold now, not read yet.
+    fn held(&self) -> u64 {
+        self.open().map(|p| p.held().unwrap_or(0) as u64).sum()
+    }
+}
+
 /// What the reader saw that decides the outcome.
 #[derive(Default)]
 struct Seen {
@@ -364,34 +383,74 @@ async fn next(pipe: &mut Option<PipeReader>) -> Read {
 
 type Read = std::io::Result<Option<Piece>>;
 
+/// What the reader woke up for.
+enum Ready {
+    Out(Read),
+    Err(Read),
+    Fd3(Read),
+    /// The flow's process group is gone.
+    Exited,
+    /// No output for all the patience left after the exit.
+    Silent,
+    /// Stopped (killed, timed out) after the exit.
+    Stopped,
+}
+
 impl Pump {
     async fn run(mut self, mut pipes: Pipes) {
         let exited = self.exited.clone();
-        let mut idle_after_exit = false;
+        // Once the flow's process group is gone: how far reading may go
+        // (what the pipes held then, and a little more from processes that
+        // escaped the group), how long it may still wait for output (time
+        // spent recording does not count: a slow store is waited for), and
+        // whether a stop came before the exit.
+        let mut after_exit: Option<(u64, Duration, bool)> = None;
         while pipes.out.is_some() || pipes.err.is_some() || pipes.fd3.is_some() {
-            tokio::select! {
-                read = next(&mut pipes.out), if pipes.out.is_some() => {
+            if let Some((limit, _, _)) = after_exit
+                && pipes.read_bytes() > limit
+            {
+                self.give_up("keeps writing");
+                break;
+            }
+            let waiting = tokio::time::Instant::now();
+            let patience = after_exit.map_or(DRAIN_AFTER_EXIT, |(_, left, _)| left);
+            let ready = tokio::select! {
+                read = next(&mut pipes.out), if pipes.out.is_some() => Ready::Out(read),
+                read = next(&mut pipes.err), if pipes.err.is_some() => Ready::Err(read),
+                read = next(&mut pipes.fd3), if pipes.fd3.is_some() => Ready::Fd3(read),
+                _ = exited.cancelled(), if after_exit.is_none() => Ready::Exited,
+                _ = tokio::time::sleep(patience), if after_exit.is_some() => Ready::Silent,
+                _ = self.ctx.stopped(), if after_exit.is_some_and(|(_, _, stopped)| !stopped) => {
+                    Ready::Stopped
+                }
+            };
+            if let Some((_, left, _)) = after_exit.as_mut() {
+                *left = left.saturating_sub(waiting.elapsed());
+            }
+            match ready {
+                Ready::Out(read) => {
                     self.text(Kind::Stdout, read, &mut pipes.out).await;
                     self.buffered(Kind::Stdout, &mut pipes.out).await;
                 }
-                read = next(&mut pipes.err), if pipes.err.is_some() => {
+                Ready::Err(read) => {
                     self.text(Kind::Stderr, read, &mut pipes.err).await;
                     self.buffered(Kind::Stderr, &mut pipes.err).await;
                 }
-                read = next(&mut pipes.fd3), if pipes.fd3.is_some() => {
+                Ready::Fd3(read) => {
                     self.catch_up(&mut pipes).await;
                     self.fd3(read, &mut pipes.fd3).await;
                 }
-                _ = exited.cancelled(), if !idle_after_exit => idle_after_exit = true,
-                // Counted only while no pipe has anything to read: recording
-                // may wait on a slow store as long as it takes.
-                _ = tokio::time::sleep(DRAIN_AFTER_EXIT), if idle_after_exit => {
-                    tracing::warn!(
-                        fid = %self.ctx.fid(),
-                        "output still open {DRAIN_AFTER_EXIT:?} after the flow's process group ended (a process outside the group holds it); stopped reading"
-                    );
+                Ready::Exited => {
+                    let limit = pipes.read_bytes() + pipes.held() + AFTER_EXIT_SLACK;
+                    let stopped = self.ctx.stop_request().is_some();
+                    after_exit = Some((limit, DRAIN_AFTER_EXIT, stopped));
+                }
+                Ready::Silent => {
+                    self.give_up("holds it open");
                     break;
                 }
+                // A kill or a timeout after the exit ends the reading too.
+                Ready::Stopped => break,
             }
         }
         // Open locks live on until answered or expired, or until the process
@@ -400,6 +459,13 @@ impl Pump {
             _ = async { while self.locks.join_next().await.is_some() {} } => {}
             _ = self.exited.cancelled() => self.locks.shutdown().await,
         }
+    }
+
+    fn give_up(&self, why: &str) {
+        tracing::warn!(
+            fid = %self.ctx.fid(),
+            "the flow's output stays open after its process group ended: a process outside the group {why}; stopped reading"
+        );
     }
 
     /// Records the complete stdout and stderr lines already written: what

@@ -6,8 +6,8 @@
 //! forks it first thing, while the process is small and has one thread (a
 //! forked child keeps the pages it was forked with, so a late fork of a
 //! large node would pin its memory); a library user gets it at the first
-//! command flow. If the watchdog dies, the next flow starts a new one (the
-//! table survives: it is shared memory). The kernel closes that pipe when this
+//! command flow. If the watchdog dies, another is started (the table
+//! survives: it is shared memory). The kernel closes that pipe when this
 //! process dies, for any reason; the watchdog then kills every process group
 //! listed in a table the two share (anonymous shared memory) and exits.
 //! Flows register their group when they start and leave the table when
@@ -153,11 +153,11 @@ impl Watchdog {
     /// the last one died); false when none can be started.
     fn ensure_running(&self) -> bool {
         let mut running = self.running.lock().expect("watchdog lock");
-        if let Some(now) = running.as_ref() {
-            if !now.dead.load(Ordering::Acquire) {
-                return true;
-            }
-            tracing::error!("the watchdog of flow processes died; starting another");
+        if running
+            .as_ref()
+            .is_some_and(|now| !now.dead.load(Ordering::Acquire))
+        {
+            return true;
         }
         match fork_watchdog(self.table) {
             Ok(now) => {
@@ -173,8 +173,9 @@ impl Watchdog {
     }
 }
 
-/// Forks a watchdog over `table`; a thread of this process reaps it and
-/// notes its death.
+/// Forks a watchdog over `table`. A thread of this process, started first
+/// (so that nothing can fail between the fork and the parent's hold on the
+/// pipe), reaps it, notes its death and starts another.
 fn fork_watchdog(table: &'static [AtomicI32]) -> std::io::Result<Running> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 writes two new descriptors into the array we own.
@@ -183,6 +184,30 @@ fn fork_watchdog(table: &'static [AtomicI32]) -> std::io::Result<Running> {
     }
     // SAFETY: both descriptors were just created and are owned by nobody else.
     let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let dead = Arc::new(AtomicBool::new(false));
+    let (forked, child) = std::sync::mpsc::channel::<libc::pid_t>();
+    let noted = dead.clone();
+    std::thread::Builder::new()
+        .name("kodo-watchdog-reaper".into())
+        .spawn(move || {
+            let Ok(pid) = child.recv() else {
+                return;
+            };
+            let mut status = 0;
+            // SAFETY: waits for our own child.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            noted.store(true, Ordering::Release);
+            tracing::error!(
+                pid,
+                status,
+                "the watchdog of flow processes ended; starting another"
+            );
+            // Not in a tight loop if it keeps dying.
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            if let Some(dog) = watchdog() {
+                dog.ensure_running();
+            }
+        })?;
     // SAFETY: the child runs only async-signal-safe calls and never
     // returns from `watch_until_parent_dies`.
     match unsafe { libc::fork() } {
@@ -190,17 +215,7 @@ fn fork_watchdog(table: &'static [AtomicI32]) -> std::io::Result<Running> {
         0 => unsafe { watch_until_parent_dies(read.as_raw_fd(), table) },
         pid => {
             drop(read);
-            let dead = Arc::new(AtomicBool::new(false));
-            let noted = dead.clone();
-            std::thread::Builder::new()
-                .name("kodo-watchdog-reaper".into())
-                .spawn(move || {
-                    let mut status = 0;
-                    // SAFETY: waits for our own child.
-                    unsafe { libc::waitpid(pid, &mut status, 0) };
-                    noted.store(true, Ordering::Release);
-                    tracing::error!(pid, status, "the watchdog of flow processes ended");
-                })?;
+            let _ = forked.send(pid);
             tracing::debug!(pid, "watchdog of flow processes started");
             Ok(Running {
                 _alive: write,

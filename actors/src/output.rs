@@ -116,6 +116,8 @@ pub struct PipeReader {
     lines: LineSplitter,
     chunk: Box<[u8]>,
     eof: bool,
+    /// Bytes read so far.
+    read: u64,
 }
 
 impl PipeReader {
@@ -137,6 +139,7 @@ impl PipeReader {
             lines: LineSplitter::new(max),
             chunk: vec![0; CHUNK].into_boxed_slice(),
             eof: false,
+            read: 0,
         })
     }
 
@@ -154,7 +157,10 @@ impl PipeReader {
             // if this future is dropped at the await above.
             match ready.try_io(|fd| fd.get_ref().read(&mut self.chunk)) {
                 Ok(Ok(0)) => self.eof = true,
-                Ok(Ok(n)) => self.lines.push(&self.chunk[..n]),
+                Ok(Ok(n)) => {
+                    self.lines.push(&self.chunk[..n]);
+                    self.read += n as u64;
+                }
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => {}
             }
@@ -165,18 +171,14 @@ impl PipeReader {
     /// what was written before this call), without waiting; the pieces it
     /// completes come from [`PipeReader::next`] at once.
     pub fn catch_up(&mut self) -> std::io::Result<()> {
-        let mut held: libc::c_int = 0;
-        // SAFETY: FIONREAD writes one int, into `held`.
-        if unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::FIONREAD, &mut held) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let mut left = held.max(0) as usize;
+        let mut left = self.held()?;
         while left > 0 && !self.eof {
             let want = left.min(self.chunk.len());
             match self.fd.get_ref().read(&mut self.chunk[..want]) {
                 Ok(0) => self.eof = true,
                 Ok(n) => {
                     self.lines.push(&self.chunk[..n]);
+                    self.read += n as u64;
                     left -= n;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
@@ -185,6 +187,21 @@ impl PipeReader {
             }
         }
         Ok(())
+    }
+
+    /// Bytes the pipe holds now, not read yet.
+    pub fn held(&self) -> std::io::Result<usize> {
+        let mut held: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int, into `held`.
+        if unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::FIONREAD, &mut held) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(held.max(0) as usize)
+    }
+
+    /// Bytes read from the pipe so far.
+    pub fn read_bytes(&self) -> u64 {
+        self.read
     }
 
     /// A complete piece already read, if any (never waits).

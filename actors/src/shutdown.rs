@@ -115,3 +115,44 @@ pub(crate) async fn check_stored(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kodo_core::{Event, Kind};
+
+    fn event(fid: &Fid, seq: u64) -> Event {
+        Event {
+            fid: fid.clone(),
+            seq,
+            ts: seq as f64,
+            kind: Kind::Debug,
+            payload: "1".into(),
+        }
+    }
+
+    /// A gap below the last stored seq is found: the count is short even
+    /// though the highest seq is there.
+    #[tokio::test]
+    async fn a_missing_event_below_the_last_one_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("kodo.db").display());
+        let store = kodo_store::open(&url, &Default::default()).await.unwrap();
+        let (whole, gap) = (Fid::new(), Fid::new());
+        let mut events: Vec<Event> = (1..=6).map(|seq| event(&whole, seq)).collect();
+        events.extend([1, 2, 3, 5, 6].map(|seq| event(&gap, seq)));
+        store.write(&events).await.unwrap();
+        let mut report = ShutdownReport::default();
+        let ended = vec![(whole.clone(), 6), (gap.clone(), 6)];
+        check_stored(&store, ended, Duration::from_secs(10), &mut report).await;
+        assert_eq!(report.checked, 2);
+        assert_eq!(report.short, [(gap.clone(), 5, 6)]);
+        assert!(!report.all_stored());
+        assert!(
+            report
+                .to_string()
+                .contains(&format!("{gap} (5 of 6 events stored)"))
+        );
+        store.close().await;
+    }
+}

@@ -158,8 +158,10 @@ async fn run(config: Config) -> ExitCode {
         why = running.node().name_lost() => {
             // Another live node has this name now: stop without a
             // graceful shutdown, which would write into its executions.
+            // Exit now: a return would let the spoolers and the API run on
+            // while the runtime winds down; the watchdog ends the flows.
             eprintln!("runtime: stopping at once, without touching any execution: {why}");
-            return ExitCode::from(1);
+            std::process::exit(1);
         }
     };
     let reason = failure

@@ -342,8 +342,8 @@ command = ["sh", "-c", "read -r x; sleep 1000 & echo \"pids $$ $!\"; echo '{\"ki
     let mut pids = Vec::new();
     for round in 0..3 {
         if round == 2 {
-            // The watchdog dies: the next flow starts another, which
-            // watches the earlier flows too.
+            // The watchdog dies: another is started, which watches the
+            // earlier flows too.
             std::process::Command::new("kill")
                 .args(["-KILL", &watchdog.to_string()])
                 .status()

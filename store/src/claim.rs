@@ -133,36 +133,48 @@ pub(crate) fn claim_file(db: &Path, node: &str) -> Result<NodeClaim, StoreError>
     Ok(NodeClaim::new(file))
 }
 
-/// The SQL that takes node `$1`'s advisory lock without waiting.
-const PG_CLAIM_SQL: &str = "SELECT pg_try_advisory_lock(hashtextextended('kodo-node:' || $1, 0))";
+/// The SQL that takes node `$1`'s advisory lock without waiting, and says
+/// which session holds it (this one when taken).
+const PG_CLAIM_SQL: &str = "SELECT pg_try_advisory_lock(hashtextextended('kodo-node:' || $1, 0)), \
+     pg_backend_pid(), \
+     (SELECT min(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 \
+      AND ((classid::bigint << 32) | objid::bigint) = hashtextextended('kodo-node:' || $1, 0))";
 
-/// A connection of its own (named `kodo node NAME` in `pg_stat_activity`)
-/// holding node `node`'s advisory lock, or `None` when another session holds it.
-async fn lock_advisory(
-    options: &PgConnectOptions,
-    node: &str,
-) -> Result<Option<PgConnection>, StoreError> {
-    let options = options
-        .clone()
-        .application_name(&format!("kodo node {node}"));
-    let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, options.connect())
+/// What trying to take a node's advisory lock found.
+enum Advisory {
+    /// Taken, on this connection (its server process).
+    Taken(PgConnection, i32),
+    /// Held by this server process (none known: 0).
+    HeldBy(i32),
+}
+
+/// Tries to take node `node`'s advisory lock on a connection of its own
+/// (named `kodo node NAME` in `pg_stat_activity`); the whole attempt gives up
+/// after [`CONNECT_TIMEOUT`].
+async fn lock_advisory(options: &PgConnectOptions, node: &str) -> Result<Advisory, StoreError> {
+    let attempt = async {
+        let options = options
+            .clone()
+            .application_name(&format!("kodo node {node}"));
+        let mut conn = options.connect().await?;
+        let (claimed, me, holder): (bool, i32, Option<i32>) = sqlx::query_as(PG_CLAIM_SQL)
+            .bind(node)
+            .fetch_one(&mut conn)
+            .await?;
+        if claimed {
+            return Ok(Advisory::Taken(conn, me));
+        }
+        conn.close().await.ok();
+        Ok(Advisory::HeldBy(holder.unwrap_or(0)))
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, attempt)
         .await
         .map_err(|_| {
-            sqlx::Error::Io(std::io::Error::new(
+            StoreError::Database(sqlx::Error::Io(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 format!("no answer within {CONNECT_TIMEOUT:?}"),
-            ))
-        })??;
-    let claimed: bool = sqlx::query_scalar(PG_CLAIM_SQL)
-        .bind(node)
-        .fetch_one(&mut conn)
-        .await?;
-    if claimed {
-        Ok(Some(conn))
-    } else {
-        conn.close().await.ok();
-        Ok(None)
-    }
+            )))
+        })?
 }
 
 /// Claims `node` with a PostgreSQL advisory lock, kept by a task of its own.
@@ -171,18 +183,21 @@ pub(crate) async fn claim_advisory(
     node: &str,
     url: &str,
 ) -> Result<NodeClaim, StoreError> {
-    let Some(conn) = lock_advisory(options, node).await? else {
-        return Err(StoreError::NodeTaken {
-            node: node.to_string(),
-            holder: format!("another session of {url} holds its lock"),
-        });
+    let (conn, pid) = match lock_advisory(options, node).await? {
+        Advisory::Taken(conn, pid) => (conn, pid),
+        Advisory::HeldBy(holder) => {
+            return Err(StoreError::NodeTaken {
+                node: node.to_string(),
+                holder: format!("server process {holder} of {url} holds its lock"),
+            });
+        }
     };
     let (lost, rx) = watch::channel(None);
     let keeper = tokio::spawn(keep_advisory(
         options.clone(),
         node.to_string(),
         url.to_string(),
-        conn,
+        (conn, pid),
         lost,
     ));
     Ok(NodeClaim {
@@ -191,14 +206,16 @@ pub(crate) async fn claim_advisory(
     })
 }
 
-/// Checks the claim's connection every [`CLAIM_CHECK`]; when it is gone,
-/// takes the lock again on a new one, or reports the claim lost if another
-/// session has it by then.
+/// Checks the claim's connection every [`CLAIM_CHECK`]; when it fails,
+/// drops it and takes the lock again on a new one. The old session may still
+/// hold the lock (a slow answer, or a cut the server has not noticed yet):
+/// then it is ended and the lock taken again. The claim is lost only when a
+/// different session holds the lock.
 async fn keep_advisory(
     options: PgConnectOptions,
     node: String,
     url: String,
-    mut conn: PgConnection,
+    (mut conn, mut pid): (PgConnection, i32),
     lost: watch::Sender<Option<String>>,
 ) {
     loop {
@@ -207,29 +224,53 @@ async fn keep_advisory(
         if matches!(ping, Ok(Ok(()))) {
             continue;
         }
-        tracing::warn!(%node, %url, "the connection holding this node's name was lost; claiming the name again");
+        tracing::warn!(%node, %url, "the connection holding this node's name failed; claiming the name again");
+        drop(conn);
         let mut backoff = Duration::from_millis(100);
-        conn = loop {
+        (conn, pid) = loop {
             match lock_advisory(&options, &node).await {
-                Ok(Some(conn)) => {
+                Ok(Advisory::Taken(conn, new)) => {
                     tracing::info!(%node, "node name claimed again");
-                    break conn;
+                    break (conn, new);
                 }
-                Ok(None) => {
+                Ok(Advisory::HeldBy(holder)) if holder == pid || holder == 0 => {
+                    // Still ours, on the old session: end it and try again.
+                    if let Err(e) = end_session(&options, pid).await {
+                        tracing::warn!(%node, error = %e, "cannot end the claim's old session yet");
+                    }
+                }
+                Ok(Advisory::HeldBy(holder)) => {
                     let why = format!(
-                        "node `{node}`: another process took this node's name while its connection to {url} was down"
+                        "node `{node}`: another process (server process {holder}) took this node's name while its connection to {url} was down"
                     );
                     tracing::error!("{why}");
                     let _ = lost.send(Some(why));
                     return;
                 }
                 Err(e) => {
-                    tracing::warn!(%node, error = %e, retry_in = ?backoff, "cannot claim the node name again yet");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(CLAIM_CHECK);
+                    tracing::warn!(%node, error = %e, "cannot claim the node name again yet");
                 }
             }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(CLAIM_CHECK);
         };
+    }
+}
+
+/// Ends server process `pid` (the claim's own old session).
+async fn end_session(options: &PgConnectOptions, pid: i32) -> Result<(), StoreError> {
+    let attempt = async {
+        let mut conn = options.connect().await?;
+        sqlx::query("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .execute(&mut conn)
+            .await?;
+        conn.close().await.ok();
+        Ok::<(), sqlx::Error>(())
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(StoreError::Database(sqlx::Error::PoolTimedOut)),
     }
 }
 

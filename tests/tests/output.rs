@@ -59,6 +59,13 @@ fn flows() -> Flows {
            echo '{"kind":"lock","name":"b"}' >&3
            read -r one; read -r two"#,
     ));
+    // A writer that leaves the flow's process group and keeps its stdout.
+    flows.add(sh(
+        "escapes",
+        r#"f=$(mktemp -u); mkfifo "$f"
+           setsid sh -c 'echo up > "$1"; while true; do echo tick; sleep 0.2; done' sh "$f" &
+           read -r up < "$f"; rm "$f"; echo "escaped $!"; echo done"#,
+    ));
     // The Python helper, with stdout a pipe (block-buffered unless told).
     flows.add(FlowDef::command(
         "py-print-then-lock",
@@ -370,5 +377,57 @@ async fn output_left_in_the_pipes_is_stored_however_long_the_store_takes() {
         payloads(&events, Kind::Stdout) == lines,
         "every line, in order"
     );
+    t.node.shutdown("test over").await;
+}
+
+/// A process that left the flow's group and keeps writing to its stdout
+/// cannot keep the execution open: kodo stops reading after a while, or at
+/// once when the execution is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_escaped_the_group_cannot_keep_an_execution_open() {
+    let t = start().await;
+    let mut escaped = Vec::new();
+    for kill in [false, true] {
+        let fid = t
+            .node
+            .launch("escapes", "ann", json!({}))
+            .await
+            .unwrap()
+            .fid;
+        let mut sub = t.node.hub().subscribe(&fid);
+        let pid = tokio::time::timeout(DEADLINE, async {
+            loop {
+                let events = stored_events(&t.store, &fid).await;
+                let lines = payloads(&events, Kind::Stdout);
+                if lines.contains(&json!("done")) {
+                    let pid = lines
+                        .iter()
+                        .find_map(|l| l.as_str()?.strip_prefix("escaped "))
+                        .expect("the escaped writer's pid");
+                    return pid.parse::<i32>().unwrap();
+                }
+                sub.changed().await;
+            }
+        })
+        .await
+        .expect("the flow said it was done");
+        escaped.push(pid);
+        if kill {
+            t.node.kill(&fid, "by ann").await.unwrap();
+        }
+        let want = if kill {
+            Status::Killed
+        } else {
+            Status::Finished
+        };
+        assert_eq!(wait_final(&t.node, &fid).await, want);
+        let events = stored_events(&t.store, &fid).await;
+        assert!(payloads(&events, Kind::Stdout).contains(&json!("tick")));
+    }
+    for pid in escaped {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
     t.node.shutdown("test over").await;
 }
