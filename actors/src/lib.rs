@@ -20,6 +20,7 @@ pub mod node;
 pub mod orphans;
 pub mod output;
 pub mod policy;
+mod pump;
 pub mod runner;
 pub mod shutdown;
 pub mod spooler;
