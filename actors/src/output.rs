@@ -157,10 +157,7 @@ impl PipeReader {
             // if this future is dropped at the await above.
             match ready.try_io(|fd| fd.get_ref().read(&mut self.chunk)) {
                 Ok(Ok(0)) => self.eof = true,
-                Ok(Ok(n)) => {
-                    self.lines.push(&self.chunk[..n]);
-                    self.read += n as u64;
-                }
+                Ok(Ok(n)) => self.keep(n),
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => {}
             }
@@ -177,8 +174,7 @@ impl PipeReader {
             match self.fd.get_ref().read(&mut self.chunk[..want]) {
                 Ok(0) => self.eof = true,
                 Ok(n) => {
-                    self.lines.push(&self.chunk[..n]);
-                    self.read += n as u64;
+                    self.keep(n);
                     left -= n;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
@@ -187,6 +183,12 @@ impl PipeReader {
             }
         }
         Ok(())
+    }
+
+    /// Keeps the `n` bytes just read into the chunk.
+    fn keep(&mut self, n: usize) {
+        self.lines.push(&self.chunk[..n]);
+        self.read += n as u64;
     }
 
     /// Bytes the pipe holds now, not read yet.

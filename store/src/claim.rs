@@ -167,14 +167,20 @@ async fn lock_advisory(options: &PgConnectOptions, node: &str) -> Result<Advisor
         conn.close().await.ok();
         Ok(Advisory::HeldBy(holder.unwrap_or(0)))
     };
-    tokio::time::timeout(CONNECT_TIMEOUT, attempt)
-        .await
-        .map_err(|_| {
-            StoreError::Database(sqlx::Error::Io(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no answer within {CONNECT_TIMEOUT:?}"),
-            )))
-        })?
+    bounded(attempt).await
+}
+
+/// Runs one attempt at the server, giving up after [`CONNECT_TIMEOUT`].
+async fn bounded<T>(
+    attempt: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(StoreError::Database(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {CONNECT_TIMEOUT:?}"),
+        )))),
+    }
 }
 
 /// Claims `node` with a PostgreSQL advisory lock, kept by a task of its own.
@@ -266,12 +272,9 @@ async fn end_session(options: &PgConnectOptions, pid: i32) -> Result<(), StoreEr
             .execute(&mut conn)
             .await?;
         conn.close().await.ok();
-        Ok::<(), sqlx::Error>(())
+        Ok(())
     };
-    match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
-        Ok(result) => Ok(result?),
-        Err(_) => Err(StoreError::Database(sqlx::Error::PoolTimedOut)),
-    }
+    bounded(attempt).await
 }
 
 #[cfg(test)]
