@@ -17,11 +17,12 @@
 use crate::flow::{CommandSpec, Ctx};
 use crate::orphans;
 use crate::pump::{Pipes, Pump, Seen};
+use crate::sys;
 use crate::tracer::{Outcome, Trace};
 use kodo_core::Kind;
 use serde::Deserialize;
 use serde_json::Value;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -31,7 +32,7 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio_util::sync::CancellationToken;
 
 /// Runs a command flow to its outcome.
-pub async fn run(spec: &CommandSpec, ctx: &Ctx, inputs: &Value) -> Outcome {
+pub(crate) async fn run(spec: &CommandSpec, ctx: &Ctx, inputs: &Value) -> Outcome {
     match start(spec, ctx) {
         Ok(child) => {
             if let Err(e) = ctx.tracer().trace(Trace::Running).await {
@@ -62,10 +63,7 @@ struct GroupGuard {
 
 impl GroupGuard {
     fn signal(&self, signal: libc::c_int) {
-        // SAFETY: kill(2) with a negative pid signals the group we created; no memory is touched.
-        unsafe {
-            libc::kill(-self.pgid, signal);
-        }
+        sys::signal_group(self.pgid, signal);
     }
 }
 
@@ -75,22 +73,13 @@ impl Drop for GroupGuard {
     }
 }
 
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: pipe2 writes two new descriptors into the array we own.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors were just created and are owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
 fn start(spec: &CommandSpec, ctx: &Ctx) -> std::io::Result<Started> {
     let (program, args) = spec
         .command
         .split_first()
         .ok_or_else(|| std::io::Error::other("empty command"))?;
-    let (read3, write3) = pipe()?;
+    let (read3, write3) = std::io::pipe()?;
+    let (read3, write3) = (OwnedFd::from(read3), OwnedFd::from(write3));
     let mut cmd = Command::new(program);
     cmd.args(args)
         .envs(&spec.env)
@@ -106,20 +95,7 @@ fn start(spec: &CommandSpec, ctx: &Ctx) -> std::io::Result<Started> {
         cmd.current_dir(dir);
     }
     let w = write3.as_raw_fd();
-    // SAFETY: only async-signal-safe calls (dup2, fcntl) run between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let ok = if w == 3 {
-                libc::fcntl(3, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(w, 3)
-            };
-            if ok < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    sys::give_fd3(&mut cmd, w);
     let child = cmd.spawn()?;
     drop(write3);
     let pid = child
@@ -153,7 +129,7 @@ struct Fd3Line {
 
 /// What a fd-3 line asks for.
 #[derive(Debug, PartialEq)]
-pub enum Fd3Request {
+pub(crate) enum Fd3Request {
     /// Record an event.
     Emit(Kind, String),
     /// Open a lock.
@@ -168,7 +144,7 @@ pub enum Fd3Request {
 }
 
 /// Parses one fd-3 line; the error says what is wrong with it.
-pub fn parse_fd3(line: &str) -> Result<Fd3Request, String> {
+pub(crate) fn parse_fd3(line: &str) -> Result<Fd3Request, String> {
     let parsed: Fd3Line = serde_json::from_str(line).map_err(|e| e.to_string())?;
     if parsed.kind == "lock" {
         let name = parsed.name.ok_or("a lock needs a \"name\"")?;

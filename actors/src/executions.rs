@@ -1,10 +1,12 @@
-//! The execution supervisor: starts a Runner per execution, stops
-//! executions on request, and makes sure every execution ends with a final
-//! status whatever happens to its Runner (see [`crate::policy::RUNNER`]).
+//! The execution supervisor: starts each execution through its backend
+//! (see [`crate::backend`]: a Runner, in direct mode), stops executions on
+//! request, and makes sure every execution ends with a final status
+//! whatever happens to the actor that ran it (see [`crate::policy::RUNNER`]).
 
+use crate::backend::{Execution, SharedBackend};
 use crate::flow::{Ctx, ExecLimits, FlowDef, Stop};
 use crate::locks::Locks;
-use crate::runner::{Runner, RunnerArgs};
+use crate::policy;
 use crate::tracer::{Outcome, Trace, Tracer};
 use kodo_core::{Fid, Meta, Status};
 use kodo_transport::SharedTransport;
@@ -33,7 +35,7 @@ pub enum LaunchError {
 }
 
 /// Messages to the execution supervisor.
-pub enum ExecMsg {
+pub(crate) enum ExecMsg {
     /// Start an execution with a given id.
     Launch {
         /// The id, chosen by the caller so it can subscribe first.
@@ -71,8 +73,10 @@ pub enum ExecMsg {
 }
 
 /// The fixed parts every execution gets.
-#[derive(Clone)]
-pub struct ExecShared {
+#[derive(Clone, Debug)]
+pub(crate) struct ExecShared {
+    /// How executions run.
+    pub backend: SharedBackend,
     /// Where events go.
     pub transport: SharedTransport,
     /// The node's open locks.
@@ -85,11 +89,16 @@ pub struct ExecShared {
     pub max_live: usize,
 }
 
+// The policy this supervisor applies to its children: a Runner that ends
+// or fails is never started again, its execution ends (`runner_exited`).
+// A policy that allowed restarts would need code here that restarts.
+const _: () = assert!(policy::RUNNER.max_restarts == 0);
+
 /// The execution supervisor actor.
-pub struct Executions;
+pub(crate) struct Executions;
 
 /// The supervisor's state.
-pub struct ExecState {
+pub(crate) struct ExecState {
     shared: ExecShared,
     live: HashMap<Fid, Ctx>,
     runners: HashMap<ActorId, Fid>,
@@ -141,16 +150,18 @@ impl Executions {
             state.shared.locks.clone(),
             state.shared.limits.clone(),
         );
-        let args = RunnerArgs {
+        let execution = Execution {
             ctx: ctx.clone(),
             flow,
             inputs,
             begin,
         };
-        tracing::info!(%fid, flow = %args.flow.name, %owner, "execution launched");
-        let (runner, _) = Actor::spawn_linked(None, Runner, args, myself.get_cell())
+        let backend = &state.shared.backend;
+        tracing::info!(%fid, flow = %execution.flow.name, %owner, backend = backend.name(), "execution launched");
+        let runner = backend
+            .start(execution, myself.get_cell())
             .await
-            .map_err(|e| LaunchError::Spawn(e.to_string()))?;
+            .map_err(LaunchError::Spawn)?;
         state.runners.insert(runner.get_id(), fid.clone());
         state.live.insert(fid, ctx);
         Ok(())

@@ -42,8 +42,17 @@ pub enum FlowKind {
     Rust(RustFlow),
 }
 
+impl std::fmt::Debug for FlowKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Command(spec) => f.debug_tuple("Command").field(spec).finish(),
+            Self::Rust(_) => f.write_str("Rust(..)"),
+        }
+    }
+}
+
 /// A named flow.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct FlowDef {
     /// Its name, as in `POST /flows/{name}/executions`.
     pub name: String,
@@ -102,7 +111,7 @@ impl FlowDef {
 }
 
 /// The flows a node can run, by name.
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Flows {
     map: BTreeMap<String, Arc<FlowDef>>,
 }
@@ -176,6 +185,7 @@ pub enum LockError {
 
 /// A lock whose `lock` event is recorded; [`PendingLock::answer`] waits
 /// for the answer (or the expiry) and records the `lease`.
+#[derive(Debug)]
 pub struct PendingLock {
     ctx: Ctx,
     lid: String,
@@ -226,6 +236,15 @@ struct CtxInner {
 #[derive(Clone)]
 pub struct Ctx {
     inner: Arc<CtxInner>,
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("fid", self.fid())
+            .field("flow", &self.flow())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Ctx {

@@ -8,12 +8,13 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 /// Commit notifications per execution, for those who subscribed.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Hub {
     subs: Mutex<HashMap<Fid, watch::Sender<u64>>>,
 }
 
 /// A subscription to one execution's commits; unsubscribes when dropped.
+#[derive(Debug)]
 pub struct Subscription {
     hub: Arc<Hub>,
     fid: Fid,

@@ -1,38 +1,46 @@
 //! The actors of kodo and the node that supervises them.
 //!
-//! - [`runner::Runner`]: one per execution, drives its flow (a Rust function
-//!   or a child process, see [`command`]).
-//! - [`tracer::Tracer`]: one per execution, numbers and publishes its events
-//!   (a plain struct owned by the execution, not an actor: see its docs).
-//! - [`spooler::Spooler`]: one per transport shard, commits batches to the store.
-//! - [`executions::Executions`] and [`spooler::Spoolers`]: the supervisors,
-//!   with the restart policies of [`policy`].
-//! - [`node::Node`]: the tree, with launch, kill, lock answers and shutdown.
+//! - `Runner`: one per execution, drives its flow (a Rust function or a
+//!   child process, a *command flow*) in direct mode; other backends plug in
+//!   through [`ExecutionBackend`].
+//! - [`Tracer`]: one per execution, numbers and publishes its events (a
+//!   plain struct owned by the execution, not an actor).
+//! - `Spooler`: one per transport shard, commits batches to the store.
+//! - the Executions and Spoolers supervisors, with the restart policies of
+//!   [`policy`].
+//! - [`Node`]: the tree, with launch, kill, lock answers and shutdown.
+//!
+//! Only the types callers use are public, at the crate root; the modules
+//! are private.
 
-#![warn(missing_docs)]
-
-pub mod command;
-pub mod executions;
-pub mod flow;
-pub mod hub;
-pub mod locks;
-pub mod node;
-pub mod orphans;
-pub mod output;
+mod backend;
+mod command;
+mod executions;
+mod flow;
+mod hub;
+mod locks;
+mod node;
+mod orphans;
+mod output;
 pub mod policy;
 mod pump;
-pub mod runner;
-pub mod shutdown;
-pub mod spooler;
-pub mod tracer;
+mod runner;
+mod shutdown;
+mod spooler;
+mod sys;
+mod tracer;
 
+pub use backend::{Direct, Execution, ExecutionBackend, SharedBackend};
 pub use executions::LaunchError;
 pub use flow::{
-    BoxError, CommandSpec, Ctx, ExecLimits, FlowDef, FlowResult, Flows, LockError, Stop,
+    BoxError, CommandSpec, Ctx, ExecLimits, FlowDef, FlowKind, FlowResult, Flows, LockError,
+    PendingLock, RustFlow, Stop,
 };
 pub use hub::{Hub, Subscription};
 pub use locks::AnswerError;
 pub use node::{KillError, Launched, Node, NodeError, NodeOptions};
+pub use orphans::start as start_watchdog;
+pub use runner::drive;
 pub use shutdown::ShutdownReport;
 pub use spooler::{SpoolerGroup, SpoolerShared, StoreHealth};
-pub use tracer::{Outcome, TraceError, Tracer};
+pub use tracer::{Outcome, Trace, TraceBook, TraceError, Tracer};

@@ -33,7 +33,15 @@ pub struct Locks {
     open: Arc<Mutex<HashMap<String, Waiter>>>,
 }
 
+impl std::fmt::Debug for Locks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let open = self.open.lock().map(|o| o.len()).unwrap_or(0);
+        f.debug_struct("Locks").field("open", &open).finish()
+    }
+}
+
 /// An open lock; closes itself (forgets the lock) when dropped.
+#[derive(Debug)]
 pub struct OpenLock {
     locks: Locks,
     lid: String,

@@ -9,13 +9,15 @@
 //! (`error: node restarted`); at shutdown it stops every execution, lets the
 //! spoolers drain the transport, and closes the store.
 
+use crate::backend::{Direct, SharedBackend};
 use crate::executions::{ExecMsg, ExecShared, Executions, LaunchError};
 use crate::flow::{ExecLimits, Flows, Stop};
 use crate::hub::Hub;
 use crate::locks::{AnswerError, Locks};
 use crate::shutdown::{ShutdownReport, check_stored};
 use crate::spooler::{SpoolerGroup, SpoolerShared, StoreHealth};
-use crate::tracer::{Outcome, Trace, TraceBook};
+use crate::tracer::{Outcome, Trace, TraceBook, Tracer};
+use kodo_cluster::SharedCluster;
 use kodo_core::{Fid, Status};
 use kodo_store::{ExecutionRow, NodeClaim, SharedStore, StoreError};
 use kodo_transport::SharedTransport;
@@ -25,7 +27,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::task::JoinHandle;
+use tokio::sync::watch;
 
 /// How a node runs.
 #[derive(Clone, Debug)]
@@ -45,6 +47,8 @@ pub struct NodeOptions {
     /// Run the Spoolers in this node (false: `runtime spool` processes
     /// drain a shared Redis transport instead).
     pub spoolers: bool,
+    /// How executions run (default: [`Direct`], a Runner in this process).
+    pub backend: SharedBackend,
 }
 
 impl Default for NodeOptions {
@@ -61,9 +65,14 @@ impl Default for NodeOptions {
             launch_wait: Duration::from_secs(10),
             shutdown_wait: Duration::from_secs(30),
             spoolers: true,
+            backend: Arc::new(Direct),
         }
     }
 }
+
+// The node applies policy::SUPERVISOR to its two supervisors: neither is
+// started again; the end of one ends the node (see `Node::failed`).
+const _: () = assert!(crate::policy::SUPERVISOR.max_restarts == 0);
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +83,9 @@ pub enum NodeError {
     /// An actor could not be started.
     #[error("could not start {0}")]
     Spawn(String),
+    /// An execution left unfinished could not be closed.
+    #[error("could not close an execution left unfinished: {0}")]
+    Close(String),
 }
 
 /// Why a kill was refused.
@@ -98,13 +110,16 @@ pub struct Launched {
 type Unstored = (String, String, f64);
 
 /// A running node.
+#[derive(Debug)]
 pub struct Node {
     executions: ActorRef<ExecMsg>,
-    executions_done: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+    /// True once the execution supervisor has ended.
+    executions_ended: watch::Receiver<bool>,
     /// None when spooler processes of their own drain the transport.
     spoolers: Option<SpoolerGroup>,
     store: SharedStore,
     transport: SharedTransport,
+    cluster: SharedCluster,
     hub: Arc<Hub>,
     locks: Locks,
     flows: Flows,
@@ -125,6 +140,7 @@ impl Node {
     pub async fn start(
         store: SharedStore,
         transport: SharedTransport,
+        cluster: SharedCluster,
         flows: Flows,
         options: NodeOptions,
     ) -> Result<Node, NodeError> {
@@ -133,12 +149,13 @@ impl Node {
         let locks = Locks::default();
         let health = Arc::new(StoreHealth::default());
         let marks = hub.clone();
-        transport.listen_commits(Arc::new(move |committed| marks.committed_marks(committed)));
+        cluster.listen_commits(Arc::new(move |committed| marks.committed_marks(committed)));
         let spoolers = if options.spoolers {
             let shared = SpoolerShared {
                 transport: transport.clone(),
                 store: store.clone(),
                 hub: hub.clone(),
+                cluster: cluster.clone(),
                 batch_max: options.batch_max.max(1),
                 health: health.clone(),
             };
@@ -153,17 +170,18 @@ impl Node {
         // Events a previous run of this node published may still be on
         // their way (Redis): let the spoolers store them first, so the
         // closing status comes after them.
-        if !transport.settle(options.shutdown_wait).await {
+        if !cluster.settle(options.shutdown_wait).await {
             tracing::warn!(
                 wait = ?options.shutdown_wait,
                 "events published before this start are not all stored yet (no spooler running?); closing unfinished executions anyway"
             );
         }
-        let closed = close_unfinished(&store, &options.node, "node restarted").await?;
+        let closed = close_unfinished(&store, &transport, &hub, &options, "node restarted").await?;
         if closed > 0 {
             tracing::warn!(closed, node = %options.node, "closed executions a previous run left unfinished");
         }
         let exec_shared = ExecShared {
+            backend: options.backend.clone(),
             transport: transport.clone(),
             locks: locks.clone(),
             limits: options.limits.clone(),
@@ -173,13 +191,19 @@ impl Node {
         let (executions, executions_done) = Actor::spawn(None, Executions, exec_shared)
             .await
             .map_err(|e| NodeError::Spawn(format!("executions: {e}")))?;
+        let (ended, executions_ended) = watch::channel(false);
+        tokio::spawn(async move {
+            let _ = executions_done.await;
+            let _ = ended.send(true);
+        });
         let stopping = Arc::new(AtomicBool::new(false));
         Ok(Node {
             executions,
-            executions_done: tokio::sync::Mutex::new(Some(executions_done)),
+            executions_ended,
             spoolers,
             store,
             transport,
+            cluster,
             hub,
             locks,
             flows,
@@ -226,7 +250,7 @@ impl Node {
         }
         let first_events = async {
             committed.until(2).await;
-            if self.transport.commits_in_order() {
+            if self.cluster.commits_in_order() {
                 return;
             }
             // A later batch may have committed first: wait for the row's meta.
@@ -360,9 +384,23 @@ impl Node {
     /// Resolves when a supervisor gave up (a Spooler kept crashing): the node
     /// can no longer store events and should exit with this reason.
     pub async fn failed(&self) -> String {
-        match &self.spoolers {
-            Some(spoolers) => spoolers.failed().await,
-            None => std::future::pending().await,
+        let spoolers = async {
+            match &self.spoolers {
+                Some(spoolers) => spoolers.failed().await,
+                None => std::future::pending().await,
+            }
+        };
+        let executions = async {
+            let mut ended = self.executions_ended.clone();
+            let _ = ended.wait_for(|ended| *ended).await;
+            if self.stopping.load(Ordering::Acquire) {
+                return std::future::pending().await;
+            }
+            "the execution supervisor stopped (policy::SUPERVISOR: no restart)".to_string()
+        };
+        tokio::select! {
+            why = spoolers => why,
+            why = executions => why,
         }
     }
 
@@ -392,9 +430,7 @@ impl Node {
             }
         };
         self.executions.stop(None);
-        if let Some(done) = self.executions_done.lock().await.take() {
-            let _ = done.await;
-        }
+        let _ = self.executions_ended.clone().wait_for(|ended| *ended).await;
         match &self.spoolers {
             Some(spoolers) => {
                 self.transport.close();
@@ -403,7 +439,7 @@ impl Node {
             None => {
                 // Spooler processes elsewhere store what this node published.
                 report.stored_elsewhere = true;
-                if !self.transport.settle(wait).await {
+                if !self.cluster.settle(wait).await {
                     tracing::warn!(
                         ?wait,
                         "the spooler processes have not stored everything yet"
@@ -427,26 +463,39 @@ impl Node {
 }
 
 /// Ends every execution `node` left unfinished: an `error` event with the
-/// reason and the final `status: error`, numbered after the last stored event.
-pub async fn close_unfinished(
+/// reason and the final `status: error`, numbered after the last stored
+/// event by a Tracer resumed there, the same path as every other event.
+/// Waits (up to `wait`) until they are stored, as the spoolers report to
+/// `hub`. Returns how many executions it closed.
+async fn close_unfinished(
     store: &SharedStore,
-    node: &str,
+    transport: &SharedTransport,
+    hub: &Arc<Hub>,
+    options: &NodeOptions,
     reason: &str,
-) -> Result<usize, StoreError> {
-    let rows = store.unfinished(node).await?;
-    let mut events = Vec::new();
+) -> Result<usize, NodeError> {
+    let rows = store.unfinished(&options.node).await?;
+    let mut closing = Vec::with_capacity(rows.len());
     for row in &rows {
-        let mut book = TraceBook::new(usize::MAX);
-        book.next_seq = row.events + 1;
-        book.status = Some(row.status);
-        if let Ok(planned) = book.plan(Trace::Finish(Outcome::Failed(reason.into()))) {
-            events.extend(book.stamp(&row.fid, planned));
-        }
+        let book = TraceBook::resume(options.limits.max_payload, row.events, row.status);
+        let tracer = Tracer::resume(row.fid.clone(), book, transport.clone());
+        let committed = hub.subscribe(&row.fid);
+        let last = tracer
+            .trace(Trace::Finish(Outcome::Failed(reason.into())))
+            .await
+            .map_err(|e| NodeError::Close(format!("{}: {e}", row.fid)))?;
+        closing.push((committed, last));
     }
-    // In commits of the usual size: a node that died with many executions
-    // open comes back in a few transactions, not one per execution.
-    for batch in events.chunks(1000) {
-        store.write(batch).await?;
+    let all_stored = async {
+        for (mut committed, last) in closing {
+            committed.until(last).await;
+        }
+    };
+    if tokio::time::timeout(options.shutdown_wait, all_stored)
+        .await
+        .is_err()
+    {
+        tracing::warn!(wait = ?options.shutdown_wait, "the closing events are not all stored yet");
     }
     Ok(rows.len())
 }

@@ -20,7 +20,8 @@
 //! Between `fork` and `_exit` the watchdog calls only async-signal-safe
 //! functions (the process it was forked from has many threads).
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use crate::sys;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -57,7 +58,7 @@ struct Slots {
 
 /// A process group listed with the watchdog; leaves the list when dropped.
 #[derive(Debug)]
-pub struct Watched {
+pub(crate) struct Watched {
     slot: usize,
 }
 
@@ -84,7 +85,7 @@ pub fn start() {
 /// Lists process group `pgid` with the watchdog (starting it if none runs).
 /// `None` when there is no watchdog or its table is full: the flow runs
 /// anyway, without that protection (logged).
-pub fn watch(pgid: libc::pid_t) -> Option<Watched> {
+pub(crate) fn watch(pgid: libc::pid_t) -> Option<Watched> {
     let dog = watchdog()?;
     if !dog.ensure_running() {
         return None;
@@ -123,25 +124,7 @@ impl Drop for Watched {
 impl Watchdog {
     /// The shared table, with no watchdog yet.
     fn new() -> std::io::Result<Self> {
-        let bytes = SLOTS * std::mem::size_of::<AtomicI32>();
-        // SAFETY: a fresh anonymous mapping; nothing else refers to it.
-        let map = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if map == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: the mapping is zeroed, aligned, `bytes` long and never
-        // unmapped; AtomicI32 has the layout of i32.
-        let table: &'static [AtomicI32] =
-            unsafe { std::slice::from_raw_parts(map as *const AtomicI32, SLOTS) };
+        let table = sys::shared_table(SLOTS)?;
         Ok(Self {
             table,
             slots: Mutex::new(Slots::default()),
@@ -177,13 +160,8 @@ impl Watchdog {
 /// (so that nothing can fail between the fork and the parent's hold on the
 /// pipe), reaps it, notes its death and starts another.
 fn fork_watchdog(table: &'static [AtomicI32]) -> std::io::Result<Running> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two new descriptors into the array we own.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors were just created and are owned by nobody else.
-    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (read, write) = std::io::pipe()?;
+    let (read, write) = (OwnedFd::from(read), OwnedFd::from(write));
     let dead = Arc::new(AtomicBool::new(false));
     let (forked, child) = std::sync::mpsc::channel::<libc::pid_t>();
     let noted = dead.clone();
@@ -193,9 +171,7 @@ fn fork_watchdog(table: &'static [AtomicI32]) -> std::io::Result<Running> {
             let Ok(pid) = child.recv() else {
                 return;
             };
-            let mut status = 0;
-            // SAFETY: waits for our own child.
-            unsafe { libc::waitpid(pid, &mut status, 0) };
+            let status = sys::wait_child(pid);
             noted.store(true, Ordering::Release);
             tracing::error!(
                 pid,
@@ -208,12 +184,9 @@ fn fork_watchdog(table: &'static [AtomicI32]) -> std::io::Result<Running> {
                 dog.ensure_running();
             }
         })?;
-    // SAFETY: the child runs only async-signal-safe calls and never
-    // returns from `watch_until_parent_dies`.
-    match unsafe { libc::fork() } {
-        -1 => Err(std::io::Error::last_os_error()),
-        0 => unsafe { watch_until_parent_dies(read.as_raw_fd(), table) },
-        pid => {
+    match sys::fork_watchdog(&read, table) {
+        Err(e) => Err(e),
+        Ok(pid) => {
             drop(read);
             let _ = forked.send(pid);
             tracing::debug!(pid, "watchdog of flow processes started");
@@ -222,54 +195,5 @@ fn fork_watchdog(table: &'static [AtomicI32]) -> std::io::Result<Running> {
                 dead,
             })
         }
-    }
-}
-
-/// The watchdog's whole life, in the forked child: leave the parent's
-/// process group and signals, close every descriptor but the pipe, wait for
-/// the pipe's end, kill the listed groups, exit.
-///
-/// # Safety
-/// Call only in a child just forked; only async-signal-safe calls follow.
-unsafe fn watch_until_parent_dies(read: libc::c_int, table: &[AtomicI32]) -> ! {
-    // SAFETY (whole body): setpgid, sigaction, dup2, close_range, close,
-    // read, kill and _exit are async-signal-safe; nothing allocates.
-    unsafe {
-        libc::setpgid(0, 0);
-        let mut ignore: libc::sigaction = std::mem::zeroed();
-        ignore.sa_sigaction = libc::SIG_IGN;
-        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGPIPE] {
-            libc::sigaction(signal, &ignore, std::ptr::null_mut());
-        }
-        const PIPE: libc::c_int = 3;
-        if read != PIPE && libc::dup2(read, PIPE) < 0 {
-            libc::_exit(1);
-        }
-        if libc::syscall(libc::SYS_close_range, PIPE + 1, libc::c_uint::MAX, 0) != 0 {
-            for fd in PIPE + 1..65536 {
-                libc::close(fd);
-            }
-        }
-        for fd in 0..PIPE {
-            libc::close(fd);
-        }
-        let mut byte = 0u8;
-        loop {
-            let n = libc::read(PIPE, (&mut byte as *mut u8).cast(), 1);
-            if n < 0 && *libc::__errno_location() == libc::EINTR {
-                continue;
-            }
-            if n <= 0 {
-                break;
-            }
-        }
-        let used = (table[0].load(Ordering::SeqCst).max(0) as usize).min(table.len() - 1);
-        for slot in &table[1..=used] {
-            let pgid = slot.load(Ordering::SeqCst);
-            if pgid > 0 {
-                libc::kill(-pgid, libc::SIGKILL);
-            }
-        }
-        libc::_exit(0)
     }
 }

@@ -12,13 +12,12 @@
 use kodo_core::json_text;
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd};
-use tokio::io::Interest;
+use std::os::fd::OwnedFd;
 use tokio::io::unix::AsyncFd;
 
 /// What one read of a pipe gives.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Piece {
+pub(crate) enum Piece {
     /// A whole line (or the last bytes before end of input), without its
     /// line ending.
     Line(String),
@@ -29,7 +28,7 @@ pub enum Piece {
 
 impl Piece {
     /// The text, whichever it is.
-    pub fn text(&self) -> &str {
+    pub(crate) fn text(&self) -> &str {
         match self {
             Piece::Line(t) | Piece::Part(t) => t,
         }
@@ -40,7 +39,7 @@ impl Piece {
 /// [`Piece::Part`]s cut between UTF-8 characters. Invalid UTF-8 becomes
 /// U+FFFD.
 #[derive(Debug)]
-pub struct LineSplitter {
+pub(crate) struct LineSplitter {
     buf: Vec<u8>,
     /// Where the unread bytes of `buf` start (consumed bytes are dropped
     /// in bulk, not per line).
@@ -52,7 +51,7 @@ pub struct LineSplitter {
 
 impl LineSplitter {
     /// A splitter of lines up to `max` bytes (at least 4).
-    pub fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize) -> Self {
         Self {
             buf: Vec::new(),
             start: 0,
@@ -62,7 +61,7 @@ impl LineSplitter {
     }
 
     /// Adds bytes read.
-    pub fn push(&mut self, bytes: &[u8]) {
+    pub(crate) fn push(&mut self, bytes: &[u8]) {
         if self.start > 0 && self.start * 2 >= self.buf.len() {
             self.buf.drain(..self.start);
             self.start = 0;
@@ -79,7 +78,7 @@ impl LineSplitter {
     }
 
     /// The next complete piece in what was pushed, if any.
-    pub fn next_piece(&mut self) -> Option<Piece> {
+    pub(crate) fn next_piece(&mut self) -> Option<Piece> {
         let unread = &self.buf[self.start..];
         let window = unread.len().min(self.max + 1);
         let from = self.searched.min(window);
@@ -98,7 +97,7 @@ impl LineSplitter {
     }
 
     /// What is left at the end of input (a last line without its end).
-    pub fn finish(&mut self) -> Option<Piece> {
+    pub(crate) fn finish(&mut self) -> Option<Piece> {
         if let Some(piece) = self.next_piece() {
             return Some(piece);
         }
@@ -111,7 +110,7 @@ impl LineSplitter {
 const CHUNK: usize = 16 * 1024;
 
 /// Reads a pipe (non-blocking, through the reactor) into pieces of lines.
-pub struct PipeReader {
+pub(crate) struct PipeReader {
     fd: AsyncFd<File>,
     lines: LineSplitter,
     chunk: Box<[u8]>,
@@ -122,18 +121,8 @@ pub struct PipeReader {
 
 impl PipeReader {
     /// Reads the pipe `fd` in lines of at most `max` bytes.
-    pub fn new(fd: OwnedFd, max: usize) -> std::io::Result<Self> {
-        // SAFETY: F_SETFL on a descriptor we own; no memory is touched.
-        unsafe {
-            let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
-            if flags < 0 || libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) < 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
-        // SAFETY: a File owns its descriptor: it stays open, and the same,
-        // for as long as the AsyncFd holds the File.
-        let fd = unsafe { AsyncFd::register_with_interest(File::from(fd), Interest::READABLE) }?;
+    pub(crate) fn new(fd: OwnedFd, max: usize) -> std::io::Result<Self> {
+        let fd = crate::sys::readable_pipe(fd)?;
         Ok(Self {
             fd,
             lines: LineSplitter::new(max),
@@ -144,7 +133,7 @@ impl PipeReader {
     }
 
     /// The next piece; `None` at end of input. Cancel-safe.
-    pub async fn next(&mut self) -> std::io::Result<Option<Piece>> {
+    pub(crate) async fn next(&mut self) -> std::io::Result<Option<Piece>> {
         loop {
             if let Some(piece) = self.lines.next_piece() {
                 return Ok(Some(piece));
@@ -167,7 +156,7 @@ impl PipeReader {
     /// Takes everything the pipe holds now (at most one pipe's capacity:
     /// what was written before this call), without waiting; the pieces it
     /// completes come from [`PipeReader::next`] at once.
-    pub fn catch_up(&mut self) -> std::io::Result<()> {
+    pub(crate) fn catch_up(&mut self) -> std::io::Result<()> {
         let mut left = self.held()?;
         while left > 0 && !self.eof {
             let want = left.min(self.chunk.len());
@@ -192,22 +181,17 @@ impl PipeReader {
     }
 
     /// Bytes the pipe holds now, not read yet.
-    pub fn held(&self) -> std::io::Result<usize> {
-        let mut held: libc::c_int = 0;
-        // SAFETY: FIONREAD writes one int, into `held`.
-        if unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::FIONREAD, &mut held) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(held.max(0) as usize)
+    pub(crate) fn held(&self) -> std::io::Result<usize> {
+        crate::sys::bytes_held(self.fd.get_ref())
     }
 
     /// Bytes read from the pipe so far.
-    pub fn read_bytes(&self) -> u64 {
+    pub(crate) fn read_bytes(&self) -> u64 {
         self.read
     }
 
     /// A complete piece already read, if any (never waits).
-    pub fn ready(&mut self) -> Option<Piece> {
+    pub(crate) fn ready(&mut self) -> Option<Piece> {
         self.lines.next_piece()
     }
 }
@@ -253,7 +237,7 @@ fn escaped_len(c: char) -> usize {
 
 /// `text` as JSON strings of at most `max` bytes each (quotes included),
 /// in order; together they hold all of it. An empty text is one empty string.
-pub fn json_pieces(text: &str, max: usize) -> Vec<String> {
+pub(crate) fn json_pieces(text: &str, max: usize) -> Vec<String> {
     let room = max.saturating_sub(2).max(6);
     if text.len().saturating_mul(6) <= room {
         // Fits even if every byte needed the longest escape.

@@ -21,9 +21,19 @@ pub const SPOOLER: RestartPolicy = RestartPolicy {
     within: Duration::from_secs(60),
 };
 
-/// Runners never restart: a crash ends the execution with `error` and its
-/// cause (a flow that allows retries is a later feature).
+/// Runners (children of the Executions supervisor) never restart: a crash
+/// ends the execution with `error` and its cause (a flow that allows
+/// retries is a later feature).
 pub const RUNNER: RestartPolicy = RestartPolicy {
+    max_restarts: 0,
+    within: Duration::from_secs(1),
+};
+
+/// The node's supervisors (Executions, Spoolers) never restart: one that
+/// stops unasked, or gives up on its children, ends the node, which exits
+/// non-zero for its own supervisor (systemd, Docker) to start it again; the
+/// new run closes what this one left (`error: node restarted`).
+pub const SUPERVISOR: RestartPolicy = RestartPolicy {
     max_restarts: 0,
     within: Duration::from_secs(1),
 };
@@ -70,5 +80,6 @@ mod tests {
         assert!(log.allow(policy, t0 + Duration::from_secs(12)));
         let mut never = RestartLog::default();
         assert!(!never.allow(RUNNER, t0));
+        assert!(!never.allow(SUPERVISOR, t0));
     }
 }

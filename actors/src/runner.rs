@@ -1,45 +1,38 @@
-//! The Runner: drives one execution's flow and reports how it ended to the
-//! Tracer. A panic here is caught by ractor and reported to the execution
+//! The Runner: drives one execution's flow in this process (the direct
+//! backend, see [`crate::backend`]) and reports how it ended to the Tracer.
+//! A panic here is caught by ractor and reported to the execution
 //! supervisor, which ends the execution with `error` and the cause.
+//!
+//! [`drive`] is the whole run, callable from another backend's code.
 
+use crate::backend::Execution;
 use crate::command;
 use crate::flow::{Ctx, FlowDef, FlowKind, Stop};
 use crate::tracer::{Outcome, Trace};
 use kodo_core::Status;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::Value;
-use std::sync::Arc;
 
 /// The Runner actor.
-pub struct Runner;
-
-/// What a Runner runs.
-pub struct RunnerArgs {
-    /// The execution's context.
-    pub ctx: Ctx,
-    /// The flow.
-    pub flow: Arc<FlowDef>,
-    /// Its inputs.
-    pub inputs: Value,
-    /// Its first events (`meta`, `starting`, `inputs`).
-    pub begin: Trace,
-}
+#[derive(Debug)]
+pub(crate) struct Runner;
 
 /// The Runner's one message: run the flow (sent to itself at start).
-pub struct Run;
+#[derive(Debug)]
+pub(crate) struct Run;
 
 impl Actor for Runner {
     type Msg = Run;
-    type State = Option<RunnerArgs>;
-    type Arguments = RunnerArgs;
+    type State = Option<Execution>;
+    type Arguments = Execution;
 
     async fn pre_start(
         &self,
         myself: ActorRef<Run>,
-        args: RunnerArgs,
+        execution: Execution,
     ) -> Result<Self::State, ActorProcessingErr> {
         myself.cast(Run)?;
-        Ok(Some(args))
+        Ok(Some(execution))
     }
 
     async fn handle(
@@ -48,48 +41,54 @@ impl Actor for Runner {
         _msg: Run,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let Some(RunnerArgs {
-            ctx,
-            flow,
-            inputs,
-            begin,
-        }) = state.take()
-        else {
-            return Ok(());
-        };
-        if let Err(e) = ctx.tracer().trace(begin).await {
-            tracing::error!(fid = %ctx.fid(), error = %e, "could not record the launch");
-        }
-        let timer = flow.timeout.map(|limit| {
-            let ctx = ctx.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(limit).await;
-                ctx.stop(Stop {
-                    status: Status::Error,
-                    reason: format!("timed out after {} s", limit.as_secs_f64()),
-                });
-            })
-        });
-        let outcome = run(&ctx, &flow, inputs).await;
-        if let Some(timer) = timer {
-            timer.abort();
-        }
-        // The reason stays in the execution's own events: for a command
-        // flow it holds the flow's last stderr line, which is the owner's.
-        let status = match &outcome {
-            Outcome::Finished(_) => "finished",
-            Outcome::Failed(_) => "error",
-            Outcome::Killed(_) => "killed",
-        };
-        tracing::info!(fid = %ctx.fid(), flow = %flow.name, status, "execution ended");
-        if let Err(e) = ctx.tracer().trace(Trace::Finish(outcome)).await {
-            tracing::warn!(fid = %ctx.fid(), error = %e, "could not record the outcome");
+        if let Some(execution) = state.take() {
+            drive(execution).await;
         }
         myself.stop(None);
         Ok(())
     }
 }
 
+/// Runs one execution from its first event to its last: records the
+/// launch, runs the flow (ended early by a stop request or the flow's
+/// timeout), records the outcome, and returns it.
+pub async fn drive(execution: Execution) -> Outcome {
+    let Execution {
+        ctx,
+        flow,
+        inputs,
+        begin,
+    } = execution;
+    if let Err(e) = ctx.tracer().trace(begin).await {
+        tracing::error!(fid = %ctx.fid(), error = %e, "could not record the launch");
+    }
+    let timer = flow.timeout.map(|limit| {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(limit).await;
+            ctx.stop(Stop {
+                status: Status::Error,
+                reason: format!("timed out after {} s", limit.as_secs_f64()),
+            });
+        })
+    });
+    let outcome = run(&ctx, &flow, inputs).await;
+    if let Some(timer) = timer {
+        timer.abort();
+    }
+    // The reason stays in the execution's own events: for a command
+    // flow it holds the flow's last stderr line, which is the owner's.
+    let status = match &outcome {
+        Outcome::Finished(_) => "finished",
+        Outcome::Failed(_) => "error",
+        Outcome::Killed(_) => "killed",
+    };
+    tracing::info!(fid = %ctx.fid(), flow = %flow.name, status, "execution ended");
+    if let Err(e) = ctx.tracer().trace(Trace::Finish(outcome.clone())).await {
+        tracing::warn!(fid = %ctx.fid(), error = %e, "could not record the outcome");
+    }
+    outcome
+}
 /// Runs a flow to its outcome; a stop request ends it early. The status
 /// becomes `running` once the flow really runs (a command: once its process
 /// started).

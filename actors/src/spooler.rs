@@ -5,6 +5,7 @@
 
 use crate::hub::Hub;
 use crate::policy::{self, RestartLog};
+use kodo_cluster::SharedCluster;
 use kodo_store::{SharedStore, StoreError};
 use kodo_transport::SharedTransport;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// The store's state as the Spoolers see it, for `/health`.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct StoreHealth {
     last_error: Mutex<Option<String>>,
 }
@@ -32,14 +33,16 @@ impl StoreHealth {
 }
 
 /// What every Spooler needs.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct SpoolerShared {
     /// Where events come from.
     pub transport: SharedTransport,
     /// Where they go.
     pub store: SharedStore,
-    /// Who hears about commits.
+    /// Who hears about commits in this process.
     pub hub: Arc<Hub>,
+    /// Who hears about them in other processes.
+    pub cluster: SharedCluster,
     /// The most events per batch.
     pub batch_max: usize,
     /// Store health, shared with the API.
@@ -47,13 +50,13 @@ pub struct SpoolerShared {
 }
 
 /// The Spooler actor.
-pub struct Spooler;
+pub(crate) struct Spooler;
 
 /// A Spooler's one message: take the next batch (sent to itself).
-pub struct Pull;
+pub(crate) struct Pull;
 
 /// A Spooler's state.
-pub struct SpoolerState {
+pub(crate) struct SpoolerState {
     shard: usize,
     shared: SpoolerShared,
 }
@@ -100,6 +103,7 @@ impl Actor for Spooler {
         }
         shared.transport.ack(delivery.receipt).await?;
         shared.hub.committed(&delivery.events);
+        shared.cluster.announce_commits(&delivery.events).await;
         myself.cast(Pull)?;
         Ok(())
     }
@@ -134,10 +138,10 @@ async fn commit_with_retry(
 }
 
 /// The Spooler supervisor actor.
-pub struct Spoolers;
+pub(crate) struct Spoolers;
 
 /// The Spooler supervisor's state.
-pub struct SpoolersState {
+pub(crate) struct SpoolersState {
     shared: SpoolerShared,
     shards: HashMap<ActorId, usize>,
     restarts: Vec<RestartLog>,
@@ -145,7 +149,7 @@ pub struct SpoolersState {
 }
 
 /// The Spooler supervisor has no messages of its own.
-pub enum SpoolersMsg {}
+pub(crate) enum SpoolersMsg {}
 
 impl Spoolers {
     async fn spawn(
@@ -227,6 +231,7 @@ impl Actor for Spoolers {
 /// The Spoolers and their supervisor as one handle: a node starts one, and
 /// `runtime spool` runs one alone (the spoolers-only process of a Redis
 /// deployment).
+#[derive(Debug)]
 pub struct SpoolerGroup {
     spoolers: ActorRef<SpoolersMsg>,
     /// None while the spoolers run; then why they ended (empty: drained on request).

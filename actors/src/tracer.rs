@@ -76,13 +76,13 @@ pub enum TraceError {
 #[derive(Clone, Debug, PartialEq)]
 pub struct TraceBook {
     /// The seq the next event gets.
-    pub next_seq: u64,
+    next_seq: u64,
     /// Locks opened and not yet leased.
-    pub open_locks: usize,
+    open_locks: usize,
     /// The latest status emitted.
-    pub status: Option<Status>,
+    status: Option<Status>,
     /// The largest payload accepted, in bytes.
-    pub max_payload: usize,
+    max_payload: usize,
 }
 
 impl TraceBook {
@@ -94,6 +94,28 @@ impl TraceBook {
             status: None,
             max_payload,
         }
+    }
+
+    /// The book of an execution that has `stored` events and is at
+    /// `status`: numbering goes on after them (a node closing what its
+    /// previous run left, a durable execution resumed elsewhere).
+    pub fn resume(max_payload: usize, stored: u64, status: Status) -> Self {
+        Self {
+            next_seq: stored + 1,
+            open_locks: 0,
+            status: Some(status),
+            max_payload,
+        }
+    }
+
+    /// The seq the next event gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The latest status emitted.
+    pub fn status(&self) -> Option<Status> {
+        self.status
     }
 
     /// Whether the final status was emitted.
@@ -194,6 +216,7 @@ impl TraceBook {
 /// are served one at a time in arrival order (a fair async mutex), and each
 /// returns once the transport accepted its events, so a flow that emits
 /// faster than the store commits waits here.
+#[derive(Debug)]
 pub struct Tracer {
     fid: Fid,
     book: tokio::sync::Mutex<TraceBook>,
@@ -202,13 +225,19 @@ pub struct Tracer {
 }
 
 impl Tracer {
-    /// The Tracer of execution `fid`.
+    /// The Tracer of a new execution `fid`.
     pub fn new(fid: Fid, max_payload: usize, transport: SharedTransport) -> Self {
+        Self::resume(fid, TraceBook::new(max_payload), transport)
+    }
+
+    /// The Tracer of execution `fid`, going on from `book` (see
+    /// [`TraceBook::resume`]).
+    pub fn resume(fid: Fid, book: TraceBook, transport: SharedTransport) -> Self {
         Self {
             fid,
-            book: tokio::sync::Mutex::new(TraceBook::new(max_payload)),
+            published: AtomicU64::new(book.next_seq - 1),
+            book: tokio::sync::Mutex::new(book),
             transport,
-            published: AtomicU64::new(0),
         }
     }
 
@@ -335,5 +364,19 @@ mod tests {
         assert_eq!(events[0].payload, json_text("killed: by x"));
         assert_eq!(events[1].status(), Some(Status::Killed));
         assert_eq!(b.next_seq, 3);
+    }
+
+    #[test]
+    fn a_resumed_book_numbers_on_and_ends_once() {
+        let mut b = TraceBook::resume(64, 5, Status::Awaiting);
+        let planned = b
+            .plan(Trace::Finish(Outcome::Failed("node restarted".into())))
+            .unwrap();
+        let events = b.stamp(&Fid::new(), planned);
+        assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [6, 7]);
+        assert_eq!(events[1].status(), Some(Status::Error));
+        assert!(b.ended());
+        let mut done = TraceBook::resume(64, 2, Status::Finished);
+        assert!(done.plan(Trace::Running).is_err(), "an ended book refuses");
     }
 }

@@ -3,8 +3,6 @@
 //! Every other crate depends on this one and on nothing above it, so the words
 //! mean the same thing in the store, the transports, the actors and the API.
 
-#![warn(missing_docs)]
-
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;

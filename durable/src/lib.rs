@@ -5,5 +5,3 @@
 //! configured transport and heartbeats the last seq, so a retried attempt
 //! continues the numbering and the store drops what the first attempt
 //! already stored; executions survive a node restart as `paused`, then resume.
-
-#![warn(missing_docs)]

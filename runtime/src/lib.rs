@@ -1,4 +1,6 @@
-//! The kodo runtime: configuration, the HTTP API and the `runtime` command.
+//! The kodo runtime as a library: the configuration ([`config`]), wiring a
+//! node from it ([`wiring`]), and the HTTP API ([`api`]). The `runtime`
+//! command is the `kodo-cli` crate; `runtime bench` is `kodo-bench`.
 //!
 //! As a library, [`Runtime`] starts a node with the command flows of a
 //! config plus Rust flows registered in code:
@@ -19,14 +21,12 @@
 //! # Ok(()) }
 //! ```
 
-#![warn(missing_docs)]
-
 pub mod api;
-pub mod bench;
 pub mod config;
-pub mod listener;
+pub mod wiring;
 
 pub use config::{Config, ConfigError};
+pub use wiring::ConnectError;
 
 use kodo_actors::{FlowDef, Flows, Node, NodeError, ShutdownReport};
 use kodo_store::{SharedStore, StoreError};
@@ -44,9 +44,9 @@ pub enum StartError {
     /// The node could not start.
     #[error(transparent)]
     Node(#[from] NodeError),
-    /// The transport could not be opened.
-    #[error("transport: {0}")]
-    Transport(#[from] kodo_transport::TransportError),
+    /// The transport or the cluster could not be reached.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     /// The API address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -58,6 +58,7 @@ pub enum StartError {
 }
 
 /// A runtime to start: a config plus Rust flows.
+#[derive(Debug)]
 pub struct Runtime {
     config: Config,
     flows: Flows,
@@ -67,7 +68,7 @@ pub struct Runtime {
 impl Runtime {
     /// A runtime with the config's command flows.
     pub fn new(config: Config) -> Self {
-        let flows = config.flows();
+        let flows = wiring::flows(&config);
         Self {
             config,
             flows,
@@ -107,14 +108,15 @@ impl Runtime {
             .map_err(|source| StartError::Bind { addr, source })?;
         let store = match store {
             Some(store) => store,
-            None => kodo_store::open(&config.store.url, &config.store_options(false)).await?,
+            None => wiring::open_store(&config, false).await?,
         };
-        let transport = config.transport(&config.node.name).await?;
-        let node = Arc::new(Node::start(store, transport, flows, config.node_options()).await?);
+        let (transport, cluster) = wiring::connect(&config, &config.node.name).await?;
+        let options = wiring::node_options(&config);
+        let node = Arc::new(Node::start(store, transport, cluster, flows, options).await?);
         let app = api::router(node.clone(), &config);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
-            let listener = listener::ApiListener::new(listener);
+            let listener = api::ApiListener::new(listener);
             let serve = axum::serve(listener, app).with_graceful_shutdown(async {
                 let _ = stop_rx.await;
             });
@@ -132,6 +134,7 @@ impl Runtime {
 }
 
 /// A started runtime.
+#[derive(Debug)]
 pub struct Running {
     addr: SocketAddr,
     node: Arc<Node>,

@@ -23,7 +23,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// How often a PostgreSQL claim checks that its connection still holds the lock.
-pub const CLAIM_CHECK: Duration = Duration::from_secs(2);
+pub(crate) const CLAIM_CHECK: Duration = Duration::from_secs(2);
 /// How long one connection attempt of a claim may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -176,7 +176,7 @@ async fn bounded<T>(
 ) -> Result<T, StoreError> {
     match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
         Ok(result) => Ok(result?),
-        Err(_) => Err(StoreError::Database(sqlx::Error::Io(std::io::Error::new(
+        Err(_) => Err(StoreError::Database(Box::new(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             format!("no answer within {CONNECT_TIMEOUT:?}"),
         )))),

@@ -7,7 +7,7 @@ use kodo_core::{Event, Fid};
 use std::sync::Arc;
 
 /// What runs around each [`Store::write`] of a [`Hooked`] store.
-pub trait WriteHooks: Send + Sync + 'static {
+pub trait WriteHooks: Send + Sync + std::fmt::Debug + 'static {
     /// Before the write; an error here fails the write (nothing is stored).
     fn before(&self, _events: &[Event]) -> Result<(), StoreError> {
         Ok(())
@@ -19,6 +19,7 @@ pub trait WriteHooks: Send + Sync + 'static {
 
 /// A store whose writes pass through [`WriteHooks`]; everything else goes
 /// straight to the inner store.
+#[derive(Debug)]
 pub struct Hooked<H> {
     inner: SharedStore,
     hooks: Arc<H>,

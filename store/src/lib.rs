@@ -7,8 +7,6 @@
 //! the executions rows they change, in one transaction; an event whose
 //! `(fid, seq)` is already stored is ignored, which makes redelivery safe.
 
-#![warn(missing_docs)]
-
 mod claim;
 mod hooked;
 mod postgres;
@@ -49,12 +47,12 @@ pub enum StoreError {
         /// Migrations this build knows.
         known: usize,
     },
-    /// The database said no, or could not be reached.
+    /// The database said no, or could not be reached (the driver's error).
     #[error("store: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(#[source] Cause),
     /// Applying migrations failed.
     #[error("store migration: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(#[source] Cause),
     /// A value read back could not be understood.
     #[error("store holds a bad value: {0}")]
     Corrupt(String),
@@ -82,6 +80,22 @@ pub enum StoreError {
     /// An injected fault (tests only ever produce this).
     #[error("injected fault: {0}")]
     Injected(String),
+}
+
+/// The error underneath a [`StoreError`], whatever the backend.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+// The backends' errors convert with `?`; the public type stays free of them.
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Database(Box::new(e))
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        Self::Migrate(Box::new(e))
+    }
 }
 
 /// One execution as the store knows it.
@@ -133,7 +147,7 @@ pub struct EventQuery {
 
 /// Where executions and their events are kept.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Stores a batch of events and updates the executions they belong to,
     /// all in one transaction; events already stored are ignored.
     async fn write(&self, events: &[Event]) -> Result<(), StoreError>;

@@ -21,7 +21,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 /// The migrations of the PostgreSQL schema.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// How long a query waits for a pooled connection (or a new one) before it
 /// fails: short, so that during an outage writes fail fast into the
@@ -47,6 +47,15 @@ pub struct PgStore {
     connect: PgConnectOptions,
     url: String,
     migrated: Vec<(i64, String)>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL is kept masked: no password in a log line.
+        f.debug_struct("PgStore")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PgStore {

@@ -34,7 +34,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 /// The migrations of the SQLite schema.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// Rows per multi-row INSERT statement (5 binds each, well under SQLite's limit).
 const ROWS_PER_STATEMENT: usize = 100;
@@ -59,6 +59,14 @@ pub struct SqliteStore {
     checkpoint: Arc<Notify>,
     checkpointer: tokio::task::JoinHandle<()>,
     migrated: Vec<(i64, String)>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SqliteStore {

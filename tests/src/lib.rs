@@ -3,9 +3,8 @@
 //! (no sleeps), checks of the stored event log, and [`FaultyStore`], a
 //! fault-injecting wrapper around the real store.
 
-#![warn(missing_docs)]
-
 use kodo_actors::{Flows, Node, NodeOptions};
+use kodo_cluster::{RedisCluster, SharedCluster, Solo};
 use kodo_core::{Event, Fid, Kind, Status};
 use kodo_store::{EventQuery, Hooked, SharedStore, StoreError, StoreOptions, WriteHooks};
 use kodo_transport::{LocalQueue, RedisOptions, RedisStreams, SharedTransport};
@@ -17,7 +16,7 @@ use std::time::Duration;
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
 /// Faults to inject into the next store writes.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Faults {
     /// Writes that fail with an error (the spooler retries).
     pub fail_writes: AtomicU32,
@@ -52,6 +51,7 @@ impl WriteHooks for Faults {
 }
 
 /// The real store (SQLite or PostgreSQL) with injectable faults.
+#[derive(Debug)]
 pub struct FaultyStore;
 
 impl FaultyStore {
@@ -67,6 +67,7 @@ impl FaultyStore {
 }
 
 /// A node on a fresh SQLite file, with fault injection.
+#[derive(Debug)]
 pub struct TestNode {
     /// The node.
     pub node: Node,
@@ -88,15 +89,21 @@ pub fn db_url(dir: &std::path::Path) -> String {
 impl TestNode {
     /// Starts a node with `flows`, `shards` spoolers and `capacity` bytes of queue.
     pub async fn start(flows: Flows, shards: usize, capacity: usize, options: NodeOptions) -> Self {
-        Self::start_on(flows, LocalQueue::new(shards, capacity), options).await
+        let transport = LocalQueue::new(shards, capacity);
+        Self::start_on(flows, transport, Solo::shared(), options).await
     }
 
-    /// Starts a node with `flows` on `transport`.
-    pub async fn start_on(flows: Flows, transport: SharedTransport, options: NodeOptions) -> Self {
+    /// Starts a node with `flows` on `transport`, in `cluster`.
+    pub async fn start_on(
+        flows: Flows,
+        transport: SharedTransport,
+        cluster: SharedCluster,
+        options: NodeOptions,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = db_url(dir.path());
         let (store, faults) = FaultyStore::open(&url).await;
-        let node = Node::start(store.clone(), transport, flows, options)
+        let node = Node::start(store.clone(), transport, cluster, flows, options)
             .await
             .expect("start node");
         Self {
@@ -203,6 +210,7 @@ pub fn payloads(events: &[Event], kind: Kind) -> Vec<serde_json::Value> {
 }
 
 /// A runtime with its HTTP API on 127.0.0.1 (a free port) and a SQLite file.
+#[derive(Debug)]
 pub struct TestApi {
     /// The running runtime.
     pub running: kodo_runtime::Running,
@@ -365,6 +373,7 @@ pub fn parse_sse(text: &str) -> Vec<Sse> {
 }
 
 /// Reads a live SSE response, keeping what it read.
+#[derive(Debug)]
 pub struct SseReader {
     response: reqwest::Response,
     text: String,
@@ -419,6 +428,7 @@ fn script(name: &str, args: &[&str]) -> String {
 /// A throwaway server of one test, started by a project script (`scripts/pg`
 /// or `scripts/redis`) in a temp dir on a free 127.0.0.1 port, which the
 /// test may stop and start again; stopped when dropped.
+#[derive(Debug)]
 pub struct Server {
     script: &'static str,
     dir: tempfile::TempDir,
@@ -490,6 +500,13 @@ pub fn redis_options(url: &str, consumer: &str, shards: usize) -> RedisOptions {
         block: Duration::from_millis(100),
         ..RedisOptions::default()
     }
+}
+
+/// The cluster of the Redis deployment these options name.
+pub async fn redis_cluster(options: &RedisOptions) -> SharedCluster {
+    RedisCluster::connect(&options.url, &options.prefix, options.shards)
+        .await
+        .expect("connect to the test redis")
 }
 
 /// Connects a Redis transport with these options.

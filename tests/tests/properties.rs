@@ -136,8 +136,9 @@ async fn run_case(ops: Vec<Op>, redis: Option<&str>) -> Result<(), TestCaseError
                 capacity_bytes: CAPACITY,
                 ..redis_options(url, "node", 2)
             };
+            let cluster = redis_cluster(&options).await;
             let transport = redis_transport(options).await;
-            TestNode::start_on(flows, transport, NodeOptions::default()).await
+            TestNode::start_on(flows, transport, cluster, NodeOptions::default()).await
         }
     };
     let mut execs: Vec<Exec> = Vec::new();

@@ -12,14 +12,19 @@
 //! trait on Redis Streams: a shard is then a stream, read by a consumer
 //! group that any number of spooler processes join.
 
-#![warn(missing_docs)]
-
 mod budget;
 mod local;
 mod redis;
 
 pub use local::LocalQueue;
 pub use redis::{RedisOptions, RedisStreams};
+
+/// The Redis stream layout and what its consumer groups still need: shared
+/// with `kodo-cluster`, which settles a node's start on them.
+pub mod redis_layout {
+    pub use crate::redis::groups::{EntryId, first_unacked, last_generated};
+    pub use crate::redis::reader::events_key;
+}
 
 use async_trait::async_trait;
 use kodo_core::{Event, Fid};
@@ -84,14 +89,9 @@ pub struct TransportHealth {
     pub error: Option<String>,
 }
 
-/// Hears of commits that spoolers in other processes made: per execution,
-/// the highest seq they committed. An empty slice means notices may have
-/// been missed (the connection was lost): every follower should look again.
-pub type CommitListener = Arc<dyn Fn(&[(Fid, u64)]) + Send + Sync>;
-
 /// Carries events from Tracers (producers) to Spoolers (consumers).
 #[async_trait]
-pub trait Transport: Send + Sync + 'static {
+pub trait Transport: Send + Sync + std::fmt::Debug + 'static {
     /// How many shards; consumer `i` drains shard `i`.
     fn shards(&self) -> usize;
 
@@ -121,27 +121,6 @@ pub trait Transport: Send + Sync + 'static {
 
     /// The transport's state now.
     async fn health(&self) -> TransportHealth;
-
-    /// Calls `listener` with the commits spoolers in other processes make
-    /// (for the live hub of a node whose spoolers run elsewhere). An
-    /// in-process transport has no other processes and never calls it.
-    fn listen_commits(&self, _listener: CommitListener) {}
-
-    /// Waits (up to `wait`) until everything published before this call
-    /// is stored and acknowledged, by whichever consumer; returns whether it
-    /// got there. A node calls it at start, before it closes what its
-    /// previous run left unfinished, so no late event lands after the
-    /// closing status. An in-process queue starts empty: at once `true`.
-    async fn settle(&self, _wait: std::time::Duration) -> bool {
-        true
-    }
-
-    /// Whether one execution's events are always committed in seq order
-    /// (one consumer per shard). Not so for Redis, whose spooler processes
-    /// share each stream: a later batch may commit before an earlier one.
-    fn commits_in_order(&self) -> bool {
-        true
-    }
 }
 
 /// Events a transport took (see [`Transport::publish`]).

@@ -35,6 +35,15 @@ struct ShardState {
     next_ticket: u64,
 }
 
+impl std::fmt::Debug for LocalQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalQueue")
+            .field("shards", &self.shards.len())
+            .field("capacity_bytes", &self.budget.capacity())
+            .finish_non_exhaustive()
+    }
+}
+
 impl LocalQueue {
     /// A queue of `shards` shards holding at most `capacity_bytes` of events.
     pub fn new(shards: usize, capacity_bytes: usize) -> Arc<Self> {

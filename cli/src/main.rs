@@ -1,7 +1,8 @@
 //! `runtime`: run kodo, upgrade its database, measure it.
 
 use clap::{Parser, Subcommand};
-use kodo_runtime::{Config, Runtime, bench};
+use kodo_runtime::config::TransportKind;
+use kodo_runtime::{Config, Runtime, wiring};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -52,7 +53,7 @@ enum Command {
         command: DbCommand,
     },
     /// Measures throughput, latency, launch time and memory on a scratch database.
-    Bench(bench::BenchArgs),
+    Bench(kodo_bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -187,7 +188,7 @@ async fn run(config: Config) -> ExitCode {
 }
 
 async fn spool(config: Config, name: Option<String>) -> ExitCode {
-    if config.transport.kind != "redis" {
+    if config.transport.kind != TransportKind::Redis {
         eprintln!(
             "runtime: spool needs transport.kind = \"redis\" (with the local transport, `runtime run` stores its own events)"
         );
@@ -199,17 +200,17 @@ async fn spool(config: Config, name: Option<String>) -> ExitCode {
     };
     let consumer =
         name.unwrap_or_else(|| format!("{}-spool-{}", config.node.name, std::process::id()));
-    let store = match kodo_store::open(&config.store.url, &config.store_options(false)).await {
+    let store = match wiring::open_store(&config, false).await {
         Ok(store) => store,
         Err(e) => {
             eprintln!("runtime: cannot start: {e}");
             return ExitCode::from(1);
         }
     };
-    let transport = match config.transport(&consumer).await {
-        Ok(t) => t,
+    let (transport, cluster) = match wiring::connect(&config, &consumer).await {
+        Ok(connected) => connected,
         Err(e) => {
-            eprintln!("runtime: cannot start: transport: {e}");
+            eprintln!("runtime: cannot start: {e}");
             return ExitCode::from(1);
         }
     };
@@ -217,6 +218,7 @@ async fn spool(config: Config, name: Option<String>) -> ExitCode {
         transport: transport.clone(),
         store: store.clone(),
         hub: kodo_actors::Hub::new(),
+        cluster,
         batch_max: config.spooler.batch_max,
         health: Default::default(),
     };
@@ -236,7 +238,9 @@ async fn spool(config: Config, name: Option<String>) -> ExitCode {
     let failure = signals.until_stopped(group.failed()).await;
     tracing::info!("spooler stopping: finishing the batches in hand");
     transport.close();
-    let drained = group.drain(config.node_options().shutdown_wait).await;
+    let drained = group
+        .drain(wiring::node_options(&config).shutdown_wait)
+        .await;
     store.close().await;
     match failure {
         Some(why) => {
@@ -250,7 +254,7 @@ async fn spool(config: Config, name: Option<String>) -> ExitCode {
 
 async fn upgrade(config: Config) -> ExitCode {
     let url = kodo_store::mask_url(&config.store.url);
-    match kodo_store::upgrade(&config.store.url, &config.store_options(true)).await {
+    match kodo_store::upgrade(&config.store.url, &wiring::store_options(&config, true)).await {
         Ok(applied) if applied.is_empty() => {
             println!("database {url}: schema already up to date; nothing applied");
             ExitCode::SUCCESS
@@ -274,7 +278,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(cli.command, Command::Run { .. }) {
         // Before any thread exists, while the process is small.
-        kodo_actors::orphans::start();
+        kodo_actors::start_watchdog();
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -304,7 +308,7 @@ fn main() -> ExitCode {
             },
             Command::Bench(args) => {
                 init_logging("warn");
-                bench::run(args).await
+                kodo_bench::run(args).await
             }
         }
     })

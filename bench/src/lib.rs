@@ -1,4 +1,5 @@
-//! `runtime bench`: measures the embedded default (SQLite + in-process queue)
+//! `runtime bench` (this crate, so that the runtime library does not carry
+//! the bench's dependencies): measures the embedded default (SQLite + in-process queue)
 //! on this machine, or a PostgreSQL server (`--store-url postgres://...`),
 //! each scenario on a fresh scratch database:
 //!
@@ -13,6 +14,7 @@
 //! after each commit, how long ago each event was stamped by its Tracer.
 
 use kodo_actors::{CommandSpec, Ctx, FlowDef, Flows, Node, NodeOptions};
+use kodo_cluster::{RedisCluster, SharedCluster, Solo};
 use kodo_core::{Event, Fid, Kind, Status, now_ts};
 use kodo_store::{Hooked, SharedStore, StoreOptions, WriteHooks};
 use kodo_transport::LocalQueue;
@@ -77,7 +79,7 @@ pub struct BenchArgs {
 }
 
 /// Notes commit latencies and counts statuses after each commit of the real store.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Timing {
     record: std::sync::atomic::AtomicBool,
     latencies: Mutex<Vec<f64>>,
@@ -235,7 +237,10 @@ impl Bench {
         for child in &mut self.spoolers {
             if let Some(pid) = child.id() {
                 // SIGTERM: the spooler finishes its batch and exits.
-                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+                let _ = tokio::process::Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status()
+                    .await;
             }
             let _ = child.wait().await;
         }
@@ -299,32 +304,37 @@ async fn fresh(args: &BenchArgs, name: &str) -> Result<Bench, String> {
     let timing = Arc::new(Timing::default());
     let store: SharedStore = Arc::new(Hooked::new(inner, timing.clone()));
     let mut spoolers = Vec::new();
-    let transport: kodo_transport::SharedTransport = match &args.transport_url {
-        Some(redis_url) => {
-            let redis = kodo_transport::RedisOptions {
-                url: redis_url.clone(),
-                prefix: format!("bench-{name}-{}", Fid::new()),
-                shards: args.shards,
-                consumer: "bench".into(),
-                ..kodo_transport::RedisOptions::default()
-            };
-            if args.spool_processes > 0 {
-                std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-                spoolers = spawn_spoolers(args, &url, &redis, &dir).await?;
+    let (transport, cluster): (kodo_transport::SharedTransport, SharedCluster) =
+        match &args.transport_url {
+            Some(redis_url) => {
+                let redis = kodo_transport::RedisOptions {
+                    url: redis_url.clone(),
+                    prefix: format!("bench-{name}-{}", Fid::new()),
+                    shards: args.shards,
+                    consumer: "bench".into(),
+                    ..kodo_transport::RedisOptions::default()
+                };
+                if args.spool_processes > 0 {
+                    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+                    spoolers = spawn_spoolers(args, &url, &redis, &dir).await?;
+                }
+                let cluster = RedisCluster::connect(&redis.url, &redis.prefix, redis.shards)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let transport = kodo_transport::RedisStreams::connect(redis)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                (transport, cluster)
             }
-            kodo_transport::RedisStreams::connect(redis)
-                .await
-                .map_err(|e| e.to_string())?
-        }
-        None => LocalQueue::new(args.shards, 64 << 20),
-    };
+            None => (LocalQueue::new(args.shards, 64 << 20), Solo::shared()),
+        };
     let options = NodeOptions {
         max_live: args.waiting.max(args.executions) + 1000,
         shutdown_wait: Duration::from_secs(120),
         spoolers: spoolers.is_empty(),
         ..NodeOptions::default()
     };
-    let node = Node::start(store.clone(), transport, flows(args), options)
+    let node = Node::start(store.clone(), transport, cluster, flows(args), options)
         .await
         .map_err(|e| e.to_string())?;
     Ok(Bench {

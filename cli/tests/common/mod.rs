@@ -12,10 +12,10 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
-pub const DEADLINE: Duration = Duration::from_secs(30);
-pub const BIN: &str = env!("CARGO_BIN_EXE_runtime");
+pub(crate) const DEADLINE: Duration = Duration::from_secs(30);
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_runtime");
 
-pub fn runtime(args: &[&str], dir: &Path) -> Command {
+pub(crate) fn runtime(args: &[&str], dir: &Path) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.args(args)
         .current_dir(dir)
@@ -33,27 +33,27 @@ pub fn runtime(args: &[&str], dir: &Path) -> Command {
 }
 
 /// Starts `runtime run` and returns it with its base URL (read from its first stdout line).
-pub async fn start(config: &Path, dir: &Path) -> (Child, String) {
+pub(crate) async fn start(config: &Path, dir: &Path) -> (Child, String) {
     let (child, base, _) = start_logged(run(config, dir)).await;
     (child, base)
 }
 
 /// `runtime run --config CONFIG` in `dir`, not started yet.
-pub fn run(config: &Path, dir: &Path) -> Command {
+pub(crate) fn run(config: &Path, dir: &Path) -> Command {
     runtime(&["run", "--config", config.to_str().unwrap()], dir)
 }
 
 /// What a process wrote to stderr, collected as it comes (so a chatty
 /// process never blocks on a full pipe).
 #[derive(Clone)]
-pub struct Log {
+pub(crate) struct Log {
     text: Arc<Mutex<String>>,
     reader: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
 impl Log {
     /// Collects `child`'s stderr.
-    pub fn of(child: &mut Child) -> Self {
+    pub(crate) fn of(child: &mut Child) -> Self {
         let text = Arc::new(Mutex::new(String::new()));
         let mut stderr = child.stderr.take().expect("stderr is piped");
         let sink = text.clone();
@@ -75,7 +75,7 @@ impl Log {
     }
 
     /// Everything after the process closed its stderr (it exited).
-    pub async fn complete(&self) -> String {
+    pub(crate) async fn complete(&self) -> String {
         let reader = self.reader.lock().unwrap().take();
         if let Some(reader) = reader {
             tokio::time::timeout(DEADLINE, reader)
@@ -89,7 +89,7 @@ impl Log {
 
 /// Starts a `runtime run` command and returns it with its base URL (read
 /// from its first stdout line) and its stderr.
-pub async fn start_logged(mut command: Command) -> (Child, String, Log) {
+pub(crate) async fn start_logged(mut command: Command) -> (Child, String, Log) {
     let mut child = command.spawn().expect("spawn runtime");
     let log = Log::of(&mut child);
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -108,7 +108,7 @@ pub async fn start_logged(mut command: Command) -> (Child, String, Log) {
 }
 
 /// Sends SIGTERM (as `kill` does) and returns the exit code.
-pub async fn terminate(child: &mut Child) -> i32 {
+pub(crate) async fn terminate(child: &mut Child) -> i32 {
     let pid = child.id().expect("still running").to_string();
     let sent = Command::new("kill")
         .args(["-TERM", &pid])
@@ -124,7 +124,7 @@ pub async fn terminate(child: &mut Child) -> i32 {
         .unwrap_or(-1)
 }
 
-pub async fn post(base: &str, path: &str, body: Value) -> Value {
+pub(crate) async fn post(base: &str, path: &str, body: Value) -> Value {
     let resp = reqwest::Client::new()
         .post(format!("{base}{path}"))
         .json(&body)
@@ -135,7 +135,7 @@ pub async fn post(base: &str, path: &str, body: Value) -> Value {
     resp.json().await.unwrap()
 }
 
-pub async fn get(base: &str, path: &str) -> Value {
+pub(crate) async fn get(base: &str, path: &str) -> Value {
     reqwest::get(format!("{base}{path}"))
         .await
         .unwrap()
@@ -145,7 +145,7 @@ pub async fn get(base: &str, path: &str) -> Value {
 }
 
 /// Reads an execution's stream until its text contains `needle` (or it ends).
-pub async fn stream_until(base: &str, fid: &str, needle: &str) -> String {
+pub(crate) async fn stream_until(base: &str, fid: &str, needle: &str) -> String {
     let mut resp = reqwest::get(format!("{base}/executions/{fid}/stream"))
         .await
         .unwrap();
@@ -168,7 +168,7 @@ pub async fn stream_until(base: &str, fid: &str, needle: &str) -> String {
 }
 
 /// A 127.0.0.1 port nothing listens on (bound, then let go).
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -176,18 +176,18 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-pub fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
+pub(crate) fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
     let path = dir.join("kodo.toml");
     std::fs::write(&path, text).unwrap();
     path
 }
 
-pub const WAITING_FLOW: &str = r#"
+pub(crate) const WAITING_FLOW: &str = r#"
 [flows.waits]
 command = ["sh", "-c", "read -r x; echo started; echo '{\"kind\":\"lock\",\"name\":\"go\"}' >&3; read -r answer; echo \"$answer\""]
 "#;
 
-pub async fn launch_waiting(base: &str) -> String {
+pub(crate) async fn launch_waiting(base: &str) -> String {
     let fid = post(base, "/flows/waits/executions", json!({})).await["fid"]
         .as_str()
         .unwrap()

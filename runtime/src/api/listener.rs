@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 /// A TCP listener for the API (see the module docs).
+#[derive(Debug)]
 pub struct ApiListener(TcpListener);
 
 impl ApiListener {
@@ -48,6 +49,7 @@ impl Listener for ApiListener {
 ///
 /// It does not offer vectored writes (the trait's default), so hyper hands
 /// it each response head whole in one `poll_write`: keep it that way.
+#[derive(Debug)]
 pub struct JsonErrors<S> {
     inner: S,
     /// Rewritten bytes not yet written, and how many of them are.

@@ -1,0 +1,70 @@
+//! The seam for how an execution runs.
+//!
+//! The execution supervisor ([`crate::executions`]) owns the life of every
+//! execution: ids, limits, kill, the guaranteed final status. *How* the flow
+//! runs is its backend's: it starts one actor per execution, linked to the
+//! supervisor, and that actor's end (or crash) tells the supervisor the run
+//! is over. [`Direct`] runs the flow here, in a [`Runner`]; a durable
+//! backend (Temporal, in `kodo-durable`) implements the same trait and
+//! drives the flow with [`drive`](crate::runner::drive) inside its
+//! activity, with no dependency of this crate on it.
+
+use crate::flow::{Ctx, FlowDef};
+use crate::runner::Runner;
+use crate::tracer::Trace;
+use async_trait::async_trait;
+use ractor::{Actor, ActorCell};
+use serde_json::Value;
+use std::sync::Arc;
+
+/// One execution, ready to run.
+#[derive(Debug)]
+pub struct Execution {
+    /// Its context: id, Tracer, locks, stop requests.
+    pub ctx: Ctx,
+    /// The flow.
+    pub flow: Arc<FlowDef>,
+    /// Its inputs.
+    pub inputs: Value,
+    /// Its first events (`meta`, `starting`, `inputs`), recorded when it runs.
+    pub begin: Trace,
+}
+
+/// How executions run.
+#[async_trait]
+pub trait ExecutionBackend: Send + Sync + std::fmt::Debug + 'static {
+    /// A short name for logs (`direct`).
+    fn name(&self) -> &'static str;
+
+    /// Starts `execution` as an actor linked to `supervisor`, and returns
+    /// it. The actor records the execution's events through its Tracer and
+    /// stops once the outcome is recorded; if it stops without one (or
+    /// fails), the supervisor ends the execution with `error`.
+    async fn start(&self, execution: Execution, supervisor: ActorCell)
+    -> Result<ActorCell, String>;
+}
+
+/// A shared backend.
+pub type SharedBackend = Arc<dyn ExecutionBackend>;
+
+/// Direct mode: a [`Runner`] actor in this process drives the flow.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Direct;
+
+#[async_trait]
+impl ExecutionBackend for Direct {
+    fn name(&self) -> &'static str {
+        "direct"
+    }
+
+    async fn start(
+        &self,
+        execution: Execution,
+        supervisor: ActorCell,
+    ) -> Result<ActorCell, String> {
+        let (runner, _) = Actor::spawn_linked(None, Runner, execution, supervisor)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(runner.get_cell())
+    }
+}

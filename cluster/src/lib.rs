@@ -1,0 +1,106 @@
+//! How a node relates to the other processes of its deployment.
+//!
+//! The transport moves events; this crate carries what processes tell each
+//! other about them:
+//! - **commit notices**: a Spooler that committed a batch announces, per
+//!   execution, the highest seq it committed, so that the live hubs of every
+//!   node (SSE followers, launches) hear of commits made elsewhere;
+//! - **settling**: a node that starts waits until everything published
+//!   before its start is stored, before it closes what its previous run left;
+//! - **ordering**: whether one execution's batches always commit in seq order.
+//!
+//! [`Solo`] is a deployment of one process (the in-process queue):
+//! nothing to announce, nothing to settle, commits in order. [`RedisCluster`]
+//! is many nodes and spooler processes sharing Redis Streams. Membership and
+//! cross-node routing join here next.
+
+mod redis;
+
+pub use redis::RedisCluster;
+
+use async_trait::async_trait;
+use kodo_core::{Event, Fid};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What went wrong reaching the other processes.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The shared server could not be reached (URL with the password masked).
+    #[error("cluster unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Hears of commits that spoolers in other processes made: per execution,
+/// the highest seq they committed. An empty slice means notices may have
+/// been missed (the connection was lost): every follower should look again.
+pub type CommitListener = Arc<dyn Fn(&[(Fid, u64)]) + Send + Sync>;
+
+/// The other processes of a deployment, as one node sees them.
+#[async_trait]
+pub trait Cluster: Send + Sync + std::fmt::Debug + 'static {
+    /// Whether one execution's events are always committed in seq order
+    /// (one consumer per shard, in one process). Not so with spooler
+    /// processes sharing each Redis stream: a later batch may commit first.
+    fn commits_in_order(&self) -> bool;
+
+    /// Tells the other processes that these events are committed (per
+    /// execution, the highest seq; see [`commit_marks`]). Best effort: a lost
+    /// notice is made up for by the listeners' "look again" when they
+    /// reconnect.
+    async fn announce_commits(&self, committed: &[Event]);
+
+    /// Calls `listener` with the commits spoolers in other processes
+    /// announce, for as long as this cluster lives.
+    fn listen_commits(&self, listener: CommitListener);
+
+    /// Waits (up to `wait`) until everything published before this call is
+    /// stored and acknowledged, by whichever spooler; returns whether it got
+    /// there. A node calls it at start, before it closes what its previous
+    /// run left unfinished, so no late event lands after the closing status.
+    async fn settle(&self, wait: Duration) -> bool;
+}
+
+/// A shared cluster.
+pub type SharedCluster = Arc<dyn Cluster>;
+
+/// A deployment of one process: the in-process queue and its own spoolers.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Solo;
+
+impl Solo {
+    /// A shared `Solo`.
+    pub fn shared() -> SharedCluster {
+        Arc::new(Solo)
+    }
+}
+
+#[async_trait]
+impl Cluster for Solo {
+    fn commits_in_order(&self) -> bool {
+        true
+    }
+
+    async fn announce_commits(&self, _committed: &[Event]) {}
+
+    fn listen_commits(&self, _listener: CommitListener) {}
+
+    /// An in-process queue starts empty: settled at once.
+    async fn settle(&self, _wait: Duration) -> bool {
+        true
+    }
+}
+
+/// Per execution, the highest seq among `events`: what a commit announces.
+pub fn commit_marks(events: &[Event]) -> Vec<(Fid, u64)> {
+    let mut marks: HashMap<&Fid, u64> = HashMap::new();
+    for e in events {
+        let seq = marks.entry(&e.fid).or_default();
+        *seq = (*seq).max(e.seq);
+    }
+    marks
+        .into_iter()
+        .map(|(fid, seq)| (fid.clone(), seq))
+        .collect()
+}

@@ -1,0 +1,206 @@
+//! The cluster over Redis: commit notices on the channel `PREFIX:commits`
+//! (lines `fid seq`, the highest committed seq per execution), and settling
+//! on the transport's streams (everything up to each stream's newest entry
+//! acknowledged by the spoolers' group).
+
+use crate::{Cluster, ClusterError, CommitListener, commit_marks};
+use async_trait::async_trait;
+use futures::StreamExt;
+use kodo_core::{Event, Fid, mask_url};
+use kodo_transport::redis_layout::{EntryId, events_key, first_unacked, last_generated};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Many nodes and spooler processes sharing Redis Streams.
+pub struct RedisCluster {
+    client: redis::Client,
+    conn: ConnectionManager,
+    masked: String,
+    channel: String,
+    streams: Vec<String>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for RedisCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisCluster")
+            .field("url", &self.masked)
+            .field("channel", &self.channel)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisCluster {
+    /// Connects to the Redis at `url` of the deployment with key prefix
+    /// `prefix` and `shards` event streams. An unreachable server or a bad
+    /// URL is an error naming the URL (password masked).
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        shards: usize,
+    ) -> Result<Arc<Self>, ClusterError> {
+        let masked = mask_url(url);
+        let fail = |e: &dyn std::fmt::Display| ClusterError::Unavailable(format!("{masked}: {e}"));
+        let client = redis::Client::open(url).map_err(|e| fail(&e))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(5)))
+            .set_number_of_retries(2);
+        let conn = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.get_connection_manager_with_config(config),
+        )
+        .await
+        .map_err(|_| fail(&"no answer within 10 s"))?
+        .map_err(|e| fail(&e))?;
+        Ok(Arc::new(Self {
+            client,
+            conn,
+            channel: format!("{prefix}:commits"),
+            streams: (0..shards).map(|i| events_key(prefix, i)).collect(),
+            masked,
+            tasks: Mutex::new(Vec::new()),
+        }))
+    }
+}
+
+#[async_trait]
+impl Cluster for RedisCluster {
+    fn commits_in_order(&self) -> bool {
+        false
+    }
+
+    async fn announce_commits(&self, committed: &[Event]) {
+        let marks = commit_marks(committed);
+        if marks.is_empty() {
+            return;
+        }
+        let mut conn = self.conn.clone();
+        let sent: Result<(), _> = redis::cmd("PUBLISH")
+            .arg(&self.channel)
+            .arg(marks_text(&marks))
+            .query_async(&mut conn)
+            .await;
+        if let Err(e) = sent {
+            tracing::debug!(error = %e, url = %self.masked, "a commit notice was not sent");
+        }
+    }
+
+    fn listen_commits(&self, listener: CommitListener) {
+        let task = tokio::spawn(listen_loop(
+            self.client.clone(),
+            self.channel.clone(),
+            listener,
+        ));
+        self.tasks.lock().expect("tasks lock").push(task);
+    }
+
+    async fn settle(&self, wait: Duration) -> bool {
+        let start = Instant::now();
+        let mut conn = self.conn.clone();
+        let mut marks = Vec::with_capacity(self.streams.len());
+        for key in &self.streams {
+            marks.push(
+                last_generated(&mut conn, key)
+                    .await
+                    .unwrap_or(EntryId(0, 0)),
+            );
+        }
+        let mut pause = Duration::from_millis(10);
+        loop {
+            let mut settled = true;
+            for (key, mark) in self.streams.iter().zip(&marks) {
+                // Settled once every entry up to the mark is acknowledged.
+                if *mark != EntryId(0, 0) {
+                    let first = first_unacked(&mut conn, key).await;
+                    settled &= matches!(first, Ok(Some(first)) if first > *mark);
+                }
+            }
+            if settled {
+                return true;
+            }
+            if start.elapsed() >= wait {
+                return false;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for task in self.tasks.lock().expect("tasks lock").drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// Listens to commit notices of other processes, reconnecting as needed.
+async fn listen_loop(client: redis::Client, channel: String, listener: CommitListener) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let subscribed = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        }
+        .await;
+        match subscribed {
+            Ok(pubsub) => {
+                backoff = Duration::from_millis(50);
+                // Notices sent while unsubscribed are gone: wake every follower.
+                listener(&[]);
+                let mut messages = pubsub.into_on_message();
+                while let Some(msg) = messages.next().await {
+                    let marks = parse_marks(msg.get_payload_bytes());
+                    if !marks.is_empty() {
+                        listener(&marks);
+                    }
+                }
+                tracing::warn!("redis commit notices interrupted; resubscribing");
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "redis commit notices unavailable");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+fn marks_text(marks: &[(Fid, u64)]) -> String {
+    let mut text = String::with_capacity(marks.len() * 48);
+    for (fid, seq) in marks {
+        text.push_str(fid.as_str());
+        text.push(' ');
+        text.push_str(&seq.to_string());
+        text.push('\n');
+    }
+    text
+}
+
+fn parse_marks(payload: &[u8]) -> Vec<(Fid, u64)> {
+    std::str::from_utf8(payload)
+        .unwrap_or("")
+        .lines()
+        .filter_map(|line| {
+            let (fid, seq) = line.split_once(' ')?;
+            Some((Fid::parse(fid)?, seq.parse().ok()?))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_round_trip_and_junk_lines_are_skipped() {
+        let marks = vec![(Fid::new(), 7), (Fid::new(), 1)];
+        assert_eq!(parse_marks(marks_text(&marks).as_bytes()), marks);
+        assert!(parse_marks(b"nonsense\nnot-a-fid 3\n").is_empty());
+    }
+}

@@ -1,0 +1,253 @@
+//! The execution routes: flows, launch, list, one execution, its events,
+//! kill, lock answers. A user sees only their own executions (another
+//! user's answer 404, as if they did not exist); an admin sees all.
+
+use super::AppState;
+use super::auth::User;
+use super::error::{ApiError, ApiResult, json_body, json_type, query, seq_param};
+use super::types::{
+    AnswerBody, Answered, EventList, EventParams, EventView, ExecutionPage, ExecutionView,
+    FlowList, FlowView, Killing, LaunchBody, Launched, ListParams,
+};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use kodo_actors::{AnswerError, KillError, LaunchError};
+use kodo_core::{Fid, Kind, Status};
+use kodo_store::{EventQuery, ExecutionRow, ListQuery};
+use serde_json::Value;
+use std::sync::Arc;
+
+/// Loads an execution the user may see; anything else is 404.
+pub(super) async fn visible(state: &AppState, user: &User, fid: &str) -> ApiResult<ExecutionRow> {
+    let fid = Fid::parse(fid).ok_or_else(|| ApiError::not_found(format!("execution {fid}")))?;
+    let row = match state.node.store().execution(&fid).await {
+        Ok(Some(row)) => Some(row),
+        // Launched here, first events not stored yet (the store is slow or down).
+        Ok(None) => state.node.find_unstored(&fid),
+        Err(e) => return Err(ApiError::internal(e)),
+    };
+    match row {
+        Some(row) if user.admin || row.owner == user.name => Ok(row),
+        _ => Err(ApiError::not_found(format!("execution {fid}"))),
+    }
+}
+
+/// 409 for an execution that has ended: it can no longer be killed or answered.
+fn still_running(row: &ExecutionRow) -> ApiResult<()> {
+    if row.status.is_final() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("execution already ended: {}", row.status),
+        ));
+    }
+    Ok(())
+}
+
+/// `GET /flows`.
+pub(super) async fn list_flows(State(state): State<Arc<AppState>>) -> Json<FlowList> {
+    let flows = state
+        .node
+        .flows()
+        .iter()
+        .map(|f| FlowView {
+            name: f.name.clone(),
+            kind: f.kind_name(),
+            description: f.description.clone(),
+        })
+        .collect();
+    Json(FlowList { flows })
+}
+
+/// `POST /flows/{flow}/executions`.
+pub(super) async fn launch(
+    State(state): State<Arc<AppState>>,
+    user: User,
+    Path(flow): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    if state.node.flows().get(&flow).is_none() {
+        return Err(ApiError::not_found(format!("flow {flow}")));
+    }
+    let body: Option<LaunchBody> = json_body(body)?;
+    let inputs = match body.and_then(|b| b.inputs) {
+        None => Value::Object(Default::default()),
+        Some(inputs @ Value::Object(_)) => inputs,
+        Some(other) => {
+            return Err(ApiError::bad(format!(
+                "inputs must be a JSON object, not {}",
+                json_type(&other)
+            )));
+        }
+    };
+    match state.node.launch(&flow, &user.name, inputs).await {
+        Ok(launched) => {
+            let status = if launched.stored {
+                StatusCode::CREATED
+            } else {
+                StatusCode::ACCEPTED
+            };
+            Ok((
+                status,
+                Json(Launched {
+                    fid: launched.fid,
+                    stored: launched.stored,
+                }),
+            )
+                .into_response())
+        }
+        Err(LaunchError::UnknownFlow(f)) => Err(ApiError::not_found(format!("flow {f}"))),
+        Err(e) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+        )),
+    }
+}
+
+/// `GET /executions`.
+pub(super) async fn list_executions(
+    State(state): State<Arc<AppState>>,
+    user: User,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> ApiResult<Json<ExecutionPage>> {
+    let p = query(params)?;
+    let status = p
+        .status
+        .map(|s| s.parse::<Status>())
+        .transpose()
+        .map_err(|e| ApiError::bad(e.to_string()))?;
+    let limit = p.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad("limit must be 1 to 1000"));
+    }
+    let before = match p.cursor {
+        Some(c) => Some(Fid::parse(&c).ok_or_else(|| ApiError::bad("invalid cursor"))?),
+        None => None,
+    };
+    let owner = if user.admin { p.owner } else { Some(user.name) };
+    let rows = state
+        .node
+        .store()
+        .executions(&ListQuery {
+            owner,
+            status,
+            flow: p.flow,
+            before,
+            limit,
+        })
+        .await
+        .map_err(ApiError::internal)?;
+    let next = (rows.len() == limit as usize).then(|| rows.last().map(|r| r.fid.clone()));
+    Ok(Json(ExecutionPage {
+        executions: rows.iter().map(ExecutionView::from).collect(),
+        next_cursor: next.flatten(),
+    }))
+}
+
+/// `GET /executions/{fid}`.
+pub(super) async fn get_execution(
+    State(state): State<Arc<AppState>>,
+    user: User,
+    Path(fid): Path<String>,
+) -> ApiResult<Json<ExecutionView>> {
+    Ok(Json(ExecutionView::from(
+        &visible(&state, &user, &fid).await?,
+    )))
+}
+
+fn parse_kinds(kinds: Option<String>) -> ApiResult<Option<Vec<Kind>>> {
+    kinds
+        .map(|k| {
+            k.split(',')
+                .filter(|s| !s.is_empty())
+                .map(|s| s.trim().parse::<Kind>())
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()
+        .map_err(|e| ApiError::bad(e.to_string()))
+}
+
+/// `GET /executions/{fid}/events`.
+pub(super) async fn get_events(
+    State(state): State<Arc<AppState>>,
+    user: User,
+    Path(fid): Path<String>,
+    params: Result<Query<EventParams>, QueryRejection>,
+) -> ApiResult<Json<EventList>> {
+    let p = query(params)?;
+    let row = visible(&state, &user, &fid).await?;
+    let limit = p.limit.unwrap_or(1000);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::bad("limit must be 1 to 10000"));
+    }
+    let events = state
+        .node
+        .store()
+        .events(
+            &row.fid,
+            &EventQuery {
+                after: seq_param("after", p.after.unwrap_or(0))?,
+                limit,
+                kinds: parse_kinds(p.kinds)?,
+            },
+        )
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(EventList {
+        events: events.iter().map(EventView::from).collect(),
+    }))
+}
+
+/// `POST /executions/{fid}/kill`.
+pub(super) async fn kill(
+    State(state): State<Arc<AppState>>,
+    user: User,
+    Path(fid): Path<String>,
+) -> ApiResult<Response> {
+    let row = visible(&state, &user, &fid).await?;
+    still_running(&row)?;
+    match state
+        .node
+        .kill(&row.fid, &format!("by {}", user.name))
+        .await
+    {
+        Ok(()) => Ok((
+            StatusCode::ACCEPTED,
+            Json(Killing {
+                fid: row.fid,
+                killing: true,
+            }),
+        )
+            .into_response()),
+        Err(KillError::NotRunning(_)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "execution is not running on this node",
+        )),
+    }
+}
+
+/// `POST /executions/{fid}/locks/{lid}`.
+pub(super) async fn answer_lock(
+    State(state): State<Arc<AppState>>,
+    user: User,
+    Path((fid, lid)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Answered>> {
+    let row = visible(&state, &user, &fid).await?;
+    let body: AnswerBody =
+        json_body(body)?.ok_or_else(|| ApiError::bad("expected {\"answer\": ...}"))?;
+    still_running(&row)?;
+    match state.node.answer_lock(&row.fid, &lid, body.answer) {
+        Ok(()) => Ok(Json(Answered {
+            fid: row.fid,
+            lid,
+            answered: true,
+        })),
+        Err(e @ AnswerError::NotFound { .. }) => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, e.to_string()))
+        }
+    }
+}

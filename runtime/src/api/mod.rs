@@ -1,0 +1,67 @@
+//! The HTTP API (axum, JSON, bearer tokens). Every bad request gets a 4xx
+//! with `{"error": "..."}`; a user sees only their own executions (another
+//! user's answer 404, as if they did not exist), an admin sees all.
+//!
+//! One concern per module: `auth` (tokens to users), `error` (error
+//! answers, parsing what clients send), [`types`] (every request and
+//! response body), `executions` (the execution routes), `stream` (SSE),
+//! `health`, and the TCP [`ApiListener`].
+
+mod auth;
+mod error;
+mod executions;
+mod health;
+mod listener;
+mod stream;
+pub mod types;
+
+pub use auth::User;
+pub use error::ApiError;
+pub use listener::{ApiListener, JsonErrors};
+
+use crate::config::Config;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+use axum::routing::{get, post};
+use kodo_actors::Node;
+use std::sync::Arc;
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct AppState {
+    /// The node.
+    pub node: Arc<Node>,
+    tokens: auth::Tokens,
+}
+
+/// Builds the router over a running node.
+pub fn router(node: Arc<Node>, config: &Config) -> Router {
+    let state = Arc::new(AppState {
+        node,
+        tokens: auth::Tokens::of(config),
+    });
+    let authed = Router::new()
+        .route("/flows", get(executions::list_flows))
+        .route("/flows/{flow}/executions", post(executions::launch))
+        .route("/executions", get(executions::list_executions))
+        .route("/executions/{fid}", get(executions::get_execution))
+        .route("/executions/{fid}/events", get(executions::get_events))
+        .route("/executions/{fid}/stream", get(stream::stream))
+        .route("/executions/{fid}/kill", post(executions::kill))
+        .route(
+            "/executions/{fid}/locks/{lid}",
+            post(executions::answer_lock),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ));
+    Router::new()
+        .route("/health", get(health::health))
+        .merge(authed)
+        .fallback(|| async { ApiError::not_found("route") })
+        .layer(DefaultBodyLimit::max(config.api.max_body_bytes))
+        .layer(middleware::map_response(error::json_errors))
+        .with_state(state)
+}

@@ -1,0 +1,242 @@
+//! The sections of `kodo.toml`, their keys and defaults.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// `transport.kind`: how events travel from Tracers to Spoolers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    /// The in-process queue (one node, its own Spoolers).
+    #[default]
+    Local,
+    /// Redis Streams (many nodes and spooler processes).
+    Redis,
+}
+
+impl std::fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Local => "local",
+            Self::Redis => "redis",
+        })
+    }
+}
+
+/// `store.synchronous`: how SQLite syncs its WAL.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// Survives a crash of the process.
+    #[default]
+    Normal,
+    /// Also survives power loss (an fsync per commit).
+    Full,
+}
+
+/// `[node]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeSection {
+    /// The node's name; at start it closes only its own unfinished executions.
+    pub name: String,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        Self {
+            name: "local".into(),
+        }
+    }
+}
+
+/// `[api]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiSection {
+    /// Address to listen on.
+    pub listen: String,
+    /// The largest request body, in bytes (larger: 413).
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:3370".into(),
+            max_body_bytes: 1 << 20,
+        }
+    }
+}
+
+/// `[store]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSection {
+    /// `sqlite://PATH` or `postgres://USER:PASSWORD@HOST:PORT/DATABASE`.
+    pub url: String,
+    /// SQLite: `normal` (survives a crash of the process) or `full` (survives power loss).
+    pub synchronous: Synchronous,
+    /// SQLite: connections for API reads.
+    pub read_connections: u32,
+    /// PostgreSQL: the most connections (spoolers and API reads share them).
+    pub pool: u32,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://./data/kodo.db".into(),
+            synchronous: Synchronous::Normal,
+            read_connections: 4,
+            pool: 8,
+        }
+    }
+}
+
+/// `[transport]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransportSection {
+    /// `local` (the in-process queue) or `redis` (Redis Streams).
+    pub kind: TransportKind,
+    /// Shards (Redis: streams), each drained by one Spooler per process.
+    pub shards: usize,
+    /// The most bytes of events in flight in this process; Tracers wait beyond it.
+    pub capacity_bytes: usize,
+    /// Redis: `redis://[:PASSWORD@]HOST:PORT[/DB]`.
+    pub url: String,
+    /// Redis: prefix of every key (one deployment, one prefix).
+    pub prefix: String,
+    /// Redis: entries a stream may hold before producers wait.
+    pub max_len: usize,
+    /// Redis: seconds after which a pending entry of a silent consumer is claimed.
+    pub claim_idle: f64,
+    /// Redis: seconds one blocking read waits for entries.
+    pub block: f64,
+}
+
+impl Default for TransportSection {
+    fn default() -> Self {
+        Self {
+            kind: TransportKind::Local,
+            shards: 2,
+            capacity_bytes: 64 << 20,
+            url: "redis://127.0.0.1:6379".into(),
+            prefix: "kodo".into(),
+            max_len: 100_000,
+            claim_idle: 10.0,
+            block: 0.5,
+        }
+    }
+}
+
+/// `[spooler]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpoolerSection {
+    /// The most events one transaction commits.
+    pub batch_max: usize,
+    /// Run Spoolers inside `runtime run`; false leaves the Redis streams to
+    /// `runtime spool` processes.
+    pub enabled: bool,
+}
+
+impl Default for SpoolerSection {
+    fn default() -> Self {
+        Self {
+            batch_max: 1000,
+            enabled: true,
+        }
+    }
+}
+
+/// `[limits]` (durations in seconds)
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsSection {
+    /// The largest event payload; longer output lines are split.
+    pub max_payload_bytes: usize,
+    /// The most executions running at once (more: 503).
+    pub max_running: usize,
+    /// SIGTERM-to-SIGKILL grace period when a command flow is killed.
+    pub kill_grace: f64,
+    /// Default time a lock waits for its answer.
+    pub lock_timeout: f64,
+    /// How long a launch waits for its first events to be stored (then 202).
+    pub launch_wait: f64,
+    /// How long shutdown waits for executions to stop and events to be stored.
+    pub shutdown_wait: f64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            max_payload_bytes: 1 << 20,
+            max_running: 250_000,
+            kill_grace: 5.0,
+            lock_timeout: 10_800.0,
+            launch_wait: 10.0,
+            shutdown_wait: 30.0,
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSection {
+    /// A tracing filter (`info`, `kodo_actors=debug,info`...); `RUST_LOG` wins.
+    pub level: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSection {
+    /// `[[auth.tokens]]` entries. With none, every caller is the admin `local`
+    /// and the API refuses to listen on a non-loopback address.
+    pub tokens: Vec<TokenEntry>,
+}
+
+/// One bearer token.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenEntry {
+    /// The secret the client sends as `Authorization: Bearer <token>`.
+    pub token: String,
+    /// The user it stands for.
+    pub user: String,
+    /// Whether the user sees everyone's executions.
+    #[serde(default)]
+    pub admin: bool,
+}
+
+/// `[flows.NAME]`: a command flow.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowSection {
+    /// Program and arguments.
+    pub command: Vec<String>,
+    /// Extra environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory, relative to the config file's folder.
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
+    /// Seconds after which the execution ends with `error`.
+    #[serde(default)]
+    pub timeout: Option<f64>,
+    /// One line for `GET /flows`.
+    #[serde(default)]
+    pub description: String,
+}

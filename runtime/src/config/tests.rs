@@ -1,0 +1,242 @@
+//! The config's tests: parsing, errors that name their source, the
+//! overlay, relative paths.
+
+use super::*;
+use std::time::Duration;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse("kodo.toml", text, Vec::new())
+}
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn defaults_serve_one_machine() {
+    let c = parse("").unwrap();
+    assert_eq!(c.api.listen, "127.0.0.1:3370");
+    assert_eq!(c.store.url, "sqlite://./data/kodo.db");
+    assert_eq!(c.transport.kind, TransportKind::Local);
+}
+
+#[test]
+fn a_full_file_parses() {
+    let c = parse(
+        r#"
+        [api]
+        listen = "0.0.0.0:8080"
+        [[auth.tokens]]
+        token = "secret-ann"
+        user = "ann"
+        [[auth.tokens]]
+        token = "secret-root"
+        user = "root"
+        admin = true
+        [flows.hello]
+        command = ["python3", "hello.py"]
+        env = { GREETING = "hi" }
+        timeout = 30
+        description = "says hello"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(c.auth.tokens.len(), 2);
+    assert!(c.auth.tokens[1].admin);
+    let flows = crate::wiring::flows(&c);
+    let hello = flows.get("hello").unwrap();
+    assert_eq!(hello.timeout, Some(Duration::from_secs(30)));
+    assert_eq!(hello.description, "says hello");
+}
+
+#[test]
+fn bad_files_name_the_key_and_the_file() {
+    let cases = [
+        ("[api]\nlisten = 3", "kodo.toml: api.listen: invalid type"),
+        (
+            "[api]\nlisen = \"x\"",
+            "kodo.toml: api.lisen: unknown field `lisen`",
+        ),
+        ("[nope]\n", "kodo.toml: nope: unknown field `nope`"),
+        ("[api\n", "kodo.toml: -: TOML parse error"),
+        (
+            "[api]\nlisten = \"localhost\"",
+            "kodo.toml: api.listen: expected HOST:PORT",
+        ),
+        (
+            "[api]\nlisten = \"0.0.0.0:1\"",
+            "kodo.toml: api.listen: refusing",
+        ),
+        (
+            "[store]\nurl = \"mysql://x\"",
+            "kodo.toml: store.url: expected sqlite://PATH or postgres://",
+        ),
+        (
+            "[store]\nsynchronous = \"off\"",
+            "kodo.toml: store.synchronous",
+        ),
+        (
+            "[transport]\nkind = \"carrier-pigeon\"",
+            "kodo.toml: transport.kind",
+        ),
+        ("[transport]\nshards = 0", "kodo.toml: transport.shards"),
+        ("[store]\npool = 0", "kodo.toml: store.pool"),
+        (
+            "[spooler]\nenabled = false",
+            "kodo.toml: spooler.enabled: the local transport needs",
+        ),
+        (
+            "[transport]\nkind = \"redis\"\nurl = \"http://x\"",
+            "kodo.toml: transport.url: expected redis://",
+        ),
+        (
+            "[transport]\nkind = \"redis\"\nprefix = \"a b\"",
+            "kodo.toml: transport.prefix",
+        ),
+        (
+            "[transport]\nkind = \"redis\"\nmax_len = 5",
+            "kodo.toml: transport.max_len",
+        ),
+        (
+            "[transport]\nkind = \"redis\"\nclaim_idle = 0",
+            "kodo.toml: transport.claim_idle",
+        ),
+        (
+            "[transport]\nkind = \"redis\"\nblock = -1",
+            "kodo.toml: transport.block",
+        ),
+        ("[limits]\nkill_grace = -1", "kodo.toml: limits.kill_grace"),
+        ("[flows.x]\ncommand = []", "kodo.toml: flows.x.command"),
+        (
+            "[flows.x]\ncommand = [\"a\"]\ntimeout = 0",
+            "kodo.toml: flows.x.timeout",
+        ),
+        (
+            "[flows.x]\ncommand = [\"a\"]\nretries = 1",
+            "kodo.toml: flows.x.retries: unknown field `retries`",
+        ),
+        (
+            "[flows.\"a b\"]\ncommand = [\"a\"]",
+            "kodo.toml: flows.a b: flow names",
+        ),
+        (
+            "[[auth.tokens]]\ntoken = \"short\"\nuser = \"u\"",
+            "kodo.toml: auth.tokens[0].token",
+        ),
+        ("[log]\nlevel = \"[[[\"", "kodo.toml: log.level"),
+    ];
+    for (text, expected) in cases {
+        let e = parse(text).unwrap_err().to_string();
+        assert!(
+            e.starts_with(expected),
+            "{text:?}: got {e:?}, want {expected:?}"
+        );
+    }
+}
+
+#[test]
+fn environment_overrides_keys_and_names_bad_variables() {
+    let c = Config::parse(
+        "kodo.toml",
+        "[api]\nlisten = \"127.0.0.1:1\"",
+        env(&[
+            ("KODO_API_LISTEN", "127.0.0.1:9"),
+            ("KODO_STORE_URL", "sqlite:///tmp/x.db"),
+            ("KODO_LIMITS_KILL_GRACE", "0.5"),
+            ("KODO_TRANSPORT_SHARDS", "4"),
+            ("KODO_SOMETHING_ELSE", "ignored"),
+            ("PATH", "/bin"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.api.listen, "127.0.0.1:9");
+    assert_eq!(c.store.url, "sqlite:///tmp/x.db");
+    assert_eq!(c.limits.kill_grace, 0.5);
+    assert_eq!(c.transport.shards, 4);
+    let e = Config::parse("kodo.toml", "", env(&[("KODO_TRANSPORT_SHARDS", "many")])).unwrap_err();
+    assert_eq!(e.source_name, "KODO_TRANSPORT_SHARDS");
+    assert_eq!(e.key, "transport.shards");
+    let e = Config::parse("kodo.toml", "api = 1", env(&[("KODO_API_LISTEN", "x")])).unwrap_err();
+    assert!(e.message.contains("not a table"), "{e}");
+}
+
+#[test]
+fn a_bad_value_from_a_variable_names_the_variable_and_misspelt_ones_are_reported() {
+    for (var, value, key) in [
+        ("KODO_API_LISTEN", "garbage", "api.listen"),
+        ("KODO_STORE_POOL", "0", "store.pool"),
+        ("KODO_STORE_POOL", "-1", "store.pool"),
+        ("KODO_STORE_URL", "mysql://x", "store.url"),
+    ] {
+        let e = Config::parse("kodo.toml", "", env(&[(var, value)])).unwrap_err();
+        assert_eq!((e.source_name.as_str(), e.key.as_str()), (var, key), "{e}");
+    }
+    let e = Config::parse("kodo.toml", "[store]\npool = 0", Vec::new()).unwrap_err();
+    assert_eq!(
+        e.source_name, "kodo.toml",
+        "a bad value in the file names the file"
+    );
+    let c = Config::parse(
+        "kodo.toml",
+        "",
+        env(&[
+            ("KODO_STORE_UR", "sqlite://x.db"),
+            ("KODO_NOTHING_LIKE_IT", "1"),
+            ("KODO_FID", "set for flows"),
+            ("KODO_TEST_PG_URL", "set by scripts/test"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        c.warnings,
+        [
+            "ignoring the environment variable KODO_STORE_UR: it names no config key (did you mean KODO_STORE_URL?)",
+            "ignoring the environment variable KODO_NOTHING_LIKE_IT: it names no config key",
+        ]
+    );
+}
+
+#[test]
+fn relative_paths_in_a_file_are_relative_to_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("kodo.toml");
+    std::fs::write(
+        &file,
+        "[store]\nurl = \"sqlite://./data/kodo.db?mode=rwc\"\n\
+         [flows.a]\ncommand = [\"sh\", \"a.sh\"]\n\
+         [flows.b]\ncommand = [\"sh\", \"b.sh\"]\ncwd = \"flows\"\n",
+    )
+    .unwrap();
+    let c = Config::load(Some(&file), Vec::new()).unwrap();
+    let dir = dir.path();
+    assert_eq!(
+        c.store.url,
+        format!("sqlite://{}/data/kodo.db?mode=rwc", dir.display())
+    );
+    let flows = crate::wiring::flows(&c);
+    let cwd = |name: &str| match &flows.get(name).unwrap().kind {
+        kodo_actors::FlowKind::Command(spec) => spec.cwd.clone().unwrap(),
+        _ => unreachable!(),
+    };
+    assert_eq!((cwd("a"), cwd("b")), (dir.to_path_buf(), dir.join("flows")));
+    // A variable's relative path is the shell's: relative to the working directory.
+    let c = Config::load(Some(&file), env(&[("KODO_STORE_URL", "sqlite://x.db")])).unwrap();
+    assert_eq!(c.store.url, "sqlite://x.db");
+    for (url, same) in [
+        ("sqlite:///abs/kodo.db", true),
+        ("postgres://u:p@h:1/d", true),
+        ("sqlite:rel.db", false),
+    ] {
+        assert_eq!(sqlite_relative_to(url, dir) == url, same, "{url}");
+    }
+}
+
+#[test]
+fn a_missing_file_is_an_error_naming_it() {
+    let e = Config::load(Some(Path::new("/nonexistent/kodo.toml")), Vec::new()).unwrap_err();
+    assert_eq!(e.source_name, "/nonexistent/kodo.toml");
+    assert!(e.message.starts_with("cannot read"));
+}

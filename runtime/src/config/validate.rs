@@ -1,0 +1,129 @@
+//! Checks of values that parse but cannot work; each names its key.
+
+use super::Config;
+use super::schema::TransportKind;
+use std::net::SocketAddr;
+
+impl Config {
+    pub(super) fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |key: &str, message: &str| Err((key.to_string(), message.to_string()));
+        let addr: SocketAddr = match self.api.listen.parse() {
+            Ok(a) => a,
+            Err(_) => return bad("api.listen", "expected HOST:PORT with an IP address"),
+        };
+        if self.auth.tokens.is_empty() && !addr.ip().is_loopback() {
+            return bad(
+                "api.listen",
+                "refusing to listen on a non-loopback address without [[auth.tokens]]",
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, t) in self.auth.tokens.iter().enumerate() {
+            if t.token.len() < 8 {
+                return bad(
+                    &format!("auth.tokens[{i}].token"),
+                    "tokens need 8 characters or more",
+                );
+            }
+            if t.user.is_empty() {
+                return bad(&format!("auth.tokens[{i}].user"), "empty user");
+            }
+            if !seen.insert(&t.token) {
+                return bad(&format!("auth.tokens[{i}].token"), "duplicate token");
+            }
+        }
+        if kodo_store::Backend::of(&self.store.url).is_err() {
+            return bad(
+                "store.url",
+                "expected sqlite://PATH or postgres://USER:PASSWORD@HOST:PORT/DATABASE",
+            );
+        }
+        if !(1..=1000).contains(&self.store.pool) {
+            return bad("store.pool", "expected 1 to 1000 connections");
+        }
+        match self.transport.kind {
+            TransportKind::Local => {
+                if !self.spooler.enabled {
+                    return bad(
+                        "spooler.enabled",
+                        "the local transport needs the node's own Spoolers; use transport.kind = \"redis\"",
+                    );
+                }
+            }
+            TransportKind::Redis => {
+                if !self.transport.url.starts_with("redis://") {
+                    return bad("transport.url", "expected redis://HOST:PORT");
+                }
+                if self.transport.prefix.is_empty() || self.transport.prefix.contains(' ') {
+                    return bad("transport.prefix", "expected a key prefix without spaces");
+                }
+                if self.transport.max_len < 100 {
+                    return bad("transport.max_len", "expected at least 100");
+                }
+                for (key, v, min) in [
+                    ("transport.claim_idle", self.transport.claim_idle, 0.1),
+                    ("transport.block", self.transport.block, 0.01),
+                ] {
+                    if !(min..1e6).contains(&v) {
+                        return bad(key, &format!("expected seconds, {min} or more"));
+                    }
+                }
+            }
+        }
+        if !(1..=256).contains(&self.transport.shards) {
+            return bad("transport.shards", "expected 1 to 256");
+        }
+        if self.transport.capacity_bytes < 4096 {
+            return bad("transport.capacity_bytes", "expected at least 4096");
+        }
+        if self.spooler.batch_max == 0 {
+            return bad("spooler.batch_max", "expected at least 1");
+        }
+        if self.limits.max_payload_bytes < 256 {
+            return bad("limits.max_payload_bytes", "expected at least 256");
+        }
+        if self.limits.max_running == 0 {
+            return bad("limits.max_running", "expected at least 1");
+        }
+        for (key, v) in [
+            ("limits.kill_grace", self.limits.kill_grace),
+            ("limits.lock_timeout", self.limits.lock_timeout),
+            ("limits.launch_wait", self.limits.launch_wait),
+            ("limits.shutdown_wait", self.limits.shutdown_wait),
+        ] {
+            if !(0.0..1e9).contains(&v) {
+                return bad(key, "expected seconds, 0 or more");
+            }
+        }
+        if self
+            .log
+            .level
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
+            return bad("log.level", "not a valid log filter");
+        }
+        for (name, flow) in &self.flows {
+            let key = format!("flows.{name}");
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return bad(&key, "flow names use letters, digits, '-', '_' and '.'");
+            }
+            if flow.command.first().is_none_or(String::is_empty) {
+                return bad(
+                    &format!("{key}.command"),
+                    "expected a program and its arguments",
+                );
+            }
+            if let Some(t) = flow.timeout
+                && !(t > 0.0 && t < 1e9)
+            {
+                return bad(&format!("{key}.timeout"), "expected seconds, more than 0");
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,125 @@
+//! The writer: one task that pipelines every publish waiting at that moment
+//! into one round trip of XADDs, retries while Redis is down (the Tracers
+//! wait on it), and waits while a stream is over `max_len`.
+
+use crate::TransportError;
+use crate::budget::Budget;
+use kodo_core::Fid;
+use redis::aio::ConnectionManager;
+use redis::{Value, cmd, pipe};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// The most publishes one pipeline carries.
+pub(super) const PIPELINE_MAX: usize = 512;
+
+/// One publish on its way to Redis.
+pub(super) struct Outgoing {
+    pub(super) shard: usize,
+    pub(super) fid: Fid,
+    pub(super) fields: Vec<(u64, String)>,
+    pub(super) done: oneshot::Sender<()>,
+    /// What it holds of the budget, given back once written.
+    pub(super) cost: u32,
+}
+
+/// Pipelines every waiting publish into one round trip; retries (keeping
+/// the Tracers waiting) while Redis is down; waits while a stream is over
+/// `max_len`.
+pub(super) async fn write_loop(
+    mut conn: ConnectionManager,
+    mut inbox: mpsc::Receiver<Outgoing>,
+    budget: Arc<Budget>,
+    keys: Vec<String>,
+    max_len: usize,
+    error: Arc<Mutex<Option<String>>>,
+) {
+    let mut batch: Vec<Outgoing> = Vec::with_capacity(PIPELINE_MAX);
+    while inbox.recv_many(&mut batch, PIPELINE_MAX).await > 0 {
+        let mut p = pipe();
+        let mut touched = vec![false; keys.len()];
+        for out in &batch {
+            let c = p
+                .cmd("XADD")
+                .arg(&keys[out.shard])
+                .arg("*")
+                .arg("fid")
+                .arg(out.fid.as_str());
+            for (seq, value) in &out.fields {
+                c.arg(*seq).arg(value);
+            }
+            touched[out.shard] = true;
+        }
+        let lens: Vec<usize> = (0..keys.len()).filter(|&i| touched[i]).collect();
+        for &i in &lens {
+            p.cmd("XLEN").arg(&keys[i]);
+        }
+        let mut backoff = Duration::from_millis(10);
+        let replies: Vec<Value> = loop {
+            match p.query_async(&mut conn).await {
+                Ok(r) => {
+                    if error.lock().expect("error lock").take().is_some() {
+                        tracing::info!("redis accepts events again");
+                    }
+                    break r;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, publishes = batch.len(), retry_in = ?backoff, "redis XADD failed");
+                    *error.lock().expect("error lock") = Some(format!("XADD: {e}"));
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        };
+        for out in batch.drain(..) {
+            budget.give(out.cost as usize);
+            let _ = out.done.send(());
+        }
+        // Backpressure: while a stream is over its bound, take no more.
+        let mut over: Vec<usize> = lens
+            .iter()
+            .zip(replies.iter().skip(replies.len() - lens.len()))
+            .filter(|(_, v)| matches!(v, Value::Int(n) if *n as usize > max_len))
+            .map(|(&i, _)| i)
+            .collect();
+        let mut wait = Duration::from_millis(5);
+        while !over.is_empty() {
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_millis(200));
+            let mut still = Vec::new();
+            for i in over {
+                let len: Result<usize, _> = cmd("XLEN").arg(&keys[i]).query_async(&mut conn).await;
+                if len.is_err() || len.is_ok_and(|n| n > max_len) {
+                    still.push(i);
+                }
+            }
+            over = still;
+        }
+    }
+}
+
+/// Sends a publish to the writer; the budget it holds comes back if the
+/// send fails or is cancelled (dropped before it is sent).
+pub(super) async fn send_or_give_back(
+    outbox: &mpsc::Sender<Outgoing>,
+    out: Outgoing,
+    budget: &Budget,
+) -> Result<(), TransportError> {
+    struct GiveBack<'a>(&'a Budget, u32, bool);
+    impl Drop for GiveBack<'_> {
+        fn drop(&mut self) {
+            if !self.2 {
+                self.0.give(self.1 as usize);
+            }
+        }
+    }
+    let mut guard = GiveBack(budget, out.cost, false);
+    let sent = outbox.send(out).await.is_ok();
+    guard.2 = sent;
+    if sent {
+        Ok(())
+    } else {
+        Err(TransportError::Closed)
+    }
+}
