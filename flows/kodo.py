@@ -1,4 +1,5 @@
-"""kodo's command-flow protocol, one import away.
+"""kodo's command-flow protocol, one import away (the protocol itself:
+docs/protocol.md in the kodo repository).
 
     import kodo
     args = kodo.inputs()              # the inputs (JSON object)

@@ -1,18 +1,8 @@
 //! Command flows: a child process in its own process group, speaking kodo's
-//! line protocol.
-//!
-//! - stdin: the inputs as one JSON line, then one JSON line per lock answer
-//!   (`{"lid":..,"answer":..}`, or `{"lid":..,"error":"expired"}`).
-//! - stdout / stderr: each line becomes a `stdout` / `stderr` event.
-//! - fd 3: JSON lines `{"kind":"result","payload":...}` for any kind a flow may
-//!   emit, or `{"kind":"lock","name":..,"data":..,"timeout":secs}`. A line
-//!   that is not valid (or too large to be one event) is stored as a
-//!   `stderr` warning followed by its text, never a crash.
-//! - exit 0: `final` with the last `result` payload (or null); otherwise `error`,
-//!   with the last line the flow wrote to stderr.
-//!
-//! Every byte a flow writes is stored; one task reads its three pipes
-//! (the `pump` module).
+//! line protocol, which `docs/protocol.md` describes (the one description;
+//! this module, `pump`, `output` and `locks` implement it): the process,
+//! the fd-3 lines and the outcome are here; one task reads the three pipes
+//! (the `pump` module), and `output` splits lines into events.
 
 use crate::flow::{CommandSpec, Ctx};
 use crate::orphans;

@@ -22,7 +22,8 @@ pub type FlowResult = Result<Value, BoxError>;
 /// A Rust flow: `async fn(ctx, inputs) -> Result<Value, _>`.
 pub type RustFlow = Arc<dyn Fn(Ctx, Value) -> BoxFuture<'static, FlowResult> + Send + Sync>;
 
-/// A command flow: a child process speaking kodo's line protocol.
+/// A command flow: a child process speaking kodo's line protocol
+/// (`docs/protocol.md`).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CommandSpec {
     /// Program and arguments.

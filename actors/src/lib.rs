@@ -18,6 +18,7 @@ mod command;
 mod executions;
 mod flow;
 mod hub;
+mod leftovers;
 mod locks;
 mod node;
 mod orphans;

@@ -13,10 +13,10 @@ use crate::backend::{Direct, SharedBackend};
 use crate::executions::{ExecMsg, ExecShared, Executions, LaunchError};
 use crate::flow::{ExecLimits, Flows, Stop};
 use crate::hub::Hub;
+use crate::leftovers;
 use crate::locks::{AnswerError, Locks};
 use crate::shutdown::{ShutdownReport, check_stored};
 use crate::spooler::{SpoolerGroup, SpoolerShared, StoreHealth};
-use crate::tracer::{Outcome, Trace, TraceBook, Tracer};
 use kodo_cluster::SharedCluster;
 use kodo_core::{Fid, Status};
 use kodo_store::{ExecutionRow, NodeClaim, SharedStore, StoreError};
@@ -176,7 +176,9 @@ impl Node {
                 "events published before this start are not all stored yet (no spooler running?); closing unfinished executions anyway"
             );
         }
-        let closed = close_unfinished(&store, &transport, &hub, &options, "node restarted").await?;
+        let closed =
+            leftovers::close_unfinished(&store, &transport, &hub, &options, "node restarted")
+                .await?;
         if closed > 0 {
             tracing::warn!(closed, node = %options.node, "closed executions a previous run left unfinished");
         }
@@ -460,42 +462,4 @@ impl Node {
         self.claim.lock().expect("claim lock").take();
         report
     }
-}
-
-/// Ends every execution `node` left unfinished: an `error` event with the
-/// reason and the final `status: error`, numbered after the last stored
-/// event by a Tracer resumed there, the same path as every other event.
-/// Waits (up to `wait`) until they are stored, as the spoolers report to
-/// `hub`. Returns how many executions it closed.
-async fn close_unfinished(
-    store: &SharedStore,
-    transport: &SharedTransport,
-    hub: &Arc<Hub>,
-    options: &NodeOptions,
-    reason: &str,
-) -> Result<usize, NodeError> {
-    let rows = store.unfinished(&options.node).await?;
-    let mut closing = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let book = TraceBook::resume(options.limits.max_payload, row.events, row.status);
-        let tracer = Tracer::resume(row.fid.clone(), book, transport.clone());
-        let committed = hub.subscribe(&row.fid);
-        let last = tracer
-            .trace(Trace::Finish(Outcome::Failed(reason.into())))
-            .await
-            .map_err(|e| NodeError::Close(format!("{}: {e}", row.fid)))?;
-        closing.push((committed, last));
-    }
-    let all_stored = async {
-        for (mut committed, last) in closing {
-            committed.until(last).await;
-        }
-    };
-    if tokio::time::timeout(options.shutdown_wait, all_stored)
-        .await
-        .is_err()
-    {
-        tracing::warn!(wait = ?options.shutdown_wait, "the closing events are not all stored yet");
-    }
-    Ok(rows.len())
 }

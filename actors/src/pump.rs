@@ -1,5 +1,5 @@
 //! The reader of a command flow's output: one task reads its stdout, stderr
-//! and fd 3 into events (see [`crate::command`] for the protocol).
+//! and fd 3 into events (the protocol: `docs/protocol.md`).
 //!
 //! - Every byte is stored: pieces that fit the payload limit once escaped
 //!   ([`crate::output`]); reading goes on whatever the flow writes, and a

@@ -1,7 +1,9 @@
-//! Durable execution on Temporal: a placeholder.
+//! Durable execution on Temporal: a placeholder, no code yet.
 //!
-//! What comes here: in `mode = "durable"` a Runner runs its flow inside a
-//! Temporal activity (temporalio-sdk); the Tracer's sink forwards to the
-//! configured transport and heartbeats the last seq, so a retried attempt
-//! continues the numbering and the store drops what the first attempt
-//! already stored; executions survive a node restart as `paused`, then resume.
+//! What comes here: an implementation of `kodo_actors::ExecutionBackend`
+//! whose actor starts a Temporal workflow per execution; the workflow's
+//! activity drives the flow with `kodo_actors::drive`, its Tracer resumed
+//! with `kodo_actors::TraceBook::resume` at the last stored seq, so a
+//! retried attempt continues the numbering and the store drops what the
+//! first attempt already stored. This crate depends on `kodo-actors`, never
+//! the other way round, and carries the Temporal SDK alone.

@@ -3,7 +3,7 @@
 //! database's migrations.
 
 use crate::{EventQuery, ExecutionRow, ListQuery, StoreError};
-use kodo_core::{Event, Fid, Kind};
+use kodo_core::{Event, Fid, Kind, Status};
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
 /// The columns every execution query selects, in [`ExecutionRow`] order.
@@ -92,11 +92,18 @@ pub(crate) fn kinds(query: &EventQuery) -> &[Kind] {
     query.kinds.as_deref().unwrap_or(&[])
 }
 
-/// `SELECT` of a node's executions whose status is not final.
+/// `SELECT` of a node's executions whose status is not final (the final
+/// ones as [`Status::is_final`] knows them).
 pub(crate) fn unfinished_sql(ph1: &str) -> String {
+    let finals: Vec<String> = Status::ALL
+        .iter()
+        .filter(|s| s.is_final())
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect();
     format!(
         "SELECT {EXECUTION_COLUMNS} FROM executions WHERE node = {ph1} \
-         AND status NOT IN ('finished', 'error', 'killed') ORDER BY fid"
+         AND status NOT IN ({}) ORDER BY fid",
+        finals.join(", ")
     )
 }
 

@@ -1,0 +1,326 @@
+//! What every scenario stands on: a node on a fresh scratch store, its
+//! flows, the timing wrapper around the store, and small measures.
+
+use crate::BenchArgs;
+use kodo_actors::{CommandSpec, Ctx, FlowDef, Flows, Node, NodeOptions};
+use kodo_cluster::{RedisCluster, SharedCluster, Solo};
+use kodo_core::{Event, Fid, Kind, Status, now_ts};
+use kodo_store::{Hooked, SharedStore, StoreOptions, WriteHooks};
+use kodo_transport::LocalQueue;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::Notify;
+
+/// Notes commit latencies and counts statuses after each commit of the real store.
+#[derive(Debug, Default)]
+pub(crate) struct Timing {
+    pub(crate) record: std::sync::atomic::AtomicBool,
+    pub(crate) latencies: Mutex<Vec<f64>>,
+    pub(crate) running_at: Mutex<HashMap<Fid, Instant>>,
+    pub(crate) statuses: Mutex<HashMap<Status, u64>>,
+    pub(crate) events: AtomicU64,
+    pub(crate) changed: Notify,
+}
+
+impl Timing {
+    pub(crate) fn count(&self, status: Status) -> u64 {
+        self.statuses
+            .lock()
+            .unwrap()
+            .get(&status)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Waits until `n` events of `status` are committed.
+    pub(crate) async fn until(&self, status: Status, n: u64) {
+        loop {
+            let notified = self.changed.notified();
+            if self.count(status) >= n {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl WriteHooks for Timing {
+    fn after(&self, events: &[Event]) {
+        let now = now_ts();
+        let at = Instant::now();
+        self.events
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
+        if self.record.load(Ordering::Relaxed) {
+            let mut l = self.latencies.lock().unwrap();
+            l.extend(
+                events
+                    .iter()
+                    .filter(|e| e.kind == Kind::Debug)
+                    .map(|e| now - e.ts),
+            );
+        }
+        let mut statuses = self.statuses.lock().unwrap();
+        for e in events {
+            if let Some(s) = e.status() {
+                *statuses.entry(s).or_default() += 1;
+                if s == Status::Running {
+                    self.running_at.lock().unwrap().insert(e.fid.clone(), at);
+                }
+            }
+        }
+        drop(statuses);
+        self.changed.notify_waiters();
+    }
+}
+
+pub(crate) fn payload(i: usize) -> Value {
+    // About 200 bytes of JSON, like the reference measurements.
+    json!({"step": i, "text": "x".repeat(160)})
+}
+
+/// The command the output run's flows run: `seq 1 LINES`.
+pub(crate) fn seq_command(lines: usize) -> Vec<String> {
+    vec!["seq".into(), "1".into(), lines.to_string()]
+}
+
+pub(crate) fn flows(args: &BenchArgs) -> Flows {
+    let mut flows = Flows::default();
+    flows.add(FlowDef::command(
+        "lines",
+        CommandSpec {
+            command: seq_command(args.lines),
+            ..Default::default()
+        },
+    ));
+    flows.add(FlowDef::rust(
+        "emit",
+        |ctx: Ctx, inputs: Value| async move {
+            let n = inputs["n"].as_u64().unwrap_or(100) as usize;
+            for i in 0..n {
+                ctx.emit(Kind::Debug, &payload(i)).await?;
+            }
+            Ok(Value::Null)
+        },
+    ));
+    flows.add(FlowDef::rust(
+        "paced",
+        |ctx: Ctx, inputs: Value| async move {
+            let per_second = inputs["rate"].as_f64().unwrap_or(100.0);
+            let until =
+                Instant::now() + Duration::from_secs_f64(inputs["seconds"].as_f64().unwrap_or(5.0));
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_second));
+            let mut i = 0;
+            while Instant::now() < until {
+                tick.tick().await;
+                ctx.emit(Kind::Debug, &payload(i)).await?;
+                i += 1;
+            }
+            Ok(Value::Null)
+        },
+    ));
+    flows.add(FlowDef::rust("noop", |_ctx: Ctx, _| async move {
+        Ok(Value::Null)
+    }));
+    flows.add(FlowDef::rust("waits", |ctx: Ctx, _| async move {
+        ctx.lock("approve", Value::Null, Some(Duration::from_secs(86_400)))
+            .await?;
+        Ok(Value::Null)
+    }));
+    flows.add(FlowDef::command(
+        "true",
+        CommandSpec {
+            command: vec!["true".into()],
+            ..Default::default()
+        },
+    ));
+    flows
+}
+
+pub(crate) struct Bench {
+    pub(crate) node: Arc<Node>,
+    pub(crate) store: SharedStore,
+    pub(crate) timing: Arc<Timing>,
+    /// `runtime spool` children (their commits bypass `timing`).
+    pub(crate) spoolers: Vec<tokio::process::Child>,
+    pub(crate) _dir: Option<tempfile::TempDir>,
+}
+
+impl Bench {
+    /// Waits until every execution in `fids` has a final status stored.
+    pub(crate) async fn until_final(&self, fids: &[Fid]) {
+        if self.spoolers.is_empty() {
+            self.timing.until(Status::Finished, fids.len() as u64).await;
+            return;
+        }
+        for fid in fids {
+            let mut sub = self.node.hub().subscribe(fid);
+            while !self
+                .store
+                .execution(fid)
+                .await
+                .is_ok_and(|r| r.is_some_and(|r| r.status.is_final()))
+            {
+                sub.changed().await;
+            }
+        }
+    }
+
+    pub(crate) async fn end(mut self) {
+        self.node.shutdown("bench over").await;
+        for child in &mut self.spoolers {
+            if let Some(pid) = child.id() {
+                // SIGTERM: the spooler finishes its batch and exits.
+                let _ = tokio::process::Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status()
+                    .await;
+            }
+            let _ = child.wait().await;
+        }
+    }
+}
+
+/// Starts `n` `runtime spool` processes on `store_url` and the Redis keys of
+/// `transport`, and waits until each has started.
+pub(crate) async fn spawn_spoolers(
+    args: &BenchArgs,
+    store_url: &str,
+    redis: &kodo_transport::RedisOptions,
+    dir: &std::path::Path,
+) -> Result<Vec<tokio::process::Child>, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut children = Vec::new();
+    for i in 0..args.spool_processes {
+        let mut child = tokio::process::Command::new(&exe)
+            .args(["spool", "--name", &format!("bench-spool-{i}")])
+            .current_dir(dir)
+            .env("KODO_STORE_URL", store_url)
+            .env("KODO_STORE_POOL", args.pool.to_string())
+            .env("KODO_TRANSPORT_KIND", "redis")
+            .env("KODO_TRANSPORT_URL", &redis.url)
+            .env("KODO_TRANSPORT_PREFIX", &redis.prefix)
+            .env("KODO_TRANSPORT_SHARDS", redis.shards.to_string())
+            .env("KODO_LOG_LEVEL", "warn")
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+        match lines.next_line().await {
+            Ok(Some(line)) if line.starts_with("kodo spooling") => children.push(child),
+            other => return Err(format!("spooler {i} did not start: {other:?}")),
+        }
+    }
+    Ok(children)
+}
+
+pub(crate) async fn fresh(args: &BenchArgs, name: &str) -> Result<Bench, String> {
+    let (dir, tmp) = match &args.dir {
+        Some(d) => (d.join(name), None),
+        None => {
+            let t = tempfile::tempdir().map_err(|e| e.to_string())?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    let url = match &args.store_url {
+        Some(server) => fresh_pg_database(server, name).await?,
+        None => format!("sqlite://{}", dir.join("bench.db").display()),
+    };
+    let options = StoreOptions {
+        pool: args.pool,
+        ..StoreOptions::default()
+    };
+    let inner = kodo_store::open(&url, &options)
+        .await
+        .map_err(|e| e.to_string())?;
+    let timing = Arc::new(Timing::default());
+    let store: SharedStore = Arc::new(Hooked::new(inner, timing.clone()));
+    let mut spoolers = Vec::new();
+    let (transport, cluster): (kodo_transport::SharedTransport, SharedCluster) =
+        match &args.transport_url {
+            Some(redis_url) => {
+                let redis = kodo_transport::RedisOptions {
+                    url: redis_url.clone(),
+                    prefix: format!("bench-{name}-{}", Fid::new()),
+                    shards: args.shards,
+                    consumer: "bench".into(),
+                    ..kodo_transport::RedisOptions::default()
+                };
+                if args.spool_processes > 0 {
+                    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+                    spoolers = spawn_spoolers(args, &url, &redis, &dir).await?;
+                }
+                let cluster = RedisCluster::connect(&redis.url, &redis.prefix, redis.shards)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let transport = kodo_transport::RedisStreams::connect(redis)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                (transport, cluster)
+            }
+            None => (LocalQueue::new(args.shards, 64 << 20), Solo::shared()),
+        };
+    let options = NodeOptions {
+        max_live: args.waiting.max(args.executions) + 1000,
+        shutdown_wait: Duration::from_secs(120),
+        spoolers: spoolers.is_empty(),
+        ..NodeOptions::default()
+    };
+    let node = Node::start(store.clone(), transport, cluster, flows(args), options)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Bench {
+        node: Arc::new(node),
+        store,
+        timing,
+        spoolers,
+        _dir: tmp,
+    })
+}
+
+/// Creates (or re-creates) the database `kodo_bench_<name>` on the server
+/// `server` names and returns its URL.
+pub(crate) async fn fresh_pg_database(server: &str, name: &str) -> Result<String, String> {
+    use sqlx::{Connection, Executor};
+    let db = format!("kodo_bench_{}", name.replace('-', "_").to_lowercase());
+    let mut admin = sqlx::PgConnection::connect(server)
+        .await
+        .map_err(|e| format!("{}: {e}", kodo_store::mask_url(server)))?;
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+        format!("CREATE DATABASE {db}"),
+    ] {
+        admin
+            .execute(sqlx::AssertSqlSafe(sql))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let _ = admin.close().await;
+    let (base, _) = server
+        .rsplit_once('/')
+        .ok_or_else(|| format!("{}: no database in the URL", kodo_store::mask_url(server)))?;
+    Ok(format!("{base}/{db}"))
+}
+
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+pub(crate) fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
