@@ -3,18 +3,20 @@
 //! `error` event and the final `status: error`, through a Tracer resumed
 //! after its last stored event, like any other event.
 
-use crate::hub::Hub;
+use crate::hub::{Hub, Subscription};
 use crate::node::{NodeError, NodeOptions};
 use crate::tracer::{Outcome, Trace, TraceBook, Tracer};
+use kodo_core::Fid;
 use kodo_store::SharedStore;
 use kodo_transport::SharedTransport;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Ends every execution `node` left unfinished: an `error` event with the
 /// reason and the final `status: error`, numbered after the last stored
 /// event by a Tracer resumed there, the same path as every other event.
-/// Waits (up to `wait`) until they are stored, as the spoolers report to
-/// `hub`. Returns how many executions it closed.
+/// Waits (up to `shutdown_wait`) until they are stored. Returns how many
+/// executions it closed.
 pub(crate) async fn close_unfinished(
     store: &SharedStore,
     transport: &SharedTransport,
@@ -32,11 +34,11 @@ pub(crate) async fn close_unfinished(
             .trace(Trace::Finish(Outcome::Failed(reason.into())))
             .await
             .map_err(|e| NodeError::Close(format!("{}: {e}", row.fid)))?;
-        closing.push((committed, last));
+        closing.push((committed, &row.fid, last));
     }
     let all_stored = async {
-        for (mut committed, last) in closing {
-            committed.until(last).await;
+        for (mut committed, fid, last) in closing {
+            stored(store, &mut committed, fid, last).await;
         }
     };
     if tokio::time::timeout(options.shutdown_wait, all_stored)
@@ -46,4 +48,23 @@ pub(crate) async fn close_unfinished(
         tracing::warn!(wait = ?options.shutdown_wait, "the closing events are not all stored yet");
     }
     Ok(rows.len())
+}
+
+/// Waits until the store holds `fid`'s events up to `last`. The hub wakes
+/// it when a spooler of this process commits; the store is also looked at
+/// now and then, as a commit made in another process is heard of only if
+/// its notice gets through (one sent before this node subscribed is not).
+async fn stored(store: &SharedStore, committed: &mut Subscription, fid: &Fid, last: u64) {
+    let mut look = Duration::from_millis(20);
+    loop {
+        if committed.committed() >= last {
+            return;
+        }
+        let row = store.execution(fid).await;
+        if row.is_ok_and(|row| row.is_some_and(|row| row.events >= last)) {
+            return;
+        }
+        let _ = tokio::time::timeout(look, committed.until(last)).await;
+        look = (look * 2).min(Duration::from_secs(1));
+    }
 }

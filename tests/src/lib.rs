@@ -101,6 +101,18 @@ impl TestNode {
         options: NodeOptions,
     ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(dir, flows, transport, cluster, options).await
+    }
+
+    /// Starts a node with `flows` on `transport`, in `cluster`, on the
+    /// store in `dir` (which may hold what an earlier node left).
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        flows: Flows,
+        transport: SharedTransport,
+        cluster: SharedCluster,
+        options: NodeOptions,
+    ) -> Self {
         let url = db_url(dir.path());
         let (store, faults) = FaultyStore::open(&url).await;
         let node = Node::start(store.clone(), transport, cluster, flows, options)

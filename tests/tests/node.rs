@@ -2,8 +2,10 @@
 //! kills, crashes of Runners and Spoolers, and restart recovery.
 
 use kodo_actors::{CommandSpec, Ctx, FlowDef, Flows, NodeOptions};
-use kodo_core::{Kind, Status};
+use kodo_cluster::Solo;
+use kodo_core::{Event, Fid, Kind, Meta, Status, json_text};
 use kodo_tests::*;
+use kodo_transport::LocalQueue;
 use serde_json::{Value, json};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -365,5 +367,80 @@ async fn killing_a_command_waiting_on_a_lock_ends_it_at_once() {
     let took = started.elapsed();
     assert!(took < Duration::from_secs(3), "kill took {took:?}");
     assert!(t.node.answer_lock(&fid, "any", json!(1)).is_err());
+    t.node.shutdown("test over").await;
+}
+
+/// What a killed run of node `local` left open is closed when a node of
+/// that name starts again: an `error` and the final status, numbered right
+/// after the last stored event, and stored before `Node::start` returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_closes_leftovers_after_their_last_stored_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = kodo_store::open(&db_url(dir.path()), &Default::default())
+        .await
+        .unwrap();
+    let meta = |node: &str| Meta {
+        flow: "asks".into(),
+        owner: "ann".into(),
+        node: node.into(),
+        kodo: "test".into(),
+    };
+    let left = |node: &str, status: Status| {
+        let fid = Fid::new();
+        let payloads = [
+            (Kind::Meta, serde_json::to_string(&meta(node)).unwrap()),
+            (Kind::Status, json_text("starting")),
+            (Kind::Inputs, "{}".to_string()),
+            (Kind::Status, json_text(status.as_str())),
+        ];
+        let events: Vec<Event> = payloads
+            .into_iter()
+            .zip(1..)
+            .map(|((kind, payload), seq)| Event {
+                fid: fid.clone(),
+                seq,
+                ts: seq as f64,
+                kind,
+                payload,
+            })
+            .collect();
+        (fid, events)
+    };
+    let (ours, mine) = left("local", Status::Awaiting);
+    let (theirs, other) = left("elsewhere", Status::Running);
+    store.write(&[mine, other].concat()).await.unwrap();
+    store.close().await;
+
+    let transport = LocalQueue::new(2, 1 << 20);
+    let t = TestNode::start_in(
+        dir,
+        flows(),
+        transport,
+        Solo::shared(),
+        NodeOptions::default(),
+    )
+    .await;
+    // No wait: start returned once the closing events were stored.
+    let events = stored_events(&t.store, &ours).await;
+    check_log(&events).unwrap();
+    let tail: Vec<(u64, Kind, String)> = events[4..]
+        .iter()
+        .map(|e| (e.seq, e.kind, e.payload.clone()))
+        .collect();
+    assert_eq!(
+        tail,
+        [
+            (5, Kind::Error, json_text("node restarted")),
+            (6, Kind::Status, json_text("error")),
+        ]
+    );
+    let row = t.store.execution(&ours).await.unwrap().unwrap();
+    assert_eq!((row.status, row.events), (Status::Error, 6));
+    let row = t.store.execution(&theirs).await.unwrap().unwrap();
+    assert_eq!(
+        row.status,
+        Status::Running,
+        "another node's execution is left alone"
+    );
     t.node.shutdown("test over").await;
 }
