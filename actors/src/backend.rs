@@ -18,7 +18,6 @@ use serde_json::Value;
 use std::sync::Arc;
 
 /// One execution, ready to run.
-#[derive(Debug)]
 pub struct Execution {
     /// Its context: id, Tracer, locks, stop requests.
     pub ctx: Ctx,
@@ -28,6 +27,16 @@ pub struct Execution {
     pub inputs: Value,
     /// Its first events (`meta`, `starting`, `inputs`), recorded when it runs.
     pub begin: Trace,
+}
+
+impl std::fmt::Debug for Execution {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the inputs: they are the owner's.
+        f.debug_struct("Execution")
+            .field("fid", self.ctx.fid())
+            .field("flow", &self.flow.name)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How executions run.

@@ -24,7 +24,7 @@ pub type RustFlow = Arc<dyn Fn(Ctx, Value) -> BoxFuture<'static, FlowResult> + S
 
 /// A command flow: a child process speaking kodo's line protocol
 /// (`docs/protocol.md`).
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Default, PartialEq)]
 pub struct CommandSpec {
     /// Program and arguments.
     pub command: Vec<String>,
@@ -32,6 +32,17 @@ pub struct CommandSpec {
     pub env: BTreeMap<String, String>,
     /// Working directory (default: the runtime's).
     pub cwd: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for CommandSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The names of the variables only: their values may be keys.
+        f.debug_struct("CommandSpec")
+            .field("command", &self.command)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("cwd", &self.cwd)
+            .finish()
+    }
 }
 
 /// How a flow runs.

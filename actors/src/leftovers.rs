@@ -7,26 +7,84 @@ use crate::hub::{Hub, Subscription};
 use crate::node::{NodeError, NodeOptions};
 use crate::tracer::{Outcome, Trace, TraceBook, Tracer};
 use kodo_core::Fid;
-use kodo_store::SharedStore;
+use kodo_store::{ExecutionRow, SharedStore};
 use kodo_transport::SharedTransport;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
 
-/// Ends every execution `node` left unfinished: an `error` event with the
-/// reason and the final `status: error`, numbered after the last stored
-/// event by a Tracer resumed there, the same path as every other event.
-/// Waits (up to `shutdown_wait`) until they are stored. Returns how many
-/// executions it closed.
+/// Ends every execution `options.node` left unfinished: an `error` event
+/// with the reason and the final `status: error`, numbered after the last
+/// stored event. Waits (up to `options.shutdown_wait` in all) until the
+/// store has them. Returns how many executions it closed.
+///
+/// An event of the previous run that is stored late (Redis, its spoolers
+/// behind) takes the seq a closing event wanted, and the store keeps the
+/// first: so once the closing events are in, the store is asked again, and
+/// what is still open is closed again, after what is stored now. What is
+/// not closed when the time is up stays open (logged) until the events
+/// reach the store, or the next start. When the start did not `settle`
+/// (nothing stores the events now), it publishes once and does not wait.
 pub(crate) async fn close_unfinished(
     store: &SharedStore,
     transport: &SharedTransport,
     hub: &Arc<Hub>,
     options: &NodeOptions,
     reason: &str,
+    settled: bool,
 ) -> Result<usize, NodeError> {
-    let rows = store.unfinished(&options.node).await?;
+    let deadline = Instant::now() + options.shutdown_wait;
+    let mut closed = std::collections::HashSet::new();
+    loop {
+        let rows = store.unfinished(&options.node).await?;
+        if rows.is_empty() {
+            return Ok(closed.len());
+        }
+        let round = async {
+            let closing = close(&rows, transport, hub, options, reason).await?;
+            if !settled {
+                return Ok(false);
+            }
+            for (mut committed, fid, last) in closing {
+                stored(store, &mut committed, fid, last).await;
+            }
+            Ok::<_, NodeError>(true)
+        };
+        match tokio::time::timeout_at(deadline, round).await {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => {
+                tracing::warn!(
+                    open = rows.len(),
+                    "closing what a previous run left without waiting: nothing stores events now"
+                );
+                return Ok(rows.len());
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                tracing::warn!(
+                    open = rows.len(),
+                    wait = ?options.shutdown_wait,
+                    "executions a previous run left are not all closed in the store yet; \
+                     they close once their events are stored, or at the next start"
+                );
+                return Ok(closed.len());
+            }
+        }
+        closed.extend(rows.into_iter().map(|row| row.fid));
+    }
+}
+
+/// Publishes the closing events of `rows`; returns, per execution, a
+/// subscription to its commits and the last seq it was given.
+async fn close<'a>(
+    rows: &'a [ExecutionRow],
+    transport: &SharedTransport,
+    hub: &Arc<Hub>,
+    options: &NodeOptions,
+    reason: &str,
+) -> Result<Vec<(Subscription, &'a Fid, u64)>, NodeError> {
     let mut closing = Vec::with_capacity(rows.len());
-    for row in &rows {
+    for row in rows {
         let book = TraceBook::resume(options.limits.max_payload, row.events, row.status);
         let tracer = Tracer::resume(row.fid.clone(), book, transport.clone());
         let committed = hub.subscribe(&row.fid);
@@ -36,18 +94,7 @@ pub(crate) async fn close_unfinished(
             .map_err(|e| NodeError::Close(format!("{}: {e}", row.fid)))?;
         closing.push((committed, &row.fid, last));
     }
-    let all_stored = async {
-        for (mut committed, fid, last) in closing {
-            stored(store, &mut committed, fid, last).await;
-        }
-    };
-    if tokio::time::timeout(options.shutdown_wait, all_stored)
-        .await
-        .is_err()
-    {
-        tracing::warn!(wait = ?options.shutdown_wait, "the closing events are not all stored yet");
-    }
-    Ok(rows.len())
+    Ok(closing)
 }
 
 /// Waits until the store holds `fid`'s events up to `last`. The hub wakes

@@ -11,7 +11,7 @@
 //! - [`Node`]: the tree, with launch, kill, lock answers and shutdown.
 //!
 //! Only the types callers use are public, at the crate root; the modules
-//! are private.
+//! are private, but for [`policy`] (the declared restart policies).
 
 mod backend;
 mod command;

@@ -170,15 +170,22 @@ impl Node {
         // Events a previous run of this node published may still be on
         // their way (Redis): let the spoolers store them first, so the
         // closing status comes after them.
-        if !cluster.settle(options.shutdown_wait).await {
+        let settled = cluster.settle(options.shutdown_wait).await;
+        if !settled {
             tracing::warn!(
                 wait = ?options.shutdown_wait,
                 "events published before this start are not all stored yet (no spooler running?); closing unfinished executions anyway"
             );
         }
-        let closed =
-            leftovers::close_unfinished(&store, &transport, &hub, &options, "node restarted")
-                .await?;
+        let closed = leftovers::close_unfinished(
+            &store,
+            &transport,
+            &hub,
+            &options,
+            "node restarted",
+            settled,
+        )
+        .await?;
         if closed > 0 {
             tracing::warn!(closed, node = %options.node, "closed executions a previous run left unfinished");
         }

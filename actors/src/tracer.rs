@@ -231,7 +231,9 @@ impl Tracer {
     }
 
     /// The Tracer of execution `fid`, going on from `book` (see
-    /// [`TraceBook::resume`]).
+    /// [`TraceBook::resume`]). An execution has one writer: resume only
+    /// one whose previous Tracer is gone (its node died or stopped), or
+    /// two would hand out the same seqs and the store would keep one of each.
     pub fn resume(fid: Fid, book: TraceBook, transport: SharedTransport) -> Self {
         Self {
             fid,

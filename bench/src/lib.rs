@@ -20,7 +20,7 @@ mod setup;
 use std::process::ExitCode;
 
 /// Options of `runtime bench`.
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Clone)]
 pub struct BenchArgs {
     /// Scenarios to run (raw, throughput, latency, launch, output, waiting); default all.
     #[arg(long, value_delimiter = ',')]
@@ -68,6 +68,17 @@ pub struct BenchArgs {
     /// bench; 0 runs the Spoolers inside the bench's node.
     #[arg(long, default_value_t = 0)]
     pub spool_processes: usize,
+}
+
+impl std::fmt::Debug for BenchArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let masked = |url: &Option<String>| url.as_deref().map(kodo_core::mask_url);
+        f.debug_struct("BenchArgs")
+            .field("only", &self.only)
+            .field("store_url", &masked(&self.store_url))
+            .field("transport_url", &masked(&self.transport_url))
+            .finish_non_exhaustive()
+    }
 }
 
 /// Runs the chosen scenarios and prints their figures.

@@ -179,7 +179,11 @@ impl Bench {
                     .status()
                     .await;
             }
-            let _ = child.wait().await;
+            // Without a `kill` program, or a spooler that does not stop: SIGKILL.
+            let stopped = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+            if stopped.is_err() {
+                let _ = child.kill().await;
+            }
         }
     }
 }

@@ -7,8 +7,10 @@ use crate::{Cluster, ClusterError, CommitListener, commit_marks};
 use async_trait::async_trait;
 use futures::StreamExt;
 use kodo_core::{Event, Fid, mask_url};
-use kodo_transport::redis_layout::{EntryId, events_key, first_unacked, last_generated};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use kodo_transport::redis_layout::{
+    EntryId, connection_config, events_key, first_unacked, last_generated,
+};
+use redis::aio::ConnectionManager;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -44,13 +46,9 @@ impl RedisCluster {
         let masked = mask_url(url);
         let fail = |e: &dyn std::fmt::Display| ClusterError::Unavailable(format!("{masked}: {e}"));
         let client = redis::Client::open(url).map_err(|e| fail(&e))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(5)))
-            .set_number_of_retries(2);
         let conn = tokio::time::timeout(
             Duration::from_secs(10),
-            client.get_connection_manager_with_config(config),
+            client.get_connection_manager_with_config(connection_config(Duration::from_secs(5))),
         )
         .await
         .map_err(|_| fail(&"no answer within 10 s"))?

@@ -286,7 +286,7 @@ async fn spooler_crashes_and_store_errors_lose_and_duplicate_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_kills_running_executions_and_a_restart_closes_leftovers() {
+async fn shutdown_kills_running_executions_and_checks_they_are_stored() {
     let t = start().await;
     let fid = t.node.launch("asks", "ann", json!({})).await.unwrap().fid;
     wait_event(&t.node, &fid, Kind::Lock).await;

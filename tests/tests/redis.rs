@@ -341,3 +341,45 @@ async fn redis_goes_away_mid_run(go_away: fn(&Server)) {
     let report = api.running.shutdown("test over").await;
     assert!(report.all_stored(), "{report}");
 }
+
+/// An entry kodo did not write (field names that are not even UTF-8) in a
+/// kodo stream is skipped and acknowledged, also when it is read again
+/// after a crash; it never blocks the events behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_kodo_did_not_write_is_skipped_and_blocks_nothing() {
+    let server = Server::redis();
+    let options = redis_options(&server.url, "n", 1);
+    let stream = format!("{}:events:0", options.prefix);
+    let t = redis_transport(options).await;
+    let mut conn = redis(&server.url).await;
+    let _: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg(b"\xff\xfe".as_slice())
+        .arg("not kodo's")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let fid = Fid::new();
+    t.publish(vec![event(&fid, 1)])
+        .await
+        .unwrap()
+        .durable()
+        .await
+        .unwrap();
+    // Read once and "crash" (recover), so both are read again from the
+    // pending list, then for real.
+    let mut got = Vec::new();
+    receive_until(&t, 0, false, &mut got, |got| !got.is_empty()).await;
+    t.recover(0).await.unwrap();
+    let mut again = Vec::new();
+    receive_until(&t, 0, true, &mut again, |got| !got.is_empty()).await;
+    assert_eq!(again, vec![event(&fid, 1)]);
+    let health = t.health().await;
+    assert!(health.ok, "{health:?}");
+    assert_eq!(
+        health.backlog,
+        Some(0),
+        "the foreign entry is acknowledged too"
+    );
+}

@@ -19,10 +19,13 @@ mod redis;
 pub use local::LocalQueue;
 pub use redis::{RedisOptions, RedisStreams};
 
-/// The Redis stream layout and what its consumer groups still need: shared
-/// with `kodo-cluster`, which settles a node's start on them.
+/// The Redis stream layout, what its consumer groups still need, and how
+/// kodo connects to Redis: the contract shared with `kodo-cluster`, which
+/// settles a node's start on these streams and sends commit notices on the
+/// same server.
 pub mod redis_layout {
     pub use crate::redis::groups::{EntryId, first_unacked, last_generated};
+    pub use crate::redis::manager_config as connection_config;
     pub use crate::redis::reader::events_key;
 }
 

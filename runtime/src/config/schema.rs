@@ -1,5 +1,6 @@
 //! The sections of `kodo.toml`, their keys and defaults.
 
+use kodo_core::mask_url;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -71,7 +72,7 @@ impl Default for ApiSection {
 }
 
 /// `[store]`
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreSection {
     /// `sqlite://PATH` or `postgres://USER:PASSWORD@HOST:PORT/DATABASE`.
@@ -96,7 +97,7 @@ impl Default for StoreSection {
 }
 
 /// `[transport]`
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TransportSection {
     /// `local` (the in-process queue) or `redis` (Redis Streams).
@@ -209,7 +210,7 @@ pub struct AuthSection {
 }
 
 /// One bearer token.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenEntry {
     /// The secret the client sends as `Authorization: Bearer <token>`.
@@ -222,7 +223,7 @@ pub struct TokenEntry {
 }
 
 /// `[flows.NAME]`: a command flow.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FlowSection {
     /// Program and arguments.
@@ -239,4 +240,54 @@ pub struct FlowSection {
     /// One line for `GET /flows`.
     #[serde(default)]
     pub description: String,
+}
+
+// Debug without secrets: URLs with their password masked, no token.
+
+impl std::fmt::Debug for StoreSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreSection")
+            .field("url", &mask_url(&self.url))
+            .field("synchronous", &self.synchronous)
+            .field("read_connections", &self.read_connections)
+            .field("pool", &self.pool)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for TransportSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransportSection")
+            .field("kind", &self.kind)
+            .field("shards", &self.shards)
+            .field("capacity_bytes", &self.capacity_bytes)
+            .field("url", &mask_url(&self.url))
+            .field("prefix", &self.prefix)
+            .field("max_len", &self.max_len)
+            .field("claim_idle", &self.claim_idle)
+            .field("block", &self.block)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for TokenEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenEntry")
+            .field("token", &"***")
+            .field("user", &self.user)
+            .field("admin", &self.admin)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for FlowSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlowSection")
+            .field("command", &self.command)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("cwd", &self.cwd)
+            .field("timeout", &self.timeout)
+            .field("description", &self.description)
+            .finish()
+    }
 }

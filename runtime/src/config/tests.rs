@@ -240,3 +240,39 @@ fn a_missing_file_is_an_error_naming_it() {
     assert_eq!(e.source_name, "/nonexistent/kodo.toml");
     assert!(e.message.starts_with("cannot read"));
 }
+
+#[test]
+fn debug_output_holds_no_secret() {
+    let c = parse(
+        r#"
+        [store]
+        url = "postgres://kodo:store-secret@db:5432/kodo"
+        [transport]
+        url = "redis://:redis-secret@cache:6379"
+        [[auth.tokens]]
+        token = "token-secret"
+        user = "ann"
+        [flows.x]
+        command = ["a"]
+        env = { API_KEY = "flow-secret" }
+        "#,
+    )
+    .unwrap();
+    let shown = format!(
+        "{c:?} {:?} {:?}",
+        crate::wiring::flows(&c),
+        crate::wiring::redis_options(&c, "n")
+    );
+    for secret in [
+        "store-secret",
+        "redis-secret",
+        "token-secret",
+        "flow-secret",
+    ] {
+        assert!(!shown.contains(secret), "{secret} in {shown}");
+    }
+    assert!(
+        shown.contains("API_KEY") && shown.contains("ann"),
+        "{shown}"
+    );
+}

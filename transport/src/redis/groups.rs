@@ -1,11 +1,13 @@
 //! What the consumer groups of a stream still need: the oldest entry some
 //! group has not acknowledged, and how many entries wait. The trim, `/health`
 //! and the cluster's settle all read the groups through here, with
-//! redis-rs's typed replies to `XINFO GROUPS`, `XPENDING` and `XINFO STREAM`.
+//! redis-rs's typed replies to `XINFO GROUPS` and `XPENDING` (which hold no
+//! entries, so they parse whatever the streams hold).
 
 use redis::aio::ConnectionLike;
-use redis::cmd;
-use redis::streams::{StreamInfoGroupsReply, StreamInfoStreamReply, StreamPendingReply};
+use redis::streams::{StreamInfoGroupsReply, StreamPendingReply};
+use redis::{Value, cmd};
+use std::collections::HashMap;
 
 /// A stream entry id `ms-seq`, ordered as Redis orders them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -79,12 +81,19 @@ pub async fn last_generated(
     conn: &mut impl ConnectionLike,
     key: &str,
 ) -> Result<EntryId, redis::RedisError> {
-    let info: StreamInfoStreamReply = cmd("XINFO")
+    // A map of values, not the typed reply: that one also parses the
+    // first and last entries, and fails on an entry kodo did not write.
+    let info: HashMap<String, Value> = cmd("XINFO")
         .arg("STREAM")
         .arg(key)
         .query_async(conn)
         .await?;
-    Ok(EntryId::parse(&info.last_generated_id).unwrap_or(EntryId(0, 0)))
+    let last = info
+        .get("last-generated-id")
+        .and_then(|v| redis::from_redis_value_ref::<String>(v).ok());
+    Ok(last
+        .and_then(|id| EntryId::parse(&id))
+        .unwrap_or(EntryId(0, 0)))
 }
 
 /// Entries of an `XINFO GROUPS` reply not yet acknowledged: pending at a

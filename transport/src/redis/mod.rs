@@ -45,7 +45,7 @@ use writer::{Outgoing, PIPELINE_MAX, send_or_give_back, write_loop};
 const TRIM_EVERY: usize = 1000;
 
 /// How to reach Redis and shape the streams.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RedisOptions {
     /// `redis://[:PASSWORD@]HOST:PORT[/DB]`.
     pub url: String,
@@ -63,6 +63,21 @@ pub struct RedisOptions {
     pub block: Duration,
     /// Bytes of events this process may hold on their way into Redis.
     pub capacity_bytes: usize,
+}
+
+impl std::fmt::Debug for RedisOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisOptions")
+            .field("url", &mask_url(&self.url))
+            .field("prefix", &self.prefix)
+            .field("shards", &self.shards)
+            .field("consumer", &self.consumer)
+            .field("max_len", &self.max_len)
+            .field("claim_idle", &self.claim_idle)
+            .field("block", &self.block)
+            .field("capacity_bytes", &self.capacity_bytes)
+            .finish()
+    }
 }
 
 impl Default for RedisOptions {
@@ -106,7 +121,9 @@ impl std::fmt::Debug for RedisStreams {
     }
 }
 
-pub(crate) fn manager_config(response_timeout: Duration) -> ConnectionManagerConfig {
+/// How kodo's connections to Redis behave: a 1 s connect timeout,
+/// `response_timeout` per command, two retries with a short backoff.
+pub fn manager_config(response_timeout: Duration) -> ConnectionManagerConfig {
     ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(1)))
         .set_response_timeout(Some(response_timeout))

@@ -3,9 +3,9 @@
 //! a dead consumer's entries when due, then new entries (blocking).
 
 use super::RedisStreams;
+use super::codec::{self, Entry};
 use redis::aio::ConnectionManager;
 use redis::cmd;
-use redis::streams::{StreamAutoClaimReply, StreamId as Entry, StreamReadReply};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -145,7 +145,7 @@ async fn xreadgroup(
         c.arg("BLOCK").arg(block.as_millis() as u64);
     }
     c.arg("STREAMS").arg(&state.key).arg(from);
-    let reply: StreamReadReply = match c.query_async(conn).await {
+    let reply: redis::Value = match c.query_async(conn).await {
         Err(e) if is_error_kind(&e, "NOGROUP") => {
             // Redis lost the group (restarted without persistence): recreate it.
             create_group(conn, &state.key).await?;
@@ -153,7 +153,7 @@ async fn xreadgroup(
         }
         r => r?,
     };
-    Ok(reply.keys.into_iter().flat_map(|k| k.ids).collect())
+    Ok(codec::read_reply(reply))
 }
 
 async fn xautoclaim(
@@ -162,7 +162,7 @@ async fn xautoclaim(
     max: usize,
     idle: Duration,
 ) -> Result<Vec<Entry>, redis::RedisError> {
-    let reply: StreamAutoClaimReply = cmd("XAUTOCLAIM")
+    let reply: redis::Value = cmd("XAUTOCLAIM")
         .arg(&state.key)
         .arg(GROUP)
         .arg(&state.consumer)
@@ -172,5 +172,5 @@ async fn xautoclaim(
         .arg(max)
         .query_async(conn)
         .await?;
-    Ok(reply.claimed)
+    Ok(codec::claim_reply(reply))
 }
