@@ -390,8 +390,9 @@ impl Node {
         }
     }
 
-    /// Resolves when a supervisor gave up (a Spooler kept crashing): the node
-    /// can no longer store events and should exit with this reason.
+    /// Resolves when a supervisor gave up (a Spooler kept crashing) or
+    /// stopped unasked (the execution supervisor): the node can no longer
+    /// do its work and should exit with this reason.
     pub async fn failed(&self) -> String {
         let spoolers = async {
             match &self.spoolers {
