@@ -39,18 +39,37 @@ impl std::fmt::Debug for Execution {
     }
 }
 
+/// A started execution, as its supervisor sees it.
+#[derive(Debug)]
+pub struct Started {
+    /// The actor that stands for it here; its end tells the supervisor the
+    /// execution is over (on this node).
+    pub actor: ActorCell,
+    /// Whether the supervisor records `error` through the execution's own
+    /// Tracer when the actor stops without an outcome (direct mode). False
+    /// when the backend guarantees the end itself, elsewhere (durable mode):
+    /// then this node writes nothing for the execution.
+    pub fallback_end: bool,
+}
+
 /// How executions run.
 #[async_trait]
 pub trait ExecutionBackend: Send + Sync + std::fmt::Debug + 'static {
-    /// A short name for logs (`direct`).
+    /// A short name for logs (`direct`, `temporal`).
     fn name(&self) -> &'static str;
 
-    /// Starts `execution` as an actor linked to `supervisor`, and returns
-    /// it. The actor records the execution's events through its Tracer and
-    /// stops once the outcome is recorded; if it stops without one (or
-    /// fails), the supervisor ends the execution with `error`.
-    async fn start(&self, execution: Execution, supervisor: ActorCell)
-    -> Result<ActorCell, String>;
+    /// Starts `execution` as an actor linked to `supervisor`. The direct
+    /// actor records the execution's events through its Tracer and stops
+    /// once the outcome is recorded. An error refuses the launch (nothing
+    /// was started).
+    async fn start(&self, execution: Execution, supervisor: ActorCell) -> Result<Started, String>;
+
+    /// Stops an execution that is not running on this node but that this
+    /// backend can reach (a durable one, running on any worker); false when
+    /// it knows no such execution.
+    async fn stop(&self, _fid: &kodo_core::Fid, _stop: crate::flow::Stop) -> Result<bool, String> {
+        Ok(false)
+    }
 }
 
 /// A shared backend.
@@ -66,14 +85,13 @@ impl ExecutionBackend for Direct {
         "direct"
     }
 
-    async fn start(
-        &self,
-        execution: Execution,
-        supervisor: ActorCell,
-    ) -> Result<ActorCell, String> {
+    async fn start(&self, execution: Execution, supervisor: ActorCell) -> Result<Started, String> {
         let (runner, _) = Actor::spawn_linked(None, Runner, execution, supervisor)
             .await
             .map_err(|e| e.to_string())?;
-        Ok(runner.get_cell())
+        Ok(Started {
+            actor: runner.get_cell(),
+            fallback_end: true,
+        })
     }
 }

@@ -76,6 +76,7 @@ fn start(spec: &CommandSpec, ctx: &Ctx) -> std::io::Result<Started> {
         .env("KODO_FID", ctx.fid().as_str())
         .env("KODO_FLOW", ctx.flow())
         .env("KODO_OWNER", ctx.owner())
+        .env("KODO_ATTEMPT", ctx.attempt().to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -101,7 +101,9 @@ pub(crate) struct Executions;
 pub(crate) struct ExecState {
     shared: ExecShared,
     live: HashMap<Fid, Ctx>,
-    runners: HashMap<ActorId, Fid>,
+    /// The actor of each execution, and whether this node records its end
+    /// should the actor stop without one (see `Started::fallback_end`).
+    runners: HashMap<ActorId, (Fid, bool, ActorCell)>,
     draining: Option<Draining>,
 }
 
@@ -149,6 +151,7 @@ impl Executions {
             tracer,
             state.shared.locks.clone(),
             state.shared.limits.clone(),
+            1,
         );
         let execution = Execution {
             ctx: ctx.clone(),
@@ -158,11 +161,14 @@ impl Executions {
         };
         let backend = &state.shared.backend;
         tracing::info!(%fid, flow = %execution.flow.name, %owner, backend = backend.name(), "execution launched");
-        let runner = backend
+        let started = backend
             .start(execution, myself.get_cell())
             .await
             .map_err(LaunchError::Spawn)?;
-        state.runners.insert(runner.get_id(), fid.clone());
+        state.runners.insert(
+            started.actor.get_id(),
+            (fid.clone(), started.fallback_end, started.actor),
+        );
         state.live.insert(fid, ctx);
         Ok(())
     }
@@ -176,12 +182,20 @@ impl Executions {
         cell: ActorCell,
         failure: Option<String>,
     ) {
-        let Some(fid) = state.runners.remove(&cell.get_id()) else {
+        let Some((fid, fallback_end, _)) = state.runners.remove(&cell.get_id()) else {
             return;
         };
         let Some(ctx) = state.live.get(&fid).cloned() else {
             return;
         };
+        if !fallback_end {
+            // Its backend records the end, elsewhere; here it is only gone.
+            if let Some(err) = failure {
+                tracing::error!(%fid, error = %err, "the actor of a durable execution failed");
+            }
+            let _ = myself.cast(ExecMsg::Ended(fid));
+            return;
+        }
         let reason = match &failure {
             Some(err) => {
                 tracing::error!(%fid, error = %err, "runner crashed");
@@ -190,10 +204,7 @@ impl Executions {
             None => "runner stopped without an outcome".into(),
         };
         // Kills a command flow's process group and ends its lock waits.
-        ctx.stop(Stop {
-            status: Status::Error,
-            reason: reason.clone(),
-        });
+        ctx.stop(Stop::new(Status::Error, reason.clone()));
         let me = myself.clone();
         tokio::spawn(async move {
             // Ignored by the Tracer when the execution already ended.
@@ -252,10 +263,16 @@ impl Actor for Executions {
                 let _ = reply.send(ctx.is_some());
             }
             ExecMsg::StopAll { reason, reply } => {
+                // Durable executions go on without this node: stop following them.
+                for (_, fallback_end, actor) in state.runners.values() {
+                    if !fallback_end {
+                        actor.kill();
+                    }
+                }
                 for ctx in state.live.values() {
                     ctx.stop(Stop {
-                        status: Status::Killed,
-                        reason: reason.clone(),
+                        node_stopping: true,
+                        ..Stop::new(Status::Killed, reason.clone())
                     });
                 }
                 let draining = state.draining.get_or_insert_with(Draining::default);

@@ -152,9 +152,21 @@ pub struct Stop {
     pub status: Status,
     /// Why.
     pub reason: String,
+    /// The node is shutting down (not a kill of this execution): a durable
+    /// execution is left to go on elsewhere.
+    pub node_stopping: bool,
 }
 
 impl Stop {
+    /// A stop of this execution (a kill, a timeout, a crash).
+    pub fn new(status: Status, reason: impl Into<String>) -> Self {
+        Self {
+            status,
+            reason: reason.into(),
+            node_stopping: false,
+        }
+    }
+
     /// The outcome a stopped execution ends with.
     pub fn outcome(&self) -> Outcome {
         if self.status == Status::Killed {
@@ -241,6 +253,7 @@ struct CtxInner {
     limits: ExecLimits,
     stop_token: CancellationToken,
     stop: Mutex<Option<Stop>>,
+    attempt: u32,
 }
 
 /// What a running execution is given: its identity, the Tracer's verbs,
@@ -268,9 +281,11 @@ impl Ctx {
         tracer: Arc<Tracer>,
         locks: Locks,
         limits: ExecLimits,
+        attempt: u32,
     ) -> Self {
         Self {
             inner: Arc::new(CtxInner {
+                attempt,
                 fid,
                 flow: flow.to_string(),
                 owner: owner.to_string(),
@@ -296,6 +311,12 @@ impl Ctx {
     /// Who launched it.
     pub fn owner(&self) -> &str {
         &self.inner.owner
+    }
+
+    /// Which attempt this is: 1, or more when a durable execution was
+    /// retried after its worker was lost (the flow starts again).
+    pub fn attempt(&self) -> u32 {
+        self.inner.attempt
     }
 
     /// The node's limits.
@@ -410,7 +431,8 @@ impl Ctx {
         self.inner.stop.lock().expect("stop lock").clone()
     }
 
-    pub(crate) fn tracer(&self) -> &Arc<Tracer> {
+    /// The execution's Tracer.
+    pub fn tracer(&self) -> &Arc<Tracer> {
         &self.inner.tracer
     }
 }

@@ -31,7 +31,7 @@ mod spooler;
 mod sys;
 mod tracer;
 
-pub use backend::{Direct, Execution, ExecutionBackend, SharedBackend};
+pub use backend::{Direct, Execution, ExecutionBackend, SharedBackend, Started};
 pub use executions::LaunchError;
 pub use flow::{
     BoxError, CommandSpec, Ctx, ExecLimits, FlowDef, FlowKind, FlowResult, Flows, LockError,

@@ -11,12 +11,13 @@
 
 use crate::backend::{Direct, SharedBackend};
 use crate::executions::{ExecMsg, ExecShared, Executions, LaunchError};
-use crate::flow::{ExecLimits, Flows, Stop};
+use crate::flow::{Ctx, ExecLimits, Flows, Stop};
 use crate::hub::Hub;
 use crate::leftovers;
 use crate::locks::{AnswerError, Locks};
 use crate::shutdown::{ShutdownReport, check_stored};
 use crate::spooler::{SpoolerGroup, SpoolerShared, StoreHealth};
+use crate::tracer::{TraceBook, Tracer};
 use kodo_cluster::SharedCluster;
 use kodo_core::{Fid, Status};
 use kodo_store::{ExecutionRow, NodeClaim, SharedStore, StoreError};
@@ -293,10 +294,7 @@ impl Node {
 
     /// Kills a running execution: its status becomes `killed`.
     pub async fn kill(&self, fid: &Fid, reason: &str) -> Result<(), KillError> {
-        let stop = Stop {
-            status: Status::Killed,
-            reason: reason.to_string(),
-        };
+        let stop = Stop::new(Status::Killed, reason);
         let running = self
             .executions
             .call(
@@ -308,10 +306,55 @@ impl Node {
                 None,
             )
             .await;
-        match running {
-            Ok(ractor::rpc::CallResult::Success(true)) => Ok(()),
-            _ => Err(KillError::NotRunning(fid.to_string())),
+        if let Ok(ractor::rpc::CallResult::Success(true)) = running {
+            return Ok(());
         }
+        // Not here: a durable execution runs on some worker; its backend reaches it.
+        match self
+            .options
+            .backend
+            .stop(fid, Stop::new(Status::Killed, reason))
+            .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(KillError::NotRunning(fid.to_string())),
+            Err(e) => {
+                tracing::warn!(%fid, error = %e, "could not reach the execution's backend to kill it");
+                Err(KillError::NotRunning(fid.to_string()))
+            }
+        }
+    }
+
+    /// A context for execution `fid` run here by another backend (an
+    /// attempt of a durable execution): its Tracer goes on from `book` and
+    /// publishes to this node's transport; `attempt` counts from 1.
+    pub fn context(&self, fid: Fid, flow: &str, owner: &str, book: TraceBook, attempt: u32) -> Ctx {
+        let tracer = Arc::new(Tracer::resume(fid.clone(), book, self.transport.clone()));
+        Ctx::new(
+            fid,
+            flow,
+            owner,
+            tracer,
+            self.locks.clone(),
+            self.options.limits.clone(),
+            attempt,
+        )
+    }
+
+    /// Waits (up to `wait`) until everything published so far, by any
+    /// process, is stored (see `Cluster::settle`).
+    pub async fn settle(&self, wait: Duration) -> bool {
+        self.cluster.settle(wait).await
+    }
+
+    /// This node's name.
+    pub fn name(&self) -> &str {
+        &self.options.node
+    }
+
+    /// The per-execution limits.
+    pub fn limits(&self) -> &ExecLimits {
+        &self.options.limits
     }
 
     /// Answers an open lock.

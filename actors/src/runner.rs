@@ -66,10 +66,10 @@ pub async fn drive(execution: Execution) -> Outcome {
         let ctx = ctx.clone();
         tokio::spawn(async move {
             tokio::time::sleep(limit).await;
-            ctx.stop(Stop {
-                status: Status::Error,
-                reason: format!("timed out after {} s", limit.as_secs_f64()),
-            });
+            ctx.stop(Stop::new(
+                Status::Error,
+                format!("timed out after {} s", limit.as_secs_f64()),
+            ));
         })
     });
     let outcome = run(&ctx, &flow, inputs).await;

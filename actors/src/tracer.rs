@@ -45,6 +45,9 @@ pub enum Trace {
     Lease(String),
     /// The execution ends.
     Finish(Outcome),
+    /// A durable execution runs again after its attempt was lost: a `debug`
+    /// event saying why, then `status: running` (also when it was already).
+    Retry(String),
 }
 
 /// Why a Tracer refused an event.
@@ -166,6 +169,12 @@ impl TraceBook {
                 if self.open_locks == 0 {
                     self.set(Status::Running, &mut out);
                 }
+            }
+            Trace::Retry(why) => {
+                out.push((Kind::Debug, json_text(&why)));
+                self.open_locks = 0;
+                self.status = Some(Status::Running);
+                out.push((Kind::Status, json_text(Status::Running.as_str())));
             }
             Trace::Finish(outcome) => match outcome {
                 Outcome::Finished(result) => {

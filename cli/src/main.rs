@@ -47,6 +47,14 @@ enum Command {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Runs a Temporal worker only (durable mode): it takes executions'
+    /// attempts from the task queue and runs their flows, beside any number
+    /// of other workers; SIGTERM gives running attempts back to Temporal.
+    TemporalWorker {
+        /// The config file (default: ./kodo.toml if it exists).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Database commands.
     Db {
         #[command(subcommand)]
@@ -252,6 +260,67 @@ async fn spool(config: Config, name: Option<String>) -> ExitCode {
     }
 }
 
+async fn temporal_worker(config: Config) -> ExitCode {
+    let signals = match StopSignals::watch() {
+        Ok(signals) => signals,
+        Err(code) => return code,
+    };
+    let started = async {
+        let (temporal, _) = wiring::durable(&config, &[], true).await?.ok_or_else(|| {
+            kodo_durable::DurableError::Worker("no temporal configuration".into())
+        })?;
+        let store = wiring::open_store(&config, false).await?;
+        let (transport, cluster) = wiring::connect(&config, &config.node.name).await?;
+        let flows = wiring::flows(&config);
+        let node = kodo_actors::Node::start(
+            store,
+            transport,
+            cluster,
+            flows,
+            wiring::node_options(&config),
+        )
+        .await?;
+        let node = std::sync::Arc::new(node);
+        let worker = kodo_durable::TemporalWorker::start(temporal.clone(), node.clone())?;
+        Ok::<_, kodo_runtime::StartError>((temporal, node, worker))
+    };
+    let (temporal, node, worker) = match started.await {
+        Ok(started) => started,
+        Err(e) => {
+            eprintln!("runtime: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    println!(
+        "kodo temporal worker on {} (namespace {}, task queue {}) as node {}",
+        temporal.options().address,
+        temporal.options().namespace,
+        temporal.options().task_queue,
+        node.name()
+    );
+    let failure = tokio::select! {
+        failure = signals.until_stopped(node.failed()) => failure,
+        why = node.name_lost() => {
+            eprintln!("runtime: stopping at once, without touching any execution: {why}");
+            std::process::exit(1);
+        }
+    };
+    tracing::info!("temporal worker stopping: giving running attempts back");
+    worker.shutdown().await;
+    let report = node.shutdown("worker shutting down").await;
+    match failure {
+        Some(why) => {
+            eprintln!("runtime: temporal-worker stopped because {why}; {report}");
+            ExitCode::from(1)
+        }
+        None if report.all_stored() => ExitCode::SUCCESS,
+        None => {
+            eprintln!("runtime: stopped, but not every event is stored: {report}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 async fn upgrade(config: Config) -> ExitCode {
     let url = kodo_store::mask_url(&config.store.url);
     match kodo_store::upgrade(&config.store.url, &wiring::store_options(&config, true)).await {
@@ -276,7 +345,10 @@ async fn upgrade(config: Config) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Run { .. }) {
+    if matches!(
+        cli.command,
+        Command::Run { .. } | Command::TemporalWorker { .. }
+    ) {
         // Before any thread exists, while the process is small.
         kodo_actors::start_watchdog();
     }
@@ -304,6 +376,10 @@ fn main() -> ExitCode {
             },
             Command::Spool { config, name } => match configure(config) {
                 Ok(config) => spool(config, name).await,
+                Err(code) => code,
+            },
+            Command::TemporalWorker { config } => match configure(config) {
+                Ok(config) => temporal_worker(config).await,
                 Err(code) => code,
             },
             Command::Bench(args) => {

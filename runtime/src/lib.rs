@@ -47,6 +47,9 @@ pub enum StartError {
     /// The transport or the cluster could not be reached.
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    /// Temporal (durable mode) could not be reached or used.
+    #[error(transparent)]
+    Durable(#[from] kodo_durable::DurableError),
     /// The API address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -111,9 +114,22 @@ impl Runtime {
             None => wiring::open_store(&config, false).await?,
         };
         let (transport, cluster) = wiring::connect(&config, &config.node.name).await?;
-        let options = wiring::node_options(&config);
+        let mut options = wiring::node_options(&config);
+        let names: Vec<String> = flows.iter().map(|f| f.name.clone()).collect();
+        let durable = wiring::durable(&config, &names, false).await?;
+        let temporal = durable.map(|(temporal, backend)| {
+            options.backend = Arc::new(backend);
+            temporal
+        });
         let node = Arc::new(Node::start(store, transport, cluster, flows, options).await?);
-        let app = api::router(node.clone(), &config);
+        let worker = match &temporal {
+            Some(temporal) if config.temporal.worker => Some(
+                kodo_durable::TemporalWorker::start(temporal.clone(), node.clone())
+                    .map_err(StartError::Durable)?,
+            ),
+            _ => None,
+        };
+        let app = api::router(node.clone(), &config, temporal);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             let listener = api::ApiListener::new(listener);
@@ -129,6 +145,7 @@ impl Runtime {
             node,
             server,
             stop: Some(stop_tx),
+            worker,
         })
     }
 }
@@ -140,6 +157,8 @@ pub struct Running {
     node: Arc<Node>,
     server: JoinHandle<()>,
     stop: Option<oneshot::Sender<()>>,
+    /// The Temporal worker this runtime hosts, if any.
+    worker: Option<kodo_durable::TemporalWorker>,
 }
 
 impl Running {
@@ -161,6 +180,10 @@ impl Running {
     /// Stops every execution, stores what is left, then stops the API.
     /// Returns what the node checked: whether every event is stored.
     pub async fn shutdown(mut self, reason: &str) -> ShutdownReport {
+        // Durable attempts running here go back to Temporal, to go on elsewhere.
+        if let Some(worker) = self.worker.take() {
+            worker.shutdown().await;
+        }
         let left = self.node.shutdown(reason).await;
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

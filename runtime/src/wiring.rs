@@ -2,11 +2,14 @@
 //! cluster connected, the flows built, the node's options. The config only
 //! describes; everything that connects or builds is here.
 
-use crate::config::{Config, Synchronous, TransportKind};
+use crate::config::{Config, ExecutionMode, Synchronous, TransportKind};
 use kodo_actors::{CommandSpec, ExecLimits, FlowDef, Flows, NodeOptions};
 use kodo_cluster::{ClusterError, RedisCluster, SharedCluster, Solo};
+use kodo_durable::{DurableError, Temporal, TemporalBackend, TemporalOptions};
 use kodo_store::{SharedStore, StoreError, StoreOptions};
 use kodo_transport::{LocalQueue, RedisOptions, RedisStreams, SharedTransport, TransportError};
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Why the transport or the cluster could not be reached.
@@ -85,6 +88,70 @@ pub fn node_options(config: &Config) -> NodeOptions {
         spoolers: config.spooler.enabled,
         ..NodeOptions::default()
     }
+}
+
+/// The flows that run durably (on Temporal): `None` when every flow does
+/// (`execution.mode = "temporal"` and no flow says otherwise); an empty set
+/// when none does. `extra` are flows registered in code (Rust flows), which
+/// follow `execution.mode`.
+pub fn durable_flows(config: &Config, extra: &[String]) -> Option<HashSet<String>> {
+    let default = config.execution.mode;
+    let mode = |name: &str| {
+        config
+            .flows
+            .get(name)
+            .and_then(|f| f.mode)
+            .unwrap_or(default)
+    };
+    let names: Vec<&str> = config
+        .flows
+        .keys()
+        .map(String::as_str)
+        .chain(extra.iter().map(String::as_str))
+        .collect();
+    if default == ExecutionMode::Temporal
+        && names.iter().all(|n| mode(n) == ExecutionMode::Temporal)
+    {
+        return None;
+    }
+    Some(
+        names
+            .into_iter()
+            .filter(|n| mode(n) == ExecutionMode::Temporal)
+            .map(str::to_string)
+            .collect(),
+    )
+}
+
+/// Kodo's options for Temporal.
+pub fn temporal_options(config: &Config) -> TemporalOptions {
+    let t = &config.temporal;
+    TemporalOptions {
+        address: t.address.clone(),
+        namespace: t.namespace.clone(),
+        task_queue: t.task_queue.clone(),
+        workflow_id_prefix: t.workflow_id_prefix.clone(),
+        execution_timeout: (t.execution_timeout > 0.0)
+            .then(|| Duration::from_secs_f64(t.execution_timeout)),
+        heartbeat_timeout: Duration::from_secs_f64(t.heartbeat_timeout),
+        attempts: t.attempts,
+    }
+}
+
+/// Connects to Temporal when some flow runs durably (or `always`, for a
+/// worker alone), and returns the backend the node launches through.
+pub async fn durable(
+    config: &Config,
+    extra: &[String],
+    always: bool,
+) -> Result<Option<(Arc<Temporal>, TemporalBackend)>, DurableError> {
+    let flows = durable_flows(config, extra);
+    if !always && flows.as_ref().is_some_and(HashSet::is_empty) {
+        return Ok(None);
+    }
+    let temporal = Temporal::connect(temporal_options(config)).await?;
+    let backend = TemporalBackend::new(temporal.clone(), flows);
+    Ok(Some((temporal, backend)))
 }
 
 /// The config's command flows.

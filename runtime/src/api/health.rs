@@ -2,7 +2,7 @@
 //! what is down (the store's error, the transport's).
 
 use super::AppState;
-use super::types::{Health, StoreState};
+use super::types::{Health, StoreState, TemporalState};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -20,7 +20,18 @@ pub(super) async fn health(State(state): State<Arc<AppState>>) -> Response {
         Err(_) => Some("no answer within 2 s".into()),
     };
     let transport = node.transport().health().await;
-    let ok = store_error.is_none() && transport.ok;
+    let temporal = match &state.temporal {
+        Some(t) => {
+            let error = t.check().await.err().map(|e| e.to_string());
+            Some(TemporalState {
+                ok: error.is_none(),
+                address: t.options().address.clone(),
+                error,
+            })
+        }
+        None => None,
+    };
+    let ok = store_error.is_none() && transport.ok && temporal.as_ref().is_none_or(|t| t.ok);
     let body = Health {
         status: if ok { "ok" } else { "degraded" },
         store: StoreState {
@@ -29,6 +40,7 @@ pub(super) async fn health(State(state): State<Arc<AppState>>) -> Response {
         },
         transport,
         running: node.running().await,
+        temporal,
     };
     let code = if ok {
         StatusCode::OK

@@ -25,6 +25,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::{get, post};
 use kodo_actors::Node;
+use kodo_durable::Temporal;
 use std::sync::Arc;
 
 /// What every handler shares.
@@ -32,13 +33,16 @@ use std::sync::Arc;
 pub struct AppState {
     /// The node.
     pub node: Arc<Node>,
+    /// Temporal, when some flow runs durably.
+    pub temporal: Option<Arc<Temporal>>,
     tokens: auth::Tokens,
 }
 
 /// Builds the router over a running node.
-pub fn router(node: Arc<Node>, config: &Config) -> Router {
+pub fn router(node: Arc<Node>, config: &Config, temporal: Option<Arc<Temporal>>) -> Router {
     let state = Arc::new(AppState {
         node,
+        temporal,
         tokens: auth::Tokens::of(config),
     });
     let authed = Router::new()

@@ -201,6 +201,17 @@ pub struct StoreState {
     pub error: Option<String>,
 }
 
+/// Temporal's part of `/health`, when some flow runs durably.
+#[derive(Debug, Serialize)]
+pub struct TemporalState {
+    /// Whether it answers and knows the namespace now.
+    pub ok: bool,
+    /// `HOST:PORT`.
+    pub address: String,
+    /// Why not.
+    pub error: Option<String>,
+}
+
 /// `GET /health` answer (200 `ok`, 503 `degraded`).
 #[derive(Debug, Serialize)]
 pub struct Health {
@@ -212,4 +223,7 @@ pub struct Health {
     pub transport: TransportHealth,
     /// Executions running on this node.
     pub running: usize,
+    /// Temporal, when some flow runs durably.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temporal: Option<TemporalState>,
 }

@@ -5,7 +5,7 @@
 //! `api.max_body_bytes`), which a generic splitter on `_` gets wrong; a
 //! misspelt variable gets a "did you mean" warning; and an error names the
 //! variable and the key. The crates would add a second `toml` major version
-//! (figment 0.10 uses toml 0.8, this workspace 0.9). It is 100 lines.
+//! (figment 0.10 uses toml 0.8, this workspace 1.x). It is 100 lines.
 
 use super::{Config, ConfigError};
 use std::collections::BTreeMap;
@@ -22,6 +22,8 @@ const OVERRIDABLE: &[&str] = &[
     "spooler",
     "limits",
     "log",
+    "execution",
+    "temporal",
 ];
 
 /// Applies `KODO_<SECTION>_<KEY>` variables to the parsed file. Returns the

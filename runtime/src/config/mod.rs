@@ -59,6 +59,10 @@ pub struct Config {
     pub log: LogSection,
     /// Who may call the API.
     pub auth: AuthSection,
+    /// How executions run: here, or durably on Temporal.
+    pub execution: ExecutionSection,
+    /// The Temporal server, for `execution.mode = "temporal"`.
+    pub temporal: TemporalSection,
     /// The command flows, by name.
     pub flows: BTreeMap<String, FlowSection>,
 }

@@ -25,6 +25,17 @@ impl std::fmt::Display for TransportKind {
     }
 }
 
+/// `execution.mode`: how an execution runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutionMode {
+    /// In a Runner of the node that launched it.
+    #[default]
+    Direct,
+    /// As a Temporal workflow, on any worker: survives worker and node death.
+    Temporal,
+}
+
 /// `store.synchronous`: how SQLite syncs its WAL.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -222,6 +233,51 @@ pub struct TokenEntry {
     pub admin: bool,
 }
 
+/// `[execution]`
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExecutionSection {
+    /// `direct` (the default) or `temporal`; a flow may set its own.
+    pub mode: ExecutionMode,
+}
+
+/// `[temporal]` (durations in seconds)
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TemporalSection {
+    /// The frontend's `HOST:PORT`.
+    pub address: String,
+    /// The namespace (it must exist).
+    pub namespace: String,
+    /// The task queue kodo's workflows and activities use.
+    pub task_queue: String,
+    /// A workflow's id is this prefix and the execution's fid.
+    pub workflow_id_prefix: String,
+    /// The longest an execution may run, all attempts together (0: no limit).
+    pub execution_timeout: f64,
+    /// An attempt whose worker is silent this long is retried elsewhere.
+    pub heartbeat_timeout: f64,
+    /// Attempts in all (1: never retried).
+    pub attempts: u32,
+    /// Whether `runtime run` hosts a worker (`runtime temporal-worker` is one alone).
+    pub worker: bool,
+}
+
+impl Default for TemporalSection {
+    fn default() -> Self {
+        Self {
+            address: "127.0.0.1:7233".into(),
+            namespace: "default".into(),
+            task_queue: "kodo".into(),
+            workflow_id_prefix: "kodo-".into(),
+            execution_timeout: 0.0,
+            heartbeat_timeout: 30.0,
+            attempts: 3,
+            worker: true,
+        }
+    }
+}
+
 /// `[flows.NAME]`: a command flow.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -240,6 +296,9 @@ pub struct FlowSection {
     /// One line for `GET /flows`.
     #[serde(default)]
     pub description: String,
+    /// This flow's execution mode (default: `execution.mode`).
+    #[serde(default)]
+    pub mode: Option<ExecutionMode>,
 }
 
 // Debug without secrets: URLs with their password masked, no token.
@@ -288,6 +347,7 @@ impl std::fmt::Debug for FlowSection {
             .field("cwd", &self.cwd)
             .field("timeout", &self.timeout)
             .field("description", &self.description)
+            .field("mode", &self.mode)
             .finish()
     }
 }

@@ -276,3 +276,61 @@ fn debug_output_holds_no_secret() {
         "{shown}"
     );
 }
+
+#[test]
+fn the_execution_mode_and_temporal_keys_parse_and_are_checked() {
+    let c = Config::parse(
+        "kodo.toml",
+        "[execution]\nmode = \"temporal\"\n[temporal]\nattempts = 5\n\
+         [flows.a]\ncommand = [\"a\"]\nmode = \"direct\"\n",
+        env(&[
+            ("KODO_TEMPORAL_ADDRESS", "10.0.0.5:7233"),
+            ("KODO_TEMPORAL_HEARTBEAT_TIMEOUT", "2.5"),
+            ("KODO_TEMPORAL_WORKER", "false"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.execution.mode, ExecutionMode::Temporal);
+    assert_eq!(c.flows["a"].mode, Some(ExecutionMode::Direct));
+    assert_eq!(
+        (c.temporal.address.as_str(), c.temporal.heartbeat_timeout),
+        ("10.0.0.5:7233", 2.5)
+    );
+    assert_eq!((c.temporal.attempts, c.temporal.worker), (5, false));
+    assert_eq!(c.temporal.namespace, "default");
+    for (text, expected) in [
+        ("[execution]\nmode = \"ray\"", "kodo.toml: execution.mode"),
+        (
+            "[temporal]\naddress = \"http://x:1\"",
+            "kodo.toml: temporal.address",
+        ),
+        (
+            "[temporal]\nnamespace = \"\"",
+            "kodo.toml: temporal.namespace",
+        ),
+        (
+            "[temporal]\nheartbeat_timeout = 0",
+            "kodo.toml: temporal.heartbeat_timeout",
+        ),
+        ("[temporal]\nattempts = 0", "kodo.toml: temporal.attempts"),
+        (
+            "[temporal]\nexecution_timeout = -1",
+            "kodo.toml: temporal.execution_timeout",
+        ),
+        (
+            "[flows.x]\ncommand = [\"a\"]\nmode = \"ray\"",
+            "kodo.toml: flows.x.mode",
+        ),
+    ] {
+        let e = parse(text).unwrap_err().to_string();
+        assert!(
+            e.starts_with(expected),
+            "{text:?}: got {e:?}, want {expected:?}"
+        );
+    }
+    let e = Config::parse("kodo.toml", "", env(&[("KODO_TEMPORAL_ATTEMPTS", "many")])).unwrap_err();
+    assert_eq!(
+        (e.source_name.as_str(), e.key.as_str()),
+        ("KODO_TEMPORAL_ATTEMPTS", "temporal.attempts")
+    );
+}

@@ -95,6 +95,33 @@ impl Config {
                 return bad(key, "expected seconds, 0 or more");
             }
         }
+        let t = &self.temporal;
+        if t.address.is_empty() || !t.address.contains(':') || t.address.contains("://") {
+            return bad("temporal.address", "expected HOST:PORT");
+        }
+        for (key, v) in [
+            ("temporal.namespace", &t.namespace),
+            ("temporal.task_queue", &t.task_queue),
+        ] {
+            if v.trim().is_empty() {
+                return bad(key, "expected a name");
+            }
+        }
+        if !(0.0..1e9).contains(&t.execution_timeout) {
+            return bad(
+                "temporal.execution_timeout",
+                "expected seconds, 0 (no limit) or more",
+            );
+        }
+        if !(t.heartbeat_timeout >= 0.1 && t.heartbeat_timeout < 1e6) {
+            return bad(
+                "temporal.heartbeat_timeout",
+                "expected seconds, 0.1 or more",
+            );
+        }
+        if !(1..=1000).contains(&t.attempts) {
+            return bad("temporal.attempts", "expected 1 to 1000");
+        }
         if self
             .log
             .level

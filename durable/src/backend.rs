@@ -1,0 +1,204 @@
+//! The `ExecutionBackend` of durable mode: a launch starts the execution's
+//! workflow (a duplicate id is refused) and a `Watcher` actor that follows
+//! it for the launching node's supervisor and passes kills on. Flows not
+//! in durable mode go to the direct backend.
+
+use crate::Temporal;
+use crate::workflow::{KodoExecution, Launch};
+use async_trait::async_trait;
+use kodo_actors::{Ctx, Direct, Execution, ExecutionBackend, Started, Stop};
+use kodo_core::Fid;
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use temporalio_client::errors::{WorkflowInteractionError, WorkflowStartError};
+use temporalio_client::{
+    Client, WorkflowGetResultOptions, WorkflowHandle, WorkflowIdConflictPolicy,
+    WorkflowIdReusePolicy, WorkflowSignalOptions, WorkflowStartOptions,
+};
+
+/// Runs the flows named durable as Temporal workflows, the others directly.
+#[derive(Debug)]
+pub struct TemporalBackend {
+    temporal: Arc<Temporal>,
+    /// Flows in durable mode; `None`: all of them.
+    durable: Option<HashSet<String>>,
+}
+
+impl TemporalBackend {
+    /// A backend for `temporal`: every flow durable (`durable` None), or
+    /// only those named.
+    pub fn new(temporal: Arc<Temporal>, durable: Option<HashSet<String>>) -> Self {
+        Self { temporal, durable }
+    }
+
+    fn is_durable(&self, flow: &str) -> bool {
+        self.durable
+            .as_ref()
+            .is_none_or(|names| names.contains(flow))
+    }
+
+    async fn signal_kill(&self, fid: &Fid, reason: &str) -> Result<bool, String> {
+        let handle = self
+            .temporal
+            .client
+            .get_workflow_handle::<KodoExecution>(self.temporal.workflow_id(fid));
+        signal_kill(&handle, reason).await
+    }
+}
+
+async fn signal_kill(
+    handle: &WorkflowHandle<Client, KodoExecution>,
+    reason: &str,
+) -> Result<bool, String> {
+    let sent = handle.signal(
+        KodoExecution::kill,
+        reason.to_string(),
+        WorkflowSignalOptions::default(),
+    );
+    match tokio::time::timeout(Duration::from_secs(10), sent).await {
+        Ok(Ok(())) => Ok(true),
+        Ok(Err(WorkflowInteractionError::NotFound(_))) => Ok(false),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer within 10 s".into()),
+    }
+}
+
+#[async_trait]
+impl ExecutionBackend for TemporalBackend {
+    fn name(&self) -> &'static str {
+        "temporal"
+    }
+
+    async fn start(&self, execution: Execution, supervisor: ActorCell) -> Result<Started, String> {
+        if !self.is_durable(&execution.flow.name) {
+            return Direct.start(execution, supervisor).await;
+        }
+        let options = &self.temporal.options;
+        let ctx = execution.ctx.clone();
+        let launch = Launch {
+            fid: ctx.fid().to_string(),
+            flow: execution.flow.name.clone(),
+            owner: ctx.owner().to_string(),
+            inputs: execution.inputs,
+            attempts: options.attempts,
+            heartbeat_ms: options.heartbeat_timeout.as_millis() as u64,
+            attempt_ms: options
+                .execution_timeout
+                .unwrap_or(Duration::from_secs(365 * 86400))
+                .as_millis() as u64,
+        };
+        let start = WorkflowStartOptions::new(
+            options.task_queue.clone(),
+            self.temporal.workflow_id(ctx.fid()),
+        )
+        .id_conflict_policy(WorkflowIdConflictPolicy::Fail)
+        .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
+        .maybe_execution_timeout(options.execution_timeout)
+        .build();
+        let started = self
+            .temporal
+            .client
+            .start_workflow(KodoExecution::run, launch, start);
+        match tokio::time::timeout(Duration::from_secs(10), started).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(WorkflowStartError::AlreadyStarted { .. })) => {
+                return Err(format!(
+                    "temporal: workflow {} exists already",
+                    self.temporal.workflow_id(ctx.fid())
+                ));
+            }
+            Ok(Err(e)) => return Err(format!("temporal at {}: {e}", options.address)),
+            Err(_) => {
+                return Err(format!(
+                    "temporal at {}: no answer within 10 s",
+                    options.address
+                ));
+            }
+        }
+        let handle = self
+            .temporal
+            .client
+            .get_workflow_handle::<KodoExecution>(self.temporal.workflow_id(ctx.fid()));
+        let (watcher, _) = Actor::spawn_linked(None, Watcher, (handle, ctx), supervisor)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Started {
+            actor: watcher.get_cell(),
+            fallback_end: false,
+        })
+    }
+
+    async fn stop(&self, fid: &Fid, stop: Stop) -> Result<bool, String> {
+        self.signal_kill(fid, &stop.reason).await
+    }
+}
+
+/// Follows one durable execution's workflow for the node that launched it:
+/// stops when the workflow is over (or the node stops), and passes a kill
+/// on as the workflow's `kill` signal.
+#[derive(Debug)]
+struct Watcher;
+
+/// The watcher's one message: follow (sent to itself at start).
+#[derive(Debug)]
+struct Follow;
+
+impl Actor for Watcher {
+    type Msg = Follow;
+    type State = Option<(WorkflowHandle<Client, KodoExecution>, Ctx)>;
+    type Arguments = (WorkflowHandle<Client, KodoExecution>, Ctx);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Follow>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        myself.cast(Follow)?;
+        Ok(Some(args))
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Follow>,
+        _msg: Follow,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some((handle, ctx)) = state.take() {
+            follow(&handle, &ctx).await;
+        }
+        myself.stop(None);
+        Ok(())
+    }
+}
+
+/// Waits for the workflow's end, passing a kill on; returns early when the
+/// node stops (the execution goes on without this node).
+async fn follow(handle: &WorkflowHandle<Client, KodoExecution>, ctx: &Ctx) {
+    let mut killed = false;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let result = handle.get_result(WorkflowGetResultOptions::default());
+        tokio::select! {
+            result = result => match result {
+                Ok(_) => return,
+                Err(e) if e.is_workflow_outcome() => return,
+                Err(e) => {
+                    tracing::warn!(fid = %ctx.fid(), error = %e, retry_in = ?backoff, "cannot follow a durable execution");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            },
+            stop = ctx.stopped(), if !killed => {
+                if stop.node_stopping {
+                    return;
+                }
+                killed = true;
+                if let Err(e) = signal_kill(handle, &stop.reason).await {
+                    tracing::error!(fid = %ctx.fid(), error = %e, "could not pass a kill on to Temporal");
+                }
+            }
+        }
+    }
+}

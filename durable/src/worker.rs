@@ -1,0 +1,104 @@
+//! A Temporal worker for kodo's workflow and activities, hosted on a node.
+//!
+//! The SDK's worker future is not `Send` (it drives workflows in a
+//! `LocalSet`): it runs on a thread of its own, inside the node's tokio
+//! runtime, so activities still run on the runtime's pool.
+
+use crate::activities::KodoActivities;
+use crate::workflow::KodoExecution;
+use crate::{DurableError, Temporal};
+use kodo_actors::Node;
+use std::sync::Arc;
+use std::time::Duration;
+use temporalio_sdk::runtime::RuntimeOptions;
+use temporalio_sdk::{Runtime, Worker, WorkerOptions};
+
+/// How long a stopping worker lets its activities finish before it gives
+/// them back to Temporal (which retries them elsewhere).
+const GIVE_BACK_AFTER: Duration = Duration::from_secs(2);
+
+type ShutdownHandle = Box<dyn Fn() + Send + Sync>;
+
+/// A running worker.
+pub struct TemporalWorker {
+    shutdown: ShutdownHandle,
+    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+impl std::fmt::Debug for TemporalWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TemporalWorker").finish_non_exhaustive()
+    }
+}
+
+impl TemporalWorker {
+    /// Starts a worker on `temporal`'s task queue whose activities run
+    /// flows on `node`. Call from within the node's tokio runtime.
+    pub fn start(temporal: Arc<Temporal>, node: Arc<Node>) -> Result<Self, DurableError> {
+        let runtime = tokio::runtime::Handle::current();
+        let (ready, started) = std::sync::mpsc::channel::<Result<ShutdownHandle, String>>();
+        let thread = std::thread::Builder::new()
+            .name("temporal-worker".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    // The SDK's runtime, alive as long as the worker.
+                    let sdk = Runtime::from_current_tokio(RuntimeOptions::default());
+                    let setup = |sdk: &Runtime| -> Result<Worker, String> {
+                        let queue = temporal.options.task_queue.clone();
+                        let options = WorkerOptions::new(queue.clone())
+                            .register_workflow::<KodoExecution>()
+                            .map_err(|e| e.to_string())?
+                            .register_activities(KodoActivities {
+                                node,
+                                task_queue: queue,
+                            })
+                            .graceful_shutdown_period(GIVE_BACK_AFTER)
+                            .max_heartbeat_throttle_interval(Duration::from_secs(1))
+                            .default_heartbeat_throttle_interval(Duration::from_secs(1))
+                            .build();
+                        Worker::new(sdk, temporal.client.clone(), options)
+                            .map_err(|e| e.to_string())
+                    };
+                    let worker = match &sdk {
+                        Ok(sdk) => setup(sdk),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    let mut worker = match worker {
+                        Ok(worker) => worker,
+                        Err(e) => {
+                            let _ = ready.send(Err(e.clone()));
+                            return Err(e);
+                        }
+                    };
+                    let _ = ready.send(Ok(Box::new(worker.shutdown_handle())));
+                    let ran = worker.run().await.map_err(|e| e.to_string());
+                    drop(worker);
+                    drop(sdk);
+                    ran
+                })
+            })
+            .map_err(|e| DurableError::Worker(e.to_string()))?;
+        match started.recv() {
+            Ok(Ok(shutdown)) => Ok(Self {
+                shutdown,
+                thread: Some(thread),
+            }),
+            Ok(Err(e)) => Err(DurableError::Worker(e)),
+            Err(_) => Err(DurableError::Worker(
+                "the worker thread ended at start".into(),
+            )),
+        }
+    }
+
+    /// Stops polling, lets running activities finish for a moment, gives
+    /// the others back to Temporal, and waits for the worker to end.
+    pub async fn shutdown(mut self) {
+        (self.shutdown)();
+        if let Some(thread) = self.thread.take() {
+            let ended = tokio::task::spawn_blocking(move || thread.join()).await;
+            if let Ok(Ok(Err(e))) = ended {
+                tracing::warn!(error = %e, "the temporal worker ended with an error");
+            }
+        }
+    }
+}
