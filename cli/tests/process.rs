@@ -240,41 +240,6 @@ async fn an_unreachable_postgres_stops_startup_with_the_url_masked() {
     );
 }
 
-/// A Redis server of one test, stopped when dropped (also when the test fails).
-struct RedisServer {
-    dir: std::path::PathBuf,
-    url: String,
-}
-
-impl RedisServer {
-    fn start(dir: &Path) -> Self {
-        let dir = dir.join("redis");
-        let url = redis_script("start", &dir);
-        Self { dir, url }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        redis_script("stop", &self.dir);
-    }
-}
-
-/// Runs `scripts/redis CMD DIR` and returns its output (the URL for `start`).
-fn redis_script(cmd: &str, dir: &Path) -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/redis");
-    let out = std::process::Command::new(script)
-        .args([cmd, dir.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// Starts `runtime spool --name NAME` and waits for its first line.
 async fn start_spool(config: &Path, dir: &Path, name: &str) -> Child {
     let mut child = runtime(
@@ -329,7 +294,7 @@ fn pending_of(redis_url: &str, consumer: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spooler_killed_mid_batch_leaves_its_entries_to_another() {
     let dir = tempfile::tempdir().unwrap();
-    let redis = RedisServer::start(dir.path());
+    let redis = ScriptServer::redis(dir.path());
     let redis_url = redis.url.clone();
     let cfg = write_config(
         dir.path(),
@@ -458,7 +423,7 @@ async fn an_unreachable_redis_stops_startup_naming_the_url() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_closes_its_executions_after_their_events_in_redis() {
     let dir = tempfile::tempdir().unwrap();
-    let redis = RedisServer::start(dir.path());
+    let redis = ScriptServer::redis(dir.path());
     let redis_url = redis.url.clone();
     let cfg = write_config(
         dir.path(),

@@ -197,3 +197,52 @@ pub(crate) async fn launch_waiting(base: &str) -> String {
     stream_until(base, &fid, "data: \"started\"").await;
     fid
 }
+
+/// A server of one test (`scripts/redis` or `scripts/temporal`), in its own
+/// folder, stopped when dropped (also when the test fails).
+pub(crate) struct ScriptServer {
+    script: &'static str,
+    dir: std::path::PathBuf,
+    /// Its URL (Redis) or address (Temporal).
+    pub(crate) url: String,
+}
+
+impl ScriptServer {
+    /// Starts `scripts/SCRIPT start DIR/SCRIPT`.
+    pub(crate) fn start(script: &'static str, dir: &Path) -> Self {
+        let dir = dir.join(script);
+        let url = server_script(script, "start", &dir);
+        Self { script, dir, url }
+    }
+
+    /// A Redis server.
+    pub(crate) fn redis(dir: &Path) -> Self {
+        Self::start("redis", dir)
+    }
+
+    /// Runs `scripts/SCRIPT CMD DIR` on this server (`stop`, `kill`, `start`).
+    pub(crate) fn run(&self, cmd: &str) -> String {
+        server_script(self.script, cmd, &self.dir)
+    }
+}
+
+impl Drop for ScriptServer {
+    fn drop(&mut self) {
+        server_script(self.script, "stop", &self.dir);
+    }
+}
+
+/// Runs `scripts/SCRIPT CMD DIR` and returns its output (the URL for `start`).
+fn server_script(script: &str, cmd: &str, dir: &Path) -> String {
+    let path = format!("{}/../scripts/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(path)
+        .args([cmd, dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "scripts/{script} {cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

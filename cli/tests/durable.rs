@@ -1,0 +1,393 @@
+//! Durable mode as a user runs it: `runtime run` nodes and `runtime
+//! temporal-worker` processes against a real Temporal dev server
+//! (`KODO_TEST_TEMPORAL_ADDRESS`, from `scripts/test`) and a real Redis;
+//! workers SIGKILLed; Temporal unreachable, or stopped mid-run.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Child;
+
+fn temporal_address() -> String {
+    std::env::var("KODO_TEST_TEMPORAL_ADDRESS")
+        .expect("scripts/test starts Temporal; or set KODO_TEST_TEMPORAL_ADDRESS=HOST:PORT")
+}
+
+/// A fresh name (task queues and key prefixes of one test).
+fn fresh(what: &str) -> String {
+    format!("{what}-{}-{}", std::process::id(), free_port())
+}
+
+/// Starts `runtime temporal-worker` as node `name`; waits for its first line.
+async fn start_worker(config: &Path, dir: &Path, name: &str) -> (Child, Log) {
+    let mut cmd = runtime(
+        &["temporal-worker", "--config", config.to_str().unwrap()],
+        dir,
+    );
+    cmd.env("KODO_NODE_NAME", name);
+    let mut child = cmd.spawn().expect("spawn worker");
+    let log = Log::of(&mut child);
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(DEADLINE, lines.next_line())
+        .await
+        .expect("the worker started in time")
+        .unwrap();
+    let Some(line) = line else {
+        panic!("worker {name} exited at start: {}", log.complete().await);
+    };
+    assert!(line.starts_with("kodo temporal worker on "), "{line}");
+    (child, log)
+}
+
+/// The pids of `sh` processes whose parent is `pid` (from /proc): a
+/// worker's flows (its watchdog is a child too, but not a shell).
+fn shells_of(pid: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`: comm may hold spaces, not ')' last.
+        let after = &stat[stat.rfind(')').unwrap_or(0) + 1..];
+        let ppid = after.split_whitespace().nth(1).and_then(|p| p.parse().ok());
+        if ppid == Some(pid) && stat.contains("(sh)") {
+            children.push(child);
+        }
+    }
+    children
+}
+
+/// The execution's stored events.
+async fn events(base: &str, fid: &str) -> Vec<Value> {
+    get(base, &format!("/executions/{fid}/events?limit=10000")).await["events"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// Waits (up to `within`) until `done` holds for the stored events.
+async fn events_until(
+    base: &str,
+    fid: &str,
+    within: Duration,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let start = Instant::now();
+    loop {
+        let events = events(base, fid).await;
+        if done(&events) {
+            return events;
+        }
+        assert!(
+            start.elapsed() < within,
+            "not reached in {within:?}: {events:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn ended(events: &[Value]) -> bool {
+    events.last().is_some_and(|e| {
+        e["kind"] == "status"
+            && ["finished", "error", "killed"].contains(&e["payload"].as_str().unwrap())
+    })
+}
+
+fn stdout_lines(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["kind"] == "stdout")
+        .map(|e| e["payload"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_worker_is_taken_over_and_no_line_is_lost_or_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = ScriptServer::redis(dir.path());
+    let config = write_config(
+        dir.path(),
+        &format!(
+            r#"
+[transport]
+kind = "redis"
+url = "{}"
+prefix = "{}"
+claim_idle = 4
+block = 0.1
+[execution]
+mode = "temporal"
+[temporal]
+address = "{}"
+task_queue = "{}"
+heartbeat_timeout = 2
+attempts = 3
+worker = false
+[flows.chatty]
+command = ["sh", "-c", "read -r x; i=1; while [ $i -le 30 ]; do echo \"line $i\"; i=$((i+1)); sleep 0.1; done"]
+"#,
+            redis.url,
+            fresh("durable"),
+            temporal_address(),
+            fresh("queue"),
+        ),
+    );
+    let prefix = config_prefix(&config);
+    let (_node, base) = start(&config, dir.path()).await;
+    let (mut a, _) = start_worker(&config, dir.path(), "worker-a").await;
+    let (mut b, _) = start_worker(&config, dir.path(), "worker-b").await;
+    let fid = post(&base, "/flows/chatty/executions", json!({})).await["fid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    events_until(&base, &fid, DEADLINE, |e| stdout_lines(e).len() >= 5).await;
+    // Kill the worker whose process runs the flow (the flow's shell is its child).
+    let running_on_a = !shells_of(a.id().unwrap()).is_empty();
+    assert_ne!(
+        running_on_a,
+        !shells_of(b.id().unwrap()).is_empty(),
+        "one worker runs it"
+    );
+    let (lost, lost_name) = if running_on_a {
+        (&mut a, "worker-a")
+    } else {
+        (&mut b, "worker-b")
+    };
+    // Hold every store write (an exclusive lock on the SQLite file) until the
+    // lost worker's spoolers hold some of its lines unacknowledged, so that
+    // they are stored only once another spooler claims them: after
+    // `claim_idle`, later than the retry starts.
+    let db = format!("sqlite://{}", dir.path().join("kodo.db").display());
+    let mut lock = <sqlx::SqliteConnection as sqlx::Connection>::connect(&db)
+        .await
+        .unwrap();
+    sqlx::Executor::execute(&mut lock, "BEGIN EXCLUSIVE")
+        .await
+        .unwrap();
+    let start = Instant::now();
+    while pending_at(&redis.url, &prefix, lost_name).await == 0 {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the lost worker never held a line"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    lost.start_kill().unwrap();
+    lost.wait().await.unwrap();
+    sqlx::Executor::execute(&mut lock, "ROLLBACK")
+        .await
+        .unwrap();
+    let killed_at = Instant::now();
+    // What the lost attempt had published: its entries in Redis, all added
+    // before the kill (the other worker's come later). A spooler of the lost
+    // worker may have held some of them: claimed only after `claim_idle`,
+    // which is longer than the heartbeat timeout, so the retry must wait.
+    let published = published_lines(&redis.url, &prefix, &fid).await;
+    let all = events_until(&base, &fid, Duration::from_secs(60), |e| {
+        ended(e) && e.iter().any(|e| e["kind"] == "debug")
+    })
+    .await;
+    eprintln!(
+        "the execution ended {:?} after the kill",
+        killed_at.elapsed()
+    );
+    let seqs: Vec<u64> = all.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (1..=all.len() as u64).collect::<Vec<_>>(),
+        "no gap, no reuse"
+    );
+    assert_eq!(all.last().unwrap()["payload"], "finished");
+    let marker = all.iter().position(|e| e["kind"] == "debug").unwrap();
+    let note = all[marker]["payload"].as_str().unwrap();
+    assert!(note.starts_with("attempt 2 of 3:"), "{note}");
+    assert_eq!(
+        all[marker + 1]["payload"],
+        "running",
+        "status back to running"
+    );
+    let first = stdout_lines(&all[..marker]);
+    let expected = |n: usize| (1..=n).map(|i| format!("line {i}")).collect::<Vec<_>>();
+    assert!(first.len() >= 5);
+    assert_eq!(
+        first,
+        expected(first.len()),
+        "the first attempt's lines, each once, in order"
+    );
+    assert_eq!(
+        first, published,
+        "every line the lost attempt published is stored"
+    );
+    assert_eq!(
+        stdout_lines(&all[marker..]),
+        expected(30),
+        "the retry ran the flow again, whole"
+    );
+    let row = get(&base, &format!("/executions/{fid}")).await;
+    assert_eq!(row["status"], "finished", "{row}");
+}
+
+/// The `transport.prefix` of a config file.
+fn config_prefix(config: &Path) -> String {
+    let text = std::fs::read_to_string(config).unwrap();
+    let line = text.lines().find(|l| l.starts_with("prefix = ")).unwrap();
+    line.trim_start_matches("prefix = ")
+        .trim_matches('"')
+        .to_string()
+}
+
+/// An `XPENDING key group` summary: count, first and last id, and the
+/// count held by each consumer.
+type PendingSummary = (usize, Option<String>, Option<String>, Vec<(String, String)>);
+
+/// Entries the consumers of node `node` hold unacknowledged, in all streams.
+async fn pending_at(url: &str, prefix: &str, node: &str) -> usize {
+    let mut conn = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:events:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut held = 0;
+    for key in keys {
+        // XPENDING key group: [count, first, last, [[consumer, count]...]].
+        let (_, _, _, consumers): PendingSummary = redis::cmd("XPENDING")
+            .arg(&key)
+            .arg("spoolers")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        held += consumers
+            .iter()
+            .filter(|(name, _)| name.starts_with(&format!("{node}-")))
+            .map(|(_, n)| n.parse::<usize>().unwrap())
+            .sum::<usize>();
+    }
+    held
+}
+
+/// The `stdout` lines of execution `fid` in the Redis streams, in seq order.
+async fn published_lines(url: &str, prefix: &str, fid: &str) -> Vec<String> {
+    let mut conn = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut lines = Vec::new();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:events:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for key in keys {
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(&key)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        for (_, fields) in entries {
+            if !fields.iter().any(|(k, v)| k == "fid" && v == fid) {
+                continue;
+            }
+            for (seq, value) in fields.iter().filter(|(k, _)| k != "fid") {
+                let mut parts = value.splitn(3, ' ');
+                let (_, kind, payload) = (parts.next(), parts.next(), parts.next());
+                if kind == Some("stdout") {
+                    let line: String = serde_json::from_str(payload.unwrap()).unwrap();
+                    lines.push((seq.parse::<u64>().unwrap(), line));
+                }
+            }
+        }
+    }
+    lines.sort();
+    lines.into_iter().map(|(_, line)| line).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temporal_unreachable_or_an_unknown_namespace_stops_the_start_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(
+        dir.path(),
+        &format!("[execution]\nmode = \"temporal\"\n[temporal]\naddress = \"127.0.0.1:{port}\"\n"),
+    );
+    let out = run(&config, dir.path()).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("temporal at 127.0.0.1:{port}")),
+        "{err}"
+    );
+
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[execution]\nmode = \"temporal\"\n[temporal]\naddress = \"{}\"\nnamespace = \"no-such-namespace\"\n",
+            temporal_address()
+        ),
+    );
+    let out = run(&config, dir.path()).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("namespace `no-such-namespace` not found"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_temporal_is_down_launches_answer_503_and_health_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let temporal = ScriptServer::start("temporal", dir.path());
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[execution]\nmode = \"temporal\"\n[temporal]\naddress = \"{}\"\ntask_queue = \"{}\"\n\
+             [flows.quick]\ncommand = [\"sh\", \"-c\", \"read -r x; echo done\"]\n",
+            temporal.url,
+            fresh("queue")
+        ),
+    );
+    let (_node, base) = start(&config, dir.path()).await;
+    let fid = post(&base, "/flows/quick/executions", json!({})).await["fid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    events_until(&base, &fid, DEADLINE, ended).await;
+    temporal.run("stop");
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/flows/quick/executions"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("temporal at"),
+        "{body}"
+    );
+    let health = reqwest::get(format!("{base}/health")).await.unwrap();
+    assert_eq!(health.status().as_u16(), 503);
+    let health: Value = health.json().await.unwrap();
+    assert_eq!(health["temporal"]["ok"], false, "{health}");
+    let listed = get(&base, "/executions").await;
+    assert_eq!(
+        listed["executions"].as_array().unwrap().len(),
+        1,
+        "nothing half-started: {listed}"
+    );
+}
