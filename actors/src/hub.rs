@@ -125,6 +125,7 @@ mod tests {
             ts: 0.0,
             kind: Kind::Debug,
             payload: "null".into(),
+            attempt: 0,
         };
         hub.committed(&[ev(1), ev(3)]);
         a.until(3).await;

@@ -329,6 +329,7 @@ impl Node {
     /// attempt of a durable execution): its Tracer goes on from `book` and
     /// publishes to this node's transport; `attempt` counts from 1.
     pub fn context(&self, fid: Fid, flow: &str, owner: &str, book: TraceBook, attempt: u32) -> Ctx {
+        let book = book.with_attempt(attempt);
         let tracer = Arc::new(Tracer::resume(fid.clone(), book, self.transport.clone()));
         Ctx::new(
             fid,

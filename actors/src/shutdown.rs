@@ -128,6 +128,7 @@ mod tests {
             ts: seq as f64,
             kind: Kind::Debug,
             payload: "1".into(),
+            attempt: 0,
         }
     }
 

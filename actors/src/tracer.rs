@@ -86,6 +86,8 @@ pub struct TraceBook {
     status: Option<Status>,
     /// The largest payload accepted, in bytes.
     max_payload: usize,
+    /// The durable attempt its events belong to (0: direct mode).
+    attempt: u32,
 }
 
 impl TraceBook {
@@ -96,6 +98,7 @@ impl TraceBook {
             open_locks: 0,
             status: None,
             max_payload,
+            attempt: 0,
         }
     }
 
@@ -108,7 +111,16 @@ impl TraceBook {
             open_locks: 0,
             status: Some(status),
             max_payload,
+            attempt: 0,
         }
+    }
+
+    /// The same book, stamping its events as attempt `attempt` of a durable
+    /// execution (the store refuses an older attempt's events once a newer
+    /// one fenced the execution).
+    pub fn with_attempt(mut self, attempt: u32) -> Self {
+        self.attempt = attempt;
+        self
     }
 
     /// The seq the next event gets.
@@ -215,6 +227,7 @@ impl TraceBook {
                     ts,
                     kind,
                     payload,
+                    attempt: self.attempt,
                 }
             })
             .collect()

@@ -115,6 +115,7 @@ pub(crate) async fn raw(args: &BenchArgs, report: &mut Vec<String>) -> Result<()
                     ts: now_ts(),
                     kind: Kind::Debug,
                     payload: text.clone(),
+                    attempt: 0,
                 })
                 .collect();
             b.store.write(&batch).await.map_err(|e| e.to_string())?;

@@ -391,3 +391,168 @@ async fn while_temporal_is_down_launches_answer_503_and_health_says_why() {
         "nothing half-started: {listed}"
     );
 }
+
+/// Sends `signal` (`STOP`, `CONT`) to process `pid`.
+async fn signal(pid: u32, signal: &str) {
+    let sent = tokio::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .await
+        .unwrap();
+    assert!(sent.success());
+}
+
+/// Whether Redis got an entry of `fid`'s attempt `attempt` after `since_ms`
+/// (milliseconds since the epoch).
+async fn published_after(
+    url: &str,
+    prefix: &str,
+    fid: &str,
+    attempt: &str,
+    since_ms: u128,
+) -> bool {
+    let mut conn = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:events:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for key in keys {
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(&key)
+            .arg(since_ms.to_string())
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if entries.iter().any(|(_, fields)| {
+            fields.iter().any(|(k, v)| k == "fid" && v == fid)
+                && fields.iter().any(|(k, v)| k == "attempt" && v == attempt)
+        }) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Entries not yet acknowledged by the spoolers, in all streams.
+async fn backlog(url: &str, prefix: &str) -> usize {
+    let mut conn = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:events:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut left = 0;
+    for key in keys {
+        let groups: redis::streams::StreamInfoGroupsReply = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        left += groups
+            .groups
+            .iter()
+            .map(|g| g.pending + g.lag.unwrap_or(0))
+            .sum::<usize>();
+    }
+    left
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_worker_that_wakes_after_its_retry_began_is_fenced_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = ScriptServer::redis(dir.path());
+    let config = write_config(
+        dir.path(),
+        &format!(
+            r#"
+[transport]
+kind = "redis"
+url = "{}"
+prefix = "{}"
+claim_idle = 1
+block = 0.1
+[execution]
+mode = "temporal"
+[temporal]
+address = "{}"
+task_queue = "{}"
+heartbeat_timeout = 2
+attempts = 3
+worker = false
+[flows.chatty]
+command = ["sh", "-c", "read -r x; i=1; while [ $i -le 30 ]; do echo \"line $i\"; i=$((i+1)); sleep 0.1; done"]
+"#,
+            redis.url,
+            fresh("zombie"),
+            temporal_address(),
+            fresh("queue"),
+        ),
+    );
+    let prefix = config_prefix(&config);
+    let (_node, base) = start(&config, dir.path()).await;
+    let (a, _) = start_worker(&config, dir.path(), "worker-a").await;
+    let (b, _) = start_worker(&config, dir.path(), "worker-b").await;
+    let fid = post(&base, "/flows/chatty/executions", json!({})).await["fid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    events_until(&base, &fid, DEADLINE, |e| stdout_lines(e).len() >= 5).await;
+    let (a, b) = (a.id().unwrap(), b.id().unwrap());
+    let frozen = if shells_of(a).is_empty() { b } else { a };
+    assert!(!shells_of(frozen).is_empty(), "one worker runs it");
+    // Frozen: its flow's shell runs on and fills the pipe nobody reads.
+    signal(frozen, "STOP").await;
+    // The retry begins elsewhere; wake the frozen one while it runs.
+    events_until(&base, &fid, Duration::from_secs(60), |e| {
+        e.iter()
+            .position(|e| e["kind"] == "debug")
+            .is_some_and(|marker| stdout_lines(&e[marker..]).len() >= 2)
+    })
+    .await;
+    let woken_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    signal(frozen, "CONT").await;
+    // The woken attempt publishes what it had read and reads now...
+    let start = Instant::now();
+    while !published_after(&redis.url, &prefix, &fid, "1", woken_ms).await {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the woken worker published nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let all = events_until(&base, &fid, Duration::from_secs(60), ended).await;
+    assert_eq!(all.last().unwrap()["payload"], "finished");
+    // ...and once every entry is consumed, none of it is stored.
+    while backlog(&redis.url, &prefix).await > 0 {
+        assert!(start.elapsed() < DEADLINE, "entries left unconsumed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = events(&base, &fid).await;
+    assert_eq!(
+        after, all,
+        "nothing of the fenced attempt is stored after the retry's"
+    );
+    let seqs: Vec<u64> = after.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=after.len() as u64).collect::<Vec<_>>());
+    let marker = after.iter().position(|e| e["kind"] == "debug").unwrap();
+    let expected: Vec<String> = (1..=30).map(|i| format!("line {i}")).collect();
+    assert_eq!(
+        stdout_lines(&after[marker..]),
+        expected,
+        "only the retry's lines after its marker"
+    );
+}

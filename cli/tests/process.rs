@@ -180,7 +180,7 @@ async fn db_upgrade_and_help() {
     let cfg = write_config(dir.path(), "");
     // The first upgrade creates the schema and says so; the second has nothing to do.
     for expected in [
-        "applied 1 migration(s):\n  20261126000001 init",
+        "applied 2 migration(s):\n  20261126000001 init\n  20261201000001 fences",
         "nothing applied",
     ] {
         let out = runtime(
@@ -203,6 +203,7 @@ async fn db_upgrade_and_help() {
         &["run", "--help"],
         &["db", "upgrade", "--help"],
         &["spool", "--help"],
+        &["temporal-worker", "--help"],
         &["bench", "--help"],
     ] {
         let out = runtime(args, dir.path()).output().await.unwrap();

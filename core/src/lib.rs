@@ -186,6 +186,11 @@ pub struct Event {
     pub kind: Kind,
     /// JSON text of the payload.
     pub payload: String,
+    /// The attempt of a durable execution that wrote it (1, 2...; 0 in
+    /// direct mode). The store refuses events of an attempt older than the
+    /// one its execution was fenced for (see `Store::fence`).
+    #[serde(default)]
+    pub attempt: u32,
 }
 
 impl Event {
@@ -307,6 +312,7 @@ mod tests {
             ts: now_ts(),
             kind: Kind::Status,
             payload: json_text("killed"),
+            attempt: 0,
         };
         assert_eq!(e.status(), Some(Status::Killed));
         assert!(Status::Killed.is_final());

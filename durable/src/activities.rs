@@ -7,7 +7,7 @@
 
 use crate::workflow::{Close, KodoExecution, Launch};
 use futures::FutureExt;
-use kodo_actors::{Execution, Node, Outcome, Stop, Trace, TraceBook, drive};
+use kodo_actors::{Execution, Node, Outcome, Stop, Trace, TraceBook, Tracer, drive};
 use kodo_core::{Fid, Meta, Status};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -45,6 +45,10 @@ impl KodoActivities {
     ) -> Result<String, ActivityError> {
         let attempt = actx.info().attempt.max(1);
         let node = &self.node;
+        // Tells Temporal this attempt lives (also while it waits to begin),
+        // and how far it got.
+        let progress = Progress::default();
+        let _beats = beat(&actx, progress.clone());
         let fid = Fid::parse(&launch.fid).ok_or_else(|| non_retryable("bad fid".into()))?;
         let flow = node.flows().get(&launch.flow).ok_or_else(|| {
             non_retryable(format!(
@@ -61,8 +65,17 @@ impl KodoActivities {
         let (book, first) = if attempt == 1 {
             (TraceBook::new(max_payload), begin())
         } else {
-            match self.stored_now(&fid, &launch).await? {
-                Some((_, status)) if status.is_final() => return Ok(status.to_string()),
+            let stored = self.stored_now(&fid, &launch).await?;
+            if let Some((_, status)) = stored
+                && status.is_final()
+            {
+                return Ok(status.to_string());
+            }
+            // From here on the store refuses the older attempts' events: one
+            // that was only frozen, and wakes, cannot write among ours.
+            self.fence(&fid, attempt, stored.map_or(0, |(n, _)| n))
+                .await?;
+            match stored {
                 Some((stored, status)) => (
                     TraceBook::resume(max_payload, stored, status),
                     Trace::Retry(format!(
@@ -81,17 +94,7 @@ impl KodoActivities {
             inputs: launch.inputs.clone(),
             begin: first,
         };
-        // Tells Temporal this attempt lives, and how far it got.
-        let beats = {
-            let (actx, ctx) = (actx.clone(), ctx.clone());
-            tokio::spawn(async move {
-                loop {
-                    let _ = actx.record_heartbeat(ctx.tracer().published()).await;
-                    tokio::time::sleep(BEAT).await;
-                }
-            })
-        };
-        let _stop_beats = AbortOnDrop(beats);
+        progress.store(ctx.tracer().clone());
         let driven = AssertUnwindSafe(drive(execution)).catch_unwind();
         let mut driven = std::pin::pin!(driven);
         let mut killing = false;
@@ -137,20 +140,30 @@ impl KodoActivities {
     #[activity(name = "kodo_close")]
     pub async fn close(
         self: Arc<Self>,
-        _actx: ActivityContext,
+        actx: ActivityContext,
         close: Close,
     ) -> Result<String, ActivityError> {
+        let _beats = beat(&actx, Progress::default());
         let node = &self.node;
         let fid = Fid::parse(&close.launch.fid).ok_or_else(|| non_retryable("bad fid".into()))?;
         let max_payload = node.limits().max_payload;
-        let book = match self.stored_now(&fid, &close.launch).await? {
-            Some((_, status)) if status.is_final() => return Ok(status.to_string()),
+        let stored = self.stored_now(&fid, &close.launch).await?;
+        if let Some((_, status)) = stored
+            && status.is_final()
+        {
+            return Ok(status.to_string());
+        }
+        // After every attempt: none of them may write any more.
+        let after_all = close.launch.attempts.saturating_add(1);
+        self.fence(&fid, after_all, stored.map_or(0, |(n, _)| n))
+            .await?;
+        let book = match stored {
             Some((stored, status)) => TraceBook::resume(max_payload, stored, status),
             None => TraceBook::new(max_payload),
         };
         let fresh = book.next_seq() == 1;
         let flow = close.launch.flow.clone();
-        let ctx = node.context(fid, &flow, &close.launch.owner, book, 0);
+        let ctx = node.context(fid, &flow, &close.launch.owner, book, after_all);
         if fresh {
             let begin = Trace::Begin {
                 meta: meta(&close.launch, &self.task_queue),
@@ -175,6 +188,15 @@ impl KodoActivities {
 }
 
 impl KodoActivities {
+    /// Fences `fid` for `attempt`, which goes on after seq `stored`.
+    async fn fence(&self, fid: &Fid, attempt: u32, stored: u64) -> Result<(), ActivityError> {
+        self.node
+            .store()
+            .fence(fid, attempt, stored)
+            .await
+            .map_err(|e| retryable(format!("store: {e}")))
+    }
+
     /// The highest stored seq of `fid` and its status, once everything
     /// published before this call is stored (a lost attempt's events
     /// included); None when nothing of it is stored.
@@ -217,6 +239,31 @@ async fn kill_reason(actx: &ActivityContext) -> Option<String> {
         .await
         .ok()?
         .ok()?
+}
+
+/// The Tracer of an attempt, once it has one: what its heartbeats report.
+#[derive(Clone, Default)]
+struct Progress(Arc<std::sync::OnceLock<Arc<Tracer>>>);
+
+impl Progress {
+    fn store(&self, tracer: Arc<Tracer>) {
+        let _ = self.0.set(tracer);
+    }
+
+    fn published(&self) -> u64 {
+        self.0.get().map_or(0, |t| t.published())
+    }
+}
+
+/// Heartbeats every [`BEAT`] until the returned guard is dropped.
+fn beat(actx: &ActivityContext, progress: Progress) -> AbortOnDrop {
+    let actx = actx.clone();
+    AbortOnDrop(tokio::spawn(async move {
+        loop {
+            let _ = actx.record_heartbeat(progress.published()).await;
+            tokio::time::sleep(BEAT).await;
+        }
+    }))
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -58,6 +58,10 @@ impl<H: WriteHooks> Store for Hooked<H> {
     async fn claim_node(&self, node: &str) -> Result<NodeClaim, StoreError> {
         self.inner.claim_node(node).await
     }
+    async fn fence(&self, fid: &Fid, attempt: u32, stored: u64) -> Result<(), StoreError> {
+        self.inner.fence(fid, attempt, stored).await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }

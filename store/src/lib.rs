@@ -8,6 +8,7 @@
 //! `(fid, seq)` is already stored is ignored, which makes redelivery safe.
 
 mod claim;
+mod fence;
 mod hooked;
 mod postgres;
 mod sql;
@@ -166,6 +167,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Executions of `node` whose stored status is not final.
     async fn unfinished(&self, node: &str) -> Result<Vec<ExecutionRow>, StoreError>;
+
+    /// Fences durable execution `fid` for attempt `attempt`, which goes on
+    /// after seq `stored`: from now on [`Store::write`] refuses the events
+    /// of older attempts (a worker that was frozen past its heartbeat
+    /// timeout, then woke), and those stored after `stored` meanwhile are
+    /// deleted, the execution's row set back to what it was at `stored`.
+    async fn fence(&self, fid: &Fid, attempt: u32, stored: u64) -> Result<(), StoreError>;
 
     /// Claims node name `node` for this process until the claim is dropped
     /// or the process ends; [`StoreError::NodeTaken`] while another live

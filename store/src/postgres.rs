@@ -140,33 +140,38 @@ impl Store for PgStore {
         if self.pool.is_closed() {
             return Err(StoreError::Closed);
         }
-        let mut sorted: Vec<&Event> = events.iter().collect();
-        sorted.sort_unstable_by(|a, b| (a.fid.as_str(), a.seq).cmp(&(b.fid.as_str(), b.seq)));
-        let mut updates = summarize(events);
-        updates.sort_unstable_by(|a, b| a.fid.as_str().cmp(b.fid.as_str()));
-        let values: Vec<_> = updates.iter().map(|u| u.values()).collect();
-        sqlx::query(AssertSqlSafe(WRITE_SQL.as_str()))
-            .bind(sorted.iter().map(|e| e.fid.as_str()).collect::<Vec<_>>())
-            .bind(sorted.iter().map(|e| e.seq as i64).collect::<Vec<_>>())
-            .bind(sorted.iter().map(|e| e.ts).collect::<Vec<_>>())
-            .bind(sorted.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>())
-            .bind(
-                sorted
-                    .iter()
-                    .map(|e| e.payload.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(values.iter().map(|v| v.fid).collect::<Vec<_>>())
-            .bind(values.iter().map(|v| v.flow).collect::<Vec<_>>())
-            .bind(values.iter().map(|v| v.owner).collect::<Vec<_>>())
-            .bind(values.iter().map(|v| v.node).collect::<Vec<_>>())
-            .bind(values.iter().map(|v| v.status).collect::<Vec<_>>())
-            .bind(values.iter().map(|v| v.status_seq).collect::<Vec<_>>())
-            .bind(values.iter().map(|v| v.created).collect::<Vec<_>>())
-            .bind(values.iter().map(|v| v.updated).collect::<Vec<_>>())
-            .bind(values.iter().map(|v| v.events).collect::<Vec<_>>())
-            .execute(&self.pool)
+        if events.iter().any(|e| e.attempt > 0) {
+            // A durable attempt's events: checked against the fences in a
+            // transaction that holds each execution's fence lock (shared).
+            let mut tx = self.pool.begin().await?;
+            let mut fids: Vec<&str> = events.iter().map(|e| e.fid.as_str()).collect();
+            fids.sort_unstable();
+            fids.dedup();
+            for fid in fids {
+                sqlx::query("SELECT pg_advisory_xact_lock_shared($1, hashtext($2))")
+                    .bind(FENCE_LOCKS)
+                    .bind(fid)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let admitted = crate::fence::admitted::<sqlx::Postgres>(&mut tx, events).await?;
+            write_batch(&mut *tx, &admitted).await?;
+            tx.commit().await?;
+            return Ok(());
+        }
+        write_batch(&self.pool, events).await?;
+        Ok(())
+    }
+
+    async fn fence(&self, fid: &Fid, attempt: u32, stored: u64) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+            .bind(FENCE_LOCKS)
+            .bind(fid.as_str())
+            .execute(&mut *tx)
             .await?;
+        crate::fence::fence::<sqlx::Postgres>(&mut tx, fid, attempt, stored).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -205,4 +210,44 @@ impl Store for PgStore {
         tracing::debug!(url = %self.url, "closing postgres pool");
         self.pool.close().await;
     }
+}
+
+/// Lock class of the fence locks (`pg_advisory_xact_lock(class, hashtext(fid))`):
+/// a two-key lock, which never meets the node claims' one-key locks.
+const FENCE_LOCKS: i32 = 7_070;
+
+/// Writes one batch as one statement on `executor` (the pool, or a
+/// transaction): the events, then the executions rows they change.
+async fn write_batch<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    events: &[Event],
+) -> Result<(), StoreError> {
+    let mut sorted: Vec<&Event> = events.iter().collect();
+    sorted.sort_unstable_by(|a, b| (a.fid.as_str(), a.seq).cmp(&(b.fid.as_str(), b.seq)));
+    let mut updates = summarize(events);
+    updates.sort_unstable_by(|a, b| a.fid.as_str().cmp(b.fid.as_str()));
+    let values: Vec<_> = updates.iter().map(|u| u.values()).collect();
+    sqlx::query(AssertSqlSafe(WRITE_SQL.as_str()))
+        .bind(sorted.iter().map(|e| e.fid.as_str()).collect::<Vec<_>>())
+        .bind(sorted.iter().map(|e| e.seq as i64).collect::<Vec<_>>())
+        .bind(sorted.iter().map(|e| e.ts).collect::<Vec<_>>())
+        .bind(sorted.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>())
+        .bind(
+            sorted
+                .iter()
+                .map(|e| e.payload.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(values.iter().map(|v| v.fid).collect::<Vec<_>>())
+        .bind(values.iter().map(|v| v.flow).collect::<Vec<_>>())
+        .bind(values.iter().map(|v| v.owner).collect::<Vec<_>>())
+        .bind(values.iter().map(|v| v.node).collect::<Vec<_>>())
+        .bind(values.iter().map(|v| v.status).collect::<Vec<_>>())
+        .bind(values.iter().map(|v| v.status_seq).collect::<Vec<_>>())
+        .bind(values.iter().map(|v| v.created).collect::<Vec<_>>())
+        .bind(values.iter().map(|v| v.updated).collect::<Vec<_>>())
+        .bind(values.iter().map(|v| v.events).collect::<Vec<_>>())
+        .execute(executor)
+        .await?;
+    Ok(())
 }

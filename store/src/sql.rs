@@ -149,6 +149,7 @@ where
             .parse()
             .map_err(|e: kodo_core::UnknownName| StoreError::Corrupt(e.to_string()))?,
         payload: row.try_get("payload")?,
+        attempt: 0,
     })
 }
 
@@ -191,17 +192,34 @@ enum Bind<'a> {
 pub(crate) trait SqlBackend: sqlx::Database {
     /// The n-th placeholder (1-based) in this backend's SQL.
     fn placeholder(n: usize) -> String;
+    /// The two-argument maximum (`max` in SQLite, `greatest` in PostgreSQL).
+    fn greatest() -> &'static str;
+    /// What a SELECT adds to lock the rows it read until the transaction
+    /// ends (nothing in SQLite: one writer at a time).
+    fn lock_rows() -> &'static str;
 }
 
 impl SqlBackend for sqlx::Sqlite {
     fn placeholder(_: usize) -> String {
         "?".into()
     }
+    fn greatest() -> &'static str {
+        "max"
+    }
+    fn lock_rows() -> &'static str {
+        ""
+    }
 }
 
 impl SqlBackend for sqlx::Postgres {
     fn placeholder(n: usize) -> String {
         format!("${n}")
+    }
+    fn greatest() -> &'static str {
+        "greatest"
+    }
+    fn lock_rows() -> &'static str {
+        " FOR SHARE"
     }
 }
 

@@ -206,8 +206,9 @@ fn push_tuples(sql: &mut String, rows: usize, columns: usize) {
 /// Writes one batch in one transaction on `conn`: the events (ignoring
 /// those already stored), then the executions rows they change.
 async fn write_batch(conn: &mut SqliteConnection, events: &[Event]) -> Result<(), StoreError> {
-    let updates = summarize(events);
     let mut tx = conn.begin().await?;
+    let events = crate::fence::admitted::<sqlx::Sqlite>(&mut tx, events).await?;
+    let updates = summarize(&events);
     for chunk in events.chunks(ROWS_PER_STATEMENT) {
         let mut q = sqlx::query(AssertSqlSafe(insert_events_sql(chunk.len())));
         for e in chunk {
@@ -293,6 +294,30 @@ impl Store for SqliteStore {
 
     async fn unfinished(&self, node: &str) -> Result<Vec<ExecutionRow>, StoreError> {
         Reads::<sqlx::Sqlite>::unfinished(&self.reader, node).await
+    }
+
+    async fn fence(&self, fid: &Fid, attempt: u32, stored: u64) -> Result<(), StoreError> {
+        let mut slot = self.writer.lock().await;
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        let mut conn = match slot.take() {
+            Some(conn) => conn,
+            None => self.writer_options.connect().await?,
+        };
+        let fenced = async {
+            let mut tx = conn.begin().await?;
+            crate::fence::fence::<sqlx::Sqlite>(&mut tx, fid, attempt, stored).await?;
+            tx.commit().await?;
+            Ok::<_, StoreError>(())
+        }
+        .await;
+        if let Err(e) = fenced {
+            conn.close_hard().await.ok();
+            return Err(e);
+        }
+        *slot = Some(conn);
+        Ok(())
     }
 
     async fn claim_node(&self, node: &str) -> Result<NodeClaim, StoreError> {

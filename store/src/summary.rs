@@ -116,6 +116,7 @@ mod tests {
             ts: seq as f64,
             kind,
             payload,
+            attempt: 0,
         }
     }
 

@@ -97,6 +97,7 @@ conformance!(
     a_schema_behind_is_refused_until_upgraded,
     a_write_failing_midway_stores_nothing_and_the_next_one_really_commits,
     a_node_name_is_held_by_one_claim_at_a_time,
+    a_fence_refuses_an_older_attempt_and_deletes_what_it_stored_late,
 );
 
 fn meta_event(fid: &Fid, owner: &str, flow: &str) -> Event {
@@ -112,6 +113,7 @@ fn meta_event(fid: &Fid, owner: &str, flow: &str) -> Event {
         ts: 1.0,
         kind: Kind::Meta,
         payload: serde_json::to_string(&meta).unwrap(),
+        attempt: 0,
     }
 }
 
@@ -122,6 +124,7 @@ fn status(fid: &Fid, seq: u64, s: Status) -> Event {
         ts: seq as f64,
         kind: Kind::Status,
         payload: json_text(s.as_str()),
+        attempt: 0,
     }
 }
 
@@ -132,6 +135,7 @@ fn line(fid: &Fid, seq: u64) -> Event {
         ts: seq as f64,
         kind: Kind::Stdout,
         payload: json_text(&format!("line {seq}")),
+        attempt: 0,
     }
 }
 
@@ -358,6 +362,7 @@ async fn payloads_and_times_come_back_exactly(db: Db) {
         ts: 1_764_000_000.123_456_7,
         kind: Kind::Result,
         payload: odd.to_string(),
+        attempt: 0,
     });
     events.push(Event {
         fid: fid.clone(),
@@ -365,6 +370,7 @@ async fn payloads_and_times_come_back_exactly(db: Db) {
         ts: 1_764_000_000.123_456_8,
         kind: Kind::Stdout,
         payload: json_text(&"x".repeat(200_000)),
+        attempt: 0,
     });
     store.write(&events).await.unwrap();
     let back = store.events(&fid, &all(0)).await.unwrap();
@@ -377,12 +383,18 @@ async fn payloads_and_times_come_back_exactly(db: Db) {
 async fn a_schema_behind_is_refused_until_upgraded(db: Db) {
     let store = db.open().await;
     store.close().await;
-    // Make the database look like one an older build made: no migration recorded.
-    forget_migrations(&db.url).await;
+    // Make the database look like one the build before made: the latest
+    // migration (fences) neither recorded nor applied.
+    for sql in [
+        "DELETE FROM _sqlx_migrations WHERE version = 20261201000001",
+        "DROP TABLE fences",
+    ] {
+        run_sql(&db.url, sql).await;
+    }
     match db.open_with(&StoreOptions::default()).await {
         Err(StoreError::SchemaBehind {
-            applied: 0,
-            known: 1,
+            applied: 1,
+            known: 2,
             ..
         }) => {}
         Err(e) => panic!("wrong error {e}"),
@@ -396,17 +408,18 @@ async fn a_schema_behind_is_refused_until_upgraded(db: Db) {
         .to_string();
     assert!(err.contains("run `runtime db upgrade`"), "{err}");
     // An upgrade says what it applied; a second one has nothing to do.
-    forget_migrations_table(&db.url).await;
     let applied = kodo_store::upgrade(&db.url, &StoreOptions::default())
         .await
         .unwrap();
     assert_eq!(applied.len(), 1, "{applied:?}");
-    assert!(applied[0].1.contains("init"), "{applied:?}");
+    assert!(applied[0].1.contains("fences"), "{applied:?}");
     let again = kodo_store::upgrade(&db.url, &StoreOptions::default())
         .await
         .unwrap();
     assert!(again.is_empty(), "{again:?}");
-    db.open().await.close().await;
+    let store = db.open().await;
+    store.fence(&Fid::new(), 1, 0).await.unwrap();
+    store.close().await;
 }
 
 /// A write that fails in the middle of its batch (a trigger refuses one row
@@ -545,22 +558,6 @@ async fn stored_outside(url: &str, fid: &Fid) -> i64 {
             .unwrap();
         c.close().await.unwrap();
         n
-    }
-}
-
-/// Deletes the record of applied migrations (the tables stay).
-async fn forget_migrations(url: &str) {
-    run_sql(url, "DELETE FROM _sqlx_migrations").await;
-}
-
-/// Drops the tables so a real upgrade can apply the migration again.
-async fn forget_migrations_table(url: &str) {
-    for sql in [
-        "DROP TABLE _sqlx_migrations",
-        "DROP TABLE events",
-        "DROP TABLE executions",
-    ] {
-        run_sql(url, sql).await;
     }
 }
 
@@ -721,4 +718,72 @@ async fn postgres_a_claim_survives_its_connection_or_says_it_is_lost() {
     drop((claim, taken));
     a.close().await;
     b.close().await;
+}
+
+/// `e` as an event of durable attempt `attempt`.
+fn of_attempt(attempt: u32, e: Event) -> Event {
+    Event { attempt, ..e }
+}
+
+async fn a_fence_refuses_an_older_attempt_and_deletes_what_it_stored_late(db: Db) {
+    let store = db.open().await;
+    let fid = Fid::new();
+    let one = |e| of_attempt(1, e);
+    // Attempt 1 stores 4 events; the retry reads 4, but before it fences,
+    // attempt 1 (frozen, then woken) stores 5 and 6 late.
+    let first = vec![
+        one(meta_event(&fid, "ann", "f")),
+        one(status(&fid, 2, Status::Starting)),
+        one(status(&fid, 3, Status::Running)),
+        one(line(&fid, 4)),
+    ];
+    store.write(&first).await.unwrap();
+    store
+        .write(&[one(line(&fid, 5)), one(status(&fid, 6, Status::Finished))])
+        .await
+        .unwrap();
+    store.fence(&fid, 2, 4).await.unwrap();
+    let row = store.execution(&fid).await.unwrap().unwrap();
+    assert_eq!(
+        (row.status, row.events),
+        (Status::Running, 4),
+        "set back to seq 4"
+    );
+    // Attempt 1 goes on: refused, in a batch with an execution of direct
+    // mode, which is stored.
+    let other = Fid::new();
+    store
+        .write(&[
+            one(line(&fid, 5)),
+            one(line(&fid, 7)),
+            meta_event(&other, "bob", "g"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(store.event_count(&fid).await.unwrap(), 4);
+    assert_eq!(store.event_count(&other).await.unwrap(), 1);
+    // Attempt 2 numbers after 4; a lower fence later changes nothing.
+    let two = |e| of_attempt(2, e);
+    store
+        .write(&[two(line(&fid, 5)), two(status(&fid, 6, Status::Finished))])
+        .await
+        .unwrap();
+    store.fence(&fid, 1, 6).await.unwrap();
+    store.write(&[one(line(&fid, 7))]).await.unwrap();
+    let events = store.events(&fid, &all(0)).await.unwrap();
+    assert_eq!(
+        events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5, 6]
+    );
+    let row = store.execution(&fid).await.unwrap().unwrap();
+    assert_eq!((row.status, row.events), (Status::Finished, 6));
+    // A fence of an execution with nothing stored yet holds too.
+    let fresh = Fid::new();
+    store.fence(&fresh, 2, 0).await.unwrap();
+    store
+        .write(&[one(meta_event(&fresh, "ann", "f"))])
+        .await
+        .unwrap();
+    assert!(store.execution(&fresh).await.unwrap().is_none());
+    store.close().await;
 }

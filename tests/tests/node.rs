@@ -402,6 +402,7 @@ async fn a_restart_closes_leftovers_after_their_last_stored_event() {
                 ts: seq as f64,
                 kind,
                 payload,
+                attempt: 0,
             })
             .collect();
         (fid, events)

@@ -20,6 +20,7 @@ fn event(fid: &Fid, seq: u64) -> Event {
         ts: seq as f64 + 0.5,
         kind: Kind::Stdout,
         payload: json_text(&format!("line {seq} with spaces\nand a newline")),
+        attempt: 0,
     }
 }
 

@@ -202,6 +202,7 @@ mod tests {
             ts: 0.0,
             kind: Kind::Stdout,
             payload: json_text("0123456789"),
+            attempt: 0,
         })
         .collect()
     }

@@ -1,6 +1,6 @@
 //! The entry codec: one stream entry is one publish of one execution, field
-//! `fid` and then one field per event, named by its seq, valued
-//! `"{ts} {kind} {payload}"`.
+//! `fid`, field `attempt` for a durable attempt's events, and then one field
+//! per event, named by its seq, valued `"{ts} {kind} {payload}"`.
 //!
 //! Entries are read from the raw replies of XREADGROUP and XAUTOCLAIM here,
 //! not with redis-rs's typed stream replies: those fail a whole reply on one
@@ -97,8 +97,18 @@ pub(super) fn decode(entry: &Entry) -> Result<Vec<Event>, String> {
         .and_then(|(_, v)| std::str::from_utf8(v).ok())
         .and_then(Fid::parse)
         .ok_or_else(|| bad("no valid fid"))?;
+    let attempt = match fields.iter().find(|(k, _)| k == b"attempt") {
+        Some((_, v)) => std::str::from_utf8(v)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| bad("a bad attempt"))?,
+        None => 0,
+    };
     let mut events = Vec::with_capacity(fields.len() - 1);
-    for (k, v) in fields.iter().filter(|(k, _)| k != b"fid") {
+    for (k, v) in fields
+        .iter()
+        .filter(|(k, _)| k != b"fid" && k != b"attempt")
+    {
         let seq: u64 = std::str::from_utf8(k)
             .ok()
             .and_then(|k| k.parse().ok())
@@ -115,6 +125,7 @@ pub(super) fn decode(entry: &Entry) -> Result<Vec<Event>, String> {
             ts: ts.parse().map_err(|_| bad("bad ts"))?,
             kind: kind.parse::<Kind>().map_err(|_| bad("bad kind"))?,
             payload: payload.to_string(),
+            attempt,
         });
     }
     events.sort_by_key(|e| e.seq);
@@ -156,6 +167,7 @@ mod tests {
                 ts,
                 kind: Kind::Stdout,
                 payload: payload.into(),
+                attempt: 0,
             })
             .collect();
         let encoded = encode(events);

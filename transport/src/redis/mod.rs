@@ -251,6 +251,7 @@ impl Transport for RedisStreams {
             return Err(TransportError::Closed);
         }
         let fid = first.fid.clone();
+        let attempt = first.attempt;
         let cost = self.budget.cost(&events);
         self.budget.take(cost).await?;
         let fields = codec::encode(events);
@@ -258,6 +259,7 @@ impl Transport for RedisStreams {
         let out = Outgoing {
             shard: shard_of(&fid, self.shards.len()),
             fid,
+            attempt,
             fields,
             done,
             cost,

@@ -18,6 +18,8 @@ pub(super) const PIPELINE_MAX: usize = 512;
 pub(super) struct Outgoing {
     pub(super) shard: usize,
     pub(super) fid: Fid,
+    /// The durable attempt of its events (0: direct mode, no field).
+    pub(super) attempt: u32,
     pub(super) fields: Vec<(u64, String)>,
     pub(super) done: oneshot::Sender<()>,
     /// What it holds of the budget, given back once written.
@@ -46,6 +48,9 @@ pub(super) async fn write_loop(
                 .arg("*")
                 .arg("fid")
                 .arg(out.fid.as_str());
+            if out.attempt > 0 {
+                c.arg("attempt").arg(out.attempt);
+            }
             for (seq, value) in &out.fields {
                 c.arg(*seq).arg(value);
             }

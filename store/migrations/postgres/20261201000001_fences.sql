@@ -1,0 +1,6 @@
+-- The attempt each durable execution is fenced for: the store refuses the
+-- events of an older attempt (a worker that was frozen, then woke).
+CREATE TABLE fences (
+    fid     TEXT COLLATE "C" NOT NULL PRIMARY KEY,
+    attempt BIGINT  NOT NULL
+);
