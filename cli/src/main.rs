@@ -291,6 +291,11 @@ async fn temporal_worker(config: Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if config.transport.kind == TransportKind::Local {
+        tracing::warn!(
+            "this worker stores its events itself (transport.kind = \"local\"): nodes in other processes hear of them late (202 launches, slow live streams); use transport.kind = \"redis\""
+        );
+    }
     println!(
         "kodo temporal worker on {} (namespace {}, task queue {}) as node {}",
         temporal.options().address,

@@ -556,3 +556,78 @@ command = ["sh", "-c", "read -r x; i=1; while [ $i -le 30 ]; do echo \"line $i\"
         "only the retry's lines after its marker"
     );
 }
+
+/// A config of durable mode on this test's own task queue, with `extra`.
+fn durable_config(dir: &Path, extra: &str) -> std::path::PathBuf {
+    write_config(
+        dir,
+        &format!(
+            "[execution]\nmode = \"temporal\"\n[temporal]\naddress = \"{}\"\ntask_queue = \"{}\"\n\
+             heartbeat_timeout = 2\n{extra}\n[flows.chatty]\ncommand = [\"sh\", \"-c\", \
+             \"read -r x; i=1; while [ $i -le 30 ]; do echo \\\"line $i\\\"; i=$((i+1)); sleep 0.1; done\"]\n",
+            temporal_address(),
+            fresh("queue"),
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_run_does_not_close_its_durable_execution_which_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = durable_config(dir.path(), "attempts = 3");
+    let (mut node, base) = start(&config, dir.path()).await;
+    let fid = post(&base, "/flows/chatty/executions", json!({})).await["fid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    events_until(&base, &fid, DEADLINE, |e| stdout_lines(e).len() >= 5).await;
+    node.start_kill().unwrap();
+    node.wait().await.unwrap();
+    // The same node again: it closes nothing durable; its worker takes the
+    // attempt over once the heartbeat timeout passed.
+    let (_node, base) = start(&config, dir.path()).await;
+    let all = events_until(&base, &fid, Duration::from_secs(60), ended).await;
+    assert_eq!(all.last().unwrap()["payload"], "finished", "{all:?}");
+    assert!(
+        !all.iter().any(|e| e["payload"] == "node restarted"),
+        "a node's restart does not close a durable execution"
+    );
+    let seqs: Vec<u64> = all.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=all.len() as u64).collect::<Vec<_>>());
+    let marker = all.iter().position(|e| e["kind"] == "debug").unwrap();
+    let expected: Vec<String> = (1..=30).map(|i| format!("line {i}")).collect();
+    assert_eq!(stdout_lines(&all[marker..]), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_last_attempt_is_lost_the_execution_ends_in_error_with_the_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = ScriptServer::redis(dir.path());
+    // Workers in processes of their own: the nodes hear of their commits
+    // through Redis.
+    let config = durable_config(
+        dir.path(),
+        &format!(
+            "attempts = 1\nworker = false\n[transport]\nkind = \"redis\"\nurl = \"{}\"\nprefix = \"{}\"\nblock = 0.1\n",
+            redis.url,
+            fresh("last")
+        ),
+    );
+    let (_node, base) = start(&config, dir.path()).await;
+    let (mut a, _) = start_worker(&config, dir.path(), "worker-a").await;
+    let fid = post(&base, "/flows/chatty/executions", json!({})).await["fid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    events_until(&base, &fid, DEADLINE, |e| stdout_lines(e).len() >= 3).await;
+    a.start_kill().unwrap();
+    a.wait().await.unwrap();
+    // Another worker records the end: there is no attempt left.
+    let (_b, _) = start_worker(&config, dir.path(), "worker-b").await;
+    let all = events_until(&base, &fid, Duration::from_secs(60), ended).await;
+    assert_eq!(all.last().unwrap()["payload"], "error", "{all:?}");
+    let error = all.iter().rev().find(|e| e["kind"] == "error").unwrap();
+    let why = error["payload"].as_str().unwrap();
+    assert!(why.starts_with("gave up after 1 attempt(s):"), "{why}");
+    assert!(!all.iter().any(|e| e["kind"] == "debug"), "never retried");
+}

@@ -121,3 +121,26 @@ async fn a_kill_reaches_a_durable_execution_and_ends_it_killed() {
     let report = api.running.shutdown("test over").await;
     assert!(report.all_stored(), "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_that_fails_on_its_own_is_not_retried() {
+    let fails = FlowDef::rust("fails", |ctx: Ctx, _| async move {
+        ctx.debug("trying").await?;
+        Err::<Value, _>("no luck".into())
+    });
+    let cmd = "[flows.exits]\ncommand = [\"sh\", \"-c\", \"read -r x; echo oops >&2; exit 3\"]\n";
+    let api = TestApi::start(&durable_config(cmd), vec![fails]).await;
+    let node = api.running.node();
+    for (flow, why) in [("fails", "no luck"), ("exits", "exited with code 3: oops")] {
+        let fid = api.launch(flow).await;
+        assert_eq!(wait_final(node, &fid).await, Status::Error);
+        let events = stored_events(node.store(), &fid).await;
+        check_log(&events).unwrap();
+        assert_eq!(payloads(&events, Kind::Error), [json!(why)], "{flow}");
+        let retried = payloads(&events, Kind::Debug)
+            .iter()
+            .any(|d| d.as_str().is_some_and(|d| d.starts_with("attempt ")));
+        assert!(!retried, "{flow} was retried");
+    }
+    api.running.shutdown("test over").await;
+}
