@@ -13,6 +13,7 @@
 //! Latencies are measured by a wrapper around the real store that notes,
 //! after each commit, how long ago each event was stamped by its Tracer.
 
+mod durable;
 mod raw;
 mod scenarios;
 mod setup;
@@ -68,6 +69,11 @@ pub struct BenchArgs {
     /// bench; 0 runs the Spoolers inside the bench's node.
     #[arg(long, default_value_t = 0)]
     pub spool_processes: usize,
+    /// A Temporal server (`HOST:PORT`, namespace `default`) for the
+    /// `temporal` scenario: durable mode beside direct mode, and a raw loop
+    /// of the same server.
+    #[arg(long)]
+    pub temporal: Option<String>,
 }
 
 impl std::fmt::Debug for BenchArgs {
@@ -89,6 +95,7 @@ pub async fn run(args: BenchArgs) -> ExitCode {
         "latency",
         "launch",
         "output",
+        "temporal",
         "waiting",
     ];
     if let Some(bad) = args.only.iter().find(|c| !all.contains(&c.as_str())) {
@@ -143,6 +150,7 @@ pub async fn run(args: BenchArgs) -> ExitCode {
             "latency" => scenarios::latency(&args, &mut report).await,
             "launch" => scenarios::launch(&args, &mut report).await,
             "output" => scenarios::output(&args, &mut report).await,
+            "temporal" => durable::temporal(&args, &mut report).await,
             _ => scenarios::waiting(&args, &mut report).await,
         };
         if let Err(e) = result {

@@ -122,6 +122,18 @@ pub(crate) fn flows(args: &BenchArgs) -> Flows {
             Ok(Value::Null)
         },
     ));
+    flows.add(FlowDef::rust(
+        "gated",
+        |ctx: Ctx, inputs: Value| async move {
+            let n = inputs["n"].as_u64().unwrap_or(100) as usize;
+            let mut go = GATE.subscribe();
+            let _ = go.wait_for(|open| *open).await;
+            for i in 0..n {
+                ctx.emit(Kind::Debug, &payload(i)).await?;
+            }
+            Ok(Value::Null)
+        },
+    ));
     flows.add(FlowDef::rust("noop", |_ctx: Ctx, _| async move {
         Ok(Value::Null)
     }));
@@ -140,12 +152,18 @@ pub(crate) fn flows(args: &BenchArgs) -> Flows {
     flows
 }
 
+/// Opened once every `gated` execution runs: they then emit all at once.
+pub(crate) static GATE: std::sync::LazyLock<tokio::sync::watch::Sender<bool>> =
+    std::sync::LazyLock::new(|| tokio::sync::watch::channel(false).0);
+
 pub(crate) struct Bench {
     pub(crate) node: Arc<Node>,
     pub(crate) store: SharedStore,
     pub(crate) timing: Arc<Timing>,
     /// `runtime spool` children (their commits bypass `timing`).
     pub(crate) spoolers: Vec<tokio::process::Child>,
+    /// The Temporal worker this bench's node hosts (durable mode).
+    pub(crate) worker: Option<kodo_durable::TemporalWorker>,
     pub(crate) _dir: Option<tempfile::TempDir>,
 }
 
@@ -170,6 +188,9 @@ impl Bench {
     }
 
     pub(crate) async fn end(mut self) {
+        if let Some(worker) = self.worker.take() {
+            worker.shutdown().await;
+        }
         self.node.shutdown("bench over").await;
         for child in &mut self.spoolers {
             if let Some(pid) = child.id() {
@@ -223,6 +244,15 @@ pub(crate) async fn spawn_spoolers(
 }
 
 pub(crate) async fn fresh(args: &BenchArgs, name: &str) -> Result<Bench, String> {
+    fresh_with(args, name, None).await
+}
+
+/// [`fresh`], with executions run through `backend` (default: direct).
+pub(crate) async fn fresh_with(
+    args: &BenchArgs,
+    name: &str,
+    backend: Option<kodo_actors::SharedBackend>,
+) -> Result<Bench, String> {
     let (dir, tmp) = match &args.dir {
         Some(d) => (d.join(name), None),
         None => {
@@ -269,12 +299,15 @@ pub(crate) async fn fresh(args: &BenchArgs, name: &str) -> Result<Bench, String>
             }
             None => (LocalQueue::new(args.shards, 64 << 20), Solo::shared()),
         };
-    let options = NodeOptions {
+    let mut options = NodeOptions {
         max_live: args.waiting.max(args.executions) + 1000,
         shutdown_wait: Duration::from_secs(120),
         spoolers: spoolers.is_empty(),
         ..NodeOptions::default()
     };
+    if let Some(backend) = backend {
+        options.backend = backend;
+    }
     let node = Node::start(store.clone(), transport, cluster, flows(args), options)
         .await
         .map_err(|e| e.to_string())?;
@@ -284,6 +317,7 @@ pub(crate) async fn fresh(args: &BenchArgs, name: &str) -> Result<Bench, String>
         timing,
         spoolers,
         _dir: tmp,
+        worker: None,
     })
 }
 

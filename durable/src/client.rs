@@ -115,6 +115,11 @@ impl Temporal {
         }
     }
 
+    /// The client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// The options.
     pub fn options(&self) -> &TemporalOptions {
         &self.options

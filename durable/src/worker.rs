@@ -35,6 +35,30 @@ impl TemporalWorker {
     /// Starts a worker on `temporal`'s task queue whose activities run
     /// flows on `node`. Call from within the node's tokio runtime.
     pub fn start(temporal: Arc<Temporal>, node: Arc<Node>) -> Result<Self, DurableError> {
+        let client = temporal.client.clone();
+        let queue = temporal.options.task_queue.clone();
+        Self::host(move |sdk| {
+            let options = WorkerOptions::new(queue.clone())
+                .register_workflow::<KodoExecution>()
+                .map_err(|e| e.to_string())?
+                .register_activities(KodoActivities {
+                    node,
+                    task_queue: queue,
+                })
+                .graceful_shutdown_period(GIVE_BACK_AFTER)
+                .max_heartbeat_throttle_interval(Duration::from_secs(1))
+                .default_heartbeat_throttle_interval(Duration::from_secs(1))
+                .build();
+            Worker::new(sdk, client, options).map_err(|e| e.to_string())
+        })
+    }
+
+    /// Hosts the worker `build` makes on a thread of its own, inside the
+    /// current tokio runtime (also for other workflows than kodo's: the
+    /// bench's raw loop).
+    pub fn host(
+        build: impl FnOnce(&Runtime) -> Result<Worker, String> + Send + 'static,
+    ) -> Result<Self, DurableError> {
         let runtime = tokio::runtime::Handle::current();
         let (ready, started) = std::sync::mpsc::channel::<Result<ShutdownHandle, String>>();
         let thread = std::thread::Builder::new()
@@ -43,24 +67,8 @@ impl TemporalWorker {
                 runtime.block_on(async move {
                     // The SDK's runtime, alive as long as the worker.
                     let sdk = Runtime::from_current_tokio(RuntimeOptions::default());
-                    let setup = |sdk: &Runtime| -> Result<Worker, String> {
-                        let queue = temporal.options.task_queue.clone();
-                        let options = WorkerOptions::new(queue.clone())
-                            .register_workflow::<KodoExecution>()
-                            .map_err(|e| e.to_string())?
-                            .register_activities(KodoActivities {
-                                node,
-                                task_queue: queue,
-                            })
-                            .graceful_shutdown_period(GIVE_BACK_AFTER)
-                            .max_heartbeat_throttle_interval(Duration::from_secs(1))
-                            .default_heartbeat_throttle_interval(Duration::from_secs(1))
-                            .build();
-                        Worker::new(sdk, temporal.client.clone(), options)
-                            .map_err(|e| e.to_string())
-                    };
                     let worker = match &sdk {
-                        Ok(sdk) => setup(sdk),
+                        Ok(sdk) => build(sdk),
                         Err(e) => Err(e.to_string()),
                     };
                     let mut worker = match worker {
