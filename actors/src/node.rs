@@ -358,6 +358,11 @@ impl Node {
         &self.options.limits
     }
 
+    /// The most executions this node runs at once.
+    pub fn max_running(&self) -> usize {
+        self.options.max_live
+    }
+
     /// Answers an open lock.
     pub fn answer_lock(&self, fid: &Fid, lid: &str, answer: Value) -> Result<(), AnswerError> {
         self.locks.answer(fid, lid, answer)

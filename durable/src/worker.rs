@@ -11,6 +11,7 @@ use kodo_actors::Node;
 use std::sync::Arc;
 use std::time::Duration;
 use temporalio_sdk::runtime::RuntimeOptions;
+use temporalio_sdk::runtime::worker_tuner::{FixedSizeSlotSupplier, TunerHolder};
 use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 
 /// How long a stopping worker lets its activities finish before it gives
@@ -37,6 +38,16 @@ impl TemporalWorker {
     pub fn start(temporal: Arc<Temporal>, node: Arc<Node>) -> Result<Self, DurableError> {
         let client = temporal.client.clone();
         let queue = temporal.options.task_queue.clone();
+        // An attempt occupies an activity slot for as long as its flow runs:
+        // as many slots as the node runs executions (the SDK's default, 100,
+        // would hold every later execution back, unseen, in the queue).
+        let slots = node.max_running().max(1);
+        let tuner = TunerHolder::builder()
+            .workflow_task_slot_supplier(FixedSizeSlotSupplier::new(100))
+            .activity_task_slot_supplier(FixedSizeSlotSupplier::new(slots))
+            .local_activity_task_slot_supplier(FixedSizeSlotSupplier::new(100))
+            .nexus_task_slot_supplier(FixedSizeSlotSupplier::new(100))
+            .build();
         Self::host(move |sdk| {
             let options = WorkerOptions::new(queue.clone())
                 .register_workflow::<KodoExecution>()
@@ -45,6 +56,7 @@ impl TemporalWorker {
                     node,
                     task_queue: queue,
                 })
+                .tuner(tuner)
                 .graceful_shutdown_period(GIVE_BACK_AFTER)
                 .max_heartbeat_throttle_interval(Duration::from_secs(1))
                 .default_heartbeat_throttle_interval(Duration::from_secs(1))
