@@ -1,14 +1,21 @@
 //! The activities of `kodo_execution`: `kodo_run` runs one attempt of the
 //! flow on this worker's node, `kodo_close` records an end the attempts
-//! could not record. Both number their events after what the store holds
-//! once everything published before them is stored.
+//! could not record.
+//!
+//! Before its first event an attempt settles (what earlier attempts
+//! published reaches the store), then fences the execution in the store,
+//! which from then on refuses older attempts' events and answers what is
+//! stored: the attempt numbers its events after that. It heartbeats from
+//! its first instant, and gives itself back to Temporal if cancelled
+//! before its flow started.
 
 #![allow(unreachable_pub, missing_docs)]
 
-use crate::workflow::{Close, KodoExecution, Launch};
+use crate::workflow::{Close, Ending, KodoExecution, Launch, Ran};
 use futures::FutureExt;
 use kodo_actors::{Execution, Node, Outcome, Stop, Trace, TraceBook, Tracer, drive};
 use kodo_core::{Fid, Meta, Status};
+use kodo_store::StoreError;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +42,14 @@ fn retryable(why: String) -> ActivityError {
     ActivityError::application(ApplicationFailure::new(why))
 }
 
+/// Where an attempt starts.
+enum Start {
+    /// The execution has its final status already.
+    Ended(Status),
+    /// Numbering goes on from this book, beginning with this request.
+    Go(TraceBook, Trace),
+}
+
 #[activities]
 impl KodoActivities {
     #[activity(name = "kodo_run")]
@@ -42,7 +57,7 @@ impl KodoActivities {
         self: Arc<Self>,
         actx: ActivityContext,
         launch: Launch,
-    ) -> Result<String, ActivityError> {
+    ) -> Result<Ran, ActivityError> {
         let attempt = actx.info().attempt.max(1);
         let node = &self.node;
         // Tells Temporal this attempt lives (also while it waits to begin),
@@ -57,44 +72,25 @@ impl KodoActivities {
                 node.name()
             ))
         })?;
-        let max_payload = node.limits().max_payload;
-        let begin = || Trace::Begin {
-            meta: meta(&launch, &self.task_queue),
-            inputs: launch.inputs.to_string(),
+        // Nothing is published before the flow starts: a cancel (the worker
+        // stops) gives the attempt back at no cost.
+        let start = tokio::select! {
+            start = self.start(&actx, &fid, &launch, attempt) => start?,
+            _ = actx.cancelled() => return Err(ActivityError::cancelled()),
         };
-        let (book, first) = if attempt == 1 {
-            (TraceBook::new(max_payload), begin())
-        } else {
-            let stored = self.stored_now(&fid, &launch).await?;
-            if let Some((_, status)) = stored
-                && status.is_final()
-            {
-                return Ok(status.to_string());
-            }
-            // From here on the store refuses the older attempts' events: one
-            // that was only frozen, and wakes, cannot write among ours.
-            self.fence(&fid, attempt, stored.map_or(0, |(n, _)| n))
-                .await?;
-            match stored {
-                Some((stored, status)) => (
-                    TraceBook::resume(max_payload, stored, status),
-                    Trace::Retry(format!(
-                        "attempt {attempt} of {}: the previous attempt was lost (its worker died or stopped answering)",
-                        launch.attempts
-                    )),
-                ),
-                None => (TraceBook::new(max_payload), begin()),
-            }
+        let (book, first) = match start {
+            Start::Ended(status) => return Ok(Ran::recorded(status)),
+            Start::Go(book, first) => (book, first),
         };
         tracing::info!(%fid, flow = %flow.name, attempt, "durable attempt starts");
         let ctx = node.context(fid.clone(), &flow.name, &launch.owner, book, attempt);
+        progress.store(ctx.tracer().clone());
         let execution = Execution {
             ctx: ctx.clone(),
             flow,
             inputs: launch.inputs.clone(),
             begin: first,
         };
-        progress.store(ctx.tracer().clone());
         let driven = AssertUnwindSafe(drive(execution)).catch_unwind();
         let mut driven = std::pin::pin!(driven);
         let mut killing = false;
@@ -113,28 +109,25 @@ impl KodoActivities {
                 },
             }
         };
-        let outcome = match outcome {
-            Ok(outcome) => outcome,
-            Err(panic) => {
-                let why = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic".into());
-                let outcome = Outcome::Failed(format!("flow panicked: {why}"));
-                ctx.tracer()
-                    .trace(Trace::Finish(outcome.clone()))
-                    .await
-                    .map_err(|e| retryable(e.to_string()))?;
-                outcome
-            }
-        };
-        Ok(match outcome {
-            Outcome::Finished(_) => Status::Finished,
-            Outcome::Failed(_) => Status::Error,
-            Outcome::Killed(_) => Status::Killed,
-        }
-        .to_string())
+        let outcome = outcome.unwrap_or_else(|panic| {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            Outcome::Failed(format!("flow panicked: {why}"))
+        });
+        // `drive` only logs an end it could not record: make sure it is,
+        // or have the workflow record it (ignored once it is recorded).
+        Ok(
+            match ctx.tracer().trace(Trace::Finish(outcome.clone())).await {
+                Ok(_) => Ran::recorded(ending_of(&outcome).0),
+                Err(e) => {
+                    tracing::warn!(%fid, error = %e, "the end of a durable attempt is left to kodo_close");
+                    Ran::unrecorded(&outcome)
+                }
+            },
+        )
     }
 
     #[activity(name = "kodo_close")]
@@ -146,75 +139,151 @@ impl KodoActivities {
         let _beats = beat(&actx, Progress::default());
         let node = &self.node;
         let fid = Fid::parse(&close.launch.fid).ok_or_else(|| non_retryable("bad fid".into()))?;
-        let max_payload = node.limits().max_payload;
-        let stored = self.stored_now(&fid, &close.launch).await?;
-        if let Some((_, status)) = stored
-            && status.is_final()
-        {
-            return Ok(status.to_string());
-        }
         // After every attempt: none of them may write any more.
         let after_all = close.launch.attempts.saturating_add(1);
-        self.fence(&fid, after_all, stored.map_or(0, |(n, _)| n))
-            .await?;
-        let book = match stored {
-            Some((stored, status)) => TraceBook::resume(max_payload, stored, status),
-            None => TraceBook::new(max_payload),
+        let start = tokio::select! {
+            start = self.start(&actx, &fid, &close.launch, after_all) => start?,
+            _ = actx.cancelled() => return Err(ActivityError::cancelled()),
         };
-        let fresh = book.next_seq() == 1;
+        let (book, first) = match start {
+            Start::Ended(status) => return Ok(status.to_string()),
+            Start::Go(book, first) => (book, first),
+        };
         let flow = close.launch.flow.clone();
         let ctx = node.context(fid, &flow, &close.launch.owner, book, after_all);
-        if fresh {
-            let begin = Trace::Begin {
-                meta: meta(&close.launch, &self.task_queue),
-                inputs: close.launch.inputs.to_string(),
-            };
+        if matches!(first, Trace::Begin { .. }) {
             ctx.tracer()
-                .trace(begin)
+                .trace(first)
                 .await
                 .map_err(|e| retryable(e.to_string()))?;
         }
-        let (status, outcome) = if close.killed {
-            (Status::Killed, Outcome::Killed(close.reason))
-        } else {
-            (Status::Error, Outcome::Failed(close.reason))
-        };
+        let outcome = close.ending.outcome();
         ctx.tracer()
-            .trace(Trace::Finish(outcome))
+            .trace(Trace::Finish(outcome.clone()))
             .await
             .map_err(|e| retryable(e.to_string()))?;
-        Ok(status.to_string())
+        Ok(ending_of(&outcome).0.to_string())
     }
 }
 
 impl KodoActivities {
-    /// Fences `fid` for `attempt`, which goes on after seq `stored`.
-    async fn fence(&self, fid: &Fid, attempt: u32, stored: u64) -> Result<(), ActivityError> {
-        self.node
-            .store()
-            .fence(fid, attempt, stored)
-            .await
-            .map_err(|e| retryable(format!("store: {e}")))
-    }
-
-    /// The highest stored seq of `fid` and its status, once everything
-    /// published before this call is stored (a lost attempt's events
-    /// included); None when nothing of it is stored.
-    async fn stored_now(
+    /// Where attempt `attempt` starts: everything earlier attempts
+    /// published is stored first (as far as it can be), then the store is
+    /// fenced for this attempt and says what it holds.
+    async fn start(
         &self,
+        actx: &ActivityContext,
         fid: &Fid,
         launch: &Launch,
-    ) -> Result<Option<(u64, Status)>, ActivityError> {
-        let wait = Duration::from_millis(launch.heartbeat_ms).max(Duration::from_secs(10));
-        if !self.node.settle(wait).await {
-            // Nothing stores events now: numbering could reuse a seq.
-            return Err(retryable(format!(
-                "events published before this attempt are not all stored after {wait:?}"
-            )));
+        attempt: u32,
+    ) -> Result<Start, ActivityError> {
+        let node = &self.node;
+        let max_payload = node.limits().max_payload;
+        if attempt > 1 {
+            self.settle(launch).await;
+            // What the previous attempt reported last (its heartbeat) is
+            // stored, unless its process died with it (in-process queue).
+            let reported: Option<u64> = actx.heartbeat_details().deserialize().ok().flatten();
+            if let Some(seq) = reported {
+                self.caught_up(fid, seq).await;
+            }
         }
-        match self.node.store().execution(fid).await {
-            Ok(row) => Ok(row.map(|row| (row.events, row.status))),
-            Err(e) => Err(retryable(format!("store: {e}"))),
+        let mut backoff = Duration::from_millis(100);
+        let stored = loop {
+            match node.store().fence(fid, attempt).await {
+                Ok(stored) => break stored,
+                // A newer attempt runs: this one is over.
+                Err(StoreError::Superseded { .. }) => return Err(ActivityError::cancelled()),
+                Err(e) => {
+                    tracing::warn!(%fid, error = %e, retry_in = ?backoff, "cannot fence a durable execution yet");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        let begin = || Trace::Begin {
+            meta: meta(launch, &self.task_queue),
+            inputs: launch.inputs.to_string(),
+        };
+        Ok(match stored {
+            Some((_, status)) if status.is_final() => Start::Ended(status),
+            Some((stored, status)) => Start::Go(
+                TraceBook::resume(max_payload, stored, status),
+                Trace::Retry(format!(
+                    "attempt {attempt} of {}: the previous attempt was lost (its worker died or stopped answering)",
+                    launch.attempts
+                )),
+            ),
+            None => Start::Go(TraceBook::new(max_payload), begin()),
+        })
+    }
+
+    /// Waits until everything published before is stored and acknowledged
+    /// (a dead spooler's entries claimed): as long as it takes, saying so.
+    async fn settle(&self, launch: &Launch) {
+        let wait = Duration::from_millis(launch.heartbeat_ms).max(Duration::from_secs(10));
+        while !self.node.settle(wait).await {
+            tracing::warn!(
+                ?wait,
+                "events published before this attempt are not all stored yet; waiting on"
+            );
+        }
+    }
+
+    /// Waits (up to 10 s) until the store holds `fid`'s events up to `seq`.
+    async fn caught_up(&self, fid: &Fid, seq: u64) {
+        let mut committed = self.node.hub().subscribe(fid);
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let row = self.node.store().execution(fid).await;
+            if row.is_ok_and(|row| row.is_some_and(|row| row.events >= seq)) {
+                return;
+            }
+            if tokio::time::Instant::now() >= until {
+                tracing::warn!(%fid, seq, "the previous attempt's last events are not stored; going on after what is");
+                return;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(200), committed.until(seq)).await;
+        }
+    }
+}
+
+/// `finished`, `error` or `killed`, and the text that goes with it.
+fn ending_of(outcome: &Outcome) -> (Status, String) {
+    match outcome {
+        Outcome::Finished(result) => (Status::Finished, result.clone()),
+        Outcome::Failed(why) => (Status::Error, why.clone()),
+        Outcome::Killed(why) => (Status::Killed, why.clone()),
+    }
+}
+
+impl Ran {
+    fn recorded(status: Status) -> Self {
+        Self {
+            status: status.to_string(),
+            unrecorded: None,
+        }
+    }
+
+    fn unrecorded(outcome: &Outcome) -> Self {
+        let (status, text) = ending_of(outcome);
+        Self {
+            status: status.to_string(),
+            unrecorded: Some(Ending {
+                status: status.to_string(),
+                text,
+            }),
+        }
+    }
+}
+
+impl Ending {
+    /// The outcome this ending records.
+    fn outcome(&self) -> Outcome {
+        match self.status.as_str() {
+            "finished" => Outcome::Finished(self.text.clone()),
+            "killed" => Outcome::Killed(self.text.clone()),
+            _ => Outcome::Failed(self.text.clone()),
         }
     }
 }

@@ -84,10 +84,7 @@ impl ExecutionBackend for TemporalBackend {
             inputs: execution.inputs,
             attempts: options.attempts,
             heartbeat_ms: options.heartbeat_timeout.as_millis() as u64,
-            attempt_ms: options
-                .execution_timeout
-                .unwrap_or(Duration::from_secs(365 * 86400))
-                .as_millis() as u64,
+            timeout_ms: options.execution_timeout.map(|t| t.as_millis() as u64),
         };
         let start = WorkflowStartOptions::new(
             options.task_queue.clone(),
@@ -95,7 +92,6 @@ impl ExecutionBackend for TemporalBackend {
         )
         .id_conflict_policy(WorkflowIdConflictPolicy::Fail)
         .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
-        .maybe_execution_timeout(options.execution_timeout)
         .build();
         let started = self
             .temporal

@@ -42,6 +42,14 @@ impl TemporalWorker {
         // as many slots as the node runs executions (the SDK's default, 100,
         // would hold every later execution back, unseen, in the queue).
         let slots = node.max_running().max(1);
+        // Heartbeats carry kills (a cancel in the answer): often enough for a
+        // kill to land within seconds, rarely enough for a Temporal server
+        // to take one per running execution (0.4 x the timeout, 0.5-5 s).
+        let throttle = temporal
+            .options
+            .heartbeat_timeout
+            .mul_f64(0.4)
+            .clamp(Duration::from_millis(500), Duration::from_secs(5));
         let tuner = TunerHolder::builder()
             .workflow_task_slot_supplier(FixedSizeSlotSupplier::new(100))
             .activity_task_slot_supplier(FixedSizeSlotSupplier::new(slots))
@@ -58,8 +66,8 @@ impl TemporalWorker {
                 })
                 .tuner(tuner)
                 .graceful_shutdown_period(GIVE_BACK_AFTER)
-                .max_heartbeat_throttle_interval(Duration::from_secs(1))
-                .default_heartbeat_throttle_interval(Duration::from_secs(1))
+                .max_heartbeat_throttle_interval(throttle)
+                .default_heartbeat_throttle_interval(throttle)
                 .build();
             Worker::new(sdk, client, options).map_err(|e| e.to_string())
         })

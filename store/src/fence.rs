@@ -1,8 +1,8 @@
 //! Fences of durable executions: once attempt `k` of an execution began,
 //! the events of its older attempts are refused. The same statements on
 //! both backends (each with its placeholders), run inside the caller's
-//! transaction: the write that filters and the fence that deletes cannot
-//! interleave (SQLite has one writer; PostgreSQL locks the execution's
+//! transaction: the write that filters and the fence that reads what is
+//! stored cannot interleave (SQLite has one writer; PostgreSQL locks the execution's
 //! fence row, or an advisory lock for a fid not fenced yet).
 
 use crate::StoreError;
@@ -71,15 +71,15 @@ where
     Ok(Cow::Owned(kept))
 }
 
-/// Fences `fid` for `attempt` (never lowering an earlier fence), deletes
-/// its events after seq `stored` (stored late by an older attempt), and
-/// sets its row back to what it was at `stored`.
+/// Fences `fid` for `attempt`: refuses when a newer attempt fenced it
+/// already ([`StoreError::Superseded`]), else records the fence and returns
+/// what is stored of the execution now (its highest seq and status), which
+/// no older attempt can add to any more.
 pub(crate) async fn fence<DB>(
     conn: &mut DB::Connection,
     fid: &Fid,
     attempt: u32,
-    stored: u64,
-) -> Result<(), StoreError>
+) -> Result<Option<(u64, Status)>, StoreError>
 where
     DB: SqlBackend,
     <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
@@ -91,54 +91,47 @@ where
     for<'r> i64: Decode<'r, DB> + Type<DB>,
 {
     let p = DB::placeholder;
+    let current = format!(
+        "SELECT attempt FROM fences WHERE fid = {}{}",
+        p(1),
+        DB::lock_rows()
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(current))
+        .bind(fid.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
+    if let Some(row) = row {
+        let fenced: i64 = row.try_get("attempt")?;
+        if fenced > i64::from(attempt) {
+            return Err(StoreError::Superseded {
+                fid: fid.to_string(),
+                attempt: fenced.max(0) as u32,
+            });
+        }
+    }
     let upsert = format!(
         "INSERT INTO fences (fid, attempt) VALUES ({}, {}) ON CONFLICT (fid) DO UPDATE \
-         SET attempt = {}(fences.attempt, excluded.attempt)",
+         SET attempt = excluded.attempt",
         p(1),
         p(2),
-        DB::greatest()
     );
     sqlx::query(sqlx::AssertSqlSafe(upsert))
         .bind(fid.as_str())
         .bind(i64::from(attempt))
         .execute(&mut *conn)
         .await?;
-    let delete = format!("DELETE FROM events WHERE fid = {} AND seq > {}", p(1), p(2));
-    sqlx::query(sqlx::AssertSqlSafe(delete))
-        .bind(fid.as_str())
-        .bind(stored as i64)
-        .execute(&mut *conn)
-        .await?;
-    let last_status = format!(
-        "SELECT seq, payload FROM events WHERE fid = {} AND kind = 'status' \
-         ORDER BY seq DESC LIMIT 1",
-        p(1)
-    );
-    let row = sqlx::query(sqlx::AssertSqlSafe(last_status))
+    let stored = format!("SELECT events, status FROM executions WHERE fid = {}", p(1));
+    let row = sqlx::query(sqlx::AssertSqlSafe(stored))
         .bind(fid.as_str())
         .fetch_optional(&mut *conn)
         .await?;
-    if let Some(row) = row {
-        let seq: i64 = row.try_get("seq")?;
-        let payload: String = row.try_get("payload")?;
-        let status: Status = serde_json::from_str::<String>(&payload)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| StoreError::Corrupt(format!("status payload {payload}")))?;
-        let update = format!(
-            "UPDATE executions SET events = {}, status = {}, status_seq = {} WHERE fid = {}",
-            p(1),
-            p(2),
-            p(3),
-            p(4)
-        );
-        sqlx::query(sqlx::AssertSqlSafe(update))
-            .bind(stored as i64)
-            .bind(status.as_str())
-            .bind(seq)
-            .bind(fid.as_str())
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(())
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let events: i64 = row.try_get("events")?;
+    let status: String = row.try_get("status")?;
+    let status: Status = status
+        .parse()
+        .map_err(|e: kodo_core::UnknownName| StoreError::Corrupt(e.to_string()))?;
+    Ok(Some((events.max(0) as u64, status)))
 }

@@ -3,7 +3,7 @@
 
 use crate::{EventQuery, ExecutionRow, ListQuery, NodeClaim, SharedStore, Store, StoreError};
 use async_trait::async_trait;
-use kodo_core::{Event, Fid};
+use kodo_core::{Event, Fid, Status};
 use std::sync::Arc;
 
 /// What runs around each [`Store::write`] of a [`Hooked`] store.
@@ -58,8 +58,8 @@ impl<H: WriteHooks> Store for Hooked<H> {
     async fn claim_node(&self, node: &str) -> Result<NodeClaim, StoreError> {
         self.inner.claim_node(node).await
     }
-    async fn fence(&self, fid: &Fid, attempt: u32, stored: u64) -> Result<(), StoreError> {
-        self.inner.fence(fid, attempt, stored).await
+    async fn fence(&self, fid: &Fid, attempt: u32) -> Result<Option<(u64, Status)>, StoreError> {
+        self.inner.fence(fid, attempt).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

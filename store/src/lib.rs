@@ -75,6 +75,15 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// A newer attempt of this durable execution fenced it already: this
+    /// attempt must stop.
+    #[error("execution {fid} is fenced for attempt {attempt}, a newer one")]
+    Superseded {
+        /// The execution.
+        fid: String,
+        /// The attempt it is fenced for.
+        attempt: u32,
+    },
     /// The store was closed; nothing more is written.
     #[error("the store is closed")]
     Closed,
@@ -168,12 +177,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Executions of `node` whose stored status is not final.
     async fn unfinished(&self, node: &str) -> Result<Vec<ExecutionRow>, StoreError>;
 
-    /// Fences durable execution `fid` for attempt `attempt`, which goes on
-    /// after seq `stored`: from now on [`Store::write`] refuses the events
-    /// of older attempts (a worker that was frozen past its heartbeat
-    /// timeout, then woke), and those stored after `stored` meanwhile are
-    /// deleted, the execution's row set back to what it was at `stored`.
-    async fn fence(&self, fid: &Fid, attempt: u32, stored: u64) -> Result<(), StoreError>;
+    /// Fences durable execution `fid` for attempt `attempt`: from now on
+    /// [`Store::write`] refuses the events of older attempts (a worker that
+    /// was frozen past its heartbeat timeout, then woke). Returns what is
+    /// stored of the execution (its highest seq and status; None: nothing),
+    /// after which the attempt numbers its events; refuses with
+    /// [`StoreError::Superseded`] when a newer attempt fenced it already.
+    async fn fence(&self, fid: &Fid, attempt: u32) -> Result<Option<(u64, Status)>, StoreError>;
 
     /// Claims node name `node` for this process until the claim is dropped
     /// or the process ends; [`StoreError::NodeTaken`] while another live

@@ -13,7 +13,7 @@ use crate::{
     summarize,
 };
 use async_trait::async_trait;
-use kodo_core::{Event, Fid};
+use kodo_core::{Event, Fid, Status};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
 use std::str::FromStr;
@@ -163,16 +163,16 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn fence(&self, fid: &Fid, attempt: u32, stored: u64) -> Result<(), StoreError> {
+    async fn fence(&self, fid: &Fid, attempt: u32) -> Result<Option<(u64, Status)>, StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
             .bind(FENCE_LOCKS)
             .bind(fid.as_str())
             .execute(&mut *tx)
             .await?;
-        crate::fence::fence::<sqlx::Postgres>(&mut tx, fid, attempt, stored).await?;
+        let stored = crate::fence::fence::<sqlx::Postgres>(&mut tx, fid, attempt).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(stored)
     }
 
     async fn execution(&self, fid: &Fid) -> Result<Option<ExecutionRow>, StoreError> {

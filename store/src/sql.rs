@@ -192,8 +192,6 @@ enum Bind<'a> {
 pub(crate) trait SqlBackend: sqlx::Database {
     /// The n-th placeholder (1-based) in this backend's SQL.
     fn placeholder(n: usize) -> String;
-    /// The two-argument maximum (`max` in SQLite, `greatest` in PostgreSQL).
-    fn greatest() -> &'static str;
     /// What a SELECT adds to lock the rows it read until the transaction
     /// ends (nothing in SQLite: one writer at a time).
     fn lock_rows() -> &'static str;
@@ -203,9 +201,6 @@ impl SqlBackend for sqlx::Sqlite {
     fn placeholder(_: usize) -> String {
         "?".into()
     }
-    fn greatest() -> &'static str {
-        "max"
-    }
     fn lock_rows() -> &'static str {
         ""
     }
@@ -214,9 +209,6 @@ impl SqlBackend for sqlx::Sqlite {
 impl SqlBackend for sqlx::Postgres {
     fn placeholder(n: usize) -> String {
         format!("${n}")
-    }
-    fn greatest() -> &'static str {
-        "greatest"
     }
     fn lock_rows() -> &'static str {
         " FOR SHARE"

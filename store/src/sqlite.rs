@@ -20,7 +20,7 @@ use crate::{
     summarize,
 };
 use async_trait::async_trait;
-use kodo_core::{Event, Fid};
+use kodo_core::{Event, Fid, Status};
 use sqlx::AssertSqlSafe;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
@@ -296,7 +296,7 @@ impl Store for SqliteStore {
         Reads::<sqlx::Sqlite>::unfinished(&self.reader, node).await
     }
 
-    async fn fence(&self, fid: &Fid, attempt: u32, stored: u64) -> Result<(), StoreError> {
+    async fn fence(&self, fid: &Fid, attempt: u32) -> Result<Option<(u64, Status)>, StoreError> {
         let mut slot = self.writer.lock().await;
         if self.closed.load(Ordering::Acquire) {
             return Err(StoreError::Closed);
@@ -307,17 +307,26 @@ impl Store for SqliteStore {
         };
         let fenced = async {
             let mut tx = conn.begin().await?;
-            crate::fence::fence::<sqlx::Sqlite>(&mut tx, fid, attempt, stored).await?;
+            let stored = crate::fence::fence::<sqlx::Sqlite>(&mut tx, fid, attempt).await?;
             tx.commit().await?;
-            Ok::<_, StoreError>(())
+            Ok::<_, StoreError>(stored)
         }
         .await;
-        if let Err(e) = fenced {
-            conn.close_hard().await.ok();
-            return Err(e);
+        match fenced {
+            // The transaction rolled back on drop: the connection is clean.
+            Err(e @ StoreError::Superseded { .. }) => {
+                *slot = Some(conn);
+                Err(e)
+            }
+            Err(e) => {
+                conn.close_hard().await.ok();
+                Err(e)
+            }
+            Ok(stored) => {
+                *slot = Some(conn);
+                Ok(stored)
+            }
         }
-        *slot = Some(conn);
-        Ok(())
     }
 
     async fn claim_node(&self, node: &str) -> Result<NodeClaim, StoreError> {

@@ -15,7 +15,7 @@ fn temporal_address() -> String {
 /// Config text for durable mode on a task queue of this test's own.
 fn durable_config(extra: &str) -> String {
     format!(
-        "[execution]\nmode = \"temporal\"\n[temporal]\naddress = \"{}\"\ntask_queue = \"test-{}\"\nheartbeat_timeout = 2\n{extra}",
+        "[execution]\nmode = \"temporal\"\n[temporal]\naddress = \"{}\"\ntask_queue = \"test-{}\"\nheartbeat_timeout = 10\n{extra}",
         temporal_address(),
         Fid::new()
     )
@@ -142,5 +142,25 @@ async fn a_flow_that_fails_on_its_own_is_not_retried() {
             .any(|d| d.as_str().is_some_and(|d| d.starts_with("attempt ")));
         assert!(!retried, "{flow} was retried");
     }
+    api.running.shutdown("test over").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execution_out_of_time_ends_in_error_recorded_by_the_workflow() {
+    let waits = FlowDef::rust("waits", |ctx: Ctx, _| async move {
+        ctx.debug("waiting").await?;
+        std::future::pending::<()>().await;
+        Ok(json!("never"))
+    });
+    let api = TestApi::start(&durable_config("execution_timeout = 1\n"), vec![waits]).await;
+    let node = api.running.node();
+    let fid = api.launch("waits").await;
+    assert_eq!(wait_final(node, &fid).await, Status::Error);
+    let events = stored_events(node.store(), &fid).await;
+    check_log(&events).unwrap();
+    assert_eq!(
+        payloads(&events, Kind::Error),
+        [json!("timed out after 1 s")]
+    );
     api.running.shutdown("test over").await;
 }

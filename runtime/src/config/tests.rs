@@ -309,7 +309,7 @@ fn the_execution_mode_and_temporal_keys_parse_and_are_checked() {
             "kodo.toml: temporal.namespace",
         ),
         (
-            "[temporal]\nheartbeat_timeout = 0",
+            "[temporal]\nheartbeat_timeout = 0.5",
             "kodo.toml: temporal.heartbeat_timeout",
         ),
         ("[temporal]\nattempts = 0", "kodo.toml: temporal.attempts"),

@@ -113,11 +113,8 @@ impl Config {
                 "expected seconds, 0 (no limit) or more",
             );
         }
-        if !(t.heartbeat_timeout >= 0.1 && t.heartbeat_timeout < 1e6) {
-            return bad(
-                "temporal.heartbeat_timeout",
-                "expected seconds, 0.1 or more",
-            );
+        if !(t.heartbeat_timeout >= 1.0 && t.heartbeat_timeout < 1e6) {
+            return bad("temporal.heartbeat_timeout", "expected seconds, 1 or more");
         }
         if !(1..=1000).contains(&t.attempts) {
             return bad("temporal.attempts", "expected 1 to 1000");
