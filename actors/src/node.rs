@@ -95,6 +95,9 @@ pub enum KillError {
     /// The execution is not running on this node (it ended, or never was).
     #[error("execution {0} is not running")]
     NotRunning(String),
+    /// The backend that runs it elsewhere could not be reached (Temporal).
+    #[error("cannot reach the execution: {0}")]
+    Unreachable(String),
 }
 
 /// A started execution.
@@ -320,7 +323,7 @@ impl Node {
             Ok(false) => Err(KillError::NotRunning(fid.to_string())),
             Err(e) => {
                 tracing::warn!(%fid, error = %e, "could not reach the execution's backend to kill it");
-                Err(KillError::NotRunning(fid.to_string()))
+                Err(KillError::Unreachable(e))
             }
         }
     }

@@ -643,3 +643,34 @@ async fn when_the_last_attempt_is_lost_the_execution_ends_in_error_with_the_caus
     );
     assert!(!all.iter().any(|e| e["kind"] == "debug"), "never retried");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_through_a_node_that_did_not_launch_it_ends_it_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = ScriptServer::redis(dir.path());
+    let config = durable_config(
+        dir.path(),
+        &format!(
+            "worker = false\n[transport]\nkind = \"redis\"\nurl = \"{}\"\nprefix = \"{}\"\nblock = 0.1\n",
+            redis.url,
+            fresh("kill")
+        ),
+    );
+    let (_a, base_a) = start(&config, dir.path()).await;
+    let mut other = run(&config, dir.path());
+    other.env("KODO_NODE_NAME", "node-b");
+    let (_b, base_b, _) = start_logged(other).await;
+    let (_worker, _) = start_worker(&config, dir.path(), "worker-w").await;
+    let fid = post(&base_a, "/flows/chatty/executions", json!({})).await["fid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    events_until(&base_a, &fid, DEADLINE, |e| !stdout_lines(e).is_empty()).await;
+    let killed = post(&base_b, &format!("/executions/{fid}/kill"), json!({})).await;
+    assert_eq!(killed["killing"], true, "{killed}");
+    let all = events_until(&base_b, &fid, DEADLINE, ended).await;
+    assert_eq!(all.last().unwrap()["payload"], "killed", "{all:?}");
+    let error = all.iter().rev().find(|e| e["kind"] == "error").unwrap();
+    assert_eq!(error["payload"], "killed: by local");
+    assert!(stdout_lines(&all).len() < 30, "killed before its end");
+}

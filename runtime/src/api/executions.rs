@@ -222,6 +222,10 @@ pub(super) async fn kill(
             }),
         )
             .into_response()),
+        Err(e @ KillError::Unreachable(_)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+        )),
         Err(KillError::NotRunning(_)) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "execution is not running on this node",
