@@ -38,11 +38,11 @@ pub(crate) async fn temporal(args: &BenchArgs, report: &mut Vec<String>) -> Resu
 
     // Launch -> running stored, one launch at a time.
     let direct = fresh(args, "temporal-direct").await?;
-    let direct_launch = launch_times(&direct, args.launches).await?;
+    let direct_launch = launch_times(&direct, "noop", args.launches).await?;
     let direct_run = gated_run(&direct, args).await?;
     direct.end().await;
     let durable = durable_bench(args, &temporal).await?;
-    let durable_launch = launch_times(&durable, args.launches).await?;
+    let durable_launch = launch_times(&durable, "noop", args.launches).await?;
     let durable_run = gated_run(&durable, args).await?;
     let rate = launch_rate(&durable, args.launches).await?;
     durable.end().await;
@@ -78,30 +78,6 @@ async fn durable_bench(args: &BenchArgs, temporal: &Arc<Temporal>) -> Result<Ben
     b.worker =
         Some(TemporalWorker::start(temporal.clone(), b.node.clone()).map_err(|e| e.to_string())?);
     Ok(b)
-}
-
-/// Seconds from each launch of `noop` to its `running` status stored.
-async fn launch_times(b: &Bench, launches: usize) -> Result<Vec<f64>, String> {
-    let mut times = Vec::with_capacity(launches);
-    for _ in 0..launches {
-        let start = Instant::now();
-        let fid = b
-            .node
-            .launch("noop", "bench", json!({}))
-            .await
-            .map_err(|e| e.to_string())?
-            .fid;
-        let mut sub = b.node.hub().subscribe(&fid);
-        loop {
-            if let Some(at) = b.timing.running_at.lock().unwrap().get(&fid) {
-                times.push(at.duration_since(start).as_secs_f64());
-                break;
-            }
-            sub.changed().await;
-        }
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times)
 }
 
 /// Launches `executions` of `gated`, waits until all run, then opens the

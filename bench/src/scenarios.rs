@@ -137,25 +137,7 @@ pub(crate) async fn latency(args: &BenchArgs, report: &mut Vec<String>) -> Resul
 pub(crate) async fn launch(args: &BenchArgs, report: &mut Vec<String>) -> Result<(), String> {
     let b = fresh(args, "launch").await?;
     for flow in ["noop", "true"] {
-        let mut times = Vec::new();
-        for _ in 0..args.launches {
-            let start = Instant::now();
-            let fid = b
-                .node
-                .launch(flow, "bench", json!({}))
-                .await
-                .map_err(|e| e.to_string())?
-                .fid;
-            let mut sub = b.node.hub().subscribe(&fid);
-            loop {
-                if let Some(at) = b.timing.running_at.lock().unwrap().get(&fid) {
-                    times.push(at.duration_since(start).as_secs_f64());
-                    break;
-                }
-                sub.changed().await;
-            }
-        }
-        times.sort_by(f64::total_cmp);
+        let times = launch_times(&b, flow, args.launches).await?;
         let kind = if flow == "noop" { "Rust   " } else { "command" };
         report.push(format!(
             "launch   {kind} flow, {} launches: launch->running stored p50 {:.2} ms, p99 {:.2} ms",

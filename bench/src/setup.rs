@@ -362,3 +362,32 @@ pub(crate) fn rss_mib() -> f64 {
         })
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
+
+/// Seconds from each launch of `flow` to its `running` status stored,
+/// one launch at a time, sorted.
+pub(crate) async fn launch_times(
+    b: &Bench,
+    flow: &str,
+    launches: usize,
+) -> Result<Vec<f64>, String> {
+    let mut times = Vec::with_capacity(launches);
+    for _ in 0..launches {
+        let start = Instant::now();
+        let fid = b
+            .node
+            .launch(flow, "bench", json!({}))
+            .await
+            .map_err(|e| e.to_string())?
+            .fid;
+        let mut sub = b.node.hub().subscribe(&fid);
+        loop {
+            if let Some(at) = b.timing.running_at.lock().unwrap().get(&fid) {
+                times.push(at.duration_since(start).as_secs_f64());
+                break;
+            }
+            sub.changed().await;
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times)
+}

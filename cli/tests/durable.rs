@@ -111,43 +111,15 @@ fn stdout_lines(events: &[Value]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_worker_is_taken_over_and_no_line_is_lost_or_reused() {
     let dir = tempfile::tempdir().unwrap();
-    let redis = ScriptServer::redis(dir.path());
-    let config = write_config(
-        dir.path(),
-        &format!(
-            r#"
-[transport]
-kind = "redis"
-url = "{}"
-prefix = "{}"
-claim_idle = 4
-block = 0.1
-[execution]
-mode = "temporal"
-[temporal]
-address = "{}"
-task_queue = "{}"
-heartbeat_timeout = 2
-attempts = 3
-worker = false
-[flows.chatty]
-command = ["sh", "-c", "read -r x; i=1; while [ $i -le 30 ]; do echo \"line $i\"; i=$((i+1)); sleep 0.1; done"]
-"#,
-            redis.url,
-            fresh("durable"),
-            temporal_address(),
-            fresh("queue"),
-        ),
-    );
-    let prefix = config_prefix(&config);
-    let (_node, base) = start(&config, dir.path()).await;
-    let (mut a, _) = start_worker(&config, dir.path(), "worker-a").await;
-    let (mut b, _) = start_worker(&config, dir.path(), "worker-b").await;
-    let fid = post(&base, "/flows/chatty/executions", json!({})).await["fid"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    events_until(&base, &fid, DEADLINE, |e| stdout_lines(e).len() >= 5).await;
+    let Running {
+        redis,
+        prefix,
+        base,
+        mut a,
+        mut b,
+        fid,
+        _node: _node_runs_on,
+    } = chatty_on_two_workers(dir.path(), 4, 3).await;
     // Kill the worker whose process runs the flow (the flow's shell is its child).
     let running_on_a = !shells_of(a.id().unwrap()).is_empty();
     assert_ne!(
@@ -164,13 +136,7 @@ command = ["sh", "-c", "read -r x; i=1; while [ $i -le 30 ]; do echo \"line $i\"
     // lost worker's spoolers hold some of its lines unacknowledged, so that
     // they are stored only once another spooler claims them: after
     // `claim_idle`, later than the retry starts.
-    let db = format!("sqlite://{}", dir.path().join("kodo.db").display());
-    let mut lock = <sqlx::SqliteConnection as sqlx::Connection>::connect(&db)
-        .await
-        .unwrap();
-    sqlx::Executor::execute(&mut lock, "BEGIN EXCLUSIVE")
-        .await
-        .unwrap();
+    let mut lock = hold_store_writes(dir.path()).await;
     let start = Instant::now();
     while pending_at(&redis.url, &prefix, lost_name).await == 0 {
         assert!(
@@ -234,21 +200,8 @@ command = ["sh", "-c", "read -r x; i=1; while [ $i -le 30 ]; do echo \"line $i\"
     assert_eq!(row["status"], "finished", "{row}");
 }
 
-/// The `transport.prefix` of a config file.
-fn config_prefix(config: &Path) -> String {
-    let text = std::fs::read_to_string(config).unwrap();
-    let line = text.lines().find(|l| l.starts_with("prefix = ")).unwrap();
-    line.trim_start_matches("prefix = ")
-        .trim_matches('"')
-        .to_string()
-}
-
-/// An `XPENDING key group` summary: count, first and last id, and the
-/// count held by each consumer.
-type PendingSummary = (usize, Option<String>, Option<String>, Vec<(String, String)>);
-
-/// Entries the consumers of node `node` hold unacknowledged, in all streams.
-async fn pending_at(url: &str, prefix: &str, node: &str) -> usize {
+/// A connection to the Redis at `url`, and the event streams of `prefix`.
+async fn streams(url: &str, prefix: &str) -> (redis::aio::MultiplexedConnection, Vec<String>) {
     let mut conn = redis::Client::open(url)
         .unwrap()
         .get_multiplexed_async_connection()
@@ -259,6 +212,16 @@ async fn pending_at(url: &str, prefix: &str, node: &str) -> usize {
         .query_async(&mut conn)
         .await
         .unwrap();
+    (conn, keys)
+}
+
+/// An `XPENDING key group` summary: count, first and last id, and the
+/// count held by each consumer.
+type PendingSummary = (usize, Option<String>, Option<String>, Vec<(String, String)>);
+
+/// Entries the consumers of node `node` hold unacknowledged, in all streams.
+async fn pending_at(url: &str, prefix: &str, node: &str) -> usize {
+    let (mut conn, keys) = streams(url, prefix).await;
     let mut held = 0;
     for key in keys {
         // XPENDING key group: [count, first, last, [[consumer, count]...]].
@@ -279,17 +242,8 @@ async fn pending_at(url: &str, prefix: &str, node: &str) -> usize {
 
 /// The `stdout` lines of execution `fid` in the Redis streams, in seq order.
 async fn published_lines(url: &str, prefix: &str, fid: &str) -> Vec<String> {
-    let mut conn = redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let (mut conn, keys) = streams(url, prefix).await;
     let mut lines = Vec::new();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}:events:*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
     for key in keys {
         let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
             .arg(&key)
@@ -411,16 +365,7 @@ async fn published_after(
     attempt: &str,
     since_ms: u128,
 ) -> bool {
-    let mut conn = redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}:events:*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let (mut conn, keys) = streams(url, prefix).await;
     for key in keys {
         let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
             .arg(&key)
@@ -441,16 +386,7 @@ async fn published_after(
 
 /// Entries not yet acknowledged by the spoolers, in all streams.
 async fn backlog(url: &str, prefix: &str) -> usize {
-    let mut conn = redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}:events:*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let (mut conn, keys) = streams(url, prefix).await;
     let mut left = 0;
     for key in keys {
         let groups: redis::streams::StreamInfoGroupsReply = redis::cmd("XINFO")
@@ -471,45 +407,17 @@ async fn backlog(url: &str, prefix: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_worker_that_wakes_after_its_retry_began_is_fenced_off() {
     let dir = tempfile::tempdir().unwrap();
-    let redis = ScriptServer::redis(dir.path());
-    let config = write_config(
-        dir.path(),
-        &format!(
-            r#"
-[transport]
-kind = "redis"
-url = "{}"
-prefix = "{}"
-claim_idle = 1
-block = 0.1
-[execution]
-mode = "temporal"
-[temporal]
-address = "{}"
-task_queue = "{}"
-heartbeat_timeout = 2
-attempts = 10
-worker = false
-[flows.chatty]
-command = ["sh", "-c", "read -r x; i=1; while [ $i -le 30 ]; do echo \"line $i\"; i=$((i+1)); sleep 0.1; done"]
-"#,
-            redis.url,
-            fresh("zombie"),
-            temporal_address(),
-            fresh("queue"),
-        ),
-    );
     // (10 attempts: a frozen worker's outstanding task polls can still be
     // handed a retry, which is then lost too, after another timeout.)
-    let prefix = config_prefix(&config);
-    let (_node, base) = start(&config, dir.path()).await;
-    let (a, _) = start_worker(&config, dir.path(), "worker-a").await;
-    let (b, _) = start_worker(&config, dir.path(), "worker-b").await;
-    let fid = post(&base, "/flows/chatty/executions", json!({})).await["fid"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    events_until(&base, &fid, DEADLINE, |e| stdout_lines(e).len() >= 5).await;
+    let Running {
+        redis,
+        prefix,
+        base,
+        a,
+        b,
+        fid,
+        _node: _node_runs_on,
+    } = chatty_on_two_workers(dir.path(), 1, 10).await;
     let (a, b) = (a.id().unwrap(), b.id().unwrap());
     let frozen = if shells_of(a).is_empty() { b } else { a };
     assert!(!shells_of(frozen).is_empty(), "one worker runs it");
@@ -564,6 +472,48 @@ command = ["sh", "-c", "read -r x; i=1; while [ $i -le 30 ]; do echo \"line $i\"
         expected,
         "only the retry's lines after its marker"
     );
+}
+
+/// Redis, a node without a worker, and two worker processes running
+/// `chatty`, 5 of whose lines are stored.
+struct Running {
+    redis: ScriptServer,
+    prefix: String,
+    _node: Child,
+    base: String,
+    a: Child,
+    b: Child,
+    fid: String,
+}
+
+async fn chatty_on_two_workers(dir: &Path, claim_idle: u32, attempts: u32) -> Running {
+    let redis = ScriptServer::redis(dir);
+    let prefix = fresh("durable");
+    let config = durable_config(
+        dir,
+        &format!(
+            "attempts = {attempts}\nworker = false\n[transport]\nkind = \"redis\"\nurl = \"{}\"\n\
+             prefix = \"{prefix}\"\nclaim_idle = {claim_idle}\nblock = 0.1\n",
+            redis.url
+        ),
+    );
+    let (node, base) = start(&config, dir).await;
+    let (a, _) = start_worker(&config, dir, "worker-a").await;
+    let (b, _) = start_worker(&config, dir, "worker-b").await;
+    let fid = post(&base, "/flows/chatty/executions", json!({})).await["fid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    events_until(&base, &fid, DEADLINE, |e| stdout_lines(e).len() >= 5).await;
+    Running {
+        redis,
+        prefix,
+        _node: node,
+        base,
+        a,
+        b,
+        fid,
+    }
 }
 
 /// A config of durable mode on this test's own task queue, with `extra`.

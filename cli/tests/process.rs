@@ -328,13 +328,7 @@ command = ["sh", "-c", "seq 1 200"]
     }
     // Hold the database's write lock: spooler a takes entries and cannot
     // commit them (it retries, holding them), as if killed mid-batch.
-    let db = format!("sqlite://{}", dir.path().join("kodo.db").display());
-    let mut lock = <sqlx::SqliteConnection as sqlx::Connection>::connect(&db)
-        .await
-        .unwrap();
-    sqlx::Executor::execute(&mut lock, "BEGIN EXCLUSIVE")
-        .await
-        .unwrap();
+    let mut lock = hold_store_writes(dir.path()).await;
     for _ in 0..2 {
         let body = post(&base, "/flows/lines/executions", json!({})).await;
         assert_eq!(body["stored"], false, "nothing can be stored now");

@@ -246,3 +246,17 @@ fn server_script(script: &str, cmd: &str, dir: &Path) -> String {
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// Holds the write lock of the SQLite database in `dir` (an open exclusive
+/// transaction) until the returned connection is rolled back or dropped:
+/// every store write waits meanwhile.
+pub(crate) async fn hold_store_writes(dir: &Path) -> sqlx::SqliteConnection {
+    let db = format!("sqlite://{}", dir.join("kodo.db").display());
+    let mut lock = <sqlx::SqliteConnection as sqlx::Connection>::connect(&db)
+        .await
+        .unwrap();
+    sqlx::Executor::execute(&mut lock, "BEGIN EXCLUSIVE")
+        .await
+        .unwrap();
+    lock
+}
