@@ -50,6 +50,10 @@ pub struct Started {
     /// when the backend guarantees the end itself, elsewhere (durable mode):
     /// then this node writes nothing for the execution.
     pub fallback_end: bool,
+    /// Answers once the execution really started, or why it could not, when
+    /// that takes a while (a Temporal workflow to start): the node waits for
+    /// it outside its supervisor, which other launches and kills need.
+    pub ready: Option<tokio::sync::oneshot::Receiver<Result<(), String>>>,
 }
 
 /// How executions run.
@@ -58,10 +62,11 @@ pub trait ExecutionBackend: Send + Sync + std::fmt::Debug + 'static {
     /// A short name for logs (`direct`, `temporal`).
     fn name(&self) -> &'static str;
 
-    /// Starts `execution` as an actor linked to `supervisor`. The direct
-    /// actor records the execution's events through its Tracer and stops
-    /// once the outcome is recorded. An error refuses the launch (nothing
-    /// was started).
+    /// Starts `execution` as an actor linked to `supervisor`, at once (it
+    /// runs inside the node's supervisor: anything slow goes in the actor,
+    /// reported through `Started::ready`). The direct actor records the
+    /// execution's events through its Tracer and stops once the outcome is
+    /// recorded. An error refuses the launch (nothing was started).
     async fn start(&self, execution: Execution, supervisor: ActorCell) -> Result<Started, String>;
 
     /// Stops an execution that is not running on this node but that this
@@ -92,6 +97,7 @@ impl ExecutionBackend for Direct {
         Ok(Started {
             actor: runner.get_cell(),
             fallback_end: true,
+            ready: None,
         })
     }
 }

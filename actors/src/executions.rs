@@ -46,8 +46,9 @@ pub(crate) enum ExecMsg {
         owner: String,
         /// Its inputs.
         inputs: Value,
-        /// Answered once its Runner runs.
-        reply: RpcReplyPort<Result<(), LaunchError>>,
+        /// Answered once its Runner runs (with what to wait for, when the
+        /// start goes on elsewhere).
+        reply: RpcReplyPort<Result<Ready, LaunchError>>,
     },
     /// Stop one execution; answers false when it is not running here.
     Stop {
@@ -71,6 +72,9 @@ pub(crate) enum ExecMsg {
     /// How many executions run now.
     Count(RpcReplyPort<usize>),
 }
+
+/// What a launch waits for after the supervisor started it (see `Started::ready`).
+pub(crate) type Ready = Option<tokio::sync::oneshot::Receiver<Result<(), String>>>;
 
 /// The fixed parts every execution gets.
 #[derive(Clone, Debug)]
@@ -122,7 +126,7 @@ impl Executions {
         flow: Arc<FlowDef>,
         owner: String,
         inputs: Value,
-    ) -> Result<(), LaunchError> {
+    ) -> Result<Ready, LaunchError> {
         if state.draining.is_some() {
             return Err(LaunchError::ShuttingDown);
         }
@@ -170,7 +174,7 @@ impl Executions {
             (fid.clone(), started.fallback_end, started.actor),
         );
         state.live.insert(fid, ctx);
-        Ok(())
+        Ok(started.ready)
     }
 
     /// A Runner stopped or failed: make sure its execution ends. Recording

@@ -257,9 +257,16 @@ impl Node {
             )
             .await
             .map_err(|_| LaunchError::ShuttingDown)?;
-        match started {
+        let ready = match started {
             ractor::rpc::CallResult::Success(result) => result?,
             _ => return Err(LaunchError::ShuttingDown),
+        };
+        if let Some(ready) = ready {
+            match ready.await {
+                Ok(Ok(())) => {}
+                Ok(Err(why)) => return Err(LaunchError::Spawn(why)),
+                Err(_) => return Err(LaunchError::Spawn("the start was abandoned".into())),
+            }
         }
         let first_events = async {
             committed.until(2).await;

@@ -310,7 +310,8 @@ async fn while_temporal_is_down_launches_answer_503_and_health_says_why() {
         dir.path(),
         &format!(
             "[execution]\nmode = \"temporal\"\n[temporal]\naddress = \"{}\"\ntask_queue = \"{}\"\n\
-             [flows.quick]\ncommand = [\"sh\", \"-c\", \"read -r x; echo done\"]\n",
+             [flows.quick]\ncommand = [\"sh\", \"-c\", \"read -r x; echo done\"]\n\
+             [flows.here]\ncommand = [\"sh\", \"-c\", \"read -r x; echo done\"]\nmode = \"direct\"\n",
             temporal.url,
             fresh("queue")
         ),
@@ -322,12 +323,21 @@ async fn while_temporal_is_down_launches_answer_503_and_health_says_why() {
         .to_string();
     events_until(&base, &fid, DEADLINE, ended).await;
     temporal.run("stop");
-    let resp = reqwest::Client::new()
-        .post(format!("{base}/flows/quick/executions"))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
+    let durable = tokio::spawn(
+        reqwest::Client::new()
+            .post(format!("{base}/flows/quick/executions"))
+            .json(&json!({}))
+            .send(),
+    );
+    // While that launch waits on Temporal, the node launches a direct
+    // flow: the start of a workflow does not hold its supervisor.
+    let here = post(&base, "/flows/here/executions", json!({})).await;
+    assert_eq!(here["stored"], true, "{here}");
+    assert!(
+        !durable.is_finished(),
+        "Temporal answered a refused connection at once?"
+    );
+    let resp = durable.await.unwrap().unwrap();
     assert_eq!(resp.status().as_u16(), 503);
     let body: Value = resp.json().await.unwrap();
     assert!(
@@ -341,8 +351,8 @@ async fn while_temporal_is_down_launches_answer_503_and_health_says_why() {
     let listed = get(&base, "/executions").await;
     assert_eq!(
         listed["executions"].as_array().unwrap().len(),
-        1,
-        "nothing half-started: {listed}"
+        2,
+        "nothing half-started (the first durable one and the direct one): {listed}"
     );
 }
 

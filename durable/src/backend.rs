@@ -86,43 +86,22 @@ impl ExecutionBackend for TemporalBackend {
             heartbeat_ms: options.heartbeat_timeout.as_millis() as u64,
             timeout_ms: options.execution_timeout.map(|t| t.as_millis() as u64),
         };
-        let start = WorkflowStartOptions::new(
-            options.task_queue.clone(),
-            self.temporal.workflow_id(ctx.fid()),
-        )
-        .id_conflict_policy(WorkflowIdConflictPolicy::Fail)
-        .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
-        .build();
-        let started = self
-            .temporal
-            .client
-            .start_workflow(KodoExecution::run, launch, start);
-        match tokio::time::timeout(Duration::from_secs(10), started).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(WorkflowStartError::AlreadyStarted { .. })) => {
-                return Err(format!(
-                    "temporal: workflow {} exists already",
-                    self.temporal.workflow_id(ctx.fid())
-                ));
-            }
-            Ok(Err(e)) => return Err(format!("temporal at {}: {e}", options.address)),
-            Err(_) => {
-                return Err(format!(
-                    "temporal at {}: no answer within 10 s",
-                    options.address
-                ));
-            }
-        }
-        let handle = self
-            .temporal
-            .client
-            .get_workflow_handle::<KodoExecution>(self.temporal.workflow_id(ctx.fid()));
-        let (watcher, _) = Actor::spawn_linked(None, Watcher, (handle, ctx), supervisor)
+        // The workflow is started by the watcher, not here: this runs in the
+        // node's supervisor, and Temporal may take seconds to answer.
+        let (ready, started) = tokio::sync::oneshot::channel();
+        let args = Watch {
+            temporal: self.temporal.clone(),
+            launch,
+            ctx,
+            ready,
+        };
+        let (watcher, _) = Actor::spawn_linked(None, Watcher, args, supervisor)
             .await
             .map_err(|e| e.to_string())?;
         Ok(Started {
             actor: watcher.get_cell(),
             fallback_end: false,
+            ready: Some(started),
         })
     }
 
@@ -131,25 +110,42 @@ impl ExecutionBackend for TemporalBackend {
     }
 }
 
-/// Follows one durable execution's workflow for the node that launched it:
+/// Starts one durable execution's workflow for the node that launched it
+/// (a duplicate id is refused), says so through `ready`, then follows it:
 /// stops when the workflow is over (or the node stops), and passes a kill
 /// on as the workflow's `kill` signal.
 #[derive(Debug)]
 struct Watcher;
 
-/// The watcher's one message: follow (sent to itself at start).
+/// What a watcher starts and follows.
+struct Watch {
+    temporal: Arc<Temporal>,
+    launch: Launch,
+    ctx: Ctx,
+    ready: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch")
+            .field("fid", &self.launch.fid)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The watcher's one message: start, then follow (sent to itself at start).
 #[derive(Debug)]
 struct Follow;
 
 impl Actor for Watcher {
     type Msg = Follow;
-    type State = Option<(WorkflowHandle<Client, KodoExecution>, Ctx)>;
-    type Arguments = (WorkflowHandle<Client, KodoExecution>, Ctx);
+    type State = Option<Watch>;
+    type Arguments = Watch;
 
     async fn pre_start(
         &self,
         myself: ActorRef<Follow>,
-        args: Self::Arguments,
+        args: Watch,
     ) -> Result<Self::State, ActorProcessingErr> {
         myself.cast(Follow)?;
         Ok(Some(args))
@@ -161,11 +157,45 @@ impl Actor for Watcher {
         _msg: Follow,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some((handle, ctx)) = state.take() {
-            follow(&handle, &ctx).await;
+        if let Some(watch) = state.take() {
+            let started = start_workflow(&watch.temporal, watch.launch).await;
+            let ok = started.is_ok();
+            let _ = watch.ready.send(started);
+            if ok {
+                let id = watch.temporal.workflow_id(watch.ctx.fid());
+                let handle = watch
+                    .temporal
+                    .client
+                    .get_workflow_handle::<KodoExecution>(id);
+                follow(&handle, &watch.ctx).await;
+            }
         }
         myself.stop(None);
         Ok(())
+    }
+}
+
+/// Starts the workflow of `launch`; a duplicate id is refused.
+async fn start_workflow(temporal: &Temporal, launch: Launch) -> Result<(), String> {
+    let options = &temporal.options;
+    let id = format!("{}{}", options.workflow_id_prefix, launch.fid);
+    let start = WorkflowStartOptions::new(options.task_queue.clone(), id.clone())
+        .id_conflict_policy(WorkflowIdConflictPolicy::Fail)
+        .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
+        .build();
+    let started = temporal
+        .client
+        .start_workflow(KodoExecution::run, launch, start);
+    match tokio::time::timeout(Duration::from_secs(10), started).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(WorkflowStartError::AlreadyStarted { .. })) => {
+            Err(format!("temporal: workflow {id} exists already"))
+        }
+        Ok(Err(e)) => Err(format!("temporal at {}: {e}", options.address)),
+        Err(_) => Err(format!(
+            "temporal at {}: no answer within 10 s (the execution may have started)",
+            options.address
+        )),
     }
 }
 
