@@ -101,7 +101,12 @@ async fn close<'a>(
 /// it when a spooler of this process commits; the store is also looked at
 /// now and then, as a commit made in another process is heard of only if
 /// its notice gets through (one sent before this node subscribed is not).
-async fn stored(store: &SharedStore, committed: &mut Subscription, fid: &Fid, last: u64) {
+pub(crate) async fn stored(
+    store: &SharedStore,
+    committed: &mut Subscription,
+    fid: &Fid,
+    last: u64,
+) {
     let mut look = Duration::from_millis(20);
     loop {
         if committed.committed() >= last {

@@ -358,6 +358,15 @@ impl Node {
         self.cluster.settle(wait).await
     }
 
+    /// Waits (up to `within`) until the store holds `fid`'s events up to
+    /// `seq`, however they get there (this node's spoolers, or another
+    /// process's); returns whether they are.
+    pub async fn until_stored(&self, fid: &Fid, seq: u64, within: Duration) -> bool {
+        let mut committed = self.hub.subscribe(fid);
+        let stored = leftovers::stored(&self.store, &mut committed, fid, seq);
+        tokio::time::timeout(within, stored).await.is_ok()
+    }
+
     /// This node's name.
     pub fn name(&self) -> &str {
         &self.options.node

@@ -100,14 +100,6 @@ fn ended(events: &[Value]) -> bool {
     })
 }
 
-fn stdout_lines(events: &[Value]) -> Vec<String> {
-    events
-        .iter()
-        .filter(|e| e["kind"] == "stdout")
-        .map(|e| e["payload"].as_str().unwrap().to_string())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_worker_is_taken_over_and_no_line_is_lost_or_reused() {
     let dir = tempfile::tempdir().unwrap();

@@ -136,14 +136,6 @@ fn check_log(events: &[Value]) -> String {
     finals[0]["payload"].as_str().unwrap().to_string()
 }
 
-fn stdout_lines(events: &[Value]) -> Vec<String> {
-    events
-        .iter()
-        .filter(|e| e["kind"] == "stdout")
-        .map(|e| e["payload"].as_str().unwrap().to_string())
-        .collect()
-}
-
 /// Runs a command that must exit on its own; its output.
 async fn exits(command: &mut tokio::process::Command) -> std::process::Output {
     tokio::time::timeout(DEADLINE, command.output())

@@ -184,8 +184,10 @@ impl KodoActivities {
             // What the previous attempt reported last (its heartbeat) is
             // stored, unless its process died with it (in-process queue).
             let reported: Option<u64> = actx.heartbeat_details().deserialize().ok().flatten();
-            if let Some(seq) = reported {
-                self.caught_up(fid, seq).await;
+            if let Some(seq) = reported
+                && !node.until_stored(fid, seq, Duration::from_secs(10)).await
+            {
+                tracing::warn!(%fid, seq, "the previous attempt's last events are not stored; going on after what is");
             }
         }
         let mut backoff = Duration::from_millis(100);
@@ -227,23 +229,6 @@ impl KodoActivities {
                 ?wait,
                 "events published before this attempt are not all stored yet; waiting on"
             );
-        }
-    }
-
-    /// Waits (up to 10 s) until the store holds `fid`'s events up to `seq`.
-    async fn caught_up(&self, fid: &Fid, seq: u64) {
-        let mut committed = self.node.hub().subscribe(fid);
-        let until = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let row = self.node.store().execution(fid).await;
-            if row.is_ok_and(|row| row.is_some_and(|row| row.events >= seq)) {
-                return;
-            }
-            if tokio::time::Instant::now() >= until {
-                tracing::warn!(%fid, seq, "the previous attempt's last events are not stored; going on after what is");
-                return;
-            }
-            let _ = tokio::time::timeout(Duration::from_millis(200), committed.until(seq)).await;
         }
     }
 }

@@ -178,7 +178,7 @@ impl Actor for Watcher {
 /// Starts the workflow of `launch`; a duplicate id is refused.
 async fn start_workflow(temporal: &Temporal, launch: Launch) -> Result<(), String> {
     let options = &temporal.options;
-    let id = format!("{}{}", options.workflow_id_prefix, launch.fid);
+    let id = temporal.workflow_id(&launch.fid);
     let start = WorkflowStartOptions::new(options.task_queue.clone(), id.clone())
         .id_conflict_policy(WorkflowIdConflictPolicy::Fail)
         .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)

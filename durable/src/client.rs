@@ -126,7 +126,7 @@ impl Temporal {
     }
 
     /// The workflow id of execution `fid`.
-    pub(crate) fn workflow_id(&self, fid: &kodo_core::Fid) -> String {
+    pub(crate) fn workflow_id(&self, fid: &impl std::fmt::Display) -> String {
         format!("{}{fid}", self.options.workflow_id_prefix)
     }
 }

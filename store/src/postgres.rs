@@ -144,7 +144,11 @@ impl Store for PgStore {
             // A durable attempt's events: checked against the fences in a
             // transaction that holds each execution's fence lock (shared).
             let mut tx = self.pool.begin().await?;
-            let mut fids: Vec<&str> = events.iter().map(|e| e.fid.as_str()).collect();
+            let mut fids: Vec<&str> = events
+                .iter()
+                .filter(|e| e.attempt > 0)
+                .map(|e| e.fid.as_str())
+                .collect();
             fids.sort_unstable();
             fids.dedup();
             for fid in fids {

@@ -242,29 +242,43 @@ async fn write_batch(conn: &mut SqliteConnection, events: &[Event]) -> Result<()
     Ok(())
 }
 
+impl SqliteStore {
+    /// Runs `work` on the one writer connection, taken out of its slot
+    /// meanwhile: if `work` fails, or is cancelled midway, the connection is
+    /// dropped (closed, which rolls back whatever it held) instead of going
+    /// back, and the next one connects afresh. A refused fence
+    /// (`Superseded`) left it clean: it goes back.
+    async fn with_writer<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut SqliteConnection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut slot = self.writer.lock().await;
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        let mut conn = match slot.take() {
+            Some(conn) => conn,
+            None => self.writer_options.connect().await?,
+        };
+        let result = work(&mut conn).await;
+        match &result {
+            Ok(_) | Err(StoreError::Superseded { .. }) => *slot = Some(conn),
+            Err(_) => {
+                conn.close_hard().await.ok();
+            }
+        }
+        result
+    }
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn write(&self, events: &[Event]) -> Result<(), StoreError> {
         if events.is_empty() {
             return Ok(());
         }
-        let mut slot = self.writer.lock().await;
-        if self.closed.load(Ordering::Acquire) {
-            return Err(StoreError::Closed);
-        }
-        // Taken out while in use: if this write fails, or is cancelled
-        // midway, the connection is dropped (closed, which rolls back
-        // whatever it held) instead of going back in the slot.
-        let mut conn = match slot.take() {
-            Some(conn) => conn,
-            None => self.writer_options.connect().await?,
-        };
-        if let Err(e) = write_batch(&mut conn, events).await {
-            conn.close_hard().await.ok();
-            return Err(e);
-        }
-        *slot = Some(conn);
-        drop(slot);
+        self.with_writer(async |conn| write_batch(conn, events).await)
+            .await?;
         let rows = self
             .rows_since_checkpoint
             .fetch_add(events.len(), Ordering::Relaxed)
@@ -297,36 +311,13 @@ impl Store for SqliteStore {
     }
 
     async fn fence(&self, fid: &Fid, attempt: u32) -> Result<Option<(u64, Status)>, StoreError> {
-        let mut slot = self.writer.lock().await;
-        if self.closed.load(Ordering::Acquire) {
-            return Err(StoreError::Closed);
-        }
-        let mut conn = match slot.take() {
-            Some(conn) => conn,
-            None => self.writer_options.connect().await?,
-        };
-        let fenced = async {
+        self.with_writer(async |conn| {
             let mut tx = conn.begin().await?;
             let stored = crate::fence::fence::<sqlx::Sqlite>(&mut tx, fid, attempt).await?;
             tx.commit().await?;
-            Ok::<_, StoreError>(stored)
-        }
-        .await;
-        match fenced {
-            // The transaction rolled back on drop: the connection is clean.
-            Err(e @ StoreError::Superseded { .. }) => {
-                *slot = Some(conn);
-                Err(e)
-            }
-            Err(e) => {
-                conn.close_hard().await.ok();
-                Err(e)
-            }
-            Ok(stored) => {
-                *slot = Some(conn);
-                Ok(stored)
-            }
-        }
+            Ok(stored)
+        })
+        .await
     }
 
     async fn claim_node(&self, node: &str) -> Result<NodeClaim, StoreError> {

@@ -143,6 +143,15 @@ pub async fn stored_events(store: &SharedStore, fid: &Fid) -> Vec<Event> {
         .expect("read events")
 }
 
+/// Waits until the execution ends with `status` (see [`wait_final`]), checks
+/// its stored log ([`check_log`]) and returns it.
+pub async fn ended_with(node: &Node, fid: &Fid, status: Status) -> Vec<Event> {
+    assert_eq!(wait_final(node, fid).await, status, "{fid}");
+    let events = stored_events(node.store(), fid).await;
+    check_log(&events).unwrap_or_else(|e| panic!("{fid}: {e}"));
+    events
+}
+
 /// Waits (following the hub, with [`DEADLINE`]) until the execution's final
 /// status is stored; returns it.
 pub async fn wait_final(node: &Node, fid: &Fid) -> Status {

@@ -45,9 +45,7 @@ async fn a_rust_flow_and_a_command_flow_finish_with_the_shape_of_direct_mode() {
     let node = api.running.node();
 
     let fid = api.launch("hello").await;
-    assert_eq!(wait_final(node, &fid).await, Status::Finished);
-    let events = stored_events(node.store(), &fid).await;
-    check_log(&events).unwrap();
+    let events = ended_with(node, &fid, Status::Finished).await;
     assert_eq!(
         shape(&events),
         [
@@ -67,9 +65,7 @@ async fn a_rust_flow_and_a_command_flow_finish_with_the_shape_of_direct_mode() {
     );
 
     let fid = api.launch("cmd").await;
-    assert_eq!(wait_final(node, &fid).await, Status::Finished);
-    let events = stored_events(node.store(), &fid).await;
-    check_log(&events).unwrap();
+    let events = ended_with(node, &fid, Status::Finished).await;
     assert_eq!(
         shape(&events),
         [
@@ -114,9 +110,7 @@ async fn a_kill_reaches_a_durable_execution_and_ends_it_killed() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 202);
-    assert_eq!(wait_final(node, &fid).await, Status::Killed);
-    let events = stored_events(node.store(), &fid).await;
-    check_log(&events).unwrap();
+    let events = ended_with(node, &fid, Status::Killed).await;
     assert_eq!(payloads(&events, Kind::Error), [json!("killed: by local")]);
     let report = api.running.shutdown("test over").await;
     assert!(report.all_stored(), "{report}");
@@ -133,9 +127,7 @@ async fn a_flow_that_fails_on_its_own_is_not_retried() {
     let node = api.running.node();
     for (flow, why) in [("fails", "no luck"), ("exits", "exited with code 3: oops")] {
         let fid = api.launch(flow).await;
-        assert_eq!(wait_final(node, &fid).await, Status::Error);
-        let events = stored_events(node.store(), &fid).await;
-        check_log(&events).unwrap();
+        let events = ended_with(node, &fid, Status::Error).await;
         assert_eq!(payloads(&events, Kind::Error), [json!(why)], "{flow}");
         let retried = payloads(&events, Kind::Debug)
             .iter()
@@ -155,9 +147,7 @@ async fn an_execution_out_of_time_ends_in_error_recorded_by_the_workflow() {
     let api = TestApi::start(&durable_config("execution_timeout = 1\n"), vec![waits]).await;
     let node = api.running.node();
     let fid = api.launch("waits").await;
-    assert_eq!(wait_final(node, &fid).await, Status::Error);
-    let events = stored_events(node.store(), &fid).await;
-    check_log(&events).unwrap();
+    let events = ended_with(node, &fid, Status::Error).await;
     assert_eq!(
         payloads(&events, Kind::Error),
         [json!("timed out after 1 s")]

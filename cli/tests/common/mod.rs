@@ -260,3 +260,12 @@ pub(crate) async fn hold_store_writes(dir: &Path) -> sqlx::SqliteConnection {
         .unwrap();
     lock
 }
+
+/// The payloads of the `stdout` events among `events` (as the API lists them).
+pub(crate) fn stdout_lines(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["kind"] == "stdout")
+        .map(|e| e["payload"].as_str().unwrap().to_string())
+        .collect()
+}
