@@ -56,6 +56,39 @@ pub struct Started {
     pub ready: Option<tokio::sync::oneshot::Receiver<Result<(), String>>>,
 }
 
+/// What a person asks of a running execution, besides a kill.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Control {
+    /// Hold it where it is (durable mode).
+    Pause,
+    /// Let a paused execution go on.
+    Resume,
+    /// Answer its open lock `lid`.
+    Answer {
+        /// The lock.
+        lid: String,
+        /// The answer.
+        answer: Value,
+    },
+}
+
+/// Why a [`Control`] request was refused.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum ControlError {
+    /// Not something this execution can do (pause in direct mode).
+    #[error("{0}")]
+    Unsupported(String),
+    /// It does not fit the execution's state (pause a paused one).
+    #[error("{0}")]
+    Conflict(String),
+    /// No such open lock.
+    #[error("{0}")]
+    NotFound(String),
+    /// The backend that runs it could not be reached (Temporal).
+    #[error("cannot reach the execution: {0}")]
+    Unreachable(String),
+}
+
 /// How executions run.
 #[async_trait]
 pub trait ExecutionBackend: Send + Sync + std::fmt::Debug + 'static {
@@ -74,6 +107,20 @@ pub trait ExecutionBackend: Send + Sync + std::fmt::Debug + 'static {
     /// it knows no such execution.
     async fn stop(&self, _fid: &kodo_core::Fid, _stop: crate::flow::Stop) -> Result<bool, String> {
         Ok(false)
+    }
+
+    /// Passes `control` to execution `fid` (running on any node). Direct
+    /// mode can neither pause nor resume, and its locks are answered on the
+    /// node that runs them (none here, then).
+    async fn control(&self, fid: &kodo_core::Fid, control: Control) -> Result<(), ControlError> {
+        Err(match control {
+            Control::Answer { lid, .. } => {
+                ControlError::NotFound(format!("no open lock {lid} in execution {fid}"))
+            }
+            _ => ControlError::Unsupported(
+                "pause and resume need durable mode (execution mode \"temporal\")".into(),
+            ),
+        })
     }
 }
 

@@ -23,12 +23,18 @@ use tokio_util::sync::CancellationToken;
 
 /// Runs a command flow to its outcome.
 pub(crate) async fn run(spec: &CommandSpec, ctx: &Ctx, inputs: &Value) -> Outcome {
+    // A durable attempt may begin paused: the process starts once resumed.
+    let pauses = ctx.pause_changes();
+    ctx.unpaused().await;
+    if let Some(stop) = ctx.stop_request() {
+        return stop.outcome();
+    }
     match start(spec, ctx) {
         Ok(child) => {
             if let Err(e) = ctx.tracer().trace(Trace::Running).await {
                 return Outcome::Failed(format!("could not record the start: {e}"));
             }
-            drive(child, ctx, inputs).await
+            drive(child, ctx, inputs, pauses).await
         }
         Err(e) => Outcome::Failed(format!(
             "cannot start {:?}: {e}",
@@ -157,7 +163,12 @@ pub(crate) fn parse_fd3(line: &str) -> Result<Fd3Request, String> {
     Ok(Fd3Request::Emit(kind, parsed.payload.to_string()))
 }
 
-async fn drive(started: Started, ctx: &Ctx, inputs: &Value) -> Outcome {
+async fn drive(
+    started: Started,
+    ctx: &Ctx,
+    inputs: &Value,
+    mut pauses: tokio::sync::watch::Receiver<bool>,
+) -> Outcome {
     let Started {
         mut child,
         group,
@@ -177,17 +188,27 @@ async fn drive(started: Started, ctx: &Ctx, inputs: &Value) -> Outcome {
     let pump = Pump::new(ctx, stdin.clone(), seen.clone(), exited.clone());
     let reader = tokio::spawn(pump.run(pipes));
 
-    let status = tokio::select! {
-        status = child.wait() => status,
-        stop = ctx.stopped() => {
-            tracing::info!(fid = %ctx.fid(), reason = %stop.reason, "stopping command flow");
-            group.signal(libc::SIGTERM);
-            match tokio::time::timeout(ctx.limits().kill_grace, child.wait()).await {
-                Ok(status) => status,
-                Err(_) => {
-                    group.signal(libc::SIGKILL);
-                    child.wait().await
-                }
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status,
+            stop = ctx.stopped() => {
+                tracing::info!(fid = %ctx.fid(), reason = %stop.reason, "stopping command flow");
+                group.signal(libc::SIGTERM);
+                // A paused group takes its SIGTERM once continued.
+                group.signal(libc::SIGCONT);
+                break match tokio::time::timeout(ctx.limits().kill_grace, child.wait()).await {
+                    Ok(status) => status,
+                    Err(_) => {
+                        group.signal(libc::SIGKILL);
+                        child.wait().await
+                    }
+                };
+            }
+            // A pause stops the whole group (no CPU, no output); resume continues it.
+            Ok(()) = pauses.changed() => {
+                let paused = *pauses.borrow_and_update();
+                tracing::info!(fid = %ctx.fid(), paused, "command flow paused or resumed");
+                group.signal(if paused { libc::SIGSTOP } else { libc::SIGCONT });
             }
         }
     };

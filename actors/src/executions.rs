@@ -153,7 +153,7 @@ impl Executions {
             &flow.name,
             &owner,
             tracer,
-            state.shared.locks.clone(),
+            Arc::new(state.shared.locks.clone()),
             state.shared.limits.clone(),
             1,
         );

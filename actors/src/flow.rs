@@ -1,16 +1,18 @@
 //! Flows (what can be executed) and the context an execution runs with.
 
-use crate::locks::Locks;
+use crate::locks::{KeepError, Kept, LockKeeper};
 use crate::tracer::{Outcome, Trace, TraceError, Tracer};
 use futures::future::BoxFuture;
-use kodo_core::{Fid, Kind, Status, now_ts};
+use kodo_core::{Fid, Kind, Status};
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// Any error a Rust flow returns.
@@ -205,6 +207,18 @@ pub enum LockError {
     /// The lock id chosen with [`Ctx::lock_as`] is open already.
     #[error(transparent)]
     InUse(#[from] crate::locks::LockInUse),
+    /// Where locks are kept could not be reached (durable mode: Temporal).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<KeepError> for LockError {
+    fn from(e: KeepError) -> Self {
+        match e {
+            KeepError::InUse(e) => LockError::InUse(e),
+            KeepError::Unavailable(why) => LockError::Unavailable(why),
+        }
+    }
 }
 
 /// A lock whose `lock` event is recorded; [`PendingLock::answer`] waits
@@ -214,8 +228,7 @@ pub struct PendingLock {
     ctx: Ctx,
     lid: String,
     name: String,
-    wait: Duration,
-    open: crate::locks::OpenLock,
+    kept: Kept,
 }
 
 impl PendingLock {
@@ -229,8 +242,8 @@ impl PendingLock {
     pub async fn answer(mut self) -> Result<Value, LockError> {
         let (lid, name) = (self.lid, self.name);
         let tracer = &self.ctx.inner.tracer;
-        match tokio::time::timeout(self.wait, &mut self.open.answer).await {
-            Ok(Ok(answer)) => {
+        match tokio::time::timeout(self.kept.wait, &mut self.kept.open.answer).await {
+            Ok(Ok(Some(answer))) => {
                 let lease = json!({"lid": lid, "name": name, "result": answer});
                 tracer.trace(Trace::Lease(lease.to_string())).await?;
                 Ok(answer)
@@ -249,11 +262,15 @@ struct CtxInner {
     flow: String,
     owner: String,
     tracer: Arc<Tracer>,
-    locks: Locks,
+    keeper: Arc<dyn LockKeeper>,
+    /// Locks opened without a chosen id so far.
+    locks_opened: AtomicU64,
     limits: ExecLimits,
     stop_token: CancellationToken,
     stop: Mutex<Option<Stop>>,
     attempt: u32,
+    /// Whether the execution is paused (durable mode).
+    paused: watch::Sender<bool>,
 }
 
 /// What a running execution is given: its identity, the Tracer's verbs,
@@ -279,7 +296,7 @@ impl Ctx {
         flow: &str,
         owner: &str,
         tracer: Arc<Tracer>,
-        locks: Locks,
+        keeper: Arc<dyn LockKeeper>,
         limits: ExecLimits,
         attempt: u32,
     ) -> Self {
@@ -290,7 +307,9 @@ impl Ctx {
                 flow: flow.to_string(),
                 owner: owner.to_string(),
                 tracer,
-                locks,
+                keeper,
+                locks_opened: AtomicU64::new(0),
+                paused: watch::Sender::new(false),
                 limits,
                 stop_token: CancellationToken::new(),
                 stop: Mutex::new(None),
@@ -332,8 +351,10 @@ impl Ctx {
         self.emit_json(kind, payload).await
     }
 
-    /// Records an event whose payload is already JSON text.
+    /// Records an event whose payload is already JSON text (while the
+    /// execution is paused, waits until it is resumed).
     pub async fn emit_json(&self, kind: Kind, payload: String) -> Result<u64, TraceError> {
+        self.unpaused().await;
         self.inner.tracer.trace(Trace::Emit { kind, payload }).await
     }
 
@@ -367,8 +388,7 @@ impl Ctx {
         data: Value,
         timeout: Option<Duration>,
     ) -> Result<Value, LockError> {
-        let lid = uuid::Uuid::new_v4().to_string();
-        self.lock_as(lid, name, data, timeout).await
+        self.lock_as(self.next_lock_id(), name, data, timeout).await
     }
 
     /// [`Ctx::lock`] with a lock id chosen by the caller; an id that is open
@@ -396,19 +416,65 @@ impl Ctx {
         data: Value,
         timeout: Option<Duration>,
     ) -> Result<PendingLock, LockError> {
+        self.unpaused().await;
         let wait = timeout.unwrap_or(self.inner.limits.lock_timeout);
-        let open = self.inner.locks.open(&self.inner.fid, &lid)?;
+        let kept = self.inner.keeper.open(&self.inner.fid, &lid, wait).await?;
         // Only the text is kept: a JSON value held here would live as long as the wait.
-        let lock = json!({"lid": lid, "name": name, "data": data, "expires": now_ts() + wait.as_secs_f64()})
-            .to_string();
+        let lock =
+            json!({"lid": lid, "name": name, "data": data, "expires": kept.expires}).to_string();
         self.inner.tracer.trace(Trace::Lock(lock)).await?;
         Ok(PendingLock {
             ctx: self.clone(),
             lid,
             name: name.to_string(),
-            wait,
-            open,
+            kept,
         })
+    }
+
+    /// A fresh id for a lock the flow opens without choosing one (the
+    /// `n`th lock gets the same id in every attempt of a durable execution).
+    pub fn next_lock_id(&self) -> String {
+        let n = self.inner.locks_opened.fetch_add(1, Ordering::Relaxed) + 1;
+        self.inner.keeper.lock_id(&self.inner.fid, n)
+    }
+
+    /// Pauses the execution (durable mode): records `status: paused`; from
+    /// then on its `ctx` calls wait, and a command flow's process group is
+    /// stopped. Pausing a paused execution does nothing.
+    pub async fn pause(&self) -> Result<(), TraceError> {
+        if self.inner.paused.send_replace(true) {
+            return Ok(());
+        }
+        self.inner.tracer.trace(Trace::Pause).await.map(drop)
+    }
+
+    /// Resumes a paused execution: records its status and lets it go on.
+    pub async fn resume(&self) -> Result<(), TraceError> {
+        if !*self.inner.paused.borrow() {
+            return Ok(());
+        }
+        let traced = self.inner.tracer.trace(Trace::Resume).await.map(drop);
+        self.inner.paused.send_replace(false);
+        traced
+    }
+
+    /// Whether the execution is paused.
+    pub fn is_paused(&self) -> bool {
+        *self.inner.paused.borrow()
+    }
+
+    /// Follows the paused state (true: paused).
+    pub fn pause_changes(&self) -> watch::Receiver<bool> {
+        self.inner.paused.subscribe()
+    }
+
+    /// Returns once the execution is not paused, or is being stopped.
+    pub async fn unpaused(&self) {
+        let mut paused = self.inner.paused.subscribe();
+        tokio::select! {
+            _ = paused.wait_for(|p| !p) => {}
+            _ = self.inner.stop_token.cancelled() => {}
+        }
     }
 
     /// Asks the execution to stop; the first request wins.

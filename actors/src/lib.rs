@@ -31,14 +31,16 @@ mod spooler;
 mod sys;
 mod tracer;
 
-pub use backend::{Direct, Execution, ExecutionBackend, SharedBackend, Started};
+pub use backend::{
+    Control, ControlError, Direct, Execution, ExecutionBackend, SharedBackend, Started,
+};
 pub use executions::LaunchError;
 pub use flow::{
     BoxError, CommandSpec, Ctx, ExecLimits, FlowDef, FlowKind, FlowResult, Flows, LockError,
     PendingLock, RustFlow, Stop,
 };
 pub use hub::{Hub, Subscription};
-pub use locks::AnswerError;
+pub use locks::{KeepError, Kept, LockInUse, LockKeeper, Locks, OpenLock};
 pub use node::{KillError, Launched, Node, NodeError, NodeOptions};
 pub use orphans::start as start_watchdog;
 pub use runner::drive;

@@ -1,9 +1,14 @@
-//! Open locks (a flow waiting for a person's answer), by lock id.
+//! Open locks (a flow waiting for a person's answer), by lock id, and the
+//! seam of where they are kept: [`LockKeeper`]. [`Locks`] keeps them in
+//! this node's memory (direct mode); durable mode keeps them in the
+//! execution's workflow.
 
-use kodo_core::Fid;
+use async_trait::async_trait;
+use kodo_core::{Fid, now_ts};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// A lock id that is already open.
@@ -24,8 +29,57 @@ pub enum AnswerError {
     },
 }
 
-/// An open lock's execution and where its answer goes.
-type Waiter = (Fid, oneshot::Sender<Value>);
+/// An open lock's execution and where its answer (None: it expired) goes.
+type Waiter = (Fid, oneshot::Sender<Option<Value>>);
+
+/// Why a lock could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum KeepError {
+    /// The id is open already.
+    #[error(transparent)]
+    InUse(#[from] LockInUse),
+    /// Where locks are kept could not be reached.
+    #[error("locks unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A lock as its keeper opened it.
+#[derive(Debug)]
+pub struct Kept {
+    /// When it expires (Unix seconds), for its `lock` event.
+    pub expires: f64,
+    /// How long to wait here at most: past it, the lock counts as expired.
+    pub wait: Duration,
+    /// The lock, open while this lives.
+    pub open: OpenLock,
+}
+
+/// Where the locks of running executions are kept.
+#[async_trait]
+pub trait LockKeeper: Send + Sync + std::fmt::Debug {
+    /// The id of the `n`th lock (from 1) execution `fid` opens without
+    /// naming one.
+    fn lock_id(&self, fid: &Fid, n: u64) -> String;
+
+    /// Opens lock `lid` of `fid`, to expire after `wait`.
+    async fn open(&self, fid: &Fid, lid: &str, wait: Duration) -> Result<Kept, KeepError>;
+}
+
+#[async_trait]
+impl LockKeeper for Locks {
+    /// A random id: locks kept here do not outlive the execution's run.
+    fn lock_id(&self, _fid: &Fid, _n: u64) -> String {
+        uuid::Uuid::new_v4().to_string()
+    }
+
+    async fn open(&self, fid: &Fid, lid: &str, wait: Duration) -> Result<Kept, KeepError> {
+        Ok(Kept {
+            expires: now_ts() + wait.as_secs_f64(),
+            wait,
+            open: Locks::open(self, fid, lid)?,
+        })
+    }
+}
 
 /// The open locks of this node, by lock id.
 #[derive(Clone, Default)]
@@ -45,8 +99,8 @@ impl std::fmt::Debug for Locks {
 pub struct OpenLock {
     locks: Locks,
     lid: String,
-    /// Receives the answer.
-    pub answer: oneshot::Receiver<Value>,
+    /// Receives the answer (None: the lock expired).
+    pub answer: oneshot::Receiver<Option<Value>>,
 }
 
 impl Locks {
@@ -70,6 +124,29 @@ impl Locks {
 
     /// Delivers `answer` to lock `lid` of execution `fid`.
     pub fn answer(&self, fid: &Fid, lid: &str, answer: Value) -> Result<(), AnswerError> {
+        self.close(fid, lid, Some(answer))
+    }
+
+    /// Closes lock `lid` of execution `fid` as expired.
+    pub fn expire(&self, fid: &Fid, lid: &str) -> Result<(), AnswerError> {
+        self.close(fid, lid, None)
+    }
+
+    /// Whether lock `lid` of `fid` is open here.
+    pub fn is_open(&self, fid: &Fid, lid: &str) -> bool {
+        matches!(self.open.lock().expect("locks lock").get(lid), Some((owner, _)) if owner == fid)
+    }
+
+    /// The ids of the locks of `fid` open here.
+    pub fn open_of(&self, fid: &Fid) -> Vec<String> {
+        let open = self.open.lock().expect("locks lock");
+        open.iter()
+            .filter(|(_, (owner, _))| owner == fid)
+            .map(|(lid, _)| lid.clone())
+            .collect()
+    }
+
+    fn close(&self, fid: &Fid, lid: &str, answer: Option<Value>) -> Result<(), AnswerError> {
         let not_found = || AnswerError::NotFound {
             fid: fid.to_string(),
             lid: lid.to_string(),
@@ -122,7 +199,11 @@ mod tests {
         assert!(locks.answer(&fid, "l2", Value::Null).is_err());
         locks.answer(&fid, "l1", Value::from(7)).unwrap();
         assert!(locks.answer(&fid, "l1", Value::from(8)).is_err());
-        assert_eq!((&mut lock.answer).await.unwrap(), Value::from(7));
+        assert_eq!((&mut lock.answer).await.unwrap(), Some(Value::from(7)));
+        let mut expiring = locks.open(&fid, "l4").unwrap();
+        assert_eq!(locks.open_of(&fid), ["l4"]);
+        locks.expire(&fid, "l4").unwrap();
+        assert_eq!((&mut expiring.answer).await.unwrap(), None);
         let dropped = locks.open(&fid, "l3").unwrap();
         drop(dropped);
         assert!(locks.is_empty());

@@ -9,12 +9,12 @@
 //! (`error: node restarted`); at shutdown it stops every execution, lets the
 //! spoolers drain the transport, and closes the store.
 
-use crate::backend::{Direct, SharedBackend};
+use crate::backend::{Control, ControlError, Direct, SharedBackend};
 use crate::executions::{ExecMsg, ExecShared, Executions, LaunchError};
 use crate::flow::{Ctx, ExecLimits, Flows, Stop};
 use crate::hub::Hub;
 use crate::leftovers;
-use crate::locks::{AnswerError, Locks};
+use crate::locks::{AnswerError, LockKeeper, Locks};
 use crate::shutdown::{ShutdownReport, check_stored};
 use crate::spooler::{SpoolerGroup, SpoolerShared, StoreHealth};
 use crate::tracer::{TraceBook, Tracer};
@@ -338,7 +338,16 @@ impl Node {
     /// A context for execution `fid` run here by another backend (an
     /// attempt of a durable execution): its Tracer goes on from `book` and
     /// publishes to this node's transport; `attempt` counts from 1.
-    pub fn context(&self, fid: Fid, flow: &str, owner: &str, book: TraceBook, attempt: u32) -> Ctx {
+    /// Its locks are kept by `keeper`.
+    pub fn context(
+        &self,
+        fid: Fid,
+        flow: &str,
+        owner: &str,
+        book: TraceBook,
+        attempt: u32,
+        keeper: Arc<dyn LockKeeper>,
+    ) -> Ctx {
         let book = book.with_attempt(attempt);
         let tracer = Arc::new(Tracer::resume(fid.clone(), book, self.transport.clone()));
         Ctx::new(
@@ -346,7 +355,7 @@ impl Node {
             flow,
             owner,
             tracer,
-            self.locks.clone(),
+            keeper,
             self.options.limits.clone(),
             attempt,
         )
@@ -367,6 +376,11 @@ impl Node {
         tokio::time::timeout(within, stored).await.is_ok()
     }
 
+    /// The other processes of this node's deployment.
+    pub fn cluster(&self) -> &SharedCluster {
+        &self.cluster
+    }
+
     /// This node's name.
     pub fn name(&self) -> &str {
         &self.options.node
@@ -382,9 +396,27 @@ impl Node {
         self.options.max_live
     }
 
-    /// Answers an open lock.
-    pub fn answer_lock(&self, fid: &Fid, lid: &str, answer: Value) -> Result<(), AnswerError> {
-        self.locks.answer(fid, lid, answer)
+    /// Answers an open lock: here, or through the backend (a durable
+    /// execution's lock lives in its workflow).
+    pub async fn answer_lock(
+        &self,
+        fid: &Fid,
+        lid: &str,
+        answer: Value,
+    ) -> Result<(), ControlError> {
+        if self.locks.is_open(fid, lid) {
+            return self.locks.answer(fid, lid, answer).map_err(|e| match e {
+                AnswerError::NotFound { .. } => ControlError::NotFound(e.to_string()),
+            });
+        }
+        let lid = lid.to_string();
+        self.control(fid, Control::Answer { lid, answer }).await
+    }
+
+    /// Pauses, resumes or answers execution `fid`, wherever it runs
+    /// (see [`ExecutionBackend::control`]).
+    pub async fn control(&self, fid: &Fid, control: Control) -> Result<(), ControlError> {
+        self.options.backend.control(fid, control).await
     }
 
     /// An execution launched here whose first events are not stored yet

@@ -331,9 +331,16 @@ impl Pump {
             }) => {
                 // The lock event is recorded here, in the pipe's order; only
                 // the wait for its answer runs beside the reading.
-                let lid = uuid::Uuid::new_v4().to_string();
+                let lid = self.ctx.next_lock_id();
                 let pending = match self.ctx.open_lock(lid.clone(), &name, data, timeout).await {
                     Ok(pending) => pending,
+                    // Where locks are kept is down: the flow hears it at once
+                    // (in the answer's place) rather than waiting for nothing.
+                    Err(e @ LockError::Unavailable(_)) => {
+                        let reply = json!({"lid": lid, "name": name, "error": e.to_string()});
+                        write_line(&self.stdin, &reply.to_string()).await;
+                        return;
+                    }
                     Err(e) => {
                         tracing::debug!(fid = %self.ctx.fid(), error = %e, "lock not opened");
                         return;
@@ -346,7 +353,9 @@ impl Pump {
                         Err(LockError::Expired { .. }) => {
                             json!({"lid": lid, "name": name, "error": "expired"})
                         }
-                        Err(LockError::Trace(_) | LockError::InUse(_)) => return,
+                        Err(
+                            LockError::Trace(_) | LockError::InUse(_) | LockError::Unavailable(_),
+                        ) => return,
                     };
                     write_line(&stdin, &reply.to_string()).await;
                 });

@@ -48,6 +48,11 @@ pub enum Trace {
     /// A durable execution runs again after its attempt was lost: a `debug`
     /// event saying why, then `status: running` (also when it was already).
     Retry(String),
+    /// A durable execution is paused: `status: paused` (once).
+    Pause,
+    /// A paused execution goes on: back to `awaiting` while a lock is
+    /// open, else `running`.
+    Resume,
 }
 
 /// Why a Tracer refused an event.
@@ -88,6 +93,8 @@ pub struct TraceBook {
     max_payload: usize,
     /// The durable attempt its events belong to (0: direct mode).
     attempt: u32,
+    /// Paused: lock events change no status until resumed.
+    paused: bool,
 }
 
 impl TraceBook {
@@ -99,6 +106,7 @@ impl TraceBook {
             status: None,
             max_payload,
             attempt: 0,
+            paused: false,
         }
     }
 
@@ -112,6 +120,7 @@ impl TraceBook {
             status: Some(status),
             max_payload,
             attempt: 0,
+            paused: status == Status::Paused,
         }
     }
 
@@ -185,8 +194,22 @@ impl TraceBook {
             Trace::Retry(why) => {
                 out.push((Kind::Debug, json_text(&why)));
                 self.open_locks = 0;
+                self.paused = false;
                 self.status = Some(Status::Running);
                 out.push((Kind::Status, json_text(Status::Running.as_str())));
+            }
+            Trace::Pause => {
+                self.set(Status::Paused, &mut out);
+                self.paused = true;
+            }
+            Trace::Resume => {
+                self.paused = false;
+                let status = if self.open_locks > 0 {
+                    Status::Awaiting
+                } else {
+                    Status::Running
+                };
+                self.set(status, &mut out);
             }
             Trace::Finish(outcome) => match outcome {
                 Outcome::Finished(result) => {
@@ -207,6 +230,10 @@ impl TraceBook {
     }
 
     fn set(&mut self, status: Status, out: &mut Vec<(Kind, String)>) {
+        // A paused execution stays `paused` until resumed or ended.
+        if self.paused && !status.is_final() {
+            return;
+        }
         if self.status != Some(status) {
             self.status = Some(status);
             out.push((Kind::Status, json_text(status.as_str())));
@@ -402,5 +429,35 @@ mod tests {
         assert!(b.ended());
         let mut done = TraceBook::resume(64, 2, Status::Finished);
         assert!(done.plan(Trace::Running).is_err(), "an ended book refuses");
+    }
+
+    fn statuses(b: &mut TraceBook, trace: Trace) -> Vec<String> {
+        b.plan(trace)
+            .unwrap()
+            .into_iter()
+            .filter(|(kind, _)| *kind == Kind::Status)
+            .map(|(_, payload)| payload)
+            .collect()
+    }
+
+    #[test]
+    fn a_pause_holds_the_status_until_resumed_or_ended() {
+        let mut b = TraceBook::new(64);
+        statuses(&mut b, Trace::Running);
+        assert_eq!(statuses(&mut b, Trace::Pause), [json_text("paused")]);
+        assert!(statuses(&mut b, Trace::Pause).is_empty(), "paused once");
+        // A lock opened while paused changes nothing visible...
+        assert!(statuses(&mut b, Trace::Lock("{}".into())).is_empty());
+        // ...and shows once resumed.
+        assert_eq!(statuses(&mut b, Trace::Resume), [json_text("awaiting")]);
+        statuses(&mut b, Trace::Pause);
+        assert!(statuses(&mut b, Trace::Lease("{}".into())).is_empty());
+        assert_eq!(statuses(&mut b, Trace::Resume), [json_text("running")]);
+        statuses(&mut b, Trace::Pause);
+        let end = Trace::Finish(Outcome::Killed("by x".into()));
+        assert_eq!(statuses(&mut b, end), [json_text("killed")]);
+        // A book resumed at `paused` is paused.
+        let mut again = TraceBook::resume(64, 9, Status::Paused);
+        assert!(statuses(&mut again, Trace::Lock("{}".into())).is_empty());
     }
 }

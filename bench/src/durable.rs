@@ -73,8 +73,11 @@ pub(crate) async fn temporal(args: &BenchArgs, report: &mut Vec<String>) -> Resu
 
 /// A bench whose node runs every flow durably and hosts a worker.
 async fn durable_bench(args: &BenchArgs, temporal: &Arc<Temporal>) -> Result<Bench, String> {
-    let backend = Arc::new(TemporalBackend::new(temporal.clone(), None));
-    let mut b = fresh_with(args, "temporal-durable", Some(backend)).await?;
+    let for_backend = temporal.clone();
+    let backend = move |cluster| -> kodo_actors::SharedBackend {
+        Arc::new(TemporalBackend::new(for_backend.clone(), None, cluster))
+    };
+    let mut b = fresh_with(args, "temporal-durable", Some(&backend)).await?;
     b.worker =
         Some(TemporalWorker::start(temporal.clone(), b.node.clone()).map_err(|e| e.to_string())?);
     Ok(b)

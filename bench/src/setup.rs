@@ -247,11 +247,14 @@ pub(crate) async fn fresh(args: &BenchArgs, name: &str) -> Result<Bench, String>
     fresh_with(args, name, None).await
 }
 
+/// Makes the backend a bench's node runs executions through, for its cluster.
+pub(crate) type BackendFor = dyn Fn(SharedCluster) -> kodo_actors::SharedBackend;
+
 /// [`fresh`], with executions run through `backend` (default: direct).
 pub(crate) async fn fresh_with(
     args: &BenchArgs,
     name: &str,
-    backend: Option<kodo_actors::SharedBackend>,
+    backend: Option<&BackendFor>,
 ) -> Result<Bench, String> {
     let (dir, tmp) = match &args.dir {
         Some(d) => (d.join(name), None),
@@ -306,7 +309,7 @@ pub(crate) async fn fresh_with(
         ..NodeOptions::default()
     };
     if let Some(backend) = backend {
-        options.backend = backend;
+        options.backend = backend(cluster.clone());
     }
     let node = Node::start(store.clone(), transport, cluster, flows(args), options)
         .await

@@ -266,11 +266,13 @@ async fn temporal_worker(config: Config) -> ExitCode {
         Err(code) => return code,
     };
     let started = async {
-        let (temporal, _) = wiring::durable(&config, &[], true).await?.ok_or_else(|| {
-            kodo_durable::DurableError::Worker("no temporal configuration".into())
-        })?;
         let store = wiring::open_store(&config, false).await?;
         let (transport, cluster) = wiring::connect(&config, &config.node.name).await?;
+        let (temporal, _) = wiring::durable(&config, &[], true, &cluster)
+            .await?
+            .ok_or_else(|| {
+                kodo_durable::DurableError::Worker("no temporal configuration".into())
+            })?;
         let flows = wiring::flows(&config);
         let node = kodo_actors::Node::start(
             store,

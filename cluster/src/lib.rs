@@ -7,7 +7,9 @@
 //!   node (SSE followers, launches) hear of commits made elsewhere;
 //! - **settling**: a node that starts waits until everything published
 //!   before its start is stored, before it closes what its previous run left;
-//! - **ordering**: whether one execution's batches always commit in seq order.
+//! - **ordering**: whether one execution's batches always commit in seq order;
+//! - **nudges**: a node that paused, resumed or answered a durable execution
+//!   tells whichever process runs it to look at its workflow again.
 //!
 //! [`Solo`] is a deployment of one process (the in-process queue):
 //! nothing to announce, nothing to settle, commits in order. [`RedisCluster`]
@@ -21,7 +23,7 @@ pub use redis::RedisCluster;
 use async_trait::async_trait;
 use kodo_core::{Event, Fid};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// What went wrong reaching the other processes.
@@ -36,6 +38,10 @@ pub enum ClusterError {
 /// the highest seq they committed. An empty slice means notices may have
 /// been missed (the connection was lost): every follower should look again.
 pub type CommitListener = Arc<dyn Fn(&[(Fid, u64)]) + Send + Sync>;
+
+/// Hears nudges (see [`Cluster::nudge`]): the executions to look at again.
+/// An empty slice means nudges may have been missed: look at all of them.
+pub type NudgeListener = Arc<dyn Fn(&[Fid]) + Send + Sync>;
 
 /// The other processes of a deployment, as one node sees them.
 #[async_trait]
@@ -60,19 +66,36 @@ pub trait Cluster: Send + Sync + std::fmt::Debug + 'static {
     /// there. A node calls it at start, before it closes what its previous
     /// run left unfinished, so no late event lands after the closing status.
     async fn settle(&self, wait: Duration) -> bool;
+
+    /// Tells every process (this one too) to look again at what was asked
+    /// of execution `fid` (a durable execution paused, resumed, or its lock
+    /// answered: the request itself is in its workflow). Best effort.
+    async fn nudge(&self, fid: &Fid);
+
+    /// Calls `listener` with the executions nudged, for as long as this
+    /// cluster lives.
+    fn listen_nudges(&self, listener: NudgeListener);
 }
 
 /// A shared cluster.
 pub type SharedCluster = Arc<dyn Cluster>;
 
 /// A deployment of one process: the in-process queue and its own spoolers.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Solo;
+#[derive(Default)]
+pub struct Solo {
+    nudged: Mutex<Vec<NudgeListener>>,
+}
+
+impl std::fmt::Debug for Solo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Solo").finish_non_exhaustive()
+    }
+}
 
 impl Solo {
     /// A shared `Solo`.
     pub fn shared() -> SharedCluster {
-        Arc::new(Solo)
+        Arc::new(Solo::default())
     }
 }
 
@@ -89,6 +112,18 @@ impl Cluster for Solo {
     /// An in-process queue starts empty: settled at once.
     async fn settle(&self, _wait: Duration) -> bool {
         true
+    }
+
+    /// The one process hears its own nudges, at once.
+    async fn nudge(&self, fid: &Fid) {
+        let listeners = self.nudged.lock().expect("nudged lock").clone();
+        for listener in listeners {
+            listener(std::slice::from_ref(fid));
+        }
+    }
+
+    fn listen_nudges(&self, listener: NudgeListener) {
+        self.nudged.lock().expect("nudged lock").push(listener);
     }
 }
 

@@ -1,9 +1,10 @@
 //! The cluster over Redis: commit notices on the channel `PREFIX:commits`
-//! (lines `fid seq`, the highest committed seq per execution), and settling
+//! (lines `fid seq`, the highest committed seq per execution), nudges on
+//! `PREFIX:nudges` (one fid per message), and settling
 //! on the transport's streams (everything up to each stream's newest entry
 //! acknowledged by the spoolers' group).
 
-use crate::{Cluster, ClusterError, CommitListener, commit_marks};
+use crate::{Cluster, ClusterError, CommitListener, NudgeListener, commit_marks};
 use async_trait::async_trait;
 use futures::StreamExt;
 use kodo_core::{Event, Fid, mask_url};
@@ -21,6 +22,7 @@ pub struct RedisCluster {
     conn: ConnectionManager,
     masked: String,
     channel: String,
+    nudges: String,
     streams: Vec<String>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -57,6 +59,7 @@ impl RedisCluster {
             client,
             conn,
             channel: format!("{prefix}:commits"),
+            nudges: format!("{prefix}:nudges"),
             streams: (0..shards).map(|i| events_key(prefix, i)).collect(),
             masked,
             tasks: Mutex::new(Vec::new()),
@@ -90,7 +93,40 @@ impl Cluster for RedisCluster {
         let task = tokio::spawn(listen_loop(
             self.client.clone(),
             self.channel.clone(),
-            listener,
+            Arc::new(move |payload: &[u8]| {
+                let marks = parse_marks(payload);
+                if payload.is_empty() || !marks.is_empty() {
+                    listener(&marks);
+                }
+            }),
+        ));
+        self.tasks.lock().expect("tasks lock").push(task);
+    }
+
+    async fn nudge(&self, fid: &Fid) {
+        let mut conn = self.conn.clone();
+        let sent: Result<(), _> = redis::cmd("PUBLISH")
+            .arg(&self.nudges)
+            .arg(fid.as_str())
+            .query_async(&mut conn)
+            .await;
+        if let Err(e) = sent {
+            tracing::warn!(%fid, error = %e, url = %self.masked, "a nudge was not sent");
+        }
+    }
+
+    fn listen_nudges(&self, listener: NudgeListener) {
+        let task = tokio::spawn(listen_loop(
+            self.client.clone(),
+            self.nudges.clone(),
+            Arc::new(move |payload: &[u8]| {
+                let fid = std::str::from_utf8(payload).ok().and_then(Fid::parse);
+                match fid {
+                    Some(fid) => listener(&[fid]),
+                    None if payload.is_empty() => listener(&[]),
+                    None => {}
+                }
+            }),
         ));
         self.tasks.lock().expect("tasks lock").push(task);
     }
@@ -136,8 +172,11 @@ impl Drop for RedisCluster {
     }
 }
 
-/// Listens to commit notices of other processes, reconnecting as needed.
-async fn listen_loop(client: redis::Client, channel: String, listener: CommitListener) {
+/// Hears one channel's messages; an empty payload: some may have been missed.
+type PayloadListener = Arc<dyn Fn(&[u8]) + Send + Sync>;
+
+/// Listens to a channel, reconnecting as needed.
+async fn listen_loop(client: redis::Client, channel: String, listener: PayloadListener) {
     let mut backoff = Duration::from_millis(50);
     loop {
         let subscribed = async {
@@ -149,19 +188,19 @@ async fn listen_loop(client: redis::Client, channel: String, listener: CommitLis
         match subscribed {
             Ok(pubsub) => {
                 backoff = Duration::from_millis(50);
-                // Notices sent while unsubscribed are gone: wake every follower.
+                // Messages sent while unsubscribed are gone: look at everything.
                 listener(&[]);
                 let mut messages = pubsub.into_on_message();
                 while let Some(msg) = messages.next().await {
-                    let marks = parse_marks(msg.get_payload_bytes());
-                    if !marks.is_empty() {
-                        listener(&marks);
+                    let payload = msg.get_payload_bytes();
+                    if !payload.is_empty() {
+                        listener(payload);
                     }
                 }
-                tracing::warn!("redis commit notices interrupted; resubscribing");
+                tracing::warn!(%channel, "redis notices interrupted; resubscribing");
             }
             Err(e) => {
-                tracing::debug!(error = %e, "redis commit notices unavailable");
+                tracing::debug!(%channel, error = %e, "redis notices unavailable");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }

@@ -130,6 +130,8 @@ names! {
         Running = "running",
         /// Waiting for the answer to at least one open lock.
         Awaiting = "awaiting",
+        /// Held by a pause (durable mode): the flow makes no progress until resumed.
+        Paused = "paused",
         /// Final: the flow succeeded.
         Finished = "finished",
         /// Final: the flow failed, crashed, timed out or its node went away.
@@ -280,9 +282,9 @@ mod tests {
     }
 
     #[test]
-    fn fourteen_kinds_six_statuses_round_trip() {
+    fn fourteen_kinds_seven_statuses_round_trip() {
         assert_eq!(Kind::ALL.len(), 14);
-        assert_eq!(Status::ALL.len(), 6);
+        assert_eq!(Status::ALL.len(), 7);
         for k in Kind::ALL {
             assert_eq!(k.as_str().parse::<Kind>().unwrap(), *k);
             assert_eq!(serde_json::to_string(k).unwrap(), format!("\"{k}\""));

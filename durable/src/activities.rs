@@ -11,9 +11,10 @@
 
 #![allow(unreachable_pub, missing_docs)]
 
+use crate::control::{self, DurableLocks, Nudges};
 use crate::workflow::{Close, Ending, KodoExecution, Launch, Ran};
 use futures::FutureExt;
-use kodo_actors::{Execution, Node, Outcome, Stop, Trace, TraceBook, Tracer, drive};
+use kodo_actors::{Execution, Locks, Node, Outcome, Stop, Trace, TraceBook, Tracer, drive};
 use kodo_core::{Fid, Meta, Status};
 use kodo_store::StoreError;
 use std::panic::AssertUnwindSafe;
@@ -28,6 +29,8 @@ use temporalio_sdk::activities::{ActivityContext, ActivityError};
 pub struct KodoActivities {
     pub(crate) node: Arc<Node>,
     pub(crate) task_queue: String,
+    /// The attempts running here, for nudges.
+    pub(crate) nudges: Nudges,
 }
 
 /// How often an attempt tells Temporal it is alive (the SDK sends at most
@@ -72,6 +75,9 @@ impl KodoActivities {
                 node.name()
             ))
         })?;
+        // Heard from before the first event: once `running` is stored, a
+        // pause or an answer reaches this attempt.
+        let nudged = self.nudges.register(&fid);
         // Nothing is published before the flow starts: a cancel (the worker
         // stops) gives the attempt back at no cost.
         let start = tokio::select! {
@@ -83,13 +89,52 @@ impl KodoActivities {
             Start::Go(book, first) => (book, first),
         };
         tracing::info!(%fid, flow = %flow.name, attempt, "durable attempt starts");
-        let ctx = node.context(fid.clone(), &flow.name, &launch.owner, book, attempt);
+        let handle = actx.workflow_handle::<KodoExecution>();
+        let locks = Arc::new(DurableLocks::new(actx.workflow_handle()));
+        let ctx = node.context(
+            fid.clone(),
+            &flow.name,
+            &launch.owner,
+            book,
+            attempt,
+            locks.clone(),
+        );
         progress.store(ctx.tracer().clone());
+        let mut ask_first = false;
+        let begin = match first {
+            // A retry: marked first, then it takes up what was asked of the
+            // execution (it may be paused; its locks may be answered).
+            Trace::Retry(why) => {
+                if let Err(e) = ctx.tracer().trace(Trace::Retry(why)).await {
+                    tracing::warn!(%fid, error = %e, "could not record the retry");
+                }
+                if let Some(handle) = &handle {
+                    match control::asked(handle).await {
+                        Ok(asked) => control::apply(&ctx, &locks, asked).await,
+                        Err(e) => {
+                            tracing::warn!(%fid, error = %e, "cannot ask the workflow what it holds yet");
+                            ask_first = true;
+                        }
+                    }
+                }
+                Trace::Running
+            }
+            first => first,
+        };
+        let _following = handle.map(|handle| {
+            AbortOnDrop(tokio::spawn(control::follow(
+                ctx.clone(),
+                handle,
+                locks,
+                nudged,
+                ask_first,
+            )))
+        });
         let execution = Execution {
             ctx: ctx.clone(),
             flow,
             inputs: launch.inputs.clone(),
-            begin: first,
+            begin,
         };
         let driven = AssertUnwindSafe(drive(execution)).catch_unwind();
         let mut driven = std::pin::pin!(driven);
@@ -150,7 +195,8 @@ impl KodoActivities {
             Start::Go(book, first) => (book, first),
         };
         let flow = close.launch.flow.clone();
-        let ctx = node.context(fid, &flow, &close.launch.owner, book, after_all);
+        let locks = Arc::new(Locks::default());
+        let ctx = node.context(fid, &flow, &close.launch.owner, book, after_all, locks);
         if matches!(first, Trace::Begin { .. }) {
             ctx.tracer()
                 .trace(first)

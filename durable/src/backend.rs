@@ -4,15 +4,17 @@
 //! in durable mode go to the direct backend.
 
 use crate::Temporal;
-use crate::workflow::{KodoExecution, Launch};
+use crate::control::{self, AskError};
+use crate::workflow::{Answer, KodoExecution, Launch};
 use async_trait::async_trait;
-use kodo_actors::{Ctx, Direct, Execution, ExecutionBackend, Started, Stop};
+use kodo_actors::{Control, ControlError, Ctx, Direct, Execution, ExecutionBackend, Started, Stop};
+use kodo_cluster::SharedCluster;
 use kodo_core::Fid;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
-use temporalio_client::errors::{WorkflowInteractionError, WorkflowStartError};
+use temporalio_client::errors::WorkflowStartError;
 use temporalio_client::{
     Client, WorkflowGetResultOptions, WorkflowHandle, WorkflowIdConflictPolicy,
     WorkflowIdReusePolicy, WorkflowSignalOptions, WorkflowStartOptions,
@@ -24,13 +26,88 @@ pub struct TemporalBackend {
     temporal: Arc<Temporal>,
     /// Flows in durable mode; `None`: all of them.
     durable: Option<HashSet<String>>,
+    /// Where pauses and answers are announced to the attempts.
+    cluster: SharedCluster,
 }
 
 impl TemporalBackend {
     /// A backend for `temporal`: every flow durable (`durable` None), or
-    /// only those named.
-    pub fn new(temporal: Arc<Temporal>, durable: Option<HashSet<String>>) -> Self {
-        Self { temporal, durable }
+    /// only those named; pauses and answers are announced on `cluster`.
+    pub fn new(
+        temporal: Arc<Temporal>,
+        durable: Option<HashSet<String>>,
+        cluster: SharedCluster,
+    ) -> Self {
+        Self {
+            temporal,
+            durable,
+            cluster,
+        }
+    }
+
+    fn handle(&self, fid: &Fid) -> WorkflowHandle<Client, KodoExecution> {
+        self.temporal
+            .client
+            .get_workflow_handle::<KodoExecution>(self.temporal.workflow_id(fid))
+    }
+
+    /// Records `control` in the execution's workflow, if it fits what the
+    /// workflow holds.
+    async fn ask(&self, fid: &Fid, control: Control) -> Result<(), ControlError> {
+        let unreachable = |e: &dyn std::fmt::Display| {
+            ControlError::Unreachable(format!(
+                "temporal at {}: {e}",
+                self.temporal.options.address
+            ))
+        };
+        let no_lock =
+            |lid: &str| ControlError::NotFound(format!("no open lock {lid} in execution {fid}"));
+        let handle = self.handle(fid);
+        let asked = match control::asked(&handle).await {
+            Ok(asked) => asked,
+            Err(AskError::NotFound) => return Direct.control(fid, control).await,
+            Err(e) => return Err(unreachable(&e)),
+        };
+        if asked.killed.is_some() {
+            return Err(ControlError::Conflict(format!(
+                "execution {fid} is being killed"
+            )));
+        }
+        let options = WorkflowSignalOptions::default;
+        let sent = match control {
+            Control::Pause if asked.paused => {
+                return Err(ControlError::Conflict(format!(
+                    "execution {fid} is paused already"
+                )));
+            }
+            Control::Resume if !asked.paused => {
+                return Err(ControlError::Conflict(format!(
+                    "execution {fid} is not paused"
+                )));
+            }
+            Control::Pause => {
+                control::sent(handle.signal(KodoExecution::pause, (), options())).await
+            }
+            Control::Resume => {
+                control::sent(handle.signal(KodoExecution::resume, (), options())).await
+            }
+            Control::Answer { lid, answer } => {
+                if !asked.locks.get(&lid).is_some_and(|lock| lock.is_open()) {
+                    return Err(no_lock(&lid));
+                }
+                control::sent(handle.signal(
+                    KodoExecution::answer,
+                    Answer { lid, answer },
+                    options(),
+                ))
+                .await
+            }
+        };
+        match sent {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(ControlError::Conflict(format!("execution {fid} has ended"))),
+            Err(e) => Err(unreachable(&e)),
+        }
     }
 
     fn is_durable(&self, flow: &str) -> bool {
@@ -52,17 +129,12 @@ async fn signal_kill(
     handle: &WorkflowHandle<Client, KodoExecution>,
     reason: &str,
 ) -> Result<bool, String> {
-    let sent = handle.signal(
+    control::sent(handle.signal(
         KodoExecution::kill,
         reason.to_string(),
         WorkflowSignalOptions::default(),
-    );
-    match tokio::time::timeout(Duration::from_secs(10), sent).await {
-        Ok(Ok(())) => Ok(true),
-        Ok(Err(WorkflowInteractionError::NotFound(_))) => Ok(false),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("no answer within 10 s".into()),
-    }
+    ))
+    .await
 }
 
 #[async_trait]
@@ -107,6 +179,14 @@ impl ExecutionBackend for TemporalBackend {
 
     async fn stop(&self, fid: &Fid, stop: Stop) -> Result<bool, String> {
         self.signal_kill(fid, &stop.reason).await
+    }
+
+    /// Pause, resume and lock answers are recorded in the execution's
+    /// workflow, then the attempt running it (on any worker) is nudged.
+    async fn control(&self, fid: &Fid, control: Control) -> Result<(), ControlError> {
+        self.ask(fid, control).await?;
+        self.cluster.nudge(fid).await;
+        Ok(())
     }
 }
 

@@ -23,6 +23,7 @@
 mod activities;
 mod backend;
 mod client;
+mod control;
 mod worker;
 mod workflow;
 

@@ -5,6 +5,7 @@
 //! runtime, so activities still run on the runtime's pool.
 
 use crate::activities::KodoActivities;
+use crate::control::Nudges;
 use crate::workflow::KodoExecution;
 use crate::{DurableError, Temporal};
 use kodo_actors::Node;
@@ -56,6 +57,9 @@ impl TemporalWorker {
             .local_activity_task_slot_supplier(FixedSizeSlotSupplier::new(100))
             .nexus_task_slot_supplier(FixedSizeSlotSupplier::new(100))
             .build();
+        // Pauses and answers given through any node reach the attempts here.
+        let nudges = Nudges::default();
+        node.cluster().listen_nudges(nudges.listener());
         Self::host(move |sdk| {
             let options = WorkerOptions::new(queue.clone())
                 .register_workflow::<KodoExecution>()
@@ -63,6 +67,7 @@ impl TemporalWorker {
                 .register_activities(KodoActivities {
                     node,
                     task_queue: queue,
+                    nudges,
                 })
                 .tuner(tuner)
                 .graceful_shutdown_period(GIVE_BACK_AFTER)

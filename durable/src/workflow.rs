@@ -3,7 +3,14 @@
 //! ends without recording the execution's end (its attempts were all lost,
 //! a kill came between two attempts, the execution's time ran out, or the
 //! attempt could not record it), records the end with `kodo_close`.
-//! Signals: `kill`. Queries: `killed`.
+//! Signals: `kill`, `pause`, `resume`, `open_lock` (from the attempt),
+//! `answer`. Queries: `state` (what was asked of the execution: killed,
+//! paused, its locks), `killed`.
+//!
+//! Pauses and locks live here, not on any node: an attempt learns of them
+//! by querying `state` when it starts, when nudged (see
+//! `kodo_cluster::Cluster::nudge`), and every second while it is paused or
+//! waits on a lock. A lock expires by a workflow timer.
 //!
 //! Workflow code is replayed: it must stay deterministic (no clock, no IO);
 //! the names of the workflow, its activities, signals and queries are fixed
@@ -14,6 +21,7 @@
 use crate::activities::KodoActivities;
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::time::Duration;
 use temporalio_client::RetryPolicy;
 use temporalio_macros::{workflow, workflow_methods};
@@ -67,17 +75,68 @@ pub struct Close {
     pub ending: Ending,
 }
 
+/// A lock of the execution, as the workflow keeps it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LockRecord {
+    /// When it expires (Unix milliseconds, the workflow's clock).
+    pub expires_ms: u64,
+    /// Its answer, once given.
+    pub answer: Option<serde_json::Value>,
+    /// Whether it expired unanswered.
+    pub expired: bool,
+}
+
+impl LockRecord {
+    /// Whether it still waits for an answer.
+    pub fn is_open(&self) -> bool {
+        self.answer.is_none() && !self.expired
+    }
+}
+
+/// An attempt opens lock `lid`, to expire after `wait_ms` (unless the
+/// workflow has it already: an earlier attempt opened it).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Opening {
+    pub lid: String,
+    pub wait_ms: u64,
+}
+
+/// An answer to lock `lid`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Answer {
+    pub lid: String,
+    pub answer: serde_json::Value,
+}
+
+/// What was asked of the execution: the query `state`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Asked {
+    /// Killed, and why.
+    pub killed: Option<String>,
+    /// Paused (and not resumed since).
+    pub paused: bool,
+    /// Its locks, by id.
+    pub locks: BTreeMap<String, LockRecord>,
+}
+
 #[workflow]
 pub struct KodoExecution {
     launch: Launch,
     kill: Option<String>,
+    paused: bool,
+    locks: BTreeMap<String, LockRecord>,
 }
 
 #[workflow_methods]
 impl KodoExecution {
     #[init]
     pub fn new(_ctx: &WorkflowContextView, launch: Launch) -> Self {
-        Self { launch, kill: None }
+        Self {
+            launch,
+            kill: None,
+            paused: false,
+            locks: BTreeMap::new(),
+        }
     }
 
     #[run(name = "kodo_execution")]
@@ -185,8 +244,71 @@ impl KodoExecution {
         }
     }
 
+    #[signal(name = "pause")]
+    pub fn pause(&mut self, _ctx: &mut SyncWorkflowContext<Self>) {
+        self.paused = true;
+    }
+
+    #[signal(name = "resume")]
+    pub fn resume(&mut self, _ctx: &mut SyncWorkflowContext<Self>) {
+        self.paused = false;
+    }
+
+    /// Records a lock an attempt opened and expires it by a timer; a lock
+    /// the workflow has already (opened by an earlier attempt) stays as is.
+    #[signal(name = "open_lock")]
+    pub async fn open_lock(ctx: &mut WorkflowContext<Self>, opening: Opening) {
+        let now = ctx
+            .workflow_time()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |t| t.as_millis() as u64);
+        let lid = opening.lid;
+        let new = ctx.state_mut(|s| {
+            if s.locks.contains_key(&lid) {
+                return false;
+            }
+            let record = LockRecord {
+                expires_ms: now.saturating_add(opening.wait_ms),
+                answer: None,
+                expired: false,
+            };
+            s.locks.insert(lid.clone(), record);
+            true
+        });
+        if new {
+            ctx.timer(Duration::from_millis(opening.wait_ms)).await;
+            ctx.state_mut(|s| {
+                if let Some(lock) = s.locks.get_mut(&lid)
+                    && lock.answer.is_none()
+                {
+                    lock.expired = true;
+                }
+            });
+        }
+    }
+
+    /// Answers an open lock; the first answer wins, and none counts after
+    /// the lock expired.
+    #[signal(name = "answer")]
+    pub fn answer(&mut self, _ctx: &mut SyncWorkflowContext<Self>, answer: Answer) {
+        if let Some(lock) = self.locks.get_mut(&answer.lid)
+            && lock.is_open()
+        {
+            lock.answer = Some(answer.answer);
+        }
+    }
+
     #[query(name = "killed")]
     pub fn killed(&self, _ctx: &WorkflowContextView) -> Option<String> {
         self.kill.clone()
+    }
+
+    #[query(name = "state")]
+    pub fn state(&self, _ctx: &WorkflowContextView) -> Asked {
+        Asked {
+            killed: self.kill.clone(),
+            paused: self.paused,
+            locks: self.locks.clone(),
+        }
     }
 }

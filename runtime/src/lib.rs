@@ -116,7 +116,7 @@ impl Runtime {
         let (transport, cluster) = wiring::connect(&config, &config.node.name).await?;
         let mut options = wiring::node_options(&config);
         let names: Vec<String> = flows.iter().map(|f| f.name.clone()).collect();
-        let durable = wiring::durable(&config, &names, false).await?;
+        let durable = wiring::durable(&config, &names, false, &cluster).await?;
         let temporal = durable.map(|(temporal, backend)| {
             options.backend = Arc::new(backend);
             temporal

@@ -139,18 +139,20 @@ pub fn temporal_options(config: &Config) -> TemporalOptions {
 }
 
 /// Connects to Temporal when some flow runs durably (or `always`, for a
-/// worker alone), and returns the backend the node launches through.
+/// worker alone), and returns the backend the node launches through
+/// (announcing pauses and answers on `cluster`).
 pub async fn durable(
     config: &Config,
     extra: &[String],
     always: bool,
+    cluster: &SharedCluster,
 ) -> Result<Option<(Arc<Temporal>, TemporalBackend)>, DurableError> {
     let flows = durable_flows(config, extra);
     if !always && flows.as_ref().is_some_and(HashSet::is_empty) {
         return Ok(None);
     }
     let temporal = Temporal::connect(temporal_options(config)).await?;
-    let backend = TemporalBackend::new(temporal.clone(), flows);
+    let backend = TemporalBackend::new(temporal.clone(), flows, cluster.clone());
     Ok(Some((temporal, backend)))
 }
 

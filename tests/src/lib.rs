@@ -188,6 +188,36 @@ pub async fn wait_event(node: &Node, fid: &Fid, kind: Kind) -> Event {
         .unwrap_or_else(|_| panic!("no {kind} event for {fid} within {DEADLINE:?}"))
 }
 
+/// Waits until `done` holds for the execution's stored events (following
+/// the hub, with [`DEADLINE`]); returns them.
+pub async fn events_until(
+    node: &Node,
+    fid: &Fid,
+    what: &str,
+    done: impl Fn(&[Event]) -> bool,
+) -> Vec<Event> {
+    let mut sub = node.hub().subscribe(fid);
+    let work = async {
+        loop {
+            let events = stored_events(node.store(), fid).await;
+            if done(&events) {
+                return events;
+            }
+            // Commits wake this; a status or a count may also change by a
+            // commit this node did not hear of: look again now and then.
+            let _ = tokio::time::timeout(Duration::from_millis(200), sub.changed()).await;
+        }
+    };
+    tokio::time::timeout(DEADLINE, work)
+        .await
+        .unwrap_or_else(|_| panic!("{fid}: {what} not reached within {DEADLINE:?}"))
+}
+
+/// The statuses among `events`, in order.
+pub fn statuses(events: &[Event]) -> Vec<Status> {
+    events.iter().filter_map(Event::status).collect()
+}
+
 /// Waits until the execution's `lock` event is stored; returns it and the lock id.
 pub async fn wait_lock(node: &Node, fid: &Fid) -> (Event, String) {
     let lock = wait_event(node, fid, Kind::Lock).await;
@@ -342,6 +372,22 @@ impl TestApi {
         tokio::time::timeout(DEADLINE, work)
             .await
             .unwrap_or_else(|_| panic!("/health never showed {what}"))
+    }
+
+    /// `POST path` (body `{}` or `body`) without a token: its status code and JSON body.
+    pub async fn post(
+        &self,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let resp = self
+            .req(reqwest::Method::POST, path, None)
+            .json(&body.unwrap_or_else(|| serde_json::json!({})))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        let code = resp.status().as_u16();
+        (code, resp.json().await.unwrap_or_default())
     }
 
     /// A request to `path` with an optional bearer token.

@@ -154,3 +154,141 @@ async fn an_execution_out_of_time_ends_in_error_recorded_by_the_workflow() {
     );
     api.running.shutdown("test over").await;
 }
+
+/// A Rust flow that emits a `debug` tick every 20 ms, for a long while.
+fn ticks() -> FlowDef {
+    FlowDef::rust("ticks", |ctx: Ctx, _| async move {
+        for i in 0..100_000 {
+            ctx.debug(&i.to_string()).await?;
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Ok(json!("done"))
+    })
+}
+
+fn count(events: &[kodo_core::Event], kind: Kind) -> usize {
+    events.iter().filter(|e| e.kind == kind).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_rust_flow_blocks_in_its_next_ctx_call_until_resumed() {
+    let api = TestApi::start(&durable_config(""), vec![ticks()]).await;
+    let node = api.running.node();
+    let fid = api.launch("ticks").await;
+    events_until(node, &fid, "3 ticks", |e| count(e, Kind::Debug) >= 3).await;
+
+    let (code, body) = api.post(&format!("/executions/{fid}/pause"), None).await;
+    assert_eq!((code, &body["paused"]), (202, &json!(true)), "{body}");
+    let paused = events_until(node, &fid, "status paused", |e| {
+        statuses(e).last() == Some(&Status::Paused)
+    })
+    .await;
+    let (code, body) = api.post(&format!("/executions/{fid}/pause"), None).await;
+    assert_eq!(code, 409, "paused already: {body}");
+    // One tick may have passed the gate as the pause came; then none.
+    let window = std::time::Duration::from_millis(1000);
+    tokio::time::sleep(window).await;
+    let first = count(&stored_events(node.store(), &fid).await, Kind::Debug);
+    assert!(first <= count(&paused, Kind::Debug) + 1);
+    tokio::time::sleep(window).await;
+    let second = count(&stored_events(node.store(), &fid).await, Kind::Debug);
+    assert_eq!(first, second, "no tick while paused");
+    let row = node.store().execution(&fid).await.unwrap().unwrap();
+    assert_eq!(row.status, Status::Paused);
+
+    let (code, body) = api.post(&format!("/executions/{fid}/resume"), None).await;
+    assert_eq!((code, &body["paused"]), (202, &json!(false)), "{body}");
+    let resumed = events_until(node, &fid, "ticks again", |e| {
+        count(e, Kind::Debug) >= second + 3
+    })
+    .await;
+    let after = statuses(&resumed);
+    assert_eq!(after[after.len() - 2..], [Status::Paused, Status::Running]);
+    // Ticks go on where they stopped: 0, 1, 2, ... with none skipped.
+    let ticks: Vec<Value> = payloads(&resumed, Kind::Debug);
+    let expected: Vec<Value> = (0..ticks.len()).map(|i| json!(i.to_string())).collect();
+    assert_eq!(ticks, expected);
+
+    let (code, _) = api.post(&format!("/executions/{fid}/kill"), None).await;
+    assert_eq!(code, 202);
+    ended_with(node, &fid, Status::Killed).await;
+    let (code, body) = api.post(&format!("/executions/{fid}/resume"), None).await;
+    assert_eq!(code, 409, "ended: {body}");
+    api.running.shutdown("test over").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_and_resume_in_direct_mode_answer_409() {
+    let api = TestApi::start("", vec![ticks()]).await;
+    let node = api.running.node();
+    let fid = api.launch("ticks").await;
+    events_until(node, &fid, "a tick", |e| count(e, Kind::Debug) >= 1).await;
+    for what in ["pause", "resume"] {
+        let (code, body) = api.post(&format!("/executions/{fid}/{what}"), None).await;
+        assert_eq!(code, 409, "{what}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("durable mode"),
+            "{body}"
+        );
+    }
+    let (code, _) = api
+        .post(&format!("/executions/{}/pause", Fid::new()), None)
+        .await;
+    assert_eq!(code, 404, "an unknown execution");
+    api.running.shutdown("test over").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_lock_is_answered_through_its_workflow_and_expires_by_its_timer() {
+    let asks = FlowDef::rust("asks", |ctx: Ctx, _| async move {
+        let yes = ctx
+            .lock("ok?", json!({}), Some(std::time::Duration::from_secs(120)))
+            .await?;
+        let late = ctx
+            .lock("late?", json!({}), Some(std::time::Duration::from_secs(1)))
+            .await;
+        Ok(json!({"yes": yes, "late": late.err().map(|e| e.to_string())}))
+    });
+    let api = TestApi::start(&durable_config(""), vec![asks]).await;
+    let node = api.running.node();
+    let fid = api.launch("asks").await;
+    let (_, lid) = wait_lock(node, &fid).await;
+    assert_eq!(
+        lid,
+        format!("{fid}-1"),
+        "the nth lock's id is the same in every attempt"
+    );
+    let answer = |lid: String, answer: Value| {
+        let path = format!("/executions/{fid}/locks/{lid}");
+        let api = &api;
+        async move { api.post(&path, Some(json!({ "answer": answer }))).await }
+    };
+    let (code, body) = answer("nope".into(), json!(1)).await;
+    assert_eq!(code, 404, "{body}");
+    let (code, body) = answer(lid.clone(), json!("yes")).await;
+    assert_eq!(code, 200, "{body}");
+    let events = ended_with(node, &fid, Status::Finished).await;
+    assert_eq!(
+        payloads(&events, Kind::Final),
+        [json!({"yes": "yes", "late": format!("lock {fid}-2 (late?) expired")})]
+    );
+    // The workflow's timer expired it (the attempt itself would wait 30 s more).
+    let second = events
+        .iter()
+        .filter(|e| e.kind == Kind::Lock)
+        .nth(1)
+        .unwrap();
+    let lease = events
+        .iter()
+        .filter(|e| e.kind == Kind::Lease)
+        .nth(1)
+        .unwrap();
+    assert!(
+        lease.ts - second.ts < 10.0,
+        "expired after {} s",
+        lease.ts - second.ts
+    );
+    let (code, _) = answer(lid, json!("again")).await;
+    assert_eq!(code, 409, "the execution ended");
+    api.running.shutdown("test over").await;
+}

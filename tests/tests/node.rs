@@ -195,8 +195,11 @@ async fn a_command_flow_speaks_the_protocol_and_answers_a_lock() {
     let row = t.store.execution(&fid).await.unwrap().unwrap();
     assert_eq!(row.status, Status::Awaiting);
     let lid = lock["lid"].as_str().unwrap();
-    assert!(t.node.answer_lock(&fid, "nope", json!(1)).is_err());
-    t.node.answer_lock(&fid, lid, json!({"yes": true})).unwrap();
+    assert!(t.node.answer_lock(&fid, "nope", json!(1)).await.is_err());
+    t.node
+        .answer_lock(&fid, lid, json!({"yes": true}))
+        .await
+        .unwrap();
     assert_eq!(wait_final(&t.node, &fid).await, Status::Finished);
     let events = stored_events(&t.store, &fid).await;
     check_log(&events).unwrap();
@@ -366,7 +369,7 @@ async fn killing_a_command_waiting_on_a_lock_ends_it_at_once() {
     // until the 5 s output drain timeout (as it once did).
     let took = started.elapsed();
     assert!(took < Duration::from_secs(3), "kill took {took:?}");
-    assert!(t.node.answer_lock(&fid, "any", json!(1)).is_err());
+    assert!(t.node.answer_lock(&fid, "any", json!(1)).await.is_err());
     t.node.shutdown("test over").await;
 }
 

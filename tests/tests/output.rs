@@ -276,6 +276,7 @@ async fn fd3_lines_keep_their_order_locks_too() {
     for lock in &locks {
         t.node
             .answer_lock(&fid, lock["lid"].as_str().unwrap(), json!(1))
+            .await
             .unwrap();
     }
     assert_eq!(wait_final(&t.node, &fid).await, Status::Finished);
@@ -299,7 +300,7 @@ async fn the_python_helper_stores_a_print_before_the_lock_after_it() {
         Some(("\"before\"", true)),
         "the print is stored before the lock, while the flow waits"
     );
-    t.node.answer_lock(&fid, &lid, json!("yes")).unwrap();
+    t.node.answer_lock(&fid, &lid, json!("yes")).await.unwrap();
     assert_eq!(wait_final(&t.node, &fid).await, Status::Finished);
     let events = stored_events(&t.store, &fid).await;
     assert_eq!(

@@ -213,6 +213,7 @@ async fn run_case(ops: Vec<Op>, redis: Option<&str>) -> Result<(), TestCaseError
                 {
                     t.node
                         .answer_lock(&execs[i].fid, &lid, json!(i))
+                        .await
                         .expect("open lock answers");
                 }
             }
@@ -268,6 +269,7 @@ async fn run_case(ops: Vec<Op>, redis: Option<&str>) -> Result<(), TestCaseError
             if let Some(lid) = e.lock.take() {
                 t.node
                     .answer_lock(&e.fid, &lid, json!(i))
+                    .await
                     .expect("open lock answers");
             }
             e.tx.send(Cmd::Finish).unwrap();

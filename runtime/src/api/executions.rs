@@ -1,5 +1,5 @@
 //! The execution routes: flows, launch, list, one execution, its events,
-//! kill, lock answers. A user sees only their own executions (another
+//! kill, pause and resume, lock answers. A user sees only their own executions (another
 //! user's answer 404, as if they did not exist); an admin sees all.
 
 use super::AppState;
@@ -7,7 +7,7 @@ use super::auth::User;
 use super::error::{ApiError, ApiResult, json_body, json_type, query, seq_param};
 use super::types::{
     AnswerBody, Answered, EventList, EventParams, EventView, ExecutionPage, ExecutionView,
-    FlowList, FlowView, Killing, LaunchBody, Launched, ListParams,
+    FlowList, FlowView, Killing, LaunchBody, Launched, ListParams, PauseState,
 };
 use axum::Json;
 use axum::body::Bytes;
@@ -15,7 +15,7 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use kodo_actors::{AnswerError, KillError, LaunchError};
+use kodo_actors::{Control, ControlError, KillError, LaunchError};
 use kodo_core::{Fid, Kind, Status};
 use kodo_store::{EventQuery, ExecutionRow, ListQuery};
 use serde_json::Value;
@@ -233,6 +233,71 @@ pub(super) async fn kill(
     }
 }
 
+/// The answer to a refused control request.
+fn control_error(e: ControlError) -> ApiError {
+    let status = match &e {
+        ControlError::Unsupported(_) | ControlError::Conflict(_) => StatusCode::CONFLICT,
+        ControlError::NotFound(_) => StatusCode::NOT_FOUND,
+        ControlError::Unreachable(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    ApiError::new(status, e.to_string())
+}
+
+/// `POST /executions/{fid}/pause` and `/resume` (durable mode).
+async fn pause_or_resume(
+    state: &AppState,
+    user: &User,
+    fid: &str,
+    pause: bool,
+) -> ApiResult<Response> {
+    let row = visible(state, user, fid).await?;
+    still_running(&row)?;
+    // Only once it runs: before, no attempt would hear of it yet.
+    if row.status == Status::Starting {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "execution is starting, not running yet",
+        ));
+    }
+    let control = if pause {
+        Control::Pause
+    } else {
+        Control::Resume
+    };
+    state
+        .node
+        .control(&row.fid, control)
+        .await
+        .map_err(control_error)?;
+    tracing::info!(fid = %row.fid, by = %user.name, pause, "execution paused or resumed");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(PauseState {
+            fid: row.fid,
+            paused: pause,
+        }),
+    )
+        .into_response())
+}
+
+/// `POST /executions/{fid}/pause`.
+pub(super) async fn pause(
+    State(state): State<Arc<AppState>>,
+    user: User,
+    Path(fid): Path<String>,
+) -> ApiResult<Response> {
+    pause_or_resume(&state, &user, &fid, true).await
+}
+
+/// `POST /executions/{fid}/resume`.
+pub(super) async fn resume(
+    State(state): State<Arc<AppState>>,
+    user: User,
+    Path(fid): Path<String>,
+) -> ApiResult<Response> {
+    pause_or_resume(&state, &user, &fid, false).await
+}
+
 /// `POST /executions/{fid}/locks/{lid}`.
 pub(super) async fn answer_lock(
     State(state): State<Arc<AppState>>,
@@ -244,14 +309,14 @@ pub(super) async fn answer_lock(
     let body: AnswerBody =
         json_body(body)?.ok_or_else(|| ApiError::bad("expected {\"answer\": ...}"))?;
     still_running(&row)?;
-    match state.node.answer_lock(&row.fid, &lid, body.answer) {
-        Ok(()) => Ok(Json(Answered {
-            fid: row.fid,
-            lid,
-            answered: true,
-        })),
-        Err(e @ AnswerError::NotFound { .. }) => {
-            Err(ApiError::new(StatusCode::NOT_FOUND, e.to_string()))
-        }
-    }
+    state
+        .node
+        .answer_lock(&row.fid, &lid, body.answer)
+        .await
+        .map_err(control_error)?;
+    Ok(Json(Answered {
+        fid: row.fid,
+        lid,
+        answered: true,
+    }))
 }

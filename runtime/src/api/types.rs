@@ -173,6 +173,16 @@ pub struct Killing {
     pub killing: bool,
 }
 
+/// `POST /executions/{fid}/pause` and `/resume` answer (202: the
+/// execution's status follows once its attempt took the request up).
+#[derive(Debug, Serialize)]
+pub struct PauseState {
+    /// The execution.
+    pub fid: Fid,
+    /// Whether it is being paused (false: resumed).
+    pub paused: bool,
+}
+
 /// `POST /executions/{fid}/locks/{lid}` body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

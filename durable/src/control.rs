@@ -1,0 +1,330 @@
+//! How a running attempt follows what was asked of its execution: the
+//! workflow holds it (pause, resume, locks and their answers); the attempt
+//! queries the workflow's `state` when it starts (after the first), when
+//! nudged, when a lock it waits on is due to expire, and every
+//! [`LOOK_AGAIN`] while it is paused or waits (a nudge may be lost), and
+//! applies what it finds to its `Ctx`. Its locks are kept by
+//! [`DurableLocks`]: opened in the workflow, answered through it.
+
+use crate::workflow::{Asked, KodoExecution, LockRecord, Opening};
+use async_trait::async_trait;
+use kodo_actors::{Ctx, KeepError, Kept, LockKeeper, Locks};
+use kodo_cluster::NudgeListener;
+use kodo_core::Fid;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use temporalio_client::{
+    Client, WorkflowHandle, WorkflowQueryOptions, WorkflowSignalOptions,
+    errors::{WorkflowInteractionError, WorkflowQueryError},
+};
+use tokio::sync::Notify;
+
+/// A workflow handle of `kodo_execution`.
+pub(crate) type Handle = WorkflowHandle<Client, KodoExecution>;
+
+/// How long one query or signal may take.
+const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
+/// How often a paused attempt, or one waiting on a lock, looks again
+/// without a nudge (one sent while Redis was away is lost).
+const LOOK_AGAIN: Duration = Duration::from_secs(30);
+
+/// How long after a lock's expiry its attempt asks the workflow whether
+/// the timer fired (no one nudges for that).
+const AFTER_EXPIRY: Duration = Duration::from_millis(300);
+
+/// How long past a lock's expiry the attempt waits for the workflow to say
+/// it expired (its timer decides), before it counts it expired itself.
+const EXPIRY_GRACE: Duration = Duration::from_secs(30);
+
+/// Why the workflow could not be asked.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AskError {
+    /// No such workflow (not a durable execution).
+    #[error("no such workflow")]
+    NotFound,
+    /// Temporal did not answer.
+    #[error("{0}")]
+    Unreachable(String),
+}
+
+/// What was asked of the execution whose workflow `handle` is.
+pub(crate) async fn asked(handle: &Handle) -> Result<Asked, AskError> {
+    let query = handle.query(KodoExecution::state, (), WorkflowQueryOptions::default());
+    match tokio::time::timeout(ANSWER_WITHIN, query).await {
+        Ok(Ok(asked)) => Ok(asked),
+        Ok(Err(WorkflowQueryError::NotFound(_))) => Err(AskError::NotFound),
+        Ok(Err(e)) => Err(AskError::Unreachable(e.to_string())),
+        Err(_) => Err(AskError::Unreachable(format!(
+            "no answer within {} s",
+            ANSWER_WITHIN.as_secs()
+        ))),
+    }
+}
+
+/// Waits for a signal's send, at most [`ANSWER_WITHIN`]; Ok(false): no
+/// such workflow.
+pub(crate) async fn sent(
+    signal: impl std::future::Future<Output = Result<(), WorkflowInteractionError>>,
+) -> Result<bool, String> {
+    match tokio::time::timeout(ANSWER_WITHIN, signal).await {
+        Ok(Ok(())) => Ok(true),
+        Ok(Err(WorkflowInteractionError::NotFound(_))) => Ok(false),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {} s", ANSWER_WITHIN.as_secs())),
+    }
+}
+
+/// The attempts running on this worker, woken when their execution is
+/// nudged.
+#[derive(Clone, Default)]
+pub(crate) struct Nudges(Arc<Mutex<HashMap<Fid, Arc<Notify>>>>);
+
+impl Nudges {
+    /// Follows nudges for `fid` until the guard is dropped.
+    pub(crate) fn register(&self, fid: &Fid) -> Nudged {
+        let notify = Arc::new(Notify::new());
+        self.0
+            .lock()
+            .expect("nudges lock")
+            .insert(fid.clone(), notify.clone());
+        Nudged {
+            nudges: self.clone(),
+            fid: fid.clone(),
+            notify,
+        }
+    }
+
+    /// What the cluster calls with the executions nudged.
+    pub(crate) fn listener(&self) -> NudgeListener {
+        let nudges = self.clone();
+        Arc::new(move |fids: &[Fid]| {
+            let running = nudges.0.lock().expect("nudges lock");
+            if fids.is_empty() {
+                running.values().for_each(|n| n.notify_one());
+            }
+            for fid in fids {
+                if let Some(notify) = running.get(fid) {
+                    notify.notify_one();
+                }
+            }
+        })
+    }
+}
+
+/// One attempt's nudges.
+pub(crate) struct Nudged {
+    nudges: Nudges,
+    fid: Fid,
+    notify: Arc<Notify>,
+}
+
+impl Drop for Nudged {
+    fn drop(&mut self) {
+        self.nudges.0.lock().expect("nudges lock").remove(&self.fid);
+    }
+}
+
+/// The locks of one durable attempt: each is opened in the workflow first
+/// (which expires it by a timer), then waits here for what the workflow
+/// says of it. A lock an earlier attempt opened is the same lock: its
+/// answer (or expiry) is delivered at once.
+pub(crate) struct DurableLocks {
+    handle: Option<Handle>,
+    waiting: Locks,
+    /// What the workflow said of the execution's locks, last time it was asked.
+    known: Mutex<BTreeMap<String, LockRecord>>,
+    /// Wakes the follower when a lock opens.
+    opened: Notify,
+}
+
+impl std::fmt::Debug for DurableLocks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DurableLocks")
+            .field("waiting", &self.waiting)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DurableLocks {
+    pub(crate) fn new(handle: Option<Handle>) -> Self {
+        Self {
+            handle,
+            waiting: Locks::default(),
+            known: Mutex::new(BTreeMap::new()),
+            opened: Notify::new(),
+        }
+    }
+
+    /// Takes in what the workflow said: answers and expiries reach the
+    /// locks that wait here.
+    fn learn(&self, fid: &Fid, locks: BTreeMap<String, LockRecord>) {
+        for lid in self.waiting.open_of(fid) {
+            match locks.get(&lid) {
+                Some(LockRecord {
+                    answer: Some(answer),
+                    ..
+                }) => {
+                    let _ = self.waiting.answer(fid, &lid, answer.clone());
+                }
+                Some(LockRecord { expired: true, .. }) => {
+                    let _ = self.waiting.expire(fid, &lid);
+                }
+                _ => {}
+            }
+        }
+        *self.known.lock().expect("known lock") = locks;
+    }
+
+    fn waits(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
+    /// How long until the first lock that waits here is due to expire.
+    fn next_expiry(&self, fid: &Fid) -> Option<Duration> {
+        let known = self.known.lock().expect("known lock");
+        let now_ms = (kodo_core::now_ts() * 1000.0) as u64;
+        self.waiting
+            .open_of(fid)
+            .iter()
+            .filter_map(|lid| known.get(lid))
+            .map(|lock| Duration::from_millis(lock.expires_ms.saturating_sub(now_ms)))
+            .min()
+    }
+
+    /// Records the opening in the workflow, retrying while Temporal is
+    /// away (up to a minute).
+    async fn record(&self, opening: Opening) -> Result<(), KeepError> {
+        let handle = self
+            .handle
+            .as_ref()
+            .ok_or_else(|| KeepError::Unavailable("no workflow to keep the lock".into()))?;
+        let mut backoff = Duration::from_millis(100);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let signal = handle.signal(
+                KodoExecution::open_lock,
+                opening.clone(),
+                WorkflowSignalOptions::default(),
+            );
+            let why = match sent(signal).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => "the execution's workflow is gone".to_string(),
+                Err(e) => e,
+            };
+            if tokio::time::Instant::now() + backoff > deadline {
+                return Err(KeepError::Unavailable(format!(
+                    "temporal could not record lock {}: {why}",
+                    opening.lid
+                )));
+            }
+            tracing::warn!(lid = %opening.lid, error = %why, retry_in = ?backoff, "cannot record a lock yet");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+#[async_trait]
+impl LockKeeper for DurableLocks {
+    /// The `n`th lock has the same id in every attempt: a retried flow
+    /// that opens its locks again finds them (answered, perhaps).
+    fn lock_id(&self, fid: &Fid, n: u64) -> String {
+        format!("{fid}-{n}")
+    }
+
+    async fn open(&self, fid: &Fid, lid: &str, wait: Duration) -> Result<Kept, KeepError> {
+        let known = self.known.lock().expect("known lock").get(lid).cloned();
+        let (expires_ms, record) = match known {
+            Some(record) => (record.expires_ms, Some(record)),
+            None => {
+                let wait_ms = wait.as_millis() as u64;
+                self.record(Opening {
+                    lid: lid.to_string(),
+                    wait_ms,
+                })
+                .await?;
+                ((kodo_core::now_ts() * 1000.0) as u64 + wait_ms, None)
+            }
+        };
+        let open = self.waiting.open(fid, lid)?;
+        match record {
+            Some(LockRecord {
+                answer: Some(answer),
+                ..
+            }) => {
+                let _ = self.waiting.answer(fid, lid, answer);
+            }
+            Some(LockRecord { expired: true, .. }) => {
+                let _ = self.waiting.expire(fid, lid);
+            }
+            _ => self.opened.notify_one(),
+        }
+        let expires = expires_ms as f64 / 1000.0;
+        let left = Duration::from_secs_f64((expires - kodo_core::now_ts()).max(0.0));
+        Ok(Kept {
+            expires,
+            wait: left + EXPIRY_GRACE,
+            open,
+        })
+    }
+}
+
+/// Applies what the workflow says was asked to the attempt: pause,
+/// resume, lock answers and expiries. A kill comes as the activity's
+/// cancellation, not here.
+pub(crate) async fn apply(ctx: &Ctx, locks: &DurableLocks, asked: Asked) {
+    let traced = match (asked.paused, ctx.is_paused()) {
+        (true, false) => ctx.pause().await,
+        (false, true) => ctx.resume().await,
+        _ => Ok(()),
+    };
+    if let Err(e) = traced {
+        tracing::warn!(fid = %ctx.fid(), error = %e, "could not record a pause or resume");
+    }
+    locks.learn(ctx.fid(), asked.locks);
+}
+
+/// Follows what is asked of the attempt's execution for as long as it runs
+/// (until dropped);
+/// `ask_first`: ask at once (what was asked could not be learnt yet).
+pub(crate) async fn follow(
+    ctx: Ctx,
+    handle: Handle,
+    locks: Arc<DurableLocks>,
+    nudged: Nudged,
+    ask_first: bool,
+) {
+    let mut backoff = if ask_first {
+        AFTER_EXPIRY
+    } else {
+        Duration::ZERO
+    };
+    loop {
+        if backoff.is_zero() {
+            let look = ctx.is_paused() || locks.waits();
+            let wait = locks
+                .next_expiry(ctx.fid())
+                .map_or(LOOK_AGAIN, |due| (due + AFTER_EXPIRY).min(LOOK_AGAIN));
+            tokio::select! {
+                _ = nudged.notify.notified() => {}
+                _ = locks.opened.notified() => {}
+                _ = tokio::time::sleep(wait), if look => {}
+            }
+        } else {
+            tokio::time::sleep(backoff).await;
+        }
+        match asked(&handle).await {
+            Ok(asked) => {
+                backoff = Duration::ZERO;
+                apply(&ctx, &locks, asked).await;
+            }
+            // Asked again until Temporal answers: what it holds may have changed.
+            Err(e) => {
+                backoff = (backoff * 2).clamp(AFTER_EXPIRY, Duration::from_secs(5));
+                tracing::warn!(fid = %ctx.fid(), error = %e, retry_in = ?backoff, "cannot ask the workflow what it holds");
+            }
+        }
+    }
+}
