@@ -626,3 +626,252 @@ async fn a_kill_through_a_node_that_did_not_launch_it_ends_it_killed() {
     assert_eq!(error["payload"], "killed: by local");
     assert!(stdout_lines(&all).len() < 30, "killed before its end");
 }
+
+/// The state letter of process `pid` (`S` sleeping, `R` running, `T`
+/// stopped, ...), from /proc.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
+
+/// Two nodes and a worker process over Redis; `extra` adds flows.
+struct TwoNodes {
+    _redis: ScriptServer,
+    config: std::path::PathBuf,
+    a: Child,
+    base_a: String,
+    _b: Child,
+    base_b: String,
+}
+
+async fn two_nodes(dir: &Path, extra: &str) -> TwoNodes {
+    let redis = ScriptServer::redis(dir);
+    let config = durable_config(
+        dir,
+        &format!(
+            "attempts = 3\nworker = false\n[transport]\nkind = \"redis\"\nurl = \"{}\"\nprefix = \"{}\"\n\
+             block = 0.1\nclaim_idle = 1\n{extra}",
+            redis.url,
+            fresh("two")
+        ),
+    );
+    let (a, base_a) = start(&config, dir).await;
+    let mut other = run(&config, dir);
+    other.env("KODO_NODE_NAME", "node-b");
+    let (b, base_b, _) = start_logged(other).await;
+    TwoNodes {
+        _redis: redis,
+        config,
+        a,
+        base_a,
+        _b: b,
+        base_b,
+    }
+}
+
+/// `POST path` with `body`: the status code and JSON body.
+async fn post_any(base: &str, path: &str, body: Value) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (
+        resp.status().as_u16(),
+        resp.json().await.unwrap_or_default(),
+    )
+}
+
+fn last_status(events: &[Value]) -> Option<&str> {
+    events
+        .iter()
+        .rev()
+        .find(|e| e["kind"] == "status")
+        .and_then(|e| e["payload"].as_str())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_through_another_node_stops_the_flows_processes_and_resume_continues_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let ticker = "[flows.ticker]\ncommand = [\"sh\", \"-c\", \
+                  \"read -r x; i=1; while true; do echo \\\"tick $i\\\"; i=$((i+1)); sleep 0.05; done\"]\n";
+    let nodes = two_nodes(dir.path(), ticker).await;
+    let (worker, _) = start_worker(&nodes.config, dir.path(), "worker-w").await;
+    let fid = post(&nodes.base_a, "/flows/ticker/executions", json!({})).await["fid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    events_until(&nodes.base_b, &fid, DEADLINE, |e| {
+        stdout_lines(e).len() >= 3
+    })
+    .await;
+    let shell = shells_of(worker.id().unwrap());
+    assert_eq!(shell.len(), 1, "the flow's shell: {shell:?}");
+
+    // Paused through the node that did not launch it, run by a third process.
+    let (code, body) = post_any(
+        &nodes.base_b,
+        &format!("/executions/{fid}/pause"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+    events_until(&nodes.base_b, &fid, DEADLINE, |e| {
+        last_status(e) == Some("paused")
+    })
+    .await;
+    assert_eq!(
+        process_state(shell[0]),
+        Some('T'),
+        "the flow's process is stopped"
+    );
+    // What was in the pipe as it stopped is stored; then nothing.
+    let window = Duration::from_millis(1000);
+    tokio::time::sleep(window).await;
+    let before = stdout_lines(&events(&nodes.base_b, &fid).await).len();
+    tokio::time::sleep(window).await;
+    let after = stdout_lines(&events(&nodes.base_b, &fid).await).len();
+    assert_eq!(before, after, "no line while paused");
+
+    let (code, body) = post_any(
+        &nodes.base_a,
+        &format!("/executions/{fid}/resume"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+    let resumed = events_until(&nodes.base_b, &fid, DEADLINE, |e| {
+        stdout_lines(e).len() >= after + 3
+    })
+    .await;
+    assert_eq!(last_status(&resumed), Some("running"));
+    let lines = stdout_lines(&resumed);
+    let expected: Vec<String> = (1..=lines.len()).map(|i| format!("tick {i}")).collect();
+    assert_eq!(lines, expected, "it went on where it stopped");
+
+    // Paused again, then killed while paused: `killed`, and its processes are gone.
+    post(
+        &nodes.base_b,
+        &format!("/executions/{fid}/pause"),
+        json!({}),
+    )
+    .await;
+    events_until(&nodes.base_b, &fid, DEADLINE, |e| {
+        last_status(e) == Some("paused")
+    })
+    .await;
+    let killed = post(&nodes.base_b, &format!("/executions/{fid}/kill"), json!({})).await;
+    assert_eq!(killed["killing"], true, "{killed}");
+    let all = events_until(&nodes.base_a, &fid, DEADLINE, ended).await;
+    assert_eq!(last_status(&all), Some("killed"), "{all:?}");
+    let start = Instant::now();
+    while process_state(shell[0]).is_some_and(|s| s != 'Z') {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the paused flow's shell outlived its kill"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_locks_are_answered_through_any_node_outlive_their_worker_and_launcher_and_expire()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let asks = "[flows.asks]\ncommand = [\"sh\", \"-c\", \
+                \"read -r x; \
+                  echo '{\\\"kind\\\":\\\"lock\\\",\\\"name\\\":\\\"first\\\"}' >&3; read -r a; echo \\\"first $a\\\"; \
+                  echo '{\\\"kind\\\":\\\"lock\\\",\\\"name\\\":\\\"second\\\"}' >&3; read -r a; echo \\\"second $a\\\"; \
+                  echo '{\\\"kind\\\":\\\"lock\\\",\\\"name\\\":\\\"third\\\",\\\"timeout\\\":1}' >&3; read -r a; echo \\\"third $a\\\"\"]\n";
+    let mut nodes = two_nodes(dir.path(), asks).await;
+    let (mut w1, _) = start_worker(&nodes.config, dir.path(), "worker-1").await;
+    let fid = post(&nodes.base_a, "/flows/asks/executions", json!({})).await["fid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let locks = |n: usize| move |e: &[Value]| e.iter().filter(|e| e["kind"] == "lock").count() >= n;
+    events_until(&nodes.base_b, &fid, DEADLINE, locks(1)).await;
+    let answer = |base: String, n: u32, answer: &'static str| {
+        let path = format!("/executions/{fid}/locks/{fid}-{n}");
+        async move { post_any(&base, &path, json!({ "answer": answer })).await }
+    };
+    // Answered through the node that did not launch it.
+    let (code, body) = answer(nodes.base_b.clone(), 1, "one").await;
+    assert_eq!(code, 200, "{body}");
+    events_until(&nodes.base_b, &fid, DEADLINE, locks(2)).await;
+
+    // The worker that opened the second lock dies, and so does the node
+    // that launched the execution; the answer is given meanwhile, through
+    // that node restarted.
+    w1.start_kill().unwrap();
+    w1.wait().await.unwrap();
+    nodes.a.start_kill().unwrap();
+    nodes.a.wait().await.unwrap();
+    let (_a, base_a) = start(&nodes.config, dir.path()).await;
+    let (code, body) = answer(base_a.clone(), 2, "two").await;
+    assert_eq!(code, 200, "answered while no attempt runs: {body}");
+
+    // The retry runs the flow again: its first two locks are the same
+    // locks, answered; the third expires by the workflow's timer.
+    let (_w2, _) = start_worker(&nodes.config, dir.path(), "worker-2").await;
+    let all = events_until(&base_a, &fid, Duration::from_secs(60), ended).await;
+    assert_eq!(last_status(&all), Some("finished"), "{all:?}");
+    let marker = all
+        .iter()
+        .position(|e| e["kind"] == "debug")
+        .expect("a retry marker");
+    let lines = stdout_lines(&all[marker..]);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let expect = [
+        ("first ", "\"answer\":\"one\""),
+        ("second ", "\"answer\":\"two\""),
+        ("third ", "\"error\":\"expired\""),
+    ];
+    for (line, (start, has)) in lines.iter().zip(expect) {
+        assert!(line.starts_with(start) && line.contains(has), "{line}");
+    }
+    let seqs: Vec<u64> = all.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=all.len() as u64).collect::<Vec<_>>());
+    let (code, body) = answer(base_a, 2, "late").await;
+    assert_eq!(code, 409, "the execution ended: {body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execution_goes_on_through_a_temporal_restart_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let temporal = ScriptServer::start("temporal", dir.path());
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[execution]\nmode = \"temporal\"\n[temporal]\naddress = \"{}\"\ntask_queue = \"{}\"\n\
+             heartbeat_timeout = 5\n[flows.chatty]\ncommand = [\"sh\", \"-c\", \
+             \"read -r x; i=1; while [ $i -le 40 ]; do echo \\\"line $i\\\"; i=$((i+1)); sleep 0.1; done\"]\n",
+            temporal.url,
+            fresh("queue")
+        ),
+    );
+    let (_node, base) = start(&config, dir.path()).await;
+    let fid = post(&base, "/flows/chatty/executions", json!({})).await["fid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    events_until(&base, &fid, DEADLINE, |e| stdout_lines(e).len() >= 5).await;
+    // A crash of Temporal mid-run; back on the same port with its state.
+    temporal.run("kill");
+    let during = stdout_lines(&events(&base, &fid).await).len();
+    temporal.run("start");
+    let all = events_until(&base, &fid, Duration::from_secs(90), ended).await;
+    assert_eq!(last_status(&all), Some("finished"), "{all:?}");
+    let seqs: Vec<u64> = all.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=all.len() as u64).collect::<Vec<_>>());
+    // Whether or not the attempt outlived the outage, every line is stored
+    // once after the last start of the flow.
+    let marker = all
+        .iter()
+        .rposition(|e| e["kind"] == "debug")
+        .map_or(0, |m| m);
+    let expected: Vec<String> = (1..=40).map(|i| format!("line {i}")).collect();
+    assert_eq!(stdout_lines(&all[marker..]), expected);
+    assert!(during < 40, "Temporal was down mid-run");
+}

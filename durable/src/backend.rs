@@ -5,7 +5,7 @@
 
 use crate::Temporal;
 use crate::control::{self, AskError};
-use crate::workflow::{Answer, KodoExecution, Launch};
+use crate::workflow::{Answer, Asked, KodoExecution, Launch};
 use async_trait::async_trait;
 use kodo_actors::{Control, ControlError, Ctx, Direct, Execution, ExecutionBackend, Started, Stop};
 use kodo_cluster::SharedCluster;
@@ -52,7 +52,10 @@ impl TemporalBackend {
     }
 
     /// Records `control` in the execution's workflow, if it fits what the
-    /// workflow holds.
+    /// workflow holds. While no worker answers (none runs: the request
+    /// still counts, taken up by the next attempt), it is recorded
+    /// unchecked: the workflow ignores a pause of a paused execution, and
+    /// any answer but a lock's first.
     async fn ask(&self, fid: &Fid, control: Control) -> Result<(), ControlError> {
         let unreachable = |e: &dyn std::fmt::Display| {
             ControlError::Unreachable(format!(
@@ -60,31 +63,21 @@ impl TemporalBackend {
                 self.temporal.options.address
             ))
         };
-        let no_lock =
-            |lid: &str| ControlError::NotFound(format!("no open lock {lid} in execution {fid}"));
         let handle = self.handle(fid);
-        let asked = match control::asked(&handle).await {
-            Ok(asked) => asked,
+        let asked = match control::asked_within(&handle, CHECK_WITHIN).await {
+            Ok(asked) => Some(asked),
             Err(AskError::NotFound) => return Direct.control(fid, control).await,
+            Err(AskError::NoWorker) => {
+                tracing::info!(%fid, "no worker answers: the request is recorded unchecked");
+                None
+            }
             Err(e) => return Err(unreachable(&e)),
         };
-        if asked.killed.is_some() {
-            return Err(ControlError::Conflict(format!(
-                "execution {fid} is being killed"
-            )));
+        if let Some(asked) = &asked {
+            refused(fid, asked, &control)?;
         }
         let options = WorkflowSignalOptions::default;
         let sent = match control {
-            Control::Pause if asked.paused => {
-                return Err(ControlError::Conflict(format!(
-                    "execution {fid} is paused already"
-                )));
-            }
-            Control::Resume if !asked.paused => {
-                return Err(ControlError::Conflict(format!(
-                    "execution {fid} is not paused"
-                )));
-            }
             Control::Pause => {
                 control::sent(handle.signal(KodoExecution::pause, (), options())).await
             }
@@ -92,9 +85,6 @@ impl TemporalBackend {
                 control::sent(handle.signal(KodoExecution::resume, (), options())).await
             }
             Control::Answer { lid, answer } => {
-                if !asked.locks.get(&lid).is_some_and(|lock| lock.is_open()) {
-                    return Err(no_lock(&lid));
-                }
                 control::sent(handle.signal(
                     KodoExecution::answer,
                     Answer { lid, answer },
@@ -187,6 +177,24 @@ impl ExecutionBackend for TemporalBackend {
         self.ask(fid, control).await?;
         self.cluster.nudge(fid).await;
         Ok(())
+    }
+}
+
+/// How long a pause, resume or answer waits for a worker to say whether it
+/// fits the execution's state.
+const CHECK_WITHIN: Duration = Duration::from_secs(3);
+
+/// Why `control` does not fit what the workflow holds, if it does not.
+fn refused(fid: &Fid, asked: &Asked, control: &Control) -> Result<(), ControlError> {
+    let conflict = |why: &str| Err(ControlError::Conflict(format!("execution {fid} {why}")));
+    match control {
+        _ if asked.killed.is_some() => conflict("is being killed"),
+        Control::Pause if asked.paused => conflict("is paused already"),
+        Control::Resume if !asked.paused => conflict("is not paused"),
+        Control::Answer { lid, .. } if !asked.locks.get(lid).is_some_and(|l| l.is_open()) => Err(
+            ControlError::NotFound(format!("no open lock {lid} in execution {fid}")),
+        ),
+        _ => Ok(()),
     }
 }
 

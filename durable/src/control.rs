@@ -47,19 +47,25 @@ pub(crate) enum AskError {
     /// Temporal did not answer.
     #[error("{0}")]
     Unreachable(String),
+    /// No worker answered in time (none may run).
+    #[error("no worker answered")]
+    NoWorker,
 }
 
 /// What was asked of the execution whose workflow `handle` is.
 pub(crate) async fn asked(handle: &Handle) -> Result<Asked, AskError> {
+    asked_within(handle, ANSWER_WITHIN).await
+}
+
+/// [`asked`], waiting at most `within`: a worker answers queries, and
+/// while none runs (all lost, or none started yet) no answer comes.
+pub(crate) async fn asked_within(handle: &Handle, within: Duration) -> Result<Asked, AskError> {
     let query = handle.query(KodoExecution::state, (), WorkflowQueryOptions::default());
-    match tokio::time::timeout(ANSWER_WITHIN, query).await {
+    match tokio::time::timeout(within, query).await {
         Ok(Ok(asked)) => Ok(asked),
         Ok(Err(WorkflowQueryError::NotFound(_))) => Err(AskError::NotFound),
         Ok(Err(e)) => Err(AskError::Unreachable(e.to_string())),
-        Err(_) => Err(AskError::Unreachable(format!(
-            "no answer within {} s",
-            ANSWER_WITHIN.as_secs()
-        ))),
+        Err(_) => Err(AskError::NoWorker),
     }
 }
 

@@ -267,6 +267,8 @@ async fn a_durable_lock_is_answered_through_its_workflow_and_expires_by_its_time
     assert_eq!(code, 404, "{body}");
     let (code, body) = answer(lid.clone(), json!("yes")).await;
     assert_eq!(code, 200, "{body}");
+    let (code, body) = answer(lid.clone(), json!("no")).await;
+    assert_eq!(code, 404, "the first answer counts: {body}");
     let events = ended_with(node, &fid, Status::Finished).await;
     assert_eq!(
         payloads(&events, Kind::Final),
