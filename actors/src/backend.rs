@@ -109,6 +109,12 @@ pub trait ExecutionBackend: Send + Sync + std::fmt::Debug + 'static {
         Ok(false)
     }
 
+    /// What the backend knows of execution `fid` beyond its events (a
+    /// durable execution's workflow); None: nothing (direct mode).
+    async fn describe(&self, _fid: &kodo_core::Fid) -> Result<Option<Value>, String> {
+        Ok(None)
+    }
+
     /// Passes `control` to execution `fid` (running on any node). Direct
     /// mode can neither pause nor resume, and its locks are answered on the
     /// node that runs them (none here, then).

@@ -413,6 +413,12 @@ impl Node {
         self.control(fid, Control::Answer { lid, answer }).await
     }
 
+    /// What this node's backend knows of execution `fid` beyond its events
+    /// (see [`crate::ExecutionBackend::describe`]).
+    pub async fn describe(&self, fid: &Fid) -> Result<Option<Value>, String> {
+        self.options.backend.describe(fid).await
+    }
+
     /// Pauses, resumes or answers execution `fid`, wherever it runs
     /// (see [`ExecutionBackend::control`]).
     pub async fn control(&self, fid: &Fid, control: Control) -> Result<(), ControlError> {

@@ -171,6 +171,15 @@ impl ExecutionBackend for TemporalBackend {
         self.signal_kill(fid, &stop.reason).await
     }
 
+    /// What Temporal knows of the execution (see [`crate::Described`]).
+    async fn describe(&self, fid: &Fid) -> Result<Option<serde_json::Value>, String> {
+        let id = self.temporal.workflow_id(fid);
+        let described = crate::described::describe(&self.handle(fid), id)
+            .await
+            .map_err(|e| format!("temporal at {}: {e}", self.temporal.options.address))?;
+        Ok(described.map(|d| serde_json::to_value(d).expect("serializes")))
+    }
+
     /// Pause, resume and lock answers are recorded in the execution's
     /// workflow, then the attempt running it (on any worker) is nudged.
     async fn control(&self, fid: &Fid, control: Control) -> Result<(), ControlError> {

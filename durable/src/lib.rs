@@ -24,9 +24,11 @@ mod activities;
 mod backend;
 mod client;
 mod control;
+mod described;
 mod worker;
 mod workflow;
 
 pub use backend::TemporalBackend;
 pub use client::{DurableError, Temporal, TemporalOptions};
+pub use described::{Described, OpenLock};
 pub use worker::TemporalWorker;

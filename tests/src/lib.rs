@@ -374,6 +374,17 @@ impl TestApi {
             .unwrap_or_else(|_| panic!("/health never showed {what}"))
     }
 
+    /// `GET path` without a token, expecting 200: its JSON body.
+    pub async fn get(&self, path: &str) -> serde_json::Value {
+        let resp = self
+            .req(reqwest::Method::GET, path, None)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        assert_eq!(resp.status().as_u16(), 200, "GET {path}");
+        resp.json().await.expect("JSON")
+    }
+
     /// `POST path` (body `{}` or `body`) without a token: its status code and JSON body.
     pub async fn post(
         &self,

@@ -195,6 +195,28 @@ async fn a_paused_rust_flow_blocks_in_its_next_ctx_call_until_resumed() {
     assert_eq!(first, second, "no tick while paused");
     let row = node.store().execution(&fid).await.unwrap().unwrap();
     assert_eq!(row.status, Status::Paused);
+    let described = api.get(&format!("/executions/{fid}/durable")).await;
+    assert_eq!(described["paused"], true, "{described}");
+    assert_eq!(described["attempt"], 1, "{described}");
+    assert_eq!(described["workflow_status"], "running", "{described}");
+    assert!(
+        described["workflow_id"]
+            .as_str()
+            .unwrap()
+            .ends_with(fid.as_str())
+    );
+    // The seq the attempt reported lags by up to a heartbeat interval.
+    let start = std::time::Instant::now();
+    loop {
+        let described = api.get(&format!("/executions/{fid}/durable")).await;
+        let reported = described["last_seq"].as_u64().expect("a reported seq");
+        assert!(reported <= row.events, "{described}");
+        if reported >= 4 {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "never reported: {described}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 
     let (code, body) = api.post(&format!("/executions/{fid}/resume"), None).await;
     assert_eq!((code, &body["paused"]), (202, &json!(false)), "{body}");
@@ -235,6 +257,16 @@ async fn pause_and_resume_in_direct_mode_answer_409() {
         .post(&format!("/executions/{}/pause", Fid::new()), None)
         .await;
     assert_eq!(code, 404, "an unknown execution");
+    let resp = api
+        .req(
+            reqwest::Method::GET,
+            &format!("/executions/{fid}/durable"),
+            None,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404, "not durable");
     api.running.shutdown("test over").await;
 }
 
@@ -253,6 +285,8 @@ async fn a_durable_lock_is_answered_through_its_workflow_and_expires_by_its_time
     let node = api.running.node();
     let fid = api.launch("asks").await;
     let (_, lid) = wait_lock(node, &fid).await;
+    let described = api.get(&format!("/executions/{fid}/durable")).await;
+    assert_eq!(described["open_locks"][0]["lid"], json!(lid), "{described}");
     assert_eq!(
         lid,
         format!("{fid}-1"),

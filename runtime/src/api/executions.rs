@@ -280,6 +280,24 @@ async fn pause_or_resume(
         .into_response())
 }
 
+/// `GET /executions/{fid}/durable`: what Temporal knows of a durable
+/// execution (its workflow, attempt, last reported seq, pause, open locks).
+pub(super) async fn durable(
+    State(state): State<Arc<AppState>>,
+    user: User,
+    Path(fid): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let row = visible(&state, &user, &fid).await?;
+    match state.node.describe(&row.fid).await {
+        Ok(Some(described)) => Ok(Json(described)),
+        Ok(None) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("execution {} is not durable (direct mode)", row.fid),
+        )),
+        Err(e) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e)),
+    }
+}
+
 /// `POST /executions/{fid}/pause`.
 pub(super) async fn pause(
     State(state): State<Arc<AppState>>,

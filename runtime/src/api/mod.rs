@@ -53,6 +53,7 @@ pub fn router(node: Arc<Node>, config: &Config, temporal: Option<Arc<Temporal>>)
         .route("/executions/{fid}/events", get(executions::get_events))
         .route("/executions/{fid}/stream", get(stream::stream))
         .route("/executions/{fid}/kill", post(executions::kill))
+        .route("/executions/{fid}/durable", get(executions::durable))
         .route("/executions/{fid}/pause", post(executions::pause))
         .route("/executions/{fid}/resume", post(executions::resume))
         .route(
