@@ -420,8 +420,27 @@ impl Node {
     }
 
     /// Pauses, resumes or answers execution `fid`, wherever it runs
-    /// (see [`ExecutionBackend::control`]).
+    /// (see [`crate::ExecutionBackend::control`]). A pause or resume needs the
+    /// execution running (`running` stored: its attempt hears of it).
     pub async fn control(&self, fid: &Fid, control: Control) -> Result<(), ControlError> {
+        if matches!(control, Control::Pause | Control::Resume) {
+            let row = self.store.execution(fid).await.map_err(|e| {
+                ControlError::Unreachable(format!("the store cannot say its status: {e}"))
+            })?;
+            match row.map(|row| row.status) {
+                Some(Status::Starting) | None => {
+                    return Err(ControlError::Conflict(format!(
+                        "execution {fid} is not running yet"
+                    )));
+                }
+                Some(status) if status.is_final() => {
+                    return Err(ControlError::Conflict(format!(
+                        "execution {fid} has ended: {status}"
+                    )));
+                }
+                _ => {}
+            }
+        }
         self.options.backend.control(fid, control).await
     }
 

@@ -70,7 +70,7 @@ impl FaultyStore {
 #[derive(Debug)]
 pub struct TestNode {
     /// The node.
-    pub node: Node,
+    pub node: Arc<Node>,
     /// The store (the faulty wrapper).
     pub store: SharedStore,
     /// Its faults.
@@ -119,7 +119,7 @@ impl TestNode {
             .await
             .expect("start node");
         Self {
-            node,
+            node: Arc::new(node),
             store,
             faults,
             url,

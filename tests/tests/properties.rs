@@ -9,12 +9,16 @@
 //! bound; shutdown leaves nothing unstored.
 //!
 //! The same machine runs on Redis Streams too (a real server from
-//! `scripts/redis`), under the same invariants.
+//! `scripts/redis`), and in durable mode on a real Temporal server
+//! (`KODO_TEST_TEMPORAL_ADDRESS`), where pauses, resumes and worker
+//! restarts (its attempts given back and retried: the flow runs again)
+//! join the operations, under the same invariants.
 //!
 //! `PROPTEST_CASES` sets the number of cases (default 256; Redis runs an
-//! eighth of them, at least 8).
+//! eighth of them, at least 8); `PROPTEST_TEMPORAL_CASES` those of the
+//! durable variant (default 4: each worker restart costs seconds).
 
-use kodo_actors::{Ctx, FlowDef, Flows, NodeOptions};
+use kodo_actors::{Control, Ctx, FlowDef, Flows, NodeOptions};
 use kodo_core::{Fid, Kind, Status};
 use kodo_tests::*;
 use proptest::prelude::*;
@@ -29,6 +33,8 @@ use tokio::sync::{mpsc, oneshot};
 const CAPACITY: usize = 16 * 1024;
 /// Spooler crashes per case stay under the restart policy (10 per minute per shard).
 const MAX_CRASHES: u32 = 8;
+/// Worker restarts per case (each costs a few seconds).
+const MAX_RESTARTS: u32 = 2;
 /// Failed writes per case: the Spooler's backoff doubles (10 ms, 20 ms... 2 s),
 /// so more failures would only outwait the test's deadline.
 const MAX_FAILED_WRITES: u32 = 8;
@@ -43,8 +49,14 @@ enum Op {
     Panic(usize),
     Finish(usize),
     Fail(usize),
-    CrashSpooler { after_commit: bool },
+    CrashSpooler {
+        after_commit: bool,
+    },
     FailWrites(u8),
+    /// Durable mode only: pause, resume, a worker restarted.
+    Pause(usize),
+    Resume(usize),
+    RestartWorker,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -63,6 +75,18 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// The operations of durable mode: those of [`op`], pauses, resumes and
+/// worker restarts.
+fn durable_op() -> impl Strategy<Value = Op> {
+    let e = 0usize..8;
+    prop_oneof![
+        8 => op(),
+        3 => e.clone().prop_map(Op::Pause),
+        3 => e.prop_map(Op::Resume),
+        2 => Just(Op::RestartWorker),
+    ]
+}
+
 /// What the test tells a puppet flow to do.
 enum Cmd {
     Emit(u8, oneshot::Sender<Vec<Value>>),
@@ -72,7 +96,9 @@ enum Cmd {
     Fail,
 }
 
-type Mailboxes = Arc<Mutex<HashMap<u64, mpsc::UnboundedReceiver<Cmd>>>>;
+/// Each puppet's commands; a retried puppet (durable mode) takes up the
+/// same mailbox.
+type Mailboxes = Arc<Mutex<HashMap<u64, Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Cmd>>>>>>;
 
 /// A Rust flow that does what the test tells it, one command at a time.
 fn puppet(mailboxes: Mailboxes) -> FlowDef {
@@ -80,7 +106,13 @@ fn puppet(mailboxes: Mailboxes) -> FlowDef {
         let mailboxes = mailboxes.clone();
         async move {
             let key = inputs["key"].as_u64().expect("key");
-            let mut rx = mailboxes.lock().unwrap().remove(&key).expect("mailbox");
+            let mailbox = mailboxes
+                .lock()
+                .unwrap()
+                .get(&key)
+                .expect("mailbox")
+                .clone();
+            let mut rx = mailbox.lock().await;
             let mut counter = 0u64;
             while let Some(cmd) = rx.recv().await {
                 match cmd {
@@ -120,18 +152,32 @@ struct Exec {
     tx: mpsc::UnboundedSender<Cmd>,
     accepted: Vec<Value>,
     lock: Option<String>,
+    paused: bool,
+    /// Attempts given back by a worker restart (durable mode).
+    retries: usize,
     expected: Option<(Status, &'static str)>,
 }
 
-/// Runs one case on the local queue, or on Redis Streams at `redis` (a
-/// fresh key prefix per case).
-async fn run_case(ops: Vec<Op>, redis: Option<&str>) -> Result<(), TestCaseError> {
+/// Where a case runs.
+enum On<'a> {
+    /// The in-process queue, direct mode.
+    Local,
+    /// Redis Streams at this URL (a fresh key prefix per case).
+    Redis(&'a str),
+    /// Durable mode on the Temporal server at this address (a task queue
+    /// of its own per case), the in-process queue.
+    Temporal(&'a str),
+}
+
+/// Runs one case.
+async fn run_case(ops: Vec<Op>, on: On<'_>) -> Result<(), TestCaseError> {
     let mailboxes: Mailboxes = Arc::default();
     let mut flows = Flows::default();
     flows.add(puppet(mailboxes.clone()));
-    let t = match redis {
-        None => TestNode::start(flows, 2, CAPACITY, NodeOptions::default()).await,
-        Some(url) => {
+    let mut durable = None;
+    let t = match on {
+        On::Local => TestNode::start(flows, 2, CAPACITY, NodeOptions::default()).await,
+        On::Redis(url) => {
             let options = kodo_transport::RedisOptions {
                 capacity_bytes: CAPACITY,
                 ..redis_options(url, "node", 2)
@@ -140,9 +186,17 @@ async fn run_case(ops: Vec<Op>, redis: Option<&str>) -> Result<(), TestCaseError
             let transport = redis_transport(options).await;
             TestNode::start_on(flows, transport, cluster, NodeOptions::default()).await
         }
+        On::Temporal(address) => {
+            let (node, temporal) = durable_node(flows, address).await;
+            let worker = kodo_durable::TemporalWorker::start(temporal.clone(), node.node.clone())
+                .expect("worker");
+            durable = Some((temporal, worker));
+            node
+        }
     };
     let mut execs: Vec<Exec> = Vec::new();
     let mut crashes = 0;
+    let mut restarts = 0;
     let mut failed_writes = 0;
     let mut next_key = 0u64;
     for op in ops {
@@ -156,7 +210,8 @@ async fn run_case(ops: Vec<Op>, redis: Option<&str>) -> Result<(), TestCaseError
             Op::Launch => {
                 let (tx, rx) = mpsc::unbounded_channel();
                 next_key += 1;
-                mailboxes.lock().unwrap().insert(next_key, rx);
+                let mailbox = Arc::new(tokio::sync::Mutex::new(rx));
+                mailboxes.lock().unwrap().insert(next_key, mailbox);
                 let launched = t
                     .node
                     .launch("puppet", "prop", json!({"key": next_key}))
@@ -167,11 +222,23 @@ async fn run_case(ops: Vec<Op>, redis: Option<&str>) -> Result<(), TestCaseError
                     tx,
                     accepted: Vec::new(),
                     lock: None,
+                    paused: false,
+                    retries: 0,
                     expected: None,
                 });
+                if durable.is_some() {
+                    // Paused or resumed once it runs (see `Node::control`).
+                    let fid = &execs.last().unwrap().fid;
+                    events_until(&t.node, fid, "running", |e| {
+                        statuses(e).contains(&Status::Running)
+                    })
+                    .await;
+                }
             }
             Op::Emit(i, n) => {
-                if let Some(i) = pick(i, &mut execs).filter(|&i| execs[i].lock.is_none()) {
+                if let Some(i) =
+                    pick(i, &mut execs).filter(|&i| execs[i].lock.is_none() && !execs[i].paused)
+                {
                     let (reply, accepted) = oneshot::channel();
                     execs[i].tx.send(Cmd::Emit(n, reply)).unwrap();
                     let accepted = tokio::time::timeout(DEADLINE, accepted)
@@ -187,7 +254,9 @@ async fn run_case(ops: Vec<Op>, redis: Option<&str>) -> Result<(), TestCaseError
                 }
             }
             Op::Lock(i) => {
-                if let Some(i) = pick(i, &mut execs).filter(|&i| execs[i].lock.is_none()) {
+                if let Some(i) =
+                    pick(i, &mut execs).filter(|&i| execs[i].lock.is_none() && !execs[i].paused)
+                {
                     next_key += 1;
                     let lid = format!("lock-{}-{next_key}", execs[i].fid);
                     execs[i].tx.send(Cmd::Lock(lid.clone())).unwrap();
@@ -229,7 +298,14 @@ async fn run_case(ops: Vec<Op>, redis: Option<&str>) -> Result<(), TestCaseError
             Op::Panic(i) => {
                 if let Some(i) = pick(i, &mut execs).filter(|&i| execs[i].lock.is_none()) {
                     execs[i].tx.send(Cmd::Panic).unwrap();
-                    execs[i].expected = Some((Status::Error, "runner crashed"));
+                    // Durable mode catches the panic in its activity; direct mode's
+                    // supervisor sees the Runner crash.
+                    let cause = if durable.is_some() {
+                        "flow panicked"
+                    } else {
+                        "runner crashed"
+                    };
+                    execs[i].expected = Some((Status::Error, cause));
                 }
             }
             Op::Finish(i) => {
@@ -261,9 +337,46 @@ async fn run_case(ops: Vec<Op>, redis: Option<&str>) -> Result<(), TestCaseError
                 failed_writes += k;
                 t.faults.fail_writes.fetch_add(k, Ordering::SeqCst);
             }
+            Op::Pause(i) | Op::Resume(i) if durable.is_some() => {
+                let pause = matches!(op, Op::Pause(_));
+                if let Some(i) = pick(i, &mut execs).filter(|&i| execs[i].paused != pause) {
+                    let control = if pause {
+                        Control::Pause
+                    } else {
+                        Control::Resume
+                    };
+                    t.node
+                        .control(&execs[i].fid, control)
+                        .await
+                        .expect("pause or resume");
+                    execs[i].paused = pause;
+                }
+            }
+            Op::RestartWorker if restarts < MAX_RESTARTS => {
+                if let Some((temporal, worker)) = durable.take() {
+                    restarts += 1;
+                    // Ended ones first: an end the worker took along would be lost to the model.
+                    for e in execs.iter().filter(|e| e.expected.is_some()) {
+                        wait_final(&t.node, &e.fid).await;
+                    }
+                    worker.shutdown().await;
+                    let worker =
+                        kodo_durable::TemporalWorker::start(temporal.clone(), t.node.clone())
+                            .expect("worker");
+                    durable = Some((temporal, worker));
+                    // Their attempts are given back and run again: the flows
+                    // start over, waiting on no lock.
+                    for e in execs.iter_mut().filter(|e| e.expected.is_none()) {
+                        e.lock = None;
+                        e.retries += 1;
+                    }
+                }
+            }
+            Op::Pause(_) | Op::Resume(_) | Op::RestartWorker => {}
         }
     }
-    // Let every execution still running finish.
+    // Let every execution still running finish (a paused one resumed
+    // first: it emits again).
     for (i, e) in execs.iter_mut().enumerate() {
         if e.expected.is_none() {
             if let Some(lid) = e.lock.take() {
@@ -271,6 +384,19 @@ async fn run_case(ops: Vec<Op>, redis: Option<&str>) -> Result<(), TestCaseError
                     .answer_lock(&e.fid, &lid, json!(i))
                     .await
                     .expect("open lock answers");
+            }
+            if e.paused {
+                t.node
+                    .control(&e.fid, Control::Resume)
+                    .await
+                    .expect("resume");
+                let (reply, accepted) = oneshot::channel();
+                e.tx.send(Cmd::Emit(2, reply)).unwrap();
+                let accepted = tokio::time::timeout(DEADLINE, accepted)
+                    .await
+                    .expect("a resumed flow emits again")
+                    .expect("puppet replied");
+                e.accepted.extend(accepted);
             }
             e.tx.send(Cmd::Finish).unwrap();
             e.expected = Some((Status::Finished, ""));
@@ -287,11 +413,18 @@ async fn run_case(ops: Vec<Op>, redis: Option<&str>) -> Result<(), TestCaseError
             let error = payloads(&events, Kind::Error);
             prop_assert!(error[0].as_str().unwrap().contains(cause), "{:?}", error);
         }
-        prop_assert_eq!(
-            &payloads(&events, Kind::Debug),
-            &e.accepted,
-            "accepted = stored, in order"
-        );
+        // Every event accepted is stored, in order, whichever attempt's
+        // (a retry's marker, a text, aside).
+        let stored: Vec<Value> = payloads(&events, Kind::Debug)
+            .into_iter()
+            .filter(Value::is_object)
+            .collect();
+        prop_assert_eq!(&stored, &e.accepted, "accepted = stored, in order");
+        let retried = payloads(&events, Kind::Debug)
+            .iter()
+            .filter(|d| d.as_str().is_some_and(|d| d.starts_with("attempt ")))
+            .count();
+        prop_assert_eq!(retried, e.retries, "one retry per restart, marked");
     }
     let health = t.node.transport().health().await;
     prop_assert!(
@@ -301,8 +434,37 @@ async fn run_case(ops: Vec<Op>, redis: Option<&str>) -> Result<(), TestCaseError
         CAPACITY
     );
     let report = t.node.shutdown("case over").await;
+    if let Some((_, worker)) = durable {
+        worker.shutdown().await;
+    }
     prop_assert!(report.all_stored(), "{}", report);
     Ok(())
+}
+
+/// A node whose executions run durably on the Temporal server at
+/// `address` (a task queue of its own), on the in-process queue; no
+/// worker yet.
+async fn durable_node(flows: Flows, address: &str) -> (TestNode, Arc<kodo_durable::Temporal>) {
+    let temporal = kodo_durable::Temporal::connect(kodo_durable::TemporalOptions {
+        address: address.to_string(),
+        namespace: "default".into(),
+        task_queue: format!("prop-{}", Fid::new()),
+        workflow_id_prefix: "kodo-".into(),
+        execution_timeout: None,
+        heartbeat_timeout: Duration::from_secs(2),
+        attempts: 100,
+    })
+    .await
+    .expect("temporal");
+    let cluster = kodo_cluster::Solo::shared();
+    let backend = kodo_durable::TemporalBackend::new(temporal.clone(), None, cluster.clone());
+    let options = NodeOptions {
+        backend: Arc::new(backend),
+        ..NodeOptions::default()
+    };
+    let transport = kodo_transport::LocalQueue::new(2, CAPACITY);
+    let node = TestNode::start_on(flows, transport, cluster, options).await;
+    (node, temporal)
 }
 
 fn cases() -> u32 {
@@ -324,7 +486,7 @@ proptest! {
             .enable_all()
             .build()
             .unwrap();
-        rt.block_on(run_case(ops, None))?;
+        rt.block_on(run_case(ops, On::Local))?;
     }
 }
 
@@ -345,7 +507,37 @@ fn on_redis_no_event_is_lost_duplicated_or_reordered_and_every_execution_ends_on
     };
     let mut runner = proptest::test_runner::TestRunner::new(config);
     let result = runner.run(&proptest::collection::vec(op(), 1..40), |ops| {
-        rt.block_on(run_case(ops, Some(&server.url)))
+        rt.block_on(run_case(ops, On::Redis(&server.url)))
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+/// The same state machine in durable mode, on the Temporal server of
+/// `KODO_TEST_TEMPORAL_ADDRESS` (`scripts/test` starts one), with pauses,
+/// resumes and worker restarts among the operations.
+#[test]
+fn in_durable_mode_no_event_is_lost_duplicated_or_reordered_and_every_execution_ends_once() {
+    let address = std::env::var("KODO_TEST_TEMPORAL_ADDRESS")
+        .expect("scripts/test starts Temporal; or set KODO_TEST_TEMPORAL_ADDRESS=HOST:PORT");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let cases = std::env::var("PROPTEST_TEMPORAL_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let config = ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    let result = runner.run(&proptest::collection::vec(durable_op(), 1..30), |ops| {
+        rt.block_on(run_case(ops, On::Temporal(&address)))
     });
     if let Err(e) = result {
         panic!("{e}");

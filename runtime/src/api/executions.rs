@@ -252,13 +252,6 @@ async fn pause_or_resume(
 ) -> ApiResult<Response> {
     let row = visible(state, user, fid).await?;
     still_running(&row)?;
-    // Only once it runs: before, no attempt would hear of it yet.
-    if row.status == Status::Starting {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "execution is starting, not running yet",
-        ));
-    }
     let control = if pause {
         Control::Pause
     } else {
