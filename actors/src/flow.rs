@@ -445,7 +445,12 @@ impl Ctx {
         if self.inner.paused.send_replace(true) {
             return Ok(());
         }
-        self.inner.tracer.trace(Trace::Pause).await.map(drop)
+        let traced = self.inner.tracer.trace(Trace::Pause).await.map(drop);
+        if traced.is_err() {
+            // Not recorded (it ended, or the transport refused): not held.
+            self.inner.paused.send_replace(false);
+        }
+        traced
     }
 
     /// Resumes a paused execution: records its status and lets it go on.

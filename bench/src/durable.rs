@@ -68,7 +68,7 @@ pub(crate) async fn temporal(args: &BenchArgs, report: &mut Vec<String>) -> Resu
         "temporal launches to the end, 16 at a time: durable {rate:.0}/s; raw workflow+activity loop {raw:.0}/s ({:.0}%)",
         100.0 * rate / raw
     ));
-    Ok(())
+    crate::takeover::takeover(args, address, report).await
 }
 
 /// A bench whose node runs every flow durably and hosts a worker.

@@ -17,6 +17,7 @@ mod durable;
 mod raw;
 mod scenarios;
 mod setup;
+mod takeover;
 
 use std::process::ExitCode;
 

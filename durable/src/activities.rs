@@ -20,7 +20,6 @@ use kodo_store::StoreError;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
-use temporalio_client::WorkflowQueryOptions;
 use temporalio_macros::activities;
 use temporalio_sdk::ApplicationFailure;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
@@ -100,7 +99,6 @@ impl KodoActivities {
             locks.clone(),
         );
         progress.store(ctx.tracer().clone());
-        let mut ask_first = false;
         let begin = match first {
             // A retry: marked first, then it takes up what was asked of the
             // execution (it may be paused; its locks may be answered).
@@ -108,13 +106,11 @@ impl KodoActivities {
                 if let Err(e) = ctx.tracer().trace(Trace::Retry(why)).await {
                     tracing::warn!(%fid, error = %e, "could not record the retry");
                 }
+                // Before the flow starts again: it may be paused.
                 if let Some(handle) = &handle {
-                    match control::asked(handle).await {
-                        Ok(asked) => control::apply(&ctx, &locks, asked).await,
-                        Err(e) => {
-                            tracing::warn!(%fid, error = %e, "cannot ask the workflow what it holds yet");
-                            ask_first = true;
-                        }
+                    tokio::select! {
+                        asked = learn(handle, &fid) => control::apply(&ctx, &locks, asked).await,
+                        _ = actx.cancelled() => return Err(ActivityError::cancelled()),
                     }
                 }
                 Trace::Running
@@ -127,7 +123,6 @@ impl KodoActivities {
                 handle,
                 locks,
                 nudged,
-                ask_first,
             )))
         });
         let execution = Execution {
@@ -334,11 +329,25 @@ fn meta(launch: &Launch, task_queue: &str) -> String {
 /// Whether the workflow was asked to kill the execution (and why).
 async fn kill_reason(actx: &ActivityContext) -> Option<String> {
     let handle = actx.workflow_handle::<KodoExecution>()?;
-    let asked = handle.query(KodoExecution::killed, (), WorkflowQueryOptions::default());
-    tokio::time::timeout(Duration::from_secs(5), asked)
+    control::asked_within(&handle, Duration::from_secs(5))
         .await
         .ok()?
-        .ok()?
+        .killed
+}
+
+/// What was asked of the execution, asking until the workflow answers.
+async fn learn(handle: &control::Handle, fid: &Fid) -> crate::workflow::Asked {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match control::asked(handle).await {
+            Ok(asked) => return asked,
+            Err(e) => {
+                tracing::warn!(%fid, error = %e, retry_in = ?backoff, "cannot ask the workflow what it holds yet");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
 }
 
 /// The Tracer of an attempt, once it has one: what its heartbeats report.

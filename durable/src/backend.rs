@@ -200,9 +200,11 @@ fn refused(fid: &Fid, asked: &Asked, control: &Control) -> Result<(), ControlErr
         _ if asked.killed.is_some() => conflict("is being killed"),
         Control::Pause if asked.paused => conflict("is paused already"),
         Control::Resume if !asked.paused => conflict("is not paused"),
-        Control::Answer { lid, .. } if !asked.locks.get(lid).is_some_and(|l| l.is_open()) => Err(
-            ControlError::NotFound(format!("no open lock {lid} in execution {fid}")),
-        ),
+        Control::Answer { lid, .. } if crate::workflow::open_key(&asked.locks, lid).is_none() => {
+            Err(ControlError::NotFound(format!(
+                "no open lock {lid} in execution {fid}"
+            )))
+        }
         _ => Ok(()),
     }
 }

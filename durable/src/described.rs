@@ -79,8 +79,8 @@ pub(crate) async fn describe(handle: &Handle, id: String) -> Result<Option<Descr
             a.locks
                 .into_iter()
                 .filter(|(_, lock)| lock.is_open())
-                .map(|(lid, lock)| OpenLock {
-                    lid,
+                .map(|(key, lock)| OpenLock {
+                    lid: crate::workflow::lid_of(&key).to_string(),
                     expires: lock.expires_ms as f64 / 1000.0,
                 })
                 .collect()

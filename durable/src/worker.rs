@@ -19,6 +19,9 @@ use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 /// them back to Temporal (which retries them elsewhere).
 const GIVE_BACK_AFTER: Duration = Duration::from_secs(2);
 
+/// How long a workflow task waits for the worker that ran the workflow last.
+const STICKY_WAIT: Duration = Duration::from_secs(1);
+
 type ShutdownHandle = Box<dyn Fn() + Send + Sync>;
 
 /// A running worker.
@@ -71,6 +74,10 @@ impl TemporalWorker {
                 })
                 .tuner(tuner)
                 .graceful_shutdown_period(GIVE_BACK_AFTER)
+                // A lost worker's workflow tasks and queries (a retry's first
+                // question) wait this long on its sticky queue before any
+                // worker takes them (the SDK's 10 s would delay every takeover).
+                .sticky_queue_schedule_to_start_timeout(STICKY_WAIT)
                 .max_heartbeat_throttle_interval(throttle)
                 .default_heartbeat_throttle_interval(throttle)
                 .build();

@@ -4,13 +4,12 @@
 //! a kill came between two attempts, the execution's time ran out, or the
 //! attempt could not record it), records the end with `kodo_close`.
 //! Signals: `kill`, `pause`, `resume`, `open_lock` (from the attempt),
-//! `answer`. Queries: `state` (what was asked of the execution: killed,
-//! paused, its locks), `killed`.
+//! `answer`. Query: `state` (what was asked of the execution: killed,
+//! paused, its locks).
 //!
 //! Pauses and locks live here, not on any node: an attempt learns of them
-//! by querying `state` when it starts, when nudged (see
-//! `kodo_cluster::Cluster::nudge`), and every second while it is paused or
-//! waits on a lock. A lock expires by a workflow timer.
+//! by querying `state` (see `control.rs`). A lock expires by a workflow
+//! timer.
 //!
 //! Workflow code is replayed: it must stay deterministic (no clock, no IO);
 //! the names of the workflow, its activities, signals and queries are fixed
@@ -93,8 +92,22 @@ impl LockRecord {
     }
 }
 
-/// An attempt opens lock `lid`, to expire after `wait_ms` (unless the
-/// workflow has it already: an earlier attempt opened it).
+/// The lock id of a workflow key.
+pub fn lid_of(key: &str) -> &str {
+    key.split_once('\u{1f}').map_or(key, |(lid, _)| lid)
+}
+
+/// The key of the open lock of id `lid` among `locks`, if one is open.
+pub fn open_key<'a>(locks: &'a BTreeMap<String, LockRecord>, lid: &str) -> Option<&'a str> {
+    locks
+        .iter()
+        .find(|(key, lock)| lid_of(key) == lid && lock.is_open())
+        .map(|(key, _)| key.as_str())
+}
+
+/// An attempt opens lock `lid` (a key: see `control::lock_key`), to expire
+/// after `wait_ms` (unless the workflow has it already: an earlier attempt
+/// opened it).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Opening {
     pub lid: String,
@@ -287,20 +300,14 @@ impl KodoExecution {
         }
     }
 
-    /// Answers an open lock; the first answer wins, and none counts after
-    /// the lock expired.
+    /// Answers the open lock of id `lid`; the first answer wins, and none
+    /// counts after the lock expired.
     #[signal(name = "answer")]
     pub fn answer(&mut self, _ctx: &mut SyncWorkflowContext<Self>, answer: Answer) {
-        if let Some(lock) = self.locks.get_mut(&answer.lid)
-            && lock.is_open()
-        {
+        let key = open_key(&self.locks, &answer.lid).map(str::to_string);
+        if let Some(lock) = key.and_then(|key| self.locks.get_mut(&key)) {
             lock.answer = Some(answer.answer);
         }
-    }
-
-    #[query(name = "killed")]
-    pub fn killed(&self, _ctx: &WorkflowContextView) -> Option<String> {
-        self.kill.clone()
     }
 
     #[query(name = "state")]

@@ -273,13 +273,17 @@ async fn pause_and_resume_in_direct_mode_answer_409() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_durable_lock_is_answered_through_its_workflow_and_expires_by_its_timer() {
     let asks = FlowDef::rust("asks", |ctx: Ctx, _| async move {
-        let yes = ctx
-            .lock("ok?", json!({}), Some(std::time::Duration::from_secs(120)))
-            .await?;
+        let long = Some(std::time::Duration::from_secs(120));
+        let yes = ctx.lock("ok?", json!({}), long).await?;
+        // The same id asked again after its answer: a new lock.
+        let mut same = Vec::new();
+        for name in ["first", "second"] {
+            same.push(ctx.lock_as("same".into(), name, json!({}), long).await?);
+        }
         let late = ctx
             .lock("late?", json!({}), Some(std::time::Duration::from_secs(1)))
             .await;
-        Ok(json!({"yes": yes, "late": late.err().map(|e| e.to_string())}))
+        Ok(json!({"yes": yes, "same": same, "late": late.err().map(|e| e.to_string())}))
     });
     let api = TestApi::start(&durable_config(""), vec![asks]).await;
     let node = api.running.node();
@@ -303,26 +307,26 @@ async fn a_durable_lock_is_answered_through_its_workflow_and_expires_by_its_time
     assert_eq!(code, 200, "{body}");
     let (code, body) = answer(lid.clone(), json!("no")).await;
     assert_eq!(code, 404, "the first answer counts: {body}");
+    for (n, said) in [(2, "a"), (3, "b")] {
+        let locks = |e: &[kodo_core::Event]| e.iter().filter(|e| e.kind == Kind::Lock).count();
+        events_until(node, &fid, "the next lock", |e| locks(e) >= n).await;
+        let (code, body) = answer("same".into(), json!(said)).await;
+        assert_eq!(code, 200, "{body}");
+    }
     let events = ended_with(node, &fid, Status::Finished).await;
     assert_eq!(
         payloads(&events, Kind::Final),
-        [json!({"yes": "yes", "late": format!("lock {fid}-2 (late?) expired")})]
+        [
+            json!({"yes": "yes", "same": ["a", "b"], "late": format!("lock {fid}-2 (late?) expired")})
+        ]
     );
     // The workflow's timer expired it (the attempt itself would wait 30 s more).
-    let second = events
-        .iter()
-        .filter(|e| e.kind == Kind::Lock)
-        .nth(1)
-        .unwrap();
-    let lease = events
-        .iter()
-        .filter(|e| e.kind == Kind::Lease)
-        .nth(1)
-        .unwrap();
+    let last = events.iter().rfind(|e| e.kind == Kind::Lock).unwrap();
+    let lease = events.iter().rfind(|e| e.kind == Kind::Lease).unwrap();
     assert!(
-        lease.ts - second.ts < 10.0,
+        lease.ts - last.ts < 10.0,
         "expired after {} s",
-        lease.ts - second.ts
+        lease.ts - last.ts
     );
     let (code, _) = answer(lid, json!("again")).await;
     assert_eq!(code, 409, "the execution ended");
