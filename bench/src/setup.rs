@@ -217,30 +217,47 @@ pub(crate) async fn spawn_spoolers(
     redis: &kodo_transport::RedisOptions,
     dir: &std::path::Path,
 ) -> Result<Vec<tokio::process::Child>, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut children = Vec::new();
     for i in 0..args.spool_processes {
-        let mut child = tokio::process::Command::new(&exe)
-            .args(["spool", "--name", &format!("bench-spool-{i}")])
-            .current_dir(dir)
-            .env("KODO_STORE_URL", store_url)
-            .env("KODO_STORE_POOL", args.pool.to_string())
-            .env("KODO_TRANSPORT_KIND", "redis")
-            .env("KODO_TRANSPORT_URL", &redis.url)
-            .env("KODO_TRANSPORT_PREFIX", &redis.prefix)
-            .env("KODO_TRANSPORT_SHARDS", redis.shards.to_string())
-            .env("KODO_LOG_LEVEL", "warn")
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| e.to_string())?;
-        let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("piped")).lines();
-        match lines.next_line().await {
-            Ok(Some(line)) if line.starts_with("kodo spooling") => children.push(child),
-            other => return Err(format!("spooler {i} did not start: {other:?}")),
-        }
+        let name = format!("bench-spool-{i}");
+        let env = [
+            ("KODO_STORE_URL", store_url.to_string()),
+            ("KODO_STORE_POOL", args.pool.to_string()),
+            ("KODO_TRANSPORT_KIND", "redis".into()),
+            ("KODO_TRANSPORT_URL", redis.url.clone()),
+            ("KODO_TRANSPORT_PREFIX", redis.prefix.clone()),
+            ("KODO_TRANSPORT_SHARDS", redis.shards.to_string()),
+        ];
+        children
+            .push(spawn_runtime(&["spool", "--name", &name], dir, &env, "kodo spooling").await?);
     }
     Ok(children)
+}
+
+/// Starts this executable (`runtime`) with `args` and `env` in `dir`
+/// (warnings only in its log), and waits for its first line, which must
+/// begin with `ready`.
+pub(crate) async fn spawn_runtime(
+    args: &[&str],
+    dir: &std::path::Path,
+    env: &[(&str, String)],
+    ready: &str,
+) -> Result<tokio::process::Child, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = tokio::process::Command::new(exe)
+        .args(args)
+        .current_dir(dir)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("KODO_LOG_LEVEL", "warn")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+    match lines.next_line().await {
+        Ok(Some(line)) if line.starts_with(ready) => Ok(child),
+        other => Err(format!("runtime {args:?} did not start: {other:?}")),
+    }
 }
 
 pub(crate) async fn fresh(args: &BenchArgs, name: &str) -> Result<Bench, String> {

@@ -6,7 +6,7 @@
 //! heartbeat timeout, the earliest Temporal can notice a silent worker.
 
 use crate::BenchArgs;
-use crate::setup::percentile;
+use crate::setup::{percentile, spawn_runtime};
 use kodo_actors::{Flows, Node, NodeOptions};
 use kodo_cluster::RedisCluster;
 use kodo_core::{Event, Fid, Kind, Status};
@@ -16,7 +16,6 @@ use serde_json::json;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncBufReadExt;
 use tokio::process::Child;
 
 /// Heartbeat timeout of the run: short, as a deployment that wants fast
@@ -165,21 +164,15 @@ async fn launcher(
 
 /// Starts `runtime temporal-worker` number `n`; waits for its first line.
 async fn worker(config: &Path, dir: &Path, n: usize) -> Result<Child, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut child = tokio::process::Command::new(exe)
-        .args(["temporal-worker", "--config", &config.display().to_string()])
-        .current_dir(dir)
-        .env("KODO_NODE_NAME", format!("bench-worker-{n}"))
-        .env("KODO_LOG_LEVEL", "warn")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("piped")).lines();
-    match lines.next_line().await {
-        Ok(Some(line)) if line.starts_with("kodo temporal worker") => Ok(child),
-        other => Err(format!("worker {n} did not start: {other:?}")),
-    }
+    let config = config.display().to_string();
+    let env = [("KODO_NODE_NAME", format!("bench-worker-{n}"))];
+    spawn_runtime(
+        &["temporal-worker", "--config", &config],
+        dir,
+        &env,
+        "kodo temporal worker",
+    )
+    .await
 }
 
 /// Waits until `done` holds for the execution's stored events.

@@ -309,10 +309,7 @@ async fn while_temporal_is_down_launches_answer_503_and_health_says_why() {
         ),
     );
     let (_node, base) = start(&config, dir.path()).await;
-    let fid = post(&base, "/flows/quick/executions", json!({})).await["fid"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let fid = launch(&base, "quick").await;
     events_until(&base, &fid, DEADLINE, ended).await;
     temporal.run("stop");
     let durable = tokio::spawn(
@@ -502,10 +499,7 @@ async fn chatty_on_two_workers(dir: &Path, claim_idle: u32, attempts: u32) -> Ru
     let (node, base) = start(&config, dir).await;
     let (a, _) = start_worker(&config, dir, "worker-a").await;
     let (b, _) = start_worker(&config, dir, "worker-b").await;
-    let fid = post(&base, "/flows/chatty/executions", json!({})).await["fid"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let fid = launch(&base, "chatty").await;
     events_until(&base, &fid, DEADLINE, |e| stdout_lines(e).len() >= 5).await;
     Running {
         redis,
@@ -537,10 +531,7 @@ async fn a_node_killed_mid_run_does_not_close_its_durable_execution_which_goes_o
     let dir = tempfile::tempdir().unwrap();
     let config = durable_config(dir.path(), "attempts = 3");
     let (mut node, base) = start(&config, dir.path()).await;
-    let fid = post(&base, "/flows/chatty/executions", json!({})).await["fid"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let fid = launch(&base, "chatty").await;
     events_until(&base, &fid, DEADLINE, |e| stdout_lines(e).len() >= 5).await;
     node.start_kill().unwrap();
     node.wait().await.unwrap();
@@ -576,10 +567,7 @@ async fn when_the_last_attempt_is_lost_the_execution_ends_in_error_with_the_caus
     );
     let (_node, base) = start(&config, dir.path()).await;
     let (mut a, _) = start_worker(&config, dir.path(), "worker-a").await;
-    let fid = post(&base, "/flows/chatty/executions", json!({})).await["fid"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let fid = launch(&base, "chatty").await;
     events_until(&base, &fid, DEADLINE, |e| stdout_lines(e).len() >= 3).await;
     a.start_kill().unwrap();
     a.wait().await.unwrap();
@@ -613,10 +601,7 @@ async fn a_kill_through_a_node_that_did_not_launch_it_ends_it_killed() {
     other.env("KODO_NODE_NAME", "node-b");
     let (_b, base_b, _) = start_logged(other).await;
     let (_worker, _) = start_worker(&config, dir.path(), "worker-w").await;
-    let fid = post(&base_a, "/flows/chatty/executions", json!({})).await["fid"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let fid = launch(&base_a, "chatty").await;
     events_until(&base_a, &fid, DEADLINE, |e| !stdout_lines(e).is_empty()).await;
     let killed = post(&base_b, &format!("/executions/{fid}/kill"), json!({})).await;
     assert_eq!(killed["killing"], true, "{killed}");
@@ -669,20 +654,6 @@ async fn two_nodes(dir: &Path, extra: &str) -> TwoNodes {
     }
 }
 
-/// `POST path` with `body`: the status code and JSON body.
-async fn post_any(base: &str, path: &str, body: Value) -> (u16, Value) {
-    let resp = reqwest::Client::new()
-        .post(format!("{base}{path}"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    (
-        resp.status().as_u16(),
-        resp.json().await.unwrap_or_default(),
-    )
-}
-
 fn last_status(events: &[Value]) -> Option<&str> {
     events
         .iter()
@@ -698,10 +669,7 @@ async fn a_pause_through_another_node_stops_the_flows_processes_and_resume_conti
                   \"read -r x; i=1; while true; do echo \\\"tick $i\\\"; i=$((i+1)); sleep 0.05; done\"]\n";
     let nodes = two_nodes(dir.path(), ticker).await;
     let (worker, _) = start_worker(&nodes.config, dir.path(), "worker-w").await;
-    let fid = post(&nodes.base_a, "/flows/ticker/executions", json!({})).await["fid"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let fid = launch(&nodes.base_a, "ticker").await;
     events_until(&nodes.base_b, &fid, DEADLINE, |e| {
         stdout_lines(e).len() >= 3
     })
@@ -786,10 +754,7 @@ async fn durable_locks_are_answered_through_any_node_outlive_their_worker_and_la
                   echo '{\\\"kind\\\":\\\"lock\\\",\\\"name\\\":\\\"third\\\",\\\"timeout\\\":1}' >&3; read -r a; echo \\\"third $a\\\"\"]\n";
     let mut nodes = two_nodes(dir.path(), asks).await;
     let (mut w1, _) = start_worker(&nodes.config, dir.path(), "worker-1").await;
-    let fid = post(&nodes.base_a, "/flows/asks/executions", json!({})).await["fid"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let fid = launch(&nodes.base_a, "asks").await;
     let locks = |n: usize| move |e: &[Value]| e.iter().filter(|e| e["kind"] == "lock").count() >= n;
     events_until(&nodes.base_b, &fid, DEADLINE, locks(1)).await;
     let answer = |base: String, n: u32, answer: &'static str| {
@@ -852,10 +817,7 @@ async fn an_execution_goes_on_through_a_temporal_restart_and_loses_nothing() {
         ),
     );
     let (_node, base) = start(&config, dir.path()).await;
-    let fid = post(&base, "/flows/chatty/executions", json!({})).await["fid"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let fid = launch(&base, "chatty").await;
     events_until(&base, &fid, DEADLINE, |e| stdout_lines(e).len() >= 5).await;
     // A crash of Temporal mid-run; back on the same port with its state.
     temporal.run("kill");

@@ -348,10 +348,7 @@ command = ["sh", "-c", "read -r x; sleep 1000 & echo \"pids $$ $!\"; echo '{\"ki
             .await
             .expect("the watchdog died");
         }
-        let fid = post(&base, "/flows/family/executions", json!({})).await["fid"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let fid = launch(&base, "family").await;
         let events = get_until(
             &base,
             &format!("/executions/{fid}/events?kinds=stdout"),

@@ -319,10 +319,7 @@ command = ["sh", "-c", "seq 1 200"]
     let mut a = start_spool(&cfg, dir.path(), "a").await;
     let mut fids = Vec::new();
     for _ in 0..2 {
-        let fid = post(&base, "/flows/lines/executions", json!({})).await["fid"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let fid = launch(&base, "lines").await;
         stream_until(&base, &fid, "data: \"finished\"").await;
         fids.push(fid);
     }

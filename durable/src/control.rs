@@ -2,8 +2,9 @@
 //! workflow holds it (pause, resume, locks and their answers); the attempt
 //! queries the workflow's `state` when it starts (after the first), when
 //! nudged, when a lock it waits on is due to expire, and every
-//! [`LOOK_AGAIN`] while it is paused or waits (a nudge may be lost), and
-//! applies what it finds to its `Ctx`. Its locks are kept by
+//! [`LOOK_AGAIN`] (a nudge may be lost, or never leave its process: a
+//! worker of its own on the in-process transport), and applies what it
+//! finds to its `Ctx`. Its locks are kept by
 //! [`DurableLocks`]: opened in the workflow, answered through it.
 
 use crate::workflow::{Asked, KodoExecution, LockRecord, Opening};
@@ -26,8 +27,8 @@ pub(crate) type Handle = WorkflowHandle<Client, KodoExecution>;
 /// How long one query or signal may take.
 const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 
-/// How often a paused attempt, or one waiting on a lock, looks again
-/// without a nudge (one sent while Redis was away is lost).
+/// How often an attempt looks again without a nudge (one sent while Redis
+/// was away is lost).
 const LOOK_AGAIN: Duration = Duration::from_secs(30);
 
 /// How long after a lock's expiry its attempt asks the workflow whether
@@ -83,9 +84,10 @@ pub(crate) async fn sent(
 }
 
 /// The attempts running on this worker, woken when their execution is
-/// nudged.
+/// nudged (a stale attempt and its retry may run here at once: each has
+/// its own registration).
 #[derive(Clone, Default)]
-pub(crate) struct Nudges(Arc<Mutex<HashMap<Fid, Arc<Notify>>>>);
+pub(crate) struct Nudges(Arc<Mutex<HashMap<Fid, Vec<Arc<Notify>>>>>);
 
 impl Nudges {
     /// Follows nudges for `fid` until the guard is dropped.
@@ -94,7 +96,9 @@ impl Nudges {
         self.0
             .lock()
             .expect("nudges lock")
-            .insert(fid.clone(), notify.clone());
+            .entry(fid.clone())
+            .or_default()
+            .push(notify.clone());
         Nudged {
             nudges: self.clone(),
             fid: fid.clone(),
@@ -107,14 +111,13 @@ impl Nudges {
         let nudges = self.clone();
         Arc::new(move |fids: &[Fid]| {
             let running = nudges.0.lock().expect("nudges lock");
+            let wake = |attempts: &Vec<Arc<Notify>>| attempts.iter().for_each(|n| n.notify_one());
             if fids.is_empty() {
-                running.values().for_each(|n| n.notify_one());
+                running.values().for_each(wake);
             }
-            for fid in fids {
-                if let Some(notify) = running.get(fid) {
-                    notify.notify_one();
-                }
-            }
+            fids.iter()
+                .filter_map(|fid| running.get(fid))
+                .for_each(wake);
         })
     }
 }
@@ -128,7 +131,13 @@ pub(crate) struct Nudged {
 
 impl Drop for Nudged {
     fn drop(&mut self) {
-        self.nudges.0.lock().expect("nudges lock").remove(&self.fid);
+        let mut running = self.nudges.0.lock().expect("nudges lock");
+        if let Some(attempts) = running.get_mut(&self.fid) {
+            attempts.retain(|n| !Arc::ptr_eq(n, &self.notify));
+            if attempts.is_empty() {
+                running.remove(&self.fid);
+            }
+        }
     }
 }
 
@@ -138,7 +147,10 @@ impl Drop for Nudged {
 /// answer (or expiry) is delivered at once.
 pub(crate) struct DurableLocks {
     handle: Option<Handle>,
+    /// The locks that wait here, by their workflow key.
     waiting: Locks,
+    /// How often this attempt opened each lock id.
+    openings: Mutex<HashMap<String, u32>>,
     /// What the workflow said of the execution's locks, last time it was asked.
     known: Mutex<BTreeMap<String, LockRecord>>,
     /// Wakes the follower when a lock opens.
@@ -158,6 +170,7 @@ impl DurableLocks {
         Self {
             handle,
             waiting: Locks::default(),
+            openings: Mutex::new(HashMap::new()),
             known: Mutex::new(BTreeMap::new()),
             opened: Notify::new(),
         }
@@ -181,10 +194,6 @@ impl DurableLocks {
             }
         }
         *self.known.lock().expect("known lock") = locks;
-    }
-
-    fn waits(&self) -> bool {
-        !self.waiting.is_empty()
     }
 
     /// How long until the first lock that waits here is due to expire.
@@ -240,30 +249,43 @@ impl LockKeeper for DurableLocks {
         format!("{fid}-{n}")
     }
 
+    /// The kth opening of `lid` in this attempt is the workflow's lock
+    /// [`lock_key`]`(lid, k)`: a retry that opens it again the kth time
+    /// finds it, while a flow that asks again under the same id (after the
+    /// answer) gets a new lock, as in direct mode.
     async fn open(&self, fid: &Fid, lid: &str, wait: Duration) -> Result<Kept, KeepError> {
-        let known = self.known.lock().expect("known lock").get(lid).cloned();
+        let key = {
+            let mut openings = self.openings.lock().expect("openings lock");
+            let k = openings.entry(lid.to_string()).or_default();
+            if *k > 0 && self.waiting.is_open(fid, &lock_key(lid, *k)) {
+                return Err(kodo_actors::LockInUse(lid.to_string()).into());
+            }
+            *k += 1;
+            lock_key(lid, *k)
+        };
+        let known = self.known.lock().expect("known lock").get(&key).cloned();
         let (expires_ms, record) = match known {
             Some(record) => (record.expires_ms, Some(record)),
             None => {
                 let wait_ms = wait.as_millis() as u64;
                 self.record(Opening {
-                    lid: lid.to_string(),
+                    lid: key.clone(),
                     wait_ms,
                 })
                 .await?;
                 ((kodo_core::now_ts() * 1000.0) as u64 + wait_ms, None)
             }
         };
-        let open = self.waiting.open(fid, lid)?;
+        let open = self.waiting.open(fid, &key)?;
         match record {
             Some(LockRecord {
                 answer: Some(answer),
                 ..
             }) => {
-                let _ = self.waiting.answer(fid, lid, answer);
+                let _ = self.waiting.answer(fid, &key, answer);
             }
             Some(LockRecord { expired: true, .. }) => {
-                let _ = self.waiting.expire(fid, lid);
+                let _ = self.waiting.expire(fid, &key);
             }
             _ => self.opened.notify_one(),
         }
@@ -274,6 +296,17 @@ impl LockKeeper for DurableLocks {
             wait: left + EXPIRY_GRACE,
             open,
         })
+    }
+}
+
+/// The workflow's key of the `k`th opening (from 1) of lock `lid` in an
+/// attempt: the id itself first, then the id, U+001F and `k` (see
+/// `workflow::lid_of`).
+pub(crate) fn lock_key(lid: &str, k: u32) -> String {
+    if k <= 1 {
+        lid.to_string()
+    } else {
+        format!("{lid}\u{1f}{k}")
     }
 }
 
@@ -293,30 +326,18 @@ pub(crate) async fn apply(ctx: &Ctx, locks: &DurableLocks, asked: Asked) {
 }
 
 /// Follows what is asked of the attempt's execution for as long as it runs
-/// (until dropped);
-/// `ask_first`: ask at once (what was asked could not be learnt yet).
-pub(crate) async fn follow(
-    ctx: Ctx,
-    handle: Handle,
-    locks: Arc<DurableLocks>,
-    nudged: Nudged,
-    ask_first: bool,
-) {
-    let mut backoff = if ask_first {
-        AFTER_EXPIRY
-    } else {
-        Duration::ZERO
-    };
+/// (until dropped).
+pub(crate) async fn follow(ctx: Ctx, handle: Handle, locks: Arc<DurableLocks>, nudged: Nudged) {
+    let mut backoff = Duration::ZERO;
     loop {
         if backoff.is_zero() {
-            let look = ctx.is_paused() || locks.waits();
             let wait = locks
                 .next_expiry(ctx.fid())
                 .map_or(LOOK_AGAIN, |due| (due + AFTER_EXPIRY).min(LOOK_AGAIN));
             tokio::select! {
                 _ = nudged.notify.notified() => {}
                 _ = locks.opened.notified() => {}
-                _ = tokio::time::sleep(wait), if look => {}
+                _ = tokio::time::sleep(wait) => {}
             }
         } else {
             tokio::time::sleep(backoff).await;

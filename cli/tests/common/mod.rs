@@ -124,15 +124,33 @@ pub(crate) async fn terminate(child: &mut Child) -> i32 {
         .unwrap_or(-1)
 }
 
+/// `POST path` with `body`, expecting success: the JSON body.
 pub(crate) async fn post(base: &str, path: &str, body: Value) -> Value {
+    let (code, body) = post_any(base, path, body).await;
+    assert!((200..300).contains(&code), "{path}: {code} {body}");
+    body
+}
+
+/// `POST path` with `body`: the status code and JSON body (null if none).
+pub(crate) async fn post_any(base: &str, path: &str, body: Value) -> (u16, Value) {
     let resp = reqwest::Client::new()
         .post(format!("{base}{path}"))
         .json(&body)
         .send()
         .await
         .unwrap();
-    assert!(resp.status().is_success(), "{path}: {}", resp.status());
-    resp.json().await.unwrap()
+    (
+        resp.status().as_u16(),
+        resp.json().await.unwrap_or_default(),
+    )
+}
+
+/// Launches `flow` with no inputs; its fid.
+pub(crate) async fn launch(base: &str, flow: &str) -> String {
+    post(base, &format!("/flows/{flow}/executions"), json!({})).await["fid"]
+        .as_str()
+        .expect("a fid")
+        .to_string()
 }
 
 pub(crate) async fn get(base: &str, path: &str) -> Value {
@@ -188,10 +206,7 @@ command = ["sh", "-c", "read -r x; echo started; echo '{\"kind\":\"lock\",\"name
 "#;
 
 pub(crate) async fn launch_waiting(base: &str) -> String {
-    let fid = post(base, "/flows/waits/executions", json!({})).await["fid"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let fid = launch(base, "waits").await;
     // Its stdout and its fd 3 are read apart: wait for both lines.
     stream_until(base, &fid, "event: lock").await;
     stream_until(base, &fid, "data: \"started\"").await;
