@@ -93,11 +93,19 @@ async fn events_until(
     }
 }
 
+/// Whether the final status is stored, and every event before it: with
+/// spoolers in several processes a later batch (the end) may be committed
+/// before an earlier one.
 fn ended(events: &[Value]) -> bool {
-    events.last().is_some_and(|e| {
+    let last = events.last().is_some_and(|e| {
         e["kind"] == "status"
             && ["finished", "error", "killed"].contains(&e["payload"].as_str().unwrap())
-    })
+    });
+    let whole = events
+        .iter()
+        .enumerate()
+        .all(|(i, e)| e["seq"].as_u64() == Some(i as u64 + 1));
+    last && whole
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

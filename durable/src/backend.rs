@@ -281,6 +281,10 @@ async fn start_workflow(temporal: &Temporal, launch: Launch) -> Result<(), Strin
     let start = WorkflowStartOptions::new(options.task_queue.clone(), id.clone())
         .id_conflict_policy(WorkflowIdConflictPolicy::Fail)
         .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
+        // A worker in this process with a free slot takes the first
+        // workflow task straight from the start's answer (when the server
+        // allows it), not through the task queue.
+        .enable_eager_workflow_start(true)
         .build();
     let started = temporal
         .client
