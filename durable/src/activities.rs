@@ -23,6 +23,7 @@ use std::time::Duration;
 use temporalio_macros::activities;
 use temporalio_sdk::ApplicationFailure;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
+use tokio_util::task::AbortOnDropHandle;
 
 /// What the activities run on: the worker's node.
 pub struct KodoActivities {
@@ -118,7 +119,7 @@ impl KodoActivities {
             first => first,
         };
         let _following = handle.map(|handle| {
-            AbortOnDrop(tokio::spawn(control::follow(
+            AbortOnDropHandle::new(tokio::spawn(control::follow(
                 ctx.clone(),
                 handle,
                 locks,
@@ -365,20 +366,12 @@ impl Progress {
 }
 
 /// Heartbeats every [`BEAT`] until the returned guard is dropped.
-fn beat(actx: &ActivityContext, progress: Progress) -> AbortOnDrop {
+fn beat(actx: &ActivityContext, progress: Progress) -> AbortOnDropHandle<()> {
     let actx = actx.clone();
-    AbortOnDrop(tokio::spawn(async move {
+    AbortOnDropHandle::new(tokio::spawn(async move {
         loop {
             let _ = actx.record_heartbeat(progress.published()).await;
             tokio::time::sleep(BEAT).await;
         }
     }))
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }

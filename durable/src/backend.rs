@@ -4,7 +4,7 @@
 //! in durable mode go to the direct backend.
 
 use crate::Temporal;
-use crate::control::{self, AskError};
+use crate::control::{self, AskError, Handle};
 use crate::workflow::{Answer, Asked, KodoExecution, Launch};
 use async_trait::async_trait;
 use kodo_actors::{Control, ControlError, Ctx, Direct, Execution, ExecutionBackend, Started, Stop};
@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use temporalio_client::errors::WorkflowStartError;
 use temporalio_client::{
-    Client, WorkflowGetResultOptions, WorkflowHandle, WorkflowIdConflictPolicy,
-    WorkflowIdReusePolicy, WorkflowSignalOptions, WorkflowStartOptions,
+    WorkflowGetResultOptions, WorkflowIdConflictPolicy, WorkflowIdReusePolicy,
+    WorkflowSignalOptions, WorkflowStartOptions,
 };
 
 /// Runs the flows named durable as Temporal workflows, the others directly.
@@ -45,12 +45,6 @@ impl TemporalBackend {
         }
     }
 
-    fn handle(&self, fid: &Fid) -> WorkflowHandle<Client, KodoExecution> {
-        self.temporal
-            .client
-            .get_workflow_handle::<KodoExecution>(self.temporal.workflow_id(fid))
-    }
-
     /// Records `control` in the execution's workflow, if it fits what the
     /// workflow holds. While no worker answers (none runs: the request
     /// still counts, taken up by the next attempt), it is recorded
@@ -63,7 +57,7 @@ impl TemporalBackend {
                 self.temporal.options.address
             ))
         };
-        let handle = self.handle(fid);
+        let handle = self.temporal.handle(fid);
         let asked = match control::asked_within(&handle, CHECK_WITHIN).await {
             Ok(asked) => Some(asked),
             Err(AskError::NotFound) => return Direct.control(fid, control).await,
@@ -105,20 +99,9 @@ impl TemporalBackend {
             .as_ref()
             .is_none_or(|names| names.contains(flow))
     }
-
-    async fn signal_kill(&self, fid: &Fid, reason: &str) -> Result<bool, String> {
-        let handle = self
-            .temporal
-            .client
-            .get_workflow_handle::<KodoExecution>(self.temporal.workflow_id(fid));
-        signal_kill(&handle, reason).await
-    }
 }
 
-async fn signal_kill(
-    handle: &WorkflowHandle<Client, KodoExecution>,
-    reason: &str,
-) -> Result<bool, String> {
+async fn signal_kill(handle: &Handle, reason: &str) -> Result<bool, String> {
     control::sent(handle.signal(
         KodoExecution::kill,
         reason.to_string(),
@@ -168,13 +151,13 @@ impl ExecutionBackend for TemporalBackend {
     }
 
     async fn stop(&self, fid: &Fid, stop: Stop) -> Result<bool, String> {
-        self.signal_kill(fid, &stop.reason).await
+        signal_kill(&self.temporal.handle(fid), &stop.reason).await
     }
 
     /// What Temporal knows of the execution (see [`crate::Described`]).
     async fn describe(&self, fid: &Fid) -> Result<Option<serde_json::Value>, String> {
         let id = self.temporal.workflow_id(fid);
-        let described = crate::described::describe(&self.handle(fid), id)
+        let described = crate::described::describe(&self.temporal.handle(fid), id)
             .await
             .map_err(|e| format!("temporal at {}: {e}", self.temporal.options.address))?;
         Ok(described.map(|d| serde_json::to_value(d).expect("serializes")))
@@ -261,12 +244,7 @@ impl Actor for Watcher {
             let ok = started.is_ok();
             let _ = watch.ready.send(started);
             if ok {
-                let id = watch.temporal.workflow_id(watch.ctx.fid());
-                let handle = watch
-                    .temporal
-                    .client
-                    .get_workflow_handle::<KodoExecution>(id);
-                follow(&handle, &watch.ctx).await;
+                follow(&watch.temporal.handle(watch.ctx.fid()), &watch.ctx).await;
             }
         }
         myself.stop(None);
@@ -304,7 +282,7 @@ async fn start_workflow(temporal: &Temporal, launch: Launch) -> Result<(), Strin
 
 /// Waits for the workflow's end, passing a kill on; returns early when the
 /// node stops (the execution goes on without this node).
-async fn follow(handle: &WorkflowHandle<Client, KodoExecution>, ctx: &Ctx) {
+async fn follow(handle: &Handle, ctx: &Ctx) {
     let mut killed = false;
     let mut backoff = Duration::from_millis(100);
     loop {

@@ -129,4 +129,10 @@ impl Temporal {
     pub(crate) fn workflow_id(&self, fid: &impl std::fmt::Display) -> String {
         format!("{}{fid}", self.options.workflow_id_prefix)
     }
+
+    /// A handle of execution `fid`'s workflow.
+    pub(crate) fn handle(&self, fid: &impl std::fmt::Display) -> crate::control::Handle {
+        self.client
+            .get_workflow_handle::<crate::workflow::KodoExecution>(self.workflow_id(fid))
+    }
 }

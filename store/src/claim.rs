@@ -21,6 +21,7 @@ use std::io::{Read, Seek, Write};
 use std::path::Path;
 use std::time::Duration;
 use tokio::sync::watch;
+use tokio_util::task::AbortOnDropHandle;
 
 /// How often a PostgreSQL claim checks that its connection still holds the lock.
 pub(crate) const CLAIM_CHECK: Duration = Duration::from_secs(2);
@@ -68,15 +69,6 @@ impl NodeClaim {
                 None => std::future::pending().await,
             }
         }
-    }
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
@@ -207,7 +199,7 @@ pub(crate) async fn claim_advisory(
         lost,
     ));
     Ok(NodeClaim {
-        _held: Box::new(AbortOnDrop(keeper)),
+        _held: Box::new(AbortOnDropHandle::new(keeper)),
         lost: Some(rx),
     })
 }
