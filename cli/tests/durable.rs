@@ -43,6 +43,15 @@ async fn start_worker(config: &Path, dir: &Path, name: &str) -> (Child, Log) {
     (child, log)
 }
 
+/// Process `pid`'s name and the fields of /proc/PID/stat after it (state,
+/// ppid, ...); the name may hold spaces and parentheses, not the last `)`.
+fn stat_of(pid: u32) -> Option<(String, Vec<String>)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (head, after) = stat.rsplit_once(')')?;
+    let comm = head.split_once('(')?.1.to_string();
+    Some((comm, after.split_whitespace().map(String::from).collect()))
+}
+
 /// The pids of `sh` processes whose parent is `pid` (from /proc): a
 /// worker's flows (its watchdog is a child too, but not a shell).
 fn shells_of(pid: u32) -> Vec<u32> {
@@ -51,13 +60,11 @@ fn shells_of(pid: u32) -> Vec<u32> {
         let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+        let Some((comm, fields)) = stat_of(child) else {
             continue;
         };
-        // `pid (comm) state ppid ...`: comm may hold spaces, not ')' last.
-        let after = &stat[stat.rfind(')').unwrap_or(0) + 1..];
-        let ppid = after.split_whitespace().nth(1).and_then(|p| p.parse().ok());
-        if ppid == Some(pid) && stat.contains("(sh)") {
+        let ppid = fields.get(1).and_then(|p| p.parse().ok());
+        if ppid == Some(pid) && comm == "sh" {
             children.push(child);
         }
     }
@@ -278,9 +285,7 @@ async fn temporal_unreachable_or_an_unknown_namespace_stops_the_start_naming_it(
         dir.path(),
         &format!("[execution]\nmode = \"temporal\"\n[temporal]\naddress = \"127.0.0.1:{port}\"\n"),
     );
-    let out = run(&config, dir.path()).output().await.unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = exits_with(&mut run(&config, dir.path()), 1).await;
     assert!(
         err.contains(&format!("temporal at 127.0.0.1:{port}")),
         "{err}"
@@ -293,9 +298,7 @@ async fn temporal_unreachable_or_an_unknown_namespace_stops_the_start_naming_it(
             temporal_address()
         ),
     );
-    let out = run(&config, dir.path()).output().await.unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = exits_with(&mut run(&config, dir.path()), 1).await;
     assert!(
         err.contains("namespace `no-such-namespace` not found"),
         "{err}"
@@ -496,13 +499,12 @@ struct Running {
 async fn chatty_on_two_workers(dir: &Path, claim_idle: u32, attempts: u32) -> Running {
     let redis = ScriptServer::redis(dir);
     let prefix = fresh("durable");
-    let config = durable_config(
+    let config = on_redis(
         dir,
-        &format!(
-            "attempts = {attempts}\nworker = false\n[transport]\nkind = \"redis\"\nurl = \"{}\"\n\
-             prefix = \"{prefix}\"\nclaim_idle = {claim_idle}\nblock = 0.1\n",
-            redis.url
-        ),
+        &redis,
+        &prefix,
+        &format!("attempts = {attempts}\n"),
+        &format!("claim_idle = {claim_idle}\n"),
     );
     let (node, base) = start(&config, dir).await;
     let (a, _) = start_worker(&config, dir, "worker-a").await;
@@ -518,6 +520,26 @@ async fn chatty_on_two_workers(dir: &Path, claim_idle: u32, attempts: u32) -> Ru
         b,
         fid,
     }
+}
+
+/// A config of durable mode whose nodes host no worker and share the Redis
+/// `redis` under key prefix `prefix`: `temporal` adds `[temporal]` keys,
+/// `transport` `[transport]` keys (and what follows them).
+fn on_redis(
+    dir: &Path,
+    redis: &ScriptServer,
+    prefix: &str,
+    temporal: &str,
+    transport: &str,
+) -> std::path::PathBuf {
+    durable_config(
+        dir,
+        &format!(
+            "{temporal}worker = false\n[transport]\nkind = \"redis\"\nurl = \"{}\"\n\
+             prefix = \"{prefix}\"\nblock = 0.1\n{transport}",
+            redis.url
+        ),
+    )
 }
 
 /// A config of durable mode on this test's own task queue, with `extra`.
@@ -565,14 +587,7 @@ async fn when_the_last_attempt_is_lost_the_execution_ends_in_error_with_the_caus
     let redis = ScriptServer::redis(dir.path());
     // Workers in processes of their own: the nodes hear of their commits
     // through Redis.
-    let config = durable_config(
-        dir.path(),
-        &format!(
-            "attempts = 1\nworker = false\n[transport]\nkind = \"redis\"\nurl = \"{}\"\nprefix = \"{}\"\nblock = 0.1\n",
-            redis.url,
-            fresh("last")
-        ),
-    );
+    let config = on_redis(dir.path(), &redis, &fresh("last"), "attempts = 1\n", "");
     let (_node, base) = start(&config, dir.path()).await;
     let (mut a, _) = start_worker(&config, dir.path(), "worker-a").await;
     let fid = launch(&base, "chatty").await;
@@ -596,14 +611,7 @@ async fn when_the_last_attempt_is_lost_the_execution_ends_in_error_with_the_caus
 async fn a_kill_through_a_node_that_did_not_launch_it_ends_it_killed() {
     let dir = tempfile::tempdir().unwrap();
     let redis = ScriptServer::redis(dir.path());
-    let config = durable_config(
-        dir.path(),
-        &format!(
-            "worker = false\n[transport]\nkind = \"redis\"\nurl = \"{}\"\nprefix = \"{}\"\nblock = 0.1\n",
-            redis.url,
-            fresh("kill")
-        ),
-    );
+    let config = on_redis(dir.path(), &redis, &fresh("kill"), "", "");
     let (_a, base_a) = start(&config, dir.path()).await;
     let mut other = run(&config, dir.path());
     other.env("KODO_NODE_NAME", "node-b");
@@ -623,8 +631,7 @@ async fn a_kill_through_a_node_that_did_not_launch_it_ends_it_killed() {
 /// The state letter of process `pid` (`S` sleeping, `R` running, `T`
 /// stopped, ...), from /proc.
 fn process_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+    stat_of(pid)?.1.first()?.chars().next()
 }
 
 /// Two nodes and a worker process over Redis; `extra` adds flows.
@@ -639,14 +646,12 @@ struct TwoNodes {
 
 async fn two_nodes(dir: &Path, extra: &str) -> TwoNodes {
     let redis = ScriptServer::redis(dir);
-    let config = durable_config(
+    let config = on_redis(
         dir,
-        &format!(
-            "attempts = 3\nworker = false\n[transport]\nkind = \"redis\"\nurl = \"{}\"\nprefix = \"{}\"\n\
-             block = 0.1\nclaim_idle = 1\n{extra}",
-            redis.url,
-            fresh("two")
-        ),
+        &redis,
+        &fresh("two"),
+        "attempts = 3\n",
+        &format!("claim_idle = 1\n{extra}"),
     );
     let (a, base_a) = start(&config, dir).await;
     let mut other = run(&config, dir);

@@ -14,45 +14,38 @@ use tokio::process::Child;
 async fn bad_configs_exit_2_naming_the_key_and_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), "[api]\nlisen = \"127.0.0.1:1\"\n");
-    let out = runtime(&["run", "--config", cfg.to_str().unwrap()], dir.path())
-        .output()
-        .await
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let err = exits_with(
+        &mut runtime(&["run", "--config", cfg.to_str().unwrap()], dir.path()),
+        2,
+    )
+    .await;
     assert!(
         err.contains("kodo.toml: api.lisen: unknown field `lisen`"),
         "{err}"
     );
 
     let missing = dir.path().join("nope.toml");
-    let out = runtime(&["run", "--config", missing.to_str().unwrap()], dir.path())
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("nope.toml: -: cannot read"));
+    let err = exits_with(
+        &mut runtime(&["run", "--config", missing.to_str().unwrap()], dir.path()),
+        2,
+    )
+    .await;
+    assert!(err.contains("nope.toml: -: cannot read"), "{err}");
 
     let good = write_config(dir.path(), "");
-    let out = runtime(&["run", "--config", good.to_str().unwrap()], dir.path())
-        .env("KODO_TRANSPORT_SHARDS", "lots")
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let mut run = runtime(&["run", "--config", good.to_str().unwrap()], dir.path());
+    let err = exits_with(run.env("KODO_TRANSPORT_SHARDS", "lots"), 2).await;
     assert!(
         err.contains("KODO_TRANSPORT_SHARDS: transport.shards: expected an integer"),
         "{err}"
     );
 
-    let out = runtime(&["run", "--config", good.to_str().unwrap()], dir.path())
-        .env("KODO_STORE_URL", "sqlite:///proc/no-such-dir/kodo.db")
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let mut run = runtime(&["run", "--config", good.to_str().unwrap()], dir.path());
+    let err = exits_with(
+        run.env("KODO_STORE_URL", "sqlite:///proc/no-such-dir/kodo.db"),
+        1,
+    )
+    .await;
     assert!(
         err.contains("cannot start: store url sqlite:///proc/no-such-dir/kodo.db"),
         "{err}"
@@ -226,13 +219,8 @@ async fn an_unreachable_postgres_stops_startup_with_the_url_masked() {
     let cfg = write_config(dir.path(), "");
     let port = free_port();
     let url = format!("postgres://kodo:hunter22@127.0.0.1:{port}/kodo");
-    let out = runtime(&["run", "--config", cfg.to_str().unwrap()], dir.path())
-        .env("KODO_STORE_URL", &url)
-        .output()
-        .await
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let mut run = runtime(&["run", "--config", cfg.to_str().unwrap()], dir.path());
+    let err = exits_with(run.env("KODO_STORE_URL", &url), 1).await;
     assert!(
         err.contains(&format!("postgres://kodo:***@127.0.0.1:{port}/kodo"))
             && err.contains("refused")
@@ -389,22 +377,17 @@ async fn an_unreachable_redis_stops_startup_naming_the_url() {
     let port = free_port();
     let url = format!("redis://127.0.0.1:{port}");
     // Spoolers alone make no sense on the in-process queue.
-    let out = runtime(&["spool", "--config", cfg.to_str().unwrap()], dir.path())
-        .output()
-        .await
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let err = exits_with(
+        &mut runtime(&["spool", "--config", cfg.to_str().unwrap()], dir.path()),
+        2,
+    )
+    .await;
     assert!(err.contains("transport.kind = \"redis\""), "{err}");
     for command in ["run", "spool"] {
-        let out = runtime(&[command, "--config", cfg.to_str().unwrap()], dir.path())
-            .env("KODO_TRANSPORT_KIND", "redis")
-            .env("KODO_TRANSPORT_URL", &url)
-            .output()
-            .await
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{command}: {err}");
+        let mut run = runtime(&[command, "--config", cfg.to_str().unwrap()], dir.path());
+        run.env("KODO_TRANSPORT_KIND", "redis")
+            .env("KODO_TRANSPORT_URL", &url);
+        let err = exits_with(&mut run, 1).await;
         assert!(
             err.contains(&url) && err.contains("transport"),
             "{command}: {err}"

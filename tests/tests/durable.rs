@@ -89,27 +89,23 @@ async fn a_rust_flow_and_a_command_flow_finish_with_the_shape_of_direct_mode() {
     assert!(report.all_stored(), "{report}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_kill_reaches_a_durable_execution_and_ends_it_killed() {
-    let waits = FlowDef::rust("waits", |ctx: Ctx, _| async move {
+/// A Rust flow that says it waits, then waits for ever.
+fn waits() -> FlowDef {
+    FlowDef::rust("waits", |ctx: Ctx, _| async move {
         ctx.debug("waiting").await?;
         std::future::pending::<()>().await;
         Ok(json!("never"))
-    });
-    let api = TestApi::start(&durable_config(""), vec![waits]).await;
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_reaches_a_durable_execution_and_ends_it_killed() {
+    let api = TestApi::start(&durable_config(""), vec![waits()]).await;
     let node = api.running.node();
     let fid = api.launch("waits").await;
     wait_event(node, &fid, Kind::Debug).await;
-    let resp = api
-        .req(
-            reqwest::Method::POST,
-            &format!("/executions/{fid}/kill"),
-            None,
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 202);
+    let (code, body) = api.post(&format!("/executions/{fid}/kill"), None).await;
+    assert_eq!(code, 202, "{body}");
     let events = ended_with(node, &fid, Status::Killed).await;
     assert_eq!(payloads(&events, Kind::Error), [json!("killed: by local")]);
     let report = api.running.shutdown("test over").await;
@@ -139,12 +135,7 @@ async fn a_flow_that_fails_on_its_own_is_not_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_execution_out_of_time_ends_in_error_recorded_by_the_workflow() {
-    let waits = FlowDef::rust("waits", |ctx: Ctx, _| async move {
-        ctx.debug("waiting").await?;
-        std::future::pending::<()>().await;
-        Ok(json!("never"))
-    });
-    let api = TestApi::start(&durable_config("execution_timeout = 1\n"), vec![waits]).await;
+    let api = TestApi::start(&durable_config("execution_timeout = 1\n"), vec![waits()]).await;
     let node = api.running.node();
     let fid = api.launch("waits").await;
     let events = ended_with(node, &fid, Status::Error).await;

@@ -124,6 +124,20 @@ pub(crate) async fn terminate(child: &mut Child) -> i32 {
         .unwrap_or(-1)
 }
 
+/// Runs `command` to its end, checks that it exits with `code`, and
+/// returns its stderr.
+pub(crate) async fn exits_with(command: &mut Command, code: i32) -> String {
+    let out = command.output().await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{:?}: {err}",
+        command.as_std()
+    );
+    err
+}
+
 /// `POST path` with `body`, expecting success: the JSON body.
 pub(crate) async fn post(base: &str, path: &str, body: Value) -> Value {
     let (code, body) = post_any(base, path, body).await;
