@@ -309,15 +309,11 @@ async fn temporal_unreachable_or_an_unknown_namespace_stops_the_start_naming_it(
 async fn while_temporal_is_down_launches_answer_503_and_health_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let temporal = ScriptServer::start("temporal", dir.path());
-    let config = write_config(
+    let config = on_own_temporal(
         dir.path(),
-        &format!(
-            "[execution]\nmode = \"temporal\"\n[temporal]\naddress = \"{}\"\ntask_queue = \"{}\"\n\
-             [flows.quick]\ncommand = [\"sh\", \"-c\", \"read -r x; echo done\"]\n\
-             [flows.here]\ncommand = [\"sh\", \"-c\", \"read -r x; echo done\"]\nmode = \"direct\"\n",
-            temporal.url,
-            fresh("queue")
-        ),
+        &temporal,
+        "[flows.quick]\ncommand = [\"sh\", \"-c\", \"read -r x; echo done\"]\n\
+         [flows.here]\ncommand = [\"sh\", \"-c\", \"read -r x; echo done\"]\nmode = \"direct\"\n",
     );
     let (_node, base) = start(&config, dir.path()).await;
     let fid = launch(&base, "quick").await;
@@ -538,6 +534,19 @@ fn on_redis(
             "{temporal}worker = false\n[transport]\nkind = \"redis\"\nurl = \"{}\"\n\
              prefix = \"{prefix}\"\nblock = 0.1\n{transport}",
             redis.url
+        ),
+    )
+}
+
+/// A config of durable mode on the test's own Temporal server `temporal`
+/// and task queue; `rest` follows the `[temporal]` keys.
+fn on_own_temporal(dir: &Path, temporal: &ScriptServer, rest: &str) -> std::path::PathBuf {
+    write_config(
+        dir,
+        &format!(
+            "[execution]\nmode = \"temporal\"\n[temporal]\naddress = \"{}\"\ntask_queue = \"{}\"\n{rest}",
+            temporal.url,
+            fresh("queue")
         ),
     )
 }
@@ -819,15 +828,11 @@ async fn durable_locks_are_answered_through_any_node_outlive_their_worker_and_la
 async fn an_execution_goes_on_through_a_temporal_restart_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let temporal = ScriptServer::start("temporal", dir.path());
-    let config = write_config(
+    let config = on_own_temporal(
         dir.path(),
-        &format!(
-            "[execution]\nmode = \"temporal\"\n[temporal]\naddress = \"{}\"\ntask_queue = \"{}\"\n\
-             heartbeat_timeout = 5\n[flows.chatty]\ncommand = [\"sh\", \"-c\", \
-             \"read -r x; i=1; while [ $i -le 40 ]; do echo \\\"line $i\\\"; i=$((i+1)); sleep 0.1; done\"]\n",
-            temporal.url,
-            fresh("queue")
-        ),
+        &temporal,
+        "heartbeat_timeout = 5\n[flows.chatty]\ncommand = [\"sh\", \"-c\", \
+         \"read -r x; i=1; while [ $i -le 40 ]; do echo \\\"line $i\\\"; i=$((i+1)); sleep 0.1; done\"]\n",
     );
     let (_node, base) = start(&config, dir.path()).await;
     let fid = launch(&base, "chatty").await;
