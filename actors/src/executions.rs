@@ -16,6 +16,7 @@ use ractor::{
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Why a launch was refused.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +92,8 @@ pub(crate) struct ExecShared {
     pub node: String,
     /// The most executions at once.
     pub max_live: usize,
+    /// How many run now (what the node's lease shows the cluster).
+    pub running: Arc<AtomicUsize>,
 }
 
 // The policy this supervisor applies to its children: a Runner that ends
@@ -301,6 +304,10 @@ impl Actor for Executions {
                 let _ = reply.send(state.live.len());
             }
         }
+        state
+            .shared
+            .running
+            .store(state.live.len(), Ordering::Relaxed);
         Ok(())
     }
 

@@ -1,7 +1,8 @@
 //! What a previous run of a node left unfinished (it was killed, or its
-//! machine died) is closed at the next start: each such execution gets an
-//! `error` event and the final `status: error`, through a Tracer resumed
-//! after its last stored event, like any other event.
+//! machine died) is closed at the next start (`node restarted`), or by the
+//! survivor that takes a lost node over (`node lost`): each such execution
+//! gets an `error` event and the final `status: error`, through a Tracer
+//! resumed after its last stored event, like any other event.
 
 use crate::hub::{Hub, Subscription};
 use crate::node::{NodeError, NodeOptions};
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Ends every execution `options.node` left unfinished: an `error` event
+/// Ends every execution `node` left unfinished: an `error` event
 /// with the reason and the final `status: error`, numbered after the last
 /// stored event. Waits (up to `options.shutdown_wait` in all) until the
 /// store has them. Returns how many executions it closed.
@@ -30,13 +31,14 @@ pub(crate) async fn close_unfinished(
     transport: &SharedTransport,
     hub: &Arc<Hub>,
     options: &NodeOptions,
+    node: &str,
     reason: &str,
     settled: bool,
 ) -> Result<usize, NodeError> {
     let deadline = Instant::now() + options.shutdown_wait;
     let mut closed = std::collections::HashSet::new();
     loop {
-        let rows = store.unfinished(&options.node).await?;
+        let rows = store.unfinished(node).await?;
         if rows.is_empty() {
             return Ok(closed.len());
         }

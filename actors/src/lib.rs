@@ -20,6 +20,7 @@ mod flow;
 mod hub;
 mod leftovers;
 mod locks;
+mod membership;
 mod node;
 mod orphans;
 mod output;

@@ -15,17 +15,18 @@ use crate::flow::{Ctx, ExecLimits, Flows, Stop};
 use crate::hub::Hub;
 use crate::leftovers;
 use crate::locks::{AnswerError, LockKeeper, Locks};
+use crate::membership::{self, NodeTakeover};
 use crate::shutdown::{ShutdownReport, check_stored};
 use crate::spooler::{SpoolerGroup, SpoolerShared, StoreHealth};
 use crate::tracer::{TraceBook, Tracer};
-use kodo_cluster::SharedCluster;
+use kodo_cluster::{Ask, JoinSpec, Lease, Reply, SharedCluster};
 use kodo_core::{Fid, Status};
 use kodo_store::{ExecutionRow, NodeClaim, SharedStore, StoreError};
 use kodo_transport::SharedTransport;
 use ractor::{Actor, ActorRef};
 use serde_json::Value;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -50,6 +51,11 @@ pub struct NodeOptions {
     pub spoolers: bool,
     /// How executions run (default: [`Direct`], a Runner in this process).
     pub backend: SharedBackend,
+    /// The address other nodes and `GET /cluster` show for this node's API.
+    pub api: String,
+    /// How long this node's lease in a cluster lasts without a renewal
+    /// (`cluster.lease`): past it, a survivor takes the node over.
+    pub lease: Duration,
 }
 
 impl Default for NodeOptions {
@@ -67,6 +73,8 @@ impl Default for NodeOptions {
             shutdown_wait: Duration::from_secs(30),
             spoolers: true,
             backend: Arc::new(Direct),
+            api: String::new(),
+            lease: Duration::from_secs(10),
         }
     }
 }
@@ -87,6 +95,9 @@ pub enum NodeError {
     /// An execution left unfinished could not be closed.
     #[error("could not close an execution left unfinished: {0}")]
     Close(String),
+    /// The node could not join its cluster.
+    #[error("could not join the cluster: {0}")]
+    Cluster(String),
 }
 
 /// Why a kill was refused.
@@ -134,6 +145,8 @@ pub struct Node {
     unstored: Arc<Mutex<HashMap<Fid, Unstored>>>,
     /// This node's name, owned in the store until shutdown.
     claim: Mutex<Option<NodeClaim>>,
+    /// This node's lease in its cluster (None: `Solo`, no other node).
+    lease: Option<Arc<Lease>>,
 }
 
 impl Node {
@@ -149,6 +162,20 @@ impl Node {
         options: NodeOptions,
     ) -> Result<Node, NodeError> {
         let claim = store.claim_node(&options.node).await?;
+        let running = Arc::new(AtomicUsize::new(0));
+        let lease = cluster
+            .join(JoinSpec {
+                name: options.node.clone(),
+                api: options.api.clone(),
+                lease: options.lease,
+                running: running.clone(),
+            })
+            .await
+            .map_err(|e| NodeError::Cluster(e.to_string()))?;
+        if let Some(lease) = &lease {
+            // From here on, this run publishes only while it holds its lease.
+            transport.fence(lease.fence());
+        }
         let hub = Hub::new();
         let locks = Locks::default();
         let health = Arc::new(StoreHealth::default());
@@ -186,6 +213,7 @@ impl Node {
             &transport,
             &hub,
             &options,
+            &options.node,
             "node restarted",
             settled,
         )
@@ -200,6 +228,7 @@ impl Node {
             limits: options.limits.clone(),
             node: options.node.clone(),
             max_live: options.max_live,
+            running,
         };
         let (executions, executions_done) = Actor::spawn(None, Executions, exec_shared)
             .await
@@ -209,6 +238,18 @@ impl Node {
             let _ = executions_done.await;
             let _ = ended.send(true);
         });
+        if let Some(lease) = &lease {
+            lease.take_over_with(Arc::new(NodeTakeover {
+                store: store.clone(),
+                transport: transport.clone(),
+                cluster: cluster.clone(),
+                hub: hub.clone(),
+                options: options.clone(),
+            }));
+            lease
+                .serve(membership::ask_handler(executions.clone(), locks.clone()))
+                .await;
+        }
         let stopping = Arc::new(AtomicBool::new(false));
         Ok(Node {
             executions,
@@ -225,6 +266,7 @@ impl Node {
             stopping,
             unstored: Arc::default(),
             claim: Mutex::new(Some(claim)),
+            lease,
         })
     }
 
@@ -303,21 +345,22 @@ impl Node {
     }
 
     /// Kills a running execution: its status becomes `killed`.
+    /// Here, on the node that runs it (in a cluster), or through its
+    /// backend (durable mode).
     pub async fn kill(&self, fid: &Fid, reason: &str) -> Result<(), KillError> {
-        let stop = Stop::new(Status::Killed, reason);
-        let running = self
-            .executions
-            .call(
-                |reply| ExecMsg::Stop {
-                    fid: fid.clone(),
-                    stop,
-                    reply,
-                },
-                None,
-            )
-            .await;
-        if let Ok(ractor::rpc::CallResult::Success(true)) = running {
+        if membership::stop_here(&self.executions, fid, reason).await {
             return Ok(());
+        }
+        if let Some((lease, node)) = self.runs_elsewhere(fid).await {
+            let ask = Ask::Kill {
+                fid: fid.clone(),
+                reason: reason.to_string(),
+            };
+            return match lease.ask(&node, ask).await {
+                Ok(Reply::Done) => Ok(()),
+                Ok(_) => Err(KillError::NotRunning(fid.to_string())),
+                Err(e) => Err(KillError::Unreachable(e.to_string())),
+            };
         }
         // Not here: a durable execution runs on some worker; its backend reaches it.
         match self
@@ -381,9 +424,28 @@ impl Node {
         &self.cluster
     }
 
+    /// This node's lease in its cluster (None: no other node).
+    pub fn lease(&self) -> Option<&Arc<Lease>> {
+        self.lease.as_ref()
+    }
+
+    /// This node's lease and the other node that runs direct execution
+    /// `fid`, if another does (a cluster, the execution not ended).
+    async fn runs_elsewhere(&self, fid: &Fid) -> Option<(&Arc<Lease>, String)> {
+        let lease = self.lease.as_ref()?;
+        let row = self.store.execution(fid).await.ok()??;
+        let node = membership::runs_elsewhere(&row, &self.options.node)?;
+        Some((lease, node.to_string()))
+    }
+
     /// This node's name.
     pub fn name(&self) -> &str {
         &self.options.node
+    }
+
+    /// The address this node's API answers on (as other nodes see it).
+    pub fn api(&self) -> &str {
+        &self.options.api
     }
 
     /// The per-execution limits.
@@ -396,8 +458,9 @@ impl Node {
         self.options.max_live
     }
 
-    /// Answers an open lock: here, or through the backend (a durable
-    /// execution's lock lives in its workflow).
+    /// Answers an open lock: here, on the node that runs the execution (in
+    /// a cluster), or through the backend (a durable execution's lock lives
+    /// in its workflow).
     pub async fn answer_lock(
         &self,
         fid: &Fid,
@@ -408,6 +471,19 @@ impl Node {
             return self.locks.answer(fid, lid, answer).map_err(|e| match e {
                 AnswerError::NotFound { .. } => ControlError::NotFound(e.to_string()),
             });
+        }
+        if let Some((lease, node)) = self.runs_elsewhere(fid).await {
+            let ask = Ask::Answer {
+                fid: fid.clone(),
+                lid: lid.to_string(),
+                answer,
+            };
+            return match lease.ask(&node, ask).await {
+                Ok(Reply::Done) => Ok(()),
+                Ok(Reply::NotFound(why)) => Err(ControlError::NotFound(why)),
+                Ok(Reply::NotRunning(why)) => Err(ControlError::Conflict(why)),
+                Err(e) => Err(ControlError::Unreachable(e.to_string())),
+            };
         }
         let lid = lid.to_string();
         self.control(fid, Control::Answer { lid, answer }).await
@@ -501,16 +577,30 @@ impl Node {
 
     /// Resolves if this node's name was lost to another process (its
     /// PostgreSQL claim's connection dropped and another node took the
-    /// name): two live nodes share a name, and this one must stop at once,
-    /// without writing anything more.
+    /// name), or the cluster declared it lost (it was away past its lease,
+    /// and a survivor closed its executions): either way this run must stop
+    /// at once, without writing anything more.
     pub fn name_lost(&self) -> impl std::future::Future<Output = String> + Send + use<> {
         let claim = self.claim.lock().expect("claim lock");
         let lost = claim.as_ref().map(NodeClaim::lost);
         drop(claim);
+        let declared = self.lease.as_ref().map(|lease| lease.lost());
         async move {
-            match lost {
-                Some(lost) => lost.await,
-                None => std::future::pending().await,
+            let claim = async {
+                match lost {
+                    Some(lost) => lost.await,
+                    None => std::future::pending().await,
+                }
+            };
+            let lease = async {
+                match declared {
+                    Some(declared) => declared.await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                why = claim => why,
+                why = lease => why,
             }
         }
     }
@@ -592,6 +682,9 @@ impl Node {
             tracing::error!(%report, "events are missing from the store");
         }
         self.store.close().await;
+        if let Some(lease) = &self.lease {
+            lease.release().await;
+        }
         self.claim.lock().expect("claim lock").take();
         report
     }

@@ -71,50 +71,6 @@ fn shells_of(pid: u32) -> Vec<u32> {
     children
 }
 
-/// The execution's stored events.
-async fn events(base: &str, fid: &str) -> Vec<Value> {
-    get(base, &format!("/executions/{fid}/events?limit=10000")).await["events"]
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
-/// Waits (up to `within`) until `done` holds for the stored events.
-async fn events_until(
-    base: &str,
-    fid: &str,
-    within: Duration,
-    done: impl Fn(&[Value]) -> bool,
-) -> Vec<Value> {
-    let start = Instant::now();
-    loop {
-        let events = events(base, fid).await;
-        if done(&events) {
-            return events;
-        }
-        assert!(
-            start.elapsed() < within,
-            "not reached in {within:?}: {events:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Whether the final status is stored, and every event before it: with
-/// spoolers in several processes a later batch (the end) may be committed
-/// before an earlier one.
-fn ended(events: &[Value]) -> bool {
-    let last = events.last().is_some_and(|e| {
-        e["kind"] == "status"
-            && ["finished", "error", "killed"].contains(&e["payload"].as_str().unwrap())
-    });
-    let whole = events
-        .iter()
-        .enumerate()
-        .all(|(i, e)| e["seq"].as_u64() == Some(i as u64 + 1));
-    last && whole
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_worker_is_taken_over_and_no_line_is_lost_or_reused() {
     let dir = tempfile::tempdir().unwrap();

@@ -108,45 +108,12 @@ async fn get_until(base: &str, path: &str, done: impl Fn(u16, &Value) -> bool) -
     .unwrap_or_else(|_| panic!("GET {path} never showed what was awaited"))
 }
 
-/// Every stored event of an execution.
-async fn events(base: &str, fid: &str) -> Vec<Value> {
-    get(base, &format!("/executions/{fid}/events?limit=10000")).await["events"]
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
-/// Seqs 1..=n without a gap, one final status and it is the last event.
-fn check_log(events: &[Value]) -> String {
-    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-    assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<_>>());
-    let finals: Vec<&Value> = events
-        .iter()
-        .filter(|e| {
-            e["kind"] == "status"
-                && ["finished", "error", "killed"].contains(&e["payload"].as_str().unwrap())
-        })
-        .collect();
-    assert_eq!(finals.len(), 1, "one final status");
-    assert_eq!(
-        finals[0],
-        events.last().unwrap(),
-        "the final status is last"
-    );
-    finals[0]["payload"].as_str().unwrap().to_string()
-}
-
 /// Runs a command that must exit on its own; its output.
 async fn exits(command: &mut tokio::process::Command) -> std::process::Output {
     tokio::time::timeout(DEADLINE, command.output())
         .await
         .expect("it exits by itself")
         .unwrap()
-}
-
-fn lock_id(events: &[Value]) -> String {
-    let lock = events.iter().find(|e| e["kind"] == "lock").expect("a lock");
-    lock["payload"]["lid"].as_str().unwrap().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -231,26 +231,7 @@ async fn an_unreachable_postgres_stops_startup_with_the_url_masked() {
 
 /// Starts `runtime spool --name NAME` and waits for its first line.
 async fn start_spool(config: &Path, dir: &Path, name: &str) -> Child {
-    let mut child = runtime(
-        &[
-            "spool",
-            "--config",
-            config.to_str().unwrap(),
-            "--name",
-            name,
-        ],
-        dir,
-    )
-    .spawn()
-    .expect("spawn runtime spool");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(DEADLINE, lines.next_line())
-        .await
-        .expect("spool printed its first line in time")
-        .unwrap()
-        .unwrap_or_default();
-    assert!(line.starts_with("kodo spooling"), "{line:?}");
-    child
+    start_spooler(spool(config, dir, name)).await
 }
 
 /// Entries delivered to `consumer` and not acknowledged, over both streams.

@@ -11,14 +11,26 @@
 //! - **nudges**: a node that paused, resumed or answered a durable execution
 //!   tells whichever process runs it to look at its workflow again.
 //!
+//! - **membership**: a node [`join`](Cluster::join)s with a lease it renews;
+//!   [`Cluster::members`] lists the nodes;
+//! - **takeover**: when a node's lease runs out, exactly one survivor takes
+//!   its executions over ([`Takeover`]), and the lost node, should it wake,
+//!   learns it was declared lost ([`Lease::lost`]) and cannot publish any more
+//!   ([`kodo_transport::LeaseFence`]);
+//! - **routing**: a request for an execution ([`Ask`]) reaches the node
+//!   that runs it ([`Lease::ask`], [`Lease::serve`]).
+//!
 //! [`Solo`] is a deployment of one process (the in-process queue):
-//! nothing to announce, nothing to settle, commits in order. [`RedisCluster`]
-//! is many nodes and spooler processes sharing Redis Streams. Membership and
-//! cross-node routing join here next.
+//! nothing to announce, nothing to settle, commits in order, no other node.
+//! [`RedisCluster`] is many nodes and spooler processes sharing Redis.
 
+mod lease;
 mod redis;
+mod routing;
 
+pub use lease::{JoinSpec, Lease, Member, Takeover};
 pub use redis::RedisCluster;
+pub use routing::{Ask, AskHandler, Reply};
 
 use async_trait::async_trait;
 use kodo_core::{Event, Fid};
@@ -32,6 +44,14 @@ pub enum ClusterError {
     /// The shared server could not be reached (URL with the password masked).
     #[error("cluster unavailable: {0}")]
     Unavailable(String),
+    /// Another node did not answer a request in time, or does not listen.
+    #[error("node {node} does not answer: {why}")]
+    NoAnswer {
+        /// The node asked.
+        node: String,
+        /// Why (not listening: stopped or lost; no answer in time).
+        why: String,
+    },
 }
 
 /// Hears of commits that spoolers in other processes made: per execution,
@@ -75,6 +95,21 @@ pub trait Cluster: Send + Sync + std::fmt::Debug + 'static {
     /// Calls `listener` with the executions nudged, for as long as this
     /// cluster lives.
     fn listen_nudges(&self, listener: NudgeListener);
+
+    /// Joins the cluster as node `spec.name`: takes its lease (waiting
+    /// while a survivor is still taking a previous run of that name over)
+    /// and keeps it renewed. The caller must own the name already (its
+    /// store claim): a lease still held by another process is then a dead
+    /// run's, and is replaced. None: there are no other nodes (`Solo`).
+    async fn join(&self, _spec: JoinSpec) -> Result<Option<Arc<Lease>>, ClusterError> {
+        Ok(None)
+    }
+
+    /// The nodes that hold a lease, or held one and were not taken over
+    /// yet; empty when there are no other nodes (`Solo`).
+    async fn members(&self) -> Result<Vec<Member>, ClusterError> {
+        Ok(Vec::new())
+    }
 }
 
 /// A shared cluster.

@@ -4,6 +4,7 @@
 //! on the transport's streams (everything up to each stream's newest entry
 //! acknowledged by the spoolers' group).
 
+use crate::lease::{self, JoinSpec, Keys, Lease, Member};
 use crate::{Cluster, ClusterError, CommitListener, NudgeListener, commit_marks};
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -24,6 +25,7 @@ pub struct RedisCluster {
     channel: String,
     nudges: String,
     streams: Vec<String>,
+    keys: Keys,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -61,6 +63,9 @@ impl RedisCluster {
             channel: format!("{prefix}:commits"),
             nudges: format!("{prefix}:nudges"),
             streams: (0..shards).map(|i| events_key(prefix, i)).collect(),
+            keys: Keys {
+                prefix: prefix.to_string(),
+            },
             masked,
             tasks: Mutex::new(Vec::new()),
         }))
@@ -131,6 +136,24 @@ impl Cluster for RedisCluster {
         self.tasks.lock().expect("tasks lock").push(task);
     }
 
+    async fn join(&self, spec: JoinSpec) -> Result<Option<Arc<Lease>>, ClusterError> {
+        let lease = lease::join(
+            self.conn.clone(),
+            self.client.clone(),
+            self.keys.clone(),
+            spec,
+        )
+        .await
+        .map_err(|e| ClusterError::Unavailable(format!("{}: {e}", self.masked)))?;
+        Ok(Some(lease))
+    }
+
+    async fn members(&self) -> Result<Vec<Member>, ClusterError> {
+        lease::members(&mut self.conn.clone(), &self.keys)
+            .await
+            .map_err(|e| ClusterError::Unavailable(format!("{}: {e}", self.masked)))
+    }
+
     async fn settle(&self, wait: Duration) -> bool {
         let start = Instant::now();
         let mut conn = self.conn.clone();
@@ -173,10 +196,10 @@ impl Drop for RedisCluster {
 }
 
 /// Hears one channel's messages; an empty payload: some may have been missed.
-type PayloadListener = Arc<dyn Fn(&[u8]) + Send + Sync>;
+pub(crate) type PayloadListener = Arc<dyn Fn(&[u8]) + Send + Sync>;
 
 /// Listens to a channel, reconnecting as needed.
-async fn listen_loop(client: redis::Client, channel: String, listener: PayloadListener) {
+pub(crate) async fn listen_loop(client: redis::Client, channel: String, listener: PayloadListener) {
     let mut backoff = Duration::from_millis(50);
     loop {
         let subscribed = async {

@@ -115,6 +115,7 @@ impl Runtime {
         };
         let (transport, cluster) = wiring::connect(&config, &config.node.name).await?;
         let mut options = wiring::node_options(&config);
+        options.api = addr.to_string();
         let names: Vec<String> = flows.iter().map(|f| f.name.clone()).collect();
         let durable = wiring::durable(&config, &names, false, &cluster).await?;
         let temporal = durable.map(|(temporal, backend)| {

@@ -86,6 +86,7 @@ pub fn node_options(config: &Config) -> NodeOptions {
         launch_wait: Duration::from_secs_f64(config.limits.launch_wait),
         shutdown_wait: Duration::from_secs_f64(config.limits.shutdown_wait),
         spoolers: config.spooler.enabled,
+        lease: Duration::from_secs_f64(config.cluster.lease),
         ..NodeOptions::default()
     }
 }

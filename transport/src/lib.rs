@@ -124,6 +124,25 @@ pub trait Transport: Send + Sync + std::fmt::Debug + 'static {
 
     /// The transport's state now.
     async fn health(&self) -> TransportHealth;
+
+    /// From now on, writes this process's publishes only while `fence`
+    /// holds (see [`LeaseFence`]). The in-process queue has nothing to fence:
+    /// its node is the only writer.
+    fn fence(&self, _fence: LeaseFence) {}
+}
+
+/// A node's lease in a cluster, as its publishes are fenced by it: each
+/// publish is written only while the Redis key `key` holds `token`, checked
+/// in the same step as the write. A node declared lost (another node took
+/// its lease over) can thus add nothing to the streams after that moment,
+/// whatever it still holds in memory; a refused publish waits and is tried
+/// again (the lease may come back: Redis itself was away).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseFence {
+    /// The lease key.
+    pub key: String,
+    /// What it holds while this process owns it.
+    pub token: String,
 }
 
 /// Events a transport took (see [`Transport::publish`]).

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
@@ -105,6 +105,33 @@ pub(crate) async fn start_logged(mut command: Command) -> (Child, String, Log) {
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_string();
     (child, base, log)
+}
+
+/// `runtime spool --config CONFIG --name NAME` in `dir`, not started yet.
+pub(crate) fn spool(config: &Path, dir: &Path, name: &str) -> Command {
+    runtime(
+        &[
+            "spool",
+            "--config",
+            config.to_str().unwrap(),
+            "--name",
+            name,
+        ],
+        dir,
+    )
+}
+
+/// Starts a `runtime spool` command and waits for its first line.
+pub(crate) async fn start_spooler(mut command: Command) -> Child {
+    let mut child = command.spawn().expect("spawn runtime spool");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(DEADLINE, lines.next_line())
+        .await
+        .expect("spool printed its first line in time")
+        .unwrap()
+        .unwrap_or_default();
+    assert!(line.starts_with("kodo spooling"), "{line:?}");
+    child
 }
 
 /// Sends SIGTERM (as `kill` does) and returns the exit code.
@@ -297,4 +324,74 @@ pub(crate) fn stdout_lines(events: &[Value]) -> Vec<String> {
         .filter(|e| e["kind"] == "stdout")
         .map(|e| e["payload"].as_str().unwrap().to_string())
         .collect()
+}
+
+/// The stored events of `fid`, through the API at `base`.
+pub(crate) async fn events(base: &str, fid: &str) -> Vec<Value> {
+    get(base, &format!("/executions/{fid}/events?limit=10000")).await["events"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// Waits (up to `within`) until `done` holds for the stored events.
+pub(crate) async fn events_until(
+    base: &str,
+    fid: &str,
+    within: Duration,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let start = Instant::now();
+    loop {
+        let events = events(base, fid).await;
+        if done(&events) {
+            return events;
+        }
+        assert!(
+            start.elapsed() < within,
+            "not reached in {within:?}: {events:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The lid of the first lock among `events`.
+pub(crate) fn lock_id(events: &[Value]) -> String {
+    let lock = events.iter().find(|e| e["kind"] == "lock").expect("a lock");
+    lock["payload"]["lid"].as_str().unwrap().to_string()
+}
+
+/// Seqs 1..=n without a gap, one final status and it is the last event.
+pub(crate) fn check_log(events: &[Value]) -> String {
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<_>>());
+    let finals: Vec<&Value> = events
+        .iter()
+        .filter(|e| {
+            e["kind"] == "status"
+                && ["finished", "error", "killed"].contains(&e["payload"].as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(finals.len(), 1, "one final status");
+    assert_eq!(
+        finals[0],
+        events.last().unwrap(),
+        "the final status is last"
+    );
+    finals[0]["payload"].as_str().unwrap().to_string()
+}
+
+/// Whether the final status is stored, and every event before it: with
+/// spoolers in several processes a later batch (the end) may be committed
+/// before an earlier one.
+pub(crate) fn ended(events: &[Value]) -> bool {
+    let last = events.last().is_some_and(|e| {
+        e["kind"] == "status"
+            && ["finished", "error", "killed"].contains(&e["payload"].as_str().unwrap())
+    });
+    let whole = events
+        .iter()
+        .enumerate()
+        .all(|(i, e)| e["seq"].as_u64() == Some(i as u64 + 1));
+    last && whole
 }

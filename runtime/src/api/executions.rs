@@ -228,7 +228,7 @@ pub(super) async fn kill(
         )),
         Err(KillError::NotRunning(_)) => Err(ApiError::new(
             StatusCode::CONFLICT,
-            "execution is not running on this node",
+            "execution is not running",
         )),
     }
 }

@@ -5,9 +5,10 @@
 //! One concern per module: `auth` (tokens to users), `error` (error
 //! answers, parsing what clients send), [`types`] (every request and
 //! response body), `executions` (the execution routes), `stream` (SSE),
-//! `health`, and the TCP [`ApiListener`].
+//! `health`, `cluster` (the nodes), and the TCP [`ApiListener`].
 
 mod auth;
+mod cluster;
 mod error;
 mod executions;
 mod health;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub node: Arc<Node>,
     /// Temporal, when some flow runs durably.
     pub temporal: Option<Arc<Temporal>>,
+    /// When this API started (Unix seconds).
+    pub started: f64,
     tokens: auth::Tokens,
 }
 
@@ -43,9 +46,11 @@ pub fn router(node: Arc<Node>, config: &Config, temporal: Option<Arc<Temporal>>)
     let state = Arc::new(AppState {
         node,
         temporal,
+        started: kodo_core::now_ts(),
         tokens: auth::Tokens::of(config),
     });
     let authed = Router::new()
+        .route("/cluster", get(cluster::cluster))
         .route("/flows", get(executions::list_flows))
         .route("/flows/{flow}/executions", post(executions::launch))
         .route("/executions", get(executions::list_executions))

@@ -237,3 +237,13 @@ pub struct Health {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub temporal: Option<TemporalState>,
 }
+
+/// `GET /cluster` answer.
+#[derive(Debug, Serialize)]
+pub struct ClusterView {
+    /// The node that answered.
+    pub node: String,
+    /// Every node with a lease, or whose lease ran out and that is not
+    /// taken over yet (`live: false`); this node alone without a cluster.
+    pub nodes: Vec<kodo_cluster::Member>,
+}

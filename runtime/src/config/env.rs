@@ -19,6 +19,7 @@ const OVERRIDABLE: &[&str] = &[
     "api",
     "store",
     "transport",
+    "cluster",
     "spooler",
     "limits",
     "log",

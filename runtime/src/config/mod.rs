@@ -51,6 +51,8 @@ pub struct Config {
     pub store: StoreSection,
     /// How events travel from Tracers to Spoolers.
     pub transport: TransportSection,
+    /// Nodes over one Redis: leases and takeover.
+    pub cluster: ClusterSection,
     /// How Spoolers batch.
     pub spooler: SpoolerSection,
     /// Bounds on executions.

@@ -144,6 +144,22 @@ impl Default for TransportSection {
     }
 }
 
+/// `[cluster]`: several nodes over one Redis (`transport.kind = "redis"`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Seconds a node's lease lasts without a renewal (renewed every tenth
+    /// of it): a node silent that long is declared lost, and a survivor
+    /// closes its executions (`error: node lost`).
+    pub lease: f64,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        Self { lease: 10.0 }
+    }
+}
+
 /// `[spooler]`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -70,6 +70,9 @@ impl Config {
                 }
             }
         }
+        if !(0.5..1e6).contains(&self.cluster.lease) {
+            return bad("cluster.lease", "expected seconds, 0.5 or more");
+        }
         if !(1..=256).contains(&self.transport.shards) {
             return bad("transport.shards", "expected 1 to 256");
         }

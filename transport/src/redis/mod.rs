@@ -27,7 +27,9 @@ pub(crate) mod reader;
 mod writer;
 
 use crate::budget::Budget;
-use crate::{Accepted, Delivery, Receipt, Transport, TransportError, TransportHealth, shard_of};
+use crate::{
+    Accepted, Delivery, LeaseFence, Receipt, Transport, TransportError, TransportHealth, shard_of,
+};
 use async_trait::async_trait;
 use kodo_core::{Event, mask_url};
 use reader::{GROUP, Held, ShardState, create_group};
@@ -35,7 +37,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::StreamInfoGroupsReply;
 use redis::{Value, cmd, pipe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot};
 use writer::{Outgoing, PIPELINE_MAX, send_or_give_back, write_loop};
@@ -108,6 +110,8 @@ pub struct RedisStreams {
     closed: AtomicBool,
     closing: Notify,
     error: Arc<Mutex<Option<String>>>,
+    /// Set once this process's publishes are fenced by its node's lease.
+    fence: Arc<OnceLock<LeaseFence>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -188,6 +192,7 @@ impl RedisStreams {
             closed: AtomicBool::new(false),
             closing: Notify::new(),
             error: error.clone(),
+            fence: Arc::default(),
             tasks: Mutex::new(Vec::new()),
             options,
         });
@@ -199,6 +204,7 @@ impl RedisStreams {
             keys,
             transport.options.max_len,
             error,
+            transport.fence.clone(),
         ));
         transport.tasks.lock().expect("tasks lock").push(writer);
         Ok(transport)
@@ -381,6 +387,12 @@ impl Transport for RedisStreams {
     fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.closing.notify_waiters();
+    }
+
+    fn fence(&self, fence: LeaseFence) {
+        if self.fence.set(fence.clone()).is_err() && self.fence.get() != Some(&fence) {
+            tracing::error!("this transport is fenced by another lease already; kept the first");
+        }
     }
 
     async fn health(&self) -> TransportHealth {

@@ -1,13 +1,15 @@
 //! The writer: one task that pipelines every publish waiting at that moment
 //! into one round trip of XADDs, retries while Redis is down (the Tracers
-//! wait on it), and waits while a stream is over `max_len`.
+//! wait on it), and waits while a stream is over `max_len`. A fenced node
+//! (in a cluster) writes each entry with a script that first checks its
+//! lease ([`LeaseFence`]), in the same atomic step.
 
-use crate::TransportError;
 use crate::budget::Budget;
+use crate::{LeaseFence, TransportError};
 use kodo_core::Fid;
 use redis::aio::ConnectionManager;
 use redis::{Value, cmd, pipe};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -26,9 +28,21 @@ pub(super) struct Outgoing {
     pub(super) cost: u32,
 }
 
+/// Adds `key` holds `token` to one XADD: the entry is written only then
+/// (nil otherwise). KEYS: lease key, stream; ARGV: token, then XADD's
+/// arguments after the id.
+const FENCED_XADD: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
+return redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
+";
+
+/// The most seq/value pairs one fenced XADD carries (Lua's `unpack` has a
+/// limit); a larger publish becomes several entries, in order.
+const FENCED_PAIRS_MAX: usize = 2000;
+
 /// Pipelines every waiting publish into one round trip; retries (keeping
-/// the Tracers waiting) while Redis is down; waits while a stream is over
-/// `max_len`.
+/// the Tracers waiting) while Redis is down or, when `fence` is set, while
+/// the lease is not held; waits while a stream is over `max_len`.
 pub(super) async fn write_loop(
     mut conn: ConnectionManager,
     mut inbox: mpsc::Receiver<Outgoing>,
@@ -36,46 +50,73 @@ pub(super) async fn write_loop(
     keys: Vec<String>,
     max_len: usize,
     error: Arc<Mutex<Option<String>>>,
+    fence: Arc<OnceLock<LeaseFence>>,
 ) {
     let mut batch: Vec<Outgoing> = Vec::with_capacity(PIPELINE_MAX);
     while inbox.recv_many(&mut batch, PIPELINE_MAX).await > 0 {
-        let mut p = pipe();
         let mut touched = vec![false; keys.len()];
         for out in &batch {
-            let c = p
-                .cmd("XADD")
-                .arg(&keys[out.shard])
-                .arg("*")
-                .arg("fid")
-                .arg(out.fid.as_str());
-            if out.attempt > 0 {
-                c.arg("attempt").arg(out.attempt);
-            }
-            for (seq, value) in &out.fields {
-                c.arg(*seq).arg(value);
-            }
             touched[out.shard] = true;
         }
         let lens: Vec<usize> = (0..keys.len()).filter(|&i| touched[i]).collect();
-        for &i in &lens {
-            p.cmd("XLEN").arg(&keys[i]);
-        }
+        // The publishes still to write (all of them, unless a fence refused some).
+        let mut todo: Vec<usize> = (0..batch.len()).collect();
         let mut backoff = Duration::from_millis(10);
         let replies: Vec<Value> = loop {
-            match p.query_async(&mut conn).await {
-                Ok(r) => {
-                    if error.lock().expect("error lock").take().is_some() {
-                        tracing::info!("redis accepts events again");
+            let fenced = fence.get();
+            let mut p = pipe();
+            // The entries each publish of `todo` became, in order.
+            let mut entries: Vec<usize> = Vec::with_capacity(todo.len());
+            for &i in &todo {
+                let out = &batch[i];
+                match fenced {
+                    Some(f) => {
+                        for pairs in out.fields.chunks(FENCED_PAIRS_MAX) {
+                            let c = p.cmd("EVAL").arg(FENCED_XADD).arg(2);
+                            c.arg(&f.key).arg(&keys[out.shard]).arg(&f.token);
+                            entry_args(c, out, pairs);
+                            entries.push(i);
+                        }
                     }
-                    break r;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, publishes = batch.len(), retry_in = ?backoff, "redis XADD failed");
-                    *error.lock().expect("error lock") = Some(format!("XADD: {e}"));
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    None => {
+                        let c = p.cmd("XADD").arg(&keys[out.shard]).arg("*");
+                        entry_args(c, out, &out.fields);
+                        entries.push(i);
+                    }
                 }
             }
+            for &i in &lens {
+                p.cmd("XLEN").arg(&keys[i]);
+            }
+            match p.query_async::<Vec<Value>>(&mut conn).await {
+                Ok(r) => {
+                    // EVAL, not EVALSHA: nothing to load again after a Redis restart.
+                    let mut refused: Vec<usize> = entries
+                        .iter()
+                        .zip(r.iter())
+                        .filter(|(_, v)| matches!(v, Value::Nil))
+                        .map(|(&i, _)| i)
+                        .collect();
+                    refused.dedup();
+                    if refused.is_empty() {
+                        if error.lock().expect("error lock").take().is_some() {
+                            tracing::info!("redis accepts events again");
+                        }
+                        break r;
+                    }
+                    let why = "this node does not hold its lease in the cluster: publishes wait \
+                               (until it is renewed, or the node learns it was declared lost)";
+                    tracing::warn!(refused = refused.len(), retry_in = ?backoff, "{why}");
+                    *error.lock().expect("error lock") = Some(why.into());
+                    todo = refused;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, publishes = todo.len(), retry_in = ?backoff, "redis XADD failed");
+                    *error.lock().expect("error lock") = Some(format!("XADD: {e}"));
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
         };
         for out in batch.drain(..) {
             budget.give(out.cost as usize);
@@ -101,6 +142,18 @@ pub(super) async fn write_loop(
             }
             over = still;
         }
+    }
+}
+
+/// The fields of one entry of `out` after its id: `fid`, `attempt` (durable
+/// mode only), then the seq/value pairs.
+fn entry_args(c: &mut redis::Pipeline, out: &Outgoing, pairs: &[(u64, String)]) {
+    c.arg("fid").arg(out.fid.as_str());
+    if out.attempt > 0 {
+        c.arg("attempt").arg(out.attempt);
+    }
+    for (seq, value) in pairs {
+        c.arg(*seq).arg(value);
     }
 }
 
