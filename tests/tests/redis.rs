@@ -6,7 +6,9 @@
 use kodo_actors::{Ctx, FlowDef};
 use kodo_core::{Event, Fid, Kind, json_text};
 use kodo_tests::*;
-use kodo_transport::{Delivery, RedisOptions, RedisStreams, Transport, TransportError};
+use kodo_transport::{
+    Delivery, LeaseFence, RedisOptions, RedisStreams, Transport, TransportError,
+};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -256,6 +258,62 @@ async fn producers_wait_while_a_stream_is_over_its_bound() {
         got.iter().map(|e| e.seq).collect::<Vec<_>>(),
         (1..=300).collect::<Vec<_>>()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_publishes_are_written_only_while_the_lease_holds() {
+    let server = Server::redis();
+    let options = redis_options(&server.url, "f", 1);
+    let key = format!("{}:events:0", options.prefix);
+    let lease = format!("{}:lease:n", options.prefix);
+    let t = redis_transport(options).await;
+    let mut conn = redis(&server.url).await;
+    let set = |token: &'static str| redis::cmd("SET").arg(&lease).arg(token).clone();
+    let _: () = set("mine").query_async(&mut conn).await.unwrap();
+    t.fence(LeaseFence {
+        key: lease.clone(),
+        token: "mine".into(),
+    });
+    let fid = Fid::new();
+    let written = t.publish(vec![event(&fid, 1)]).await.unwrap();
+    tokio::time::timeout(DEADLINE, written.durable())
+        .await
+        .expect("written while the lease holds")
+        .unwrap();
+    assert_eq!(xlen(&mut conn, &key).await, 1);
+
+    // The lease is another's (a survivor took this node over): held back.
+    let _: () = set("another").query_async(&mut conn).await.unwrap();
+    let held = t
+        .publish((2..=4500).map(|seq| event(&fid, seq)).collect())
+        .await
+        .unwrap();
+    let held = tokio::spawn(held.durable());
+    tokio::time::timeout(DEADLINE, async {
+        while !t.health().await.error.is_some_and(|e| e.contains("lease")) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("health says why publishes wait");
+    assert_eq!(xlen(&mut conn, &key).await, 1, "nothing written meanwhile");
+
+    // Back (Redis had lost it, say): written, in order, in entries small
+    // enough for the script.
+    let _: () = set("mine").query_async(&mut conn).await.unwrap();
+    tokio::time::timeout(DEADLINE, held)
+        .await
+        .expect("written once the lease holds again")
+        .unwrap()
+        .unwrap();
+    assert!(xlen(&mut conn, &key).await >= 3, "split into entries");
+    let mut got = Vec::new();
+    receive_until(&t, 0, true, &mut got, |g| g.len() >= 4500).await;
+    assert_eq!(
+        got.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=4500).collect::<Vec<_>>()
+    );
+    assert!(t.health().await.error.is_none());
 }
 
 #[tokio::test]
