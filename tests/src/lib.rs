@@ -153,13 +153,16 @@ pub async fn ended_with(node: &Node, fid: &Fid, status: Status) -> Vec<Event> {
 }
 
 /// Waits (following the hub, with [`DEADLINE`]) until the execution's final
-/// status is stored; returns it.
+/// status is stored, and every event before it; returns it.
 pub async fn wait_final(node: &Node, fid: &Fid) -> Status {
     let mut sub = node.hub().subscribe(fid);
     let work = async {
         loop {
+            // Final, and every event before it stored: with spoolers in
+            // several processes, a later batch may be committed first.
             if let Some(row) = node.store().execution(fid).await.expect("read execution")
                 && row.status.is_final()
+                && node.store().event_count(fid).await.expect("count events") == row.events
             {
                 return row.status;
             }

@@ -9,7 +9,12 @@
 //! bound; shutdown leaves nothing unstored.
 //!
 //! The same machine runs on Redis Streams too (a real server from
-//! `scripts/redis`), and in durable mode on a real Temporal server
+//! `scripts/redis`), with a second node in the cluster: executions launched
+//! there are killed and answered through the first (routed to their node),
+//! and the second node may be lost (it stops renewing its lease and
+//! publishing, as a dead process does): the first takes it over, and each of
+//! its unfinished executions ends `error: node lost` after a gap-free prefix
+//! of what its flow had published. It runs in durable mode on a real Temporal server
 //! (`KODO_TEST_TEMPORAL_ADDRESS`), where pauses, resumes and worker
 //! restarts (its attempts given back and retried: the flow runs again)
 //! join the operations, under the same invariants.
@@ -35,6 +40,8 @@ const CAPACITY: usize = 16 * 1024;
 const MAX_CRASHES: u32 = 8;
 /// Worker restarts per case (each costs a few seconds).
 const MAX_RESTARTS: u32 = 2;
+/// The lease of the nodes on Redis: short, as a lost node costs a lease.
+const LEASE: Duration = Duration::from_secs(1);
 /// Failed writes per case: the Spooler's backoff doubles (10 ms, 20 ms... 2 s),
 /// so more failures would only outwait the test's deadline.
 const MAX_FAILED_WRITES: u32 = 8;
@@ -57,6 +64,9 @@ enum Op {
     Pause(usize),
     Resume(usize),
     RestartWorker,
+    /// Redis only: a launch on the second node; the second node lost.
+    LaunchOther,
+    LoseOther,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -72,6 +82,16 @@ fn op() -> impl Strategy<Value = Op> {
         1 => e.prop_map(Op::Fail),
         1 => any::<bool>().prop_map(|after_commit| Op::CrashSpooler { after_commit }),
         1 => (1u8..4).prop_map(Op::FailWrites),
+    ]
+}
+
+/// The operations on Redis: those of [`op`], launches on a second node,
+/// and its loss.
+fn cluster_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        20 => op(),
+        3 => Just(Op::LaunchOther),
+        1 => Just(Op::LoseOther),
     ]
 }
 
@@ -156,6 +176,10 @@ struct Exec {
     /// Attempts given back by a worker restart (durable mode).
     retries: usize,
     expected: Option<(Status, &'static str)>,
+    /// Launched on the second node (Redis).
+    other: bool,
+    /// Its node was lost: what it published is stored up to some point.
+    lost: bool,
 }
 
 /// Where a case runs.
@@ -175,16 +199,43 @@ async fn run_case(ops: Vec<Op>, on: On<'_>) -> Result<(), TestCaseError> {
     let mut flows = Flows::default();
     flows.add(puppet(mailboxes.clone()));
     let mut durable = None;
+    let mut other = None;
     let t = match on {
         On::Local => TestNode::start(flows, 2, CAPACITY, NodeOptions::default()).await,
         On::Redis(url) => {
             let options = kodo_transport::RedisOptions {
                 capacity_bytes: CAPACITY,
+                claim_idle: Duration::from_millis(500),
                 ..redis_options(url, "node", 2)
             };
             let cluster = redis_cluster(&options).await;
-            let transport = redis_transport(options).await;
-            TestNode::start_on(flows, transport, cluster, NodeOptions::default()).await
+            let transport = redis_transport(options.clone()).await;
+            let node_options = |name: &str| NodeOptions {
+                node: name.into(),
+                lease: LEASE,
+                ..NodeOptions::default()
+            };
+            let t = TestNode::start_on(flows.clone(), transport, cluster, node_options("one"))
+                .await;
+            // The second node: same Redis, same database, its own everything else.
+            let options = kodo_transport::RedisOptions {
+                consumer: "other".into(),
+                ..options
+            };
+            let store = kodo_store::open(&t.url, &Default::default())
+                .await
+                .expect("open the store again");
+            let node = kodo_actors::Node::start(
+                store,
+                redis_transport(options.clone()).await,
+                redis_cluster(&options).await,
+                flows,
+                node_options("two"),
+            )
+            .await
+            .expect("start the second node");
+            other = Some(Arc::new(node));
+            t
         }
         On::Temporal(address) => {
             let (node, temporal) = durable_node(flows, address).await;
@@ -199,6 +250,7 @@ async fn run_case(ops: Vec<Op>, on: On<'_>) -> Result<(), TestCaseError> {
     let mut restarts = 0;
     let mut failed_writes = 0;
     let mut next_key = 0u64;
+    let mut lost_other = None;
     for op in ops {
         let pick = |i: usize, execs: &mut Vec<Exec>| {
             let n = execs.len();
@@ -207,13 +259,18 @@ async fn run_case(ops: Vec<Op>, on: On<'_>) -> Result<(), TestCaseError> {
                 .filter(|&i| execs[i].expected.is_none())
         };
         match op {
-            Op::Launch => {
+            Op::Launch | Op::LaunchOther => {
+                let on_other = matches!(op, Op::LaunchOther);
+                let node = match (on_other, &other) {
+                    (false, _) => &t.node,
+                    (true, Some(other)) => other,
+                    (true, None) => continue,
+                };
                 let (tx, rx) = mpsc::unbounded_channel();
                 next_key += 1;
                 let mailbox = Arc::new(tokio::sync::Mutex::new(rx));
                 mailboxes.lock().unwrap().insert(next_key, mailbox);
-                let launched = t
-                    .node
+                let launched = node
                     .launch("puppet", "prop", json!({"key": next_key}))
                     .await;
                 let fid = launched.expect("launch").fid;
@@ -225,6 +282,8 @@ async fn run_case(ops: Vec<Op>, on: On<'_>) -> Result<(), TestCaseError> {
                     paused: false,
                     retries: 0,
                     expected: None,
+                    other: on_other,
+                    lost: false,
                 });
                 if durable.is_some() {
                     // Paused or resumed once it runs (see `Node::control`).
@@ -372,6 +431,22 @@ async fn run_case(ops: Vec<Op>, on: On<'_>) -> Result<(), TestCaseError> {
                     }
                 }
             }
+            Op::LoseOther => {
+                if let Some(node) = other.take() {
+                    // Ended ones first: their end is published already.
+                    for e in execs.iter().filter(|e| e.other && e.expected.is_some()) {
+                        wait_final(&t.node, &e.fid).await;
+                    }
+                    // Dead: no renewal, nothing more published.
+                    node.lease().expect("a lease").abandon();
+                    node.transport().close();
+                    for e in execs.iter_mut().filter(|e| e.other && e.expected.is_none()) {
+                        e.expected = Some((Status::Error, "node lost"));
+                        e.lost = true;
+                    }
+                    lost_other = Some(node);
+                }
+            }
             Op::Pause(_) | Op::Resume(_) | Op::RestartWorker => {}
         }
     }
@@ -419,7 +494,15 @@ async fn run_case(ops: Vec<Op>, on: On<'_>) -> Result<(), TestCaseError> {
             .into_iter()
             .filter(Value::is_object)
             .collect();
-        prop_assert_eq!(&stored, &e.accepted, "accepted = stored, in order");
+        if e.lost {
+            // Published but not yet in Redis when the node died: gone.
+            prop_assert!(
+                e.accepted.starts_with(&stored),
+                "a lost node's events: stored = a prefix of accepted"
+            );
+        } else {
+            prop_assert_eq!(&stored, &e.accepted, "accepted = stored, in order");
+        }
         let retried = payloads(&events, Kind::Debug)
             .iter()
             .filter(|d| d.as_str().is_some_and(|d| d.starts_with("attempt ")))
@@ -436,6 +519,9 @@ async fn run_case(ops: Vec<Op>, on: On<'_>) -> Result<(), TestCaseError> {
     let report = t.node.shutdown("case over").await;
     if let Some((_, worker)) = durable {
         worker.shutdown().await;
+    }
+    for node in other.into_iter().chain(lost_other) {
+        node.shutdown("case over").await;
     }
     prop_assert!(report.all_stored(), "{}", report);
     Ok(())
@@ -506,7 +592,7 @@ fn on_redis_no_event_is_lost_duplicated_or_reordered_and_every_execution_ends_on
         ..ProptestConfig::default()
     };
     let mut runner = proptest::test_runner::TestRunner::new(config);
-    let result = runner.run(&proptest::collection::vec(op(), 1..40), |ops| {
+    let result = runner.run(&proptest::collection::vec(cluster_op(), 1..40), |ops| {
         rt.block_on(run_case(ops, On::Redis(&server.url)))
     });
     if let Err(e) = result {

@@ -65,6 +65,11 @@ pub(super) async fn write_loop(
         let replies: Vec<Value> = loop {
             let fenced = fence.get();
             let mut p = pipe();
+            if fenced.is_some() {
+                // One transaction: every entry sees the same lease, so none
+                // is written after one refused (which would be out of order).
+                p.atomic();
+            }
             // The entries each publish of `todo` became, in order.
             let mut entries: Vec<usize> = Vec::with_capacity(todo.len());
             for &i in &todo {
