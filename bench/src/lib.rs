@@ -9,10 +9,13 @@
 //! - `latency`: emit -> committed p50/p99 at an offered rate.
 //! - `launch`: launch -> `running` stored, Rust and command flows.
 //! - `waiting`: RSS with W executions waiting on a lock.
+//! - `cluster` (with `--transport-url`): node processes over Redis: routed
+//!   requests, a lost node's takeover, throughput over 1, 2 and 3 nodes.
 //!
 //! Latencies are measured by a wrapper around the real store that notes,
 //! after each commit, how long ago each event was stamped by its Tracer.
 
+mod cluster;
 mod durable;
 mod raw;
 mod scenarios;
@@ -24,7 +27,8 @@ use std::process::ExitCode;
 /// Options of `runtime bench`.
 #[derive(clap::Args, Clone)]
 pub struct BenchArgs {
-    /// Scenarios to run (raw, throughput, latency, launch, output, waiting); default all.
+    /// Scenarios to run (raw, throughput, latency, launch, output, temporal,
+    /// cluster, waiting); default all.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Executions in the throughput run.
@@ -97,6 +101,7 @@ pub async fn run(args: BenchArgs) -> ExitCode {
         "launch",
         "output",
         "temporal",
+        "cluster",
         "waiting",
     ];
     if let Some(bad) = args.only.iter().find(|c| !all.contains(&c.as_str())) {
@@ -152,6 +157,7 @@ pub async fn run(args: BenchArgs) -> ExitCode {
             "launch" => scenarios::launch(&args, &mut report).await,
             "output" => scenarios::output(&args, &mut report).await,
             "temporal" => durable::temporal(&args, &mut report).await,
+            "cluster" => cluster::cluster(&args, &mut report).await,
             _ => scenarios::waiting(&args, &mut report).await,
         };
         if let Err(e) = result {

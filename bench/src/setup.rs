@@ -5,7 +5,7 @@ use crate::BenchArgs;
 use kodo_actors::{CommandSpec, Ctx, FlowDef, Flows, Node, NodeOptions};
 use kodo_cluster::{RedisCluster, SharedCluster, Solo};
 use kodo_core::{Event, Fid, Kind, Status, now_ts};
-use kodo_store::{Hooked, SharedStore, StoreOptions, WriteHooks};
+use kodo_store::{EventQuery, Hooked, SharedStore, StoreOptions, WriteHooks};
 use kodo_transport::LocalQueue;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -228,21 +228,24 @@ pub(crate) async fn spawn_spoolers(
             ("KODO_TRANSPORT_PREFIX", redis.prefix.clone()),
             ("KODO_TRANSPORT_SHARDS", redis.shards.to_string()),
         ];
-        children
-            .push(spawn_runtime(&["spool", "--name", &name], dir, &env, "kodo spooling").await?);
+        children.push(
+            spawn_runtime(&["spool", "--name", &name], dir, &env, "kodo spooling")
+                .await?
+                .0,
+        );
     }
     Ok(children)
 }
 
 /// Starts this executable (`runtime`) with `args` and `env` in `dir`
 /// (warnings only in its log), and waits for its first line, which must
-/// begin with `ready`.
+/// begin with `ready`; returns it with that line.
 pub(crate) async fn spawn_runtime(
     args: &[&str],
     dir: &std::path::Path,
     env: &[(&str, String)],
     ready: &str,
-) -> Result<tokio::process::Child, String> {
+) -> Result<(tokio::process::Child, String), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut child = tokio::process::Command::new(exe)
         .args(args)
@@ -255,7 +258,7 @@ pub(crate) async fn spawn_runtime(
         .map_err(|e| e.to_string())?;
     let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("piped")).lines();
     match lines.next_line().await {
-        Ok(Some(line)) if line.starts_with(ready) => Ok(child),
+        Ok(Some(line)) if line.starts_with(ready) => Ok((child, line)),
         other => Err(format!("runtime {args:?} did not start: {other:?}")),
     }
 }
@@ -410,4 +413,28 @@ pub(crate) async fn launch_times(
     }
     times.sort_by(f64::total_cmp);
     Ok(times)
+}
+
+/// Waits (up to a minute) until `done` holds for the execution's stored events.
+pub(crate) async fn until(
+    store: &SharedStore,
+    fid: &Fid,
+    done: impl Fn(&[Event]) -> bool,
+) -> Result<Vec<Event>, String> {
+    let start = Instant::now();
+    loop {
+        let query = EventQuery {
+            after: 0,
+            limit: 100_000,
+            kinds: None,
+        };
+        let events = store.events(fid, &query).await.map_err(|e| e.to_string())?;
+        if done(&events) {
+            return Ok(events);
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            return Err(format!("{fid}: not reached in a minute"));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

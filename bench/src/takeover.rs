@@ -6,12 +6,12 @@
 //! heartbeat timeout, the earliest Temporal can notice a silent worker.
 
 use crate::BenchArgs;
-use crate::setup::{percentile, spawn_runtime};
+use crate::setup::{percentile, spawn_runtime, until};
 use kodo_actors::{Flows, Node, NodeOptions};
 use kodo_cluster::RedisCluster;
 use kodo_core::{Event, Fid, Kind, Status};
 use kodo_durable::{Temporal, TemporalBackend, TemporalOptions};
-use kodo_store::{EventQuery, SharedStore, StoreOptions};
+use kodo_store::{SharedStore, StoreOptions};
 use serde_json::json;
 use std::path::Path;
 use std::sync::Arc;
@@ -23,8 +23,6 @@ use tokio::process::Child;
 const HEARTBEAT: Duration = Duration::from_secs(2);
 /// Takeovers timed.
 const ROUNDS: usize = 5;
-/// The most one phase may take.
-const PATIENCE: Duration = Duration::from_secs(60);
 
 pub(crate) async fn takeover(
     args: &BenchArgs,
@@ -166,37 +164,14 @@ async fn launcher(
 async fn worker(config: &Path, dir: &Path, n: usize) -> Result<Child, String> {
     let config = config.display().to_string();
     let env = [("KODO_NODE_NAME", format!("bench-worker-{n}"))];
-    spawn_runtime(
+    let (worker, _) = spawn_runtime(
         &["temporal-worker", "--config", &config],
         dir,
         &env,
         "kodo temporal worker",
     )
-    .await
-}
-
-/// Waits until `done` holds for the execution's stored events.
-async fn until(
-    store: &SharedStore,
-    fid: &Fid,
-    done: impl Fn(&[Event]) -> bool,
-) -> Result<Vec<Event>, String> {
-    let start = Instant::now();
-    loop {
-        let query = EventQuery {
-            after: 0,
-            limit: 100_000,
-            kinds: None,
-        };
-        let events = store.events(fid, &query).await.map_err(|e| e.to_string())?;
-        if done(&events) {
-            return Ok(events);
-        }
-        if start.elapsed() > PATIENCE {
-            return Err(format!("{fid}: not reached in {PATIENCE:?}"));
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    .await?;
+    Ok(worker)
 }
 
 fn stdout(events: &[Event]) -> usize {

@@ -215,8 +215,8 @@ async fn run_case(ops: Vec<Op>, on: On<'_>) -> Result<(), TestCaseError> {
                 lease: LEASE,
                 ..NodeOptions::default()
             };
-            let t = TestNode::start_on(flows.clone(), transport, cluster, node_options("one"))
-                .await;
+            let t =
+                TestNode::start_on(flows.clone(), transport, cluster, node_options("one")).await;
             // The second node: same Redis, same database, its own everything else.
             let options = kodo_transport::RedisOptions {
                 consumer: "other".into(),

@@ -6,9 +6,7 @@
 use kodo_actors::{Ctx, FlowDef};
 use kodo_core::{Event, Fid, Kind, json_text};
 use kodo_tests::*;
-use kodo_transport::{
-    Delivery, LeaseFence, RedisOptions, RedisStreams, Transport, TransportError,
-};
+use kodo_transport::{Delivery, LeaseFence, RedisOptions, RedisStreams, Transport, TransportError};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
