@@ -374,6 +374,16 @@ async fn auth_isolates_users_and_admins_see_all() {
     }
     let (_, bobs) = call(&api, Method::GET, "/executions", BOB, None).await;
     assert!(bobs["executions"].as_array().unwrap().is_empty());
+    // The nodes are an admin's to see; without a cluster, this node alone.
+    let (status, _) = call(&api, Method::GET, "/cluster", BOB, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, view) = call(&api, Method::GET, "/cluster", ROOT, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let nodes = view["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 1, "{view}");
+    assert_eq!(nodes[0]["name"], view["node"]);
+    assert_eq!(nodes[0]["live"], true);
+    assert_eq!(nodes[0]["running"], 1, "ann's execution waits on its lock");
     let (status, row) = call(&api, Method::GET, &format!("/executions/{fid}"), ROOT, None).await;
     assert_eq!(
         (status, row["owner"].as_str()),
