@@ -34,40 +34,34 @@ pub(crate) struct NodeTakeover {
 
 #[async_trait]
 impl Takeover for NodeTakeover {
-    async fn candidates(&self) -> Vec<String> {
-        match self.store.unfinished_nodes().await {
-            Ok(nodes) => nodes
-                .into_iter()
-                .filter(|n| !n.starts_with(DURABLE_NODE))
-                .collect(),
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot list the nodes with unfinished executions");
-                Vec::new()
-            }
-        }
-    }
-
     /// Lets everything published so far be stored (the lost node can
     /// publish nothing more: its lease is another's), then closes each of
     /// its unfinished executions with `error: node lost`, after its last
-    /// stored event.
+    /// stored event. Not all stored, or not all closed in time: an error,
+    /// and the takeover is tried again.
     async fn take_over(&self, node: &str) -> Result<usize, String> {
         let wait = self.options.shutdown_wait;
-        let settled = self.cluster.settle(wait).await;
-        if !settled {
-            tracing::warn!(%node, ?wait, "events published before the takeover are not all stored yet; closing anyway");
+        if !self.cluster.settle(wait).await {
+            return Err(format!(
+                "what was published before is not all stored within {wait:?} (no spooler running?)"
+            ));
         }
-        leftovers::close_unfinished(
+        let closed = leftovers::close_unfinished(
             &self.store,
             &self.transport,
             &self.hub,
             &self.options,
             node,
             NODE_LOST,
-            settled,
+            true,
         )
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+        match self.store.unfinished(node).await {
+            Ok(open) if open.is_empty() => Ok(closed),
+            Ok(open) => Err(format!("{} executions not closed yet", open.len())),
+            Err(e) => Err(e.to_string()),
+        }
     }
 }
 

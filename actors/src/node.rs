@@ -176,6 +176,30 @@ impl Node {
             // From here on, this run publishes only while it holds its lease.
             transport.fence(lease.fence());
         }
+        let joined = lease.clone();
+        let started = Self::start_joined(
+            store, transport, cluster, flows, options, claim, lease, running,
+        )
+        .await;
+        if let (Err(_), Some(lease)) = (&started, joined) {
+            // Not started: leave the cluster, rather than be taken over.
+            lease.release().await;
+        }
+        started
+    }
+
+    /// The rest of [`Node::start`], once the name is this run's.
+    #[allow(clippy::too_many_arguments)]
+    async fn start_joined(
+        store: SharedStore,
+        transport: SharedTransport,
+        cluster: SharedCluster,
+        flows: Flows,
+        options: NodeOptions,
+        claim: NodeClaim,
+        lease: Option<Arc<Lease>>,
+        running: Arc<AtomicUsize>,
+    ) -> Result<Node, NodeError> {
         let hub = Hub::new();
         let locks = Locks::default();
         let health = Arc::new(StoreHealth::default());
@@ -351,12 +375,12 @@ impl Node {
         if membership::stop_here(&self.executions, fid, reason).await {
             return Ok(());
         }
-        if let Some((lease, node)) = self.runs_elsewhere(fid).await {
-            let ask = Ask::Kill {
-                fid: fid.clone(),
-                reason: reason.to_string(),
-            };
-            return match lease.ask(&node, ask).await {
+        let ask = || Ask::Kill {
+            fid: fid.clone(),
+            reason: reason.to_string(),
+        };
+        if let Some(answered) = self.ask_runner(fid, ask).await {
+            return match answered {
                 Ok(Reply::Done) => Ok(()),
                 Ok(_) => Err(KillError::NotRunning(fid.to_string())),
                 Err(e) => Err(KillError::Unreachable(e.to_string())),
@@ -429,13 +453,18 @@ impl Node {
         self.lease.as_ref()
     }
 
-    /// This node's lease and the other node that runs direct execution
-    /// `fid`, if another does (a cluster, the execution not ended).
-    async fn runs_elsewhere(&self, fid: &Fid) -> Option<(&Arc<Lease>, String)> {
+    /// Sends `ask()` to the other node that runs direct execution `fid`
+    /// and returns its answer; None when no other node does (no cluster,
+    /// the execution ended, or it is this node's or Temporal's).
+    async fn ask_runner(
+        &self,
+        fid: &Fid,
+        ask: impl FnOnce() -> Ask,
+    ) -> Option<Result<Reply, kodo_cluster::ClusterError>> {
         let lease = self.lease.as_ref()?;
         let row = self.store.execution(fid).await.ok()??;
         let node = membership::runs_elsewhere(&row, &self.options.node)?;
-        Some((lease, node.to_string()))
+        Some(lease.ask(node, ask()).await)
     }
 
     /// This node's name.
@@ -472,13 +501,13 @@ impl Node {
                 AnswerError::NotFound { .. } => ControlError::NotFound(e.to_string()),
             });
         }
-        if let Some((lease, node)) = self.runs_elsewhere(fid).await {
-            let ask = Ask::Answer {
-                fid: fid.clone(),
-                lid: lid.to_string(),
-                answer,
-            };
-            return match lease.ask(&node, ask).await {
+        let ask = || Ask::Answer {
+            fid: fid.clone(),
+            lid: lid.to_string(),
+            answer: answer.clone(),
+        };
+        if let Some(answered) = self.ask_runner(fid, ask).await {
+            return match answered {
                 Ok(Reply::Done) => Ok(()),
                 Ok(Reply::NotFound(why)) => Err(ControlError::NotFound(why)),
                 Ok(Reply::NotRunning(why)) => Err(ControlError::Conflict(why)),
@@ -586,21 +615,9 @@ impl Node {
         drop(claim);
         let declared = self.lease.as_ref().map(|lease| lease.lost());
         async move {
-            let claim = async {
-                match lost {
-                    Some(lost) => lost.await,
-                    None => std::future::pending().await,
-                }
-            };
-            let lease = async {
-                match declared {
-                    Some(declared) => declared.await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
-                why = claim => why,
-                why = lease => why,
+                why = or_pending(lost) => why,
+                why = or_pending(declared) => why,
             }
         }
     }
@@ -687,5 +704,13 @@ impl Node {
         }
         self.claim.lock().expect("claim lock").take();
         report
+    }
+}
+
+/// Awaits `future`, or forever when there is none.
+async fn or_pending<T>(future: Option<impl std::future::Future<Output = T>>) -> T {
+    match future {
+        Some(future) => future.await,
+        None => std::future::pending().await,
     }
 }

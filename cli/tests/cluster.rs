@@ -63,6 +63,17 @@ impl Deployment {
         start_logged(self.node_command(name)).await
     }
 
+    /// `redis-cli` on the deployment's Redis; its output.
+    fn redis_cli(&self, args: &[&str]) -> String {
+        let port = self.redis.url.rsplit(':').next().unwrap();
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", port])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     /// Starts spooler process `name`.
     async fn spooler(&self, name: &str) -> Child {
         let mut cmd = spool(&self.config, &self.dir, name);
@@ -154,7 +165,7 @@ async fn an_execution_launched_on_one_node_is_killed_through_another_and_answere
     let d = Deployment::new(dir.path()).await;
     let (_a, base_a, _) = d.node("node-a").await;
     let (_b, base_b, _) = d.node("node-b").await;
-    let (_c, base_c, _) = d.node("node-c").await;
+    let (mut c, base_c, _) = d.node("node-c").await;
     let _s1 = d.spooler("s1").await;
     let _s2 = d.spooler("s2").await;
 
@@ -222,6 +233,17 @@ async fn an_execution_launched_on_one_node_is_killed_through_another_and_answere
     )
     .await;
     assert_eq!(code, 404, "{body}");
+
+    // C stops cleanly: it leaves the list at once, and is not taken over.
+    assert_eq!(terminate(&mut c).await, 0);
+    let names: Vec<String> = members(&base_b).await.into_iter().map(|m| m.0).collect();
+    assert_eq!(names, ["node-a", "node-b"]);
+    let watched = Instant::now();
+    while watched.elapsed().as_secs_f64() < LEASE * 2.0 {
+        let lost = d.redis_cli(&["EXISTS", "kodo:lost:node-c"]);
+        assert_eq!(lost, "0", "a node that stopped cleanly was declared lost");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,7 +321,7 @@ async fn a_node_frozen_past_its_lease_learns_it_was_lost_and_stores_nothing_afte
     assert!(log.contains("declared lost"), "{log}");
     // Whatever it held is refused: once the streams are drained, the log
     // is what it was at the close.
-    wait_drained(&d.redis.url).await;
+    wait_drained(&d).await;
     assert_eq!(events(&base_b, &fid).await, closed);
 }
 
@@ -358,22 +380,11 @@ async fn redis_away_longer_than_a_lease_declares_no_node_lost_and_loses_nothing(
 }
 
 /// Waits until the spoolers acknowledged every entry of both streams.
-async fn wait_drained(redis_url: &str) {
-    let port = redis_url.rsplit(':').next().unwrap().to_string();
+async fn wait_drained(d: &Deployment) {
     let deadline = Instant::now() + DEADLINE;
     loop {
         let drained = (0..2).all(|shard| {
-            let out = std::process::Command::new("redis-cli")
-                .args([
-                    "-p",
-                    &port,
-                    "XINFO",
-                    "GROUPS",
-                    &format!("kodo:events:{shard}"),
-                ])
-                .output()
-                .unwrap();
-            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            let text = d.redis_cli(&["XINFO", "GROUPS", &format!("kodo:events:{shard}")]);
             let lines: Vec<&str> = text.lines().collect();
             let field = |name: &str| {
                 lines

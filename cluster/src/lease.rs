@@ -1,27 +1,31 @@
 //! Membership over Redis: each node holds a lease, and a node whose lease
-//! runs out is taken over by exactly one survivor.
+//! runs out is taken over by exactly one survivor ([`crate::takeover`]).
 //!
 //! Keys (prefix `kodo` by default), for node `N`:
 //! - `kodo:lease:N`: the token of the run of `N` that holds it, expiring
-//!   after the lease (`cluster.lease`); renewed every tenth of it.
+//!   after the lease (`cluster.lease`); renewed every tenth of it (at most
+//!   every second).
 //! - `kodo:node:N`: what [`Member`] shows (API address, start, last renewal,
 //!   running executions); `kodo:nodes`: the names of every such hash.
 //! - `kodo:takeover:N`: the token of the one survivor taking `N` over.
-//! - `kodo:lost:N`: when `N` was declared lost (ms, Redis's clock); a run of
-//!   `N` that started before it is lost: it learns so at its next renewal.
+//! - `kodo:lost:N`: when a run of `N` was declared lost (ms, Redis's
+//!   clock); a run of `N` that started before it is lost, and learns so at
+//!   its next renewal. A new run starts after it.
 //!
-//! Every decision is one Lua script, so it sees one state of Redis. A
-//! survivor declares a node lost only while its own lease is in place
-//! (else Redis itself lost its keys: restarted, flushed) and only after a
-//! full lease of renewing its own without fault (so every live node has had
-//! the time to take its lease again after Redis was away).
+//! The scripts are in [`crate::scripts`]. A survivor declares a node lost
+//! only while its own lease is in place (else Redis itself lost its keys:
+//! restarted, flushed) and only after a full lease of renewing its own
+//! without fault (so every live node has had the time to take its lease
+//! again after Redis was away). Renewals run in a task of their own, which
+//! does nothing else, so a slow judgement never delays them.
 
 use crate::routing::{Asker, Server};
+use crate::scripts::{JOIN, RELEASE, RENEW, eval};
+use crate::takeover::{Takeover, judge_loop, keep_takeovers, stop_takeovers};
 use crate::{Ask, AskHandler, ClusterError, Reply};
-use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use serde::Serialize;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -33,7 +37,8 @@ use tokio_util::task::AbortOnDropHandle;
 pub struct JoinSpec {
     /// Its name.
     pub name: String,
-    /// The address its API answers on (shown by `GET /cluster`).
+    /// The address its API listens on (shown by `GET /cluster`; empty for
+    /// a process without an API, a Temporal worker).
     pub api: String,
     /// How long its lease lasts without a renewal.
     pub lease: Duration,
@@ -59,25 +64,13 @@ pub struct Member {
     pub live: bool,
 }
 
-/// What a node does when it takes a lost node over (the node, not the
-/// cluster, knows executions).
-#[async_trait]
-pub trait Takeover: Send + Sync + 'static {
-    /// The nodes that may need taking over when their lease is gone (the
-    /// nodes with unfinished executions in the store).
-    async fn candidates(&self) -> Vec<String>;
-
-    /// Closes what lost node `node` left unfinished; returns how many
-    /// executions it closed. Called by one survivor at a time.
-    async fn take_over(&self, node: &str) -> Result<usize, String>;
-}
-
 /// This run's lease, renewed for as long as it lives. Dropping it stops the
 /// renewals (the lease then runs out); [`Lease::release`] gives it up now.
 pub struct Lease {
     shared: Arc<Shared>,
     asker: Arc<Asker>,
-    renewing: Mutex<Option<AbortOnDropHandle<()>>>,
+    /// The renewals and the judging.
+    tasks: Mutex<Vec<AbortOnDropHandle<()>>>,
     serving: Mutex<Option<Server>>,
 }
 
@@ -89,18 +82,32 @@ impl std::fmt::Debug for Lease {
     }
 }
 
-/// What the renewals and the lease's handle share.
-struct Shared {
-    conn: ConnectionManager,
-    keys: Keys,
-    spec: JoinSpec,
-    token: String,
+/// What the renewals, the judging and the lease's handle share.
+pub(crate) struct Shared {
+    pub(crate) conn: ConnectionManager,
+    pub(crate) keys: Keys,
+    pub(crate) spec: JoinSpec,
+    pub(crate) token: String,
     /// When this run took its lease (ms, Redis's clock).
     started: String,
     lost: watch::Sender<Option<String>>,
-    takeover: OnceLock<Arc<dyn Takeover>>,
+    pub(crate) takeover: OnceLock<Arc<dyn Takeover>>,
+    /// Since when this run has renewed its lease without fault.
+    pub(crate) healthy_since: Mutex<Option<Instant>>,
     /// The nodes this run is taking over now.
-    taking: Mutex<HashSet<String>>,
+    pub(crate) taking: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+}
+
+impl Shared {
+    pub(crate) fn lease_ms(&self) -> u64 {
+        self.spec.lease.as_millis().max(1) as u64
+    }
+
+    /// How often renewals and judgements run: a tenth of the lease, 50 ms
+    /// to 1 s.
+    pub(crate) fn tick(&self) -> Duration {
+        (self.spec.lease / 10).clamp(Duration::from_millis(50), Duration::from_secs(1))
+    }
 }
 
 /// The key names of one deployment.
@@ -110,23 +117,23 @@ pub(crate) struct Keys {
 }
 
 impl Keys {
-    fn lease(&self, node: &str) -> String {
+    pub(crate) fn lease(&self, node: &str) -> String {
         format!("{}:lease:{node}", self.prefix)
     }
     fn node(&self, node: &str) -> String {
         format!("{}:node:{node}", self.prefix)
     }
-    fn nodes(&self) -> String {
+    pub(crate) fn nodes(&self) -> String {
         format!("{}:nodes", self.prefix)
     }
-    fn takeover(&self, node: &str) -> String {
+    pub(crate) fn takeover(&self, node: &str) -> String {
         format!("{}:takeover:{node}", self.prefix)
     }
-    fn lost(&self, node: &str) -> String {
+    pub(crate) fn lost(&self, node: &str) -> String {
         format!("{}:lost:{node}", self.prefix)
     }
-    /// lease, node, nodes, takeover, lost: the keys of the node scripts.
-    fn of(&self, node: &str) -> [String; 5] {
+    /// The keys of the node scripts (see [`crate::scripts`]).
+    pub(crate) fn of(&self, node: &str) -> [String; 5] {
         [
             self.lease(node),
             self.node(node),
@@ -137,133 +144,32 @@ impl Keys {
     }
 }
 
-/// Redis's clock in ms, in a script.
-const NOW_MS: &str =
-    "local t = redis.call('TIME')\nlocal now = t[1] * 1000 + math.floor(t[2] / 1000)\n";
-
-/// Takes the lease. KEYS: [`Keys::of`]; ARGV: token, lease ms, name, api.
-/// Returns {state, detail}: `busy` (a survivor takes a previous run over:
-/// its token), `replaced` (a dead run's lease was replaced) or `ok`; the
-/// detail of both is the start (ms).
-const JOIN: &str = r"
-local holder = redis.call('GET', KEYS[4])
-if holder then return {'busy', holder} end
-local old = redis.call('GET', KEYS[1])
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('DEL', KEYS[5], KEYS[2])
-redis.call('HSET', KEYS[2], 'token', ARGV[1], 'api', ARGV[4], 'started', now, 'renewed', now, 'running', 0)
-redis.call('SADD', KEYS[3], ARGV[3])
-if old then return {'replaced', tostring(now)} end
-return {'ok', tostring(now)}
-";
-
-/// Renews the lease. KEYS: [`Keys::of`]; ARGV: token, lease ms, name, api,
-/// started, running. Returns `ok`, `again` (the lease was gone, and is
-/// taken again: Redis lost it, or this run was away but not declared lost),
-/// `lost` (declared lost, or being taken over) or `taken` (another run of
-/// this name replaced it).
-const RENEW: &str = r"
-local lost = redis.call('GET', KEYS[5])
-if lost and tonumber(lost) >= tonumber(ARGV[5]) then return 'lost' end
-local cur = redis.call('GET', KEYS[1])
-local state = 'ok'
-if cur == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-elseif cur then
-  return 'taken'
-elseif redis.call('EXISTS', KEYS[4]) == 1 then
-  return 'lost'
-else
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  state = 'again'
-end
-redis.call('HSET', KEYS[2], 'token', ARGV[1], 'api', ARGV[4], 'started', ARGV[5], 'renewed', now, 'running', ARGV[6])
-redis.call('SADD', KEYS[3], ARGV[3])
-return state
-";
-
-/// Claims the takeover of a node whose lease is gone. KEYS: own lease,
-/// its lease, its takeover, its lost; ARGV: own token, lease ms. Returns
-/// -1 (own lease gone: judge nothing), 0 (alive, or taken over by another)
-/// or 1 (this run takes it over; it is declared lost now).
-const CLAIM: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-if not redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
-if redis.call('EXISTS', KEYS[4]) == 0 then
-  redis.call('SET', KEYS[4], now, 'PX', 604800000)
-end
-return 1
-";
-
-/// Keeps a takeover claimed. KEYS: its takeover; ARGV: own token, lease ms.
-const KEEP: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
-return 0
-";
-
-/// Ends a takeover: the node is gone from the list. KEYS: [`Keys::of`] of
-/// it; ARGV: own token, its name, done (1) or given up (0).
-const DONE: &str = r"
-if redis.call('GET', KEYS[4]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[4])
-if ARGV[3] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('DEL', KEYS[2])
-  redis.call('SREM', KEYS[3], ARGV[2])
-end
-return 1
-";
-
-/// Gives the lease up. KEYS: [`Keys::of`]; ARGV: token, name.
-const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('SREM', KEYS[3], ARGV[2])
-return 1
-";
-
-/// A script with Redis's clock available as `now`.
-fn script(body: &str) -> redis::Cmd {
-    let mut cmd = redis::cmd("EVAL");
-    cmd.arg(format!("{NOW_MS}{body}"));
-    cmd
-}
-
 /// Joins: see [`crate::Cluster::join`].
 pub(crate) async fn join(
     conn: ConnectionManager,
     client: redis::Client,
     keys: Keys,
     spec: JoinSpec,
-) -> Result<Arc<Lease>, ClusterError> {
+) -> Result<Arc<Lease>, redis::RedisError> {
     let token = uuid::Uuid::new_v4().simple().to_string();
-    let lease_ms = spec.lease.as_millis().max(1) as u64;
     let mut c = conn.clone();
-    let waiting_since = Instant::now();
+    let mut said = None::<Instant>;
     let started = loop {
-        let (state, detail): (String, String) = script(JOIN)
-            .arg(5)
-            .arg(&keys.of(&spec.name))
+        let (state, detail): (String, String) = eval(JOIN, &keys.of(&spec.name))
             .arg(&token)
-            .arg(lease_ms)
+            .arg(spec.lease.as_millis().max(1) as u64)
             .arg(&spec.name)
             .arg(&spec.api)
             .query_async(&mut c)
-            .await
-            .map_err(|e| ClusterError::Unavailable(format!("joining as {}: {e}", spec.name)))?;
+            .await?;
         match state.as_str() {
-            "busy" if waiting_since.elapsed() < spec.lease * 6 => {
-                if waiting_since.elapsed() < Duration::from_millis(300) {
+            // The survivor's claim runs out within a lease if it dies.
+            "busy" => {
+                if said.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
                     tracing::warn!(node = %spec.name, "a survivor is closing what a previous run of this node left (node lost); waiting for it");
+                    said = Some(Instant::now());
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            "busy" => {
-                return Err(ClusterError::Unavailable(format!(
-                    "node {}: a survivor has been taking a previous run of it over for {:?}; try again later",
-                    spec.name,
-                    waiting_since.elapsed()
-                )));
             }
             "replaced" => {
                 tracing::warn!(node = %spec.name, "replaced the lease of a previous run of this node (it is gone: the store claim of the name was free)");
@@ -281,14 +187,18 @@ pub(crate) async fn join(
         started,
         lost,
         takeover: OnceLock::new(),
+        healthy_since: Mutex::new(None),
         taking: Mutex::default(),
     });
     let asker = Asker::start(conn, client, &keys.prefix, &token).await;
-    let renewing = AbortOnDropHandle::new(tokio::spawn(renew_loop(shared.clone())));
+    let tasks = vec![
+        AbortOnDropHandle::new(tokio::spawn(renew_loop(shared.clone()))),
+        AbortOnDropHandle::new(tokio::spawn(judge_loop(shared.clone()))),
+    ];
     Ok(Arc::new(Lease {
         shared,
         asker,
-        renewing: Mutex::new(Some(renewing)),
+        tasks: Mutex::new(tasks),
         serving: Mutex::new(None),
     }))
 }
@@ -339,26 +249,27 @@ impl Lease {
         *self.serving.lock().expect("serving lock") = Some(server);
     }
 
-    /// Sends `ask` to node `node` and waits for its answer.
+    /// Sends `ask` to node `node` and waits (up to 5 s) for its answer.
     pub async fn ask(&self, node: &str, ask: Ask) -> Result<Reply, ClusterError> {
         self.asker.ask(node, ask).await
     }
 
-    /// Stops renewing the lease without giving it up, as a process that
-    /// dies does: it runs out, and a survivor takes this node over (how a
-    /// test loses a node inside one process).
+    /// Stops renewing, judging, taking over and answering, without giving
+    /// the lease up, as a process that dies does: the lease runs out, and
+    /// a survivor takes this node over (how a test loses a node inside one
+    /// process).
     pub fn abandon(&self) {
-        self.renewing.lock().expect("renewing lock").take();
+        self.tasks.lock().expect("tasks lock").clear();
+        stop_takeovers(&self.shared);
+        self.serving.lock().expect("serving lock").take();
     }
 
     /// Gives the lease up now (a clean stop): the node leaves the list and
     /// nobody takes it over. Its publishes are refused from here on.
     pub async fn release(&self) {
-        self.serving.lock().expect("serving lock").take();
+        self.abandon();
         let s = &self.shared;
-        let released: Result<i64, _> = script(RELEASE)
-            .arg(5)
-            .arg(&s.keys.of(&s.spec.name))
+        let released: Result<i64, _> = eval(RELEASE, &s.keys.of(&s.spec.name))
             .arg(&s.token)
             .arg(&s.spec.name)
             .query_async(&mut s.conn.clone())
@@ -366,6 +277,12 @@ impl Lease {
         if let Err(e) = released {
             tracing::warn!(error = %e, "could not give the lease up; it runs out by itself");
         }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        stop_takeovers(&self.shared);
     }
 }
 
@@ -378,15 +295,17 @@ pub(crate) async fn members(
         .arg(keys.nodes())
         .query_async(conn)
         .await?;
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
     names.sort();
     let mut p = redis::pipe();
     for name in &names {
         p.cmd("HGETALL").arg(keys.node(name));
         p.cmd("EXISTS").arg(keys.lease(name));
     }
-    let replies: Vec<(std::collections::HashMap<String, String>, bool)> =
-        p.query_async(conn).await?;
-    let ms = |fields: &std::collections::HashMap<String, String>, k: &str| {
+    let replies: Vec<(HashMap<String, String>, bool)> = p.query_async(conn).await?;
+    let seconds = |fields: &HashMap<String, String>, k: &str| {
         fields
             .get(k)
             .and_then(|v| v.parse::<f64>().ok())
@@ -399,8 +318,8 @@ pub(crate) async fn members(
         .filter(|(_, (fields, _))| !fields.is_empty())
         .map(|(name, (fields, live))| Member {
             api: fields.get("api").cloned().unwrap_or_default(),
-            started: ms(&fields, "started"),
-            renewed: ms(&fields, "renewed"),
+            started: seconds(&fields, "started"),
+            renewed: seconds(&fields, "renewed"),
             running: fields
                 .get("running")
                 .and_then(|v| v.parse().ok())
@@ -411,31 +330,35 @@ pub(crate) async fn members(
         .collect())
 }
 
-/// Renews the lease every tenth of it; after a full lease of renewals
-/// without fault, also looks for lost nodes to take over.
+/// Renews the lease every tick (and keeps this run's takeovers claimed);
+/// nothing else, so nothing slow delays a renewal.
 async fn renew_loop(shared: Arc<Shared>) {
-    let tick = (shared.spec.lease / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let tick = shared.tick();
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut healthy_since: Option<Instant> = None;
     let mut last_ok = Instant::now();
+    let mut warned = false;
     loop {
         interval.tick().await;
-        match renew(&shared).await {
-            Ok(state) if state == "ok" || state == "again" => {
+        let renewed = tokio::time::timeout(shared.spec.lease / 3, renew(&shared)).await;
+        match renewed {
+            Ok(Ok(state)) if state == "ok" || state == "again" => {
+                let mut healthy = shared.healthy_since.lock().expect("healthy lock");
                 if state == "again" {
                     tracing::warn!(
-                        "took the lease again: it was gone (Redis restarted, or this node was away without being declared lost)"
+                        "took the lease again: it was gone (Redis lost it, or this node was away without being declared lost)"
                     );
-                    healthy_since = Some(Instant::now());
+                    *healthy = Some(Instant::now());
                 }
-                healthy_since.get_or_insert_with(Instant::now);
+                healthy.get_or_insert_with(Instant::now);
                 last_ok = Instant::now();
+                warned = false;
             }
-            Ok(state) => {
+            Ok(Ok(state)) => {
+                stop_takeovers(&shared);
                 let why = if state == "taken" {
                     format!(
-                        "another run of node {} took its lease (this run was cut off from the store and Redis)",
+                        "another run of node {} took its lease (this run was cut off from the store)",
                         shared.spec.name
                     )
                 } else {
@@ -447,130 +370,33 @@ async fn renew_loop(shared: Arc<Shared>) {
                 let _ = shared.lost.send(Some(why));
                 return;
             }
-            Err(e) => {
-                if healthy_since.take().is_some() || last_ok.elapsed() > shared.spec.lease {
-                    tracing::warn!(error = %e, "cannot renew this node's lease; past it, the other nodes may declare this node lost");
-                    last_ok = Instant::now();
+            failed => {
+                shared.healthy_since.lock().expect("healthy lock").take();
+                if !warned {
+                    let why = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "no answer in time".into(),
+                    };
+                    tracing::warn!(error = %why, "cannot renew this node's lease; past it, the other nodes may declare this node lost");
+                    warned = true;
                 }
             }
         }
-        keep_takeovers(&shared).await;
-        if healthy_since.is_some_and(|since| since.elapsed() >= shared.spec.lease)
-            && look_for_lost(&shared).await == Judged::OwnLeaseGone
-        {
-            healthy_since = None;
-        }
+        // A takeover needs this run alive: not renewed for half a lease,
+        // its claims may run out, so they stop where they cannot be kept.
+        keep_takeovers(&shared, last_ok.elapsed() < shared.spec.lease / 2).await;
     }
 }
 
 async fn renew(shared: &Shared) -> Result<String, redis::RedisError> {
     let running = shared.spec.running.load(Ordering::Relaxed);
-    script(RENEW)
-        .arg(5)
-        .arg(&shared.keys.of(&shared.spec.name))
+    eval(RENEW, &shared.keys.of(&shared.spec.name))
         .arg(&shared.token)
-        .arg(shared.spec.lease.as_millis() as u64)
+        .arg(shared.lease_ms())
         .arg(&shared.spec.name)
         .arg(&shared.spec.api)
         .arg(&shared.started)
         .arg(running)
         .query_async(&mut shared.conn.clone())
         .await
-}
-
-#[derive(Debug, PartialEq)]
-enum Judged {
-    Done,
-    OwnLeaseGone,
-}
-
-/// Claims the takeover of each candidate whose lease is gone, and starts it.
-async fn look_for_lost(shared: &Arc<Shared>) -> Judged {
-    let Some(takeover) = shared.takeover.get() else {
-        return Judged::Done;
-    };
-    let mut conn = shared.conn.clone();
-    let mut names: HashSet<String> = takeover.candidates().await.into_iter().collect();
-    let listed: Result<Vec<String>, _> = redis::cmd("SMEMBERS")
-        .arg(shared.keys.nodes())
-        .query_async(&mut conn)
-        .await;
-    names.extend(listed.unwrap_or_default());
-    names.remove(&shared.spec.name);
-    let taking = shared.taking.lock().expect("taking lock").clone();
-    for name in names.difference(&taking) {
-        let claimed: Result<i64, _> = script(CLAIM)
-            .arg(4)
-            .arg(shared.keys.lease(&shared.spec.name))
-            .arg(shared.keys.lease(name))
-            .arg(shared.keys.takeover(name))
-            .arg(shared.keys.lost(name))
-            .arg(&shared.token)
-            .arg(shared.spec.lease.as_millis() as u64)
-            .query_async(&mut conn)
-            .await;
-        match claimed {
-            Ok(1) => {
-                tracing::warn!(node = %name, lease = ?shared.spec.lease, "node lost (its lease ran out): taking it over");
-                shared
-                    .taking
-                    .lock()
-                    .expect("taking lock")
-                    .insert(name.clone());
-                tokio::spawn(take_over(shared.clone(), takeover.clone(), name.clone()));
-            }
-            Ok(-1) => return Judged::OwnLeaseGone,
-            Ok(_) => {}
-            Err(e) => {
-                tracing::debug!(error = %e, "could not look for lost nodes");
-                return Judged::Done;
-            }
-        }
-    }
-    Judged::Done
-}
-
-/// Takes `node` over, then ends its takeover (given up on error: another
-/// survivor, or this one, tries again).
-async fn take_over(shared: Arc<Shared>, takeover: Arc<dyn Takeover>, node: String) {
-    let started = Instant::now();
-    let done = match takeover.take_over(&node).await {
-        Ok(closed) => {
-            tracing::warn!(%node, closed, took = ?started.elapsed(), "took a lost node over: closed its executions as `node lost`");
-            true
-        }
-        Err(e) => {
-            tracing::error!(%node, error = %e, "could not take a lost node over; trying again");
-            false
-        }
-    };
-    let ended: Result<i64, _> = script(DONE)
-        .arg(5)
-        .arg(&shared.keys.of(&node))
-        .arg(&shared.token)
-        .arg(&node)
-        .arg(if done { "1" } else { "0" })
-        .query_async(&mut shared.conn.clone())
-        .await;
-    if let Err(e) = ended {
-        tracing::warn!(%node, error = %e, "could not end a takeover in Redis; it runs out by itself");
-    }
-    shared.taking.lock().expect("taking lock").remove(&node);
-}
-
-/// Keeps this run's takeovers claimed while they work.
-async fn keep_takeovers(shared: &Shared) {
-    let taking = shared.taking.lock().expect("taking lock").clone();
-    for node in taking {
-        let kept: Result<i64, _> = script(KEEP)
-            .arg(1)
-            .arg(shared.keys.takeover(&node))
-            .arg(&shared.token)
-            .arg(shared.spec.lease.as_millis() as u64)
-            .query_async(&mut shared.conn.clone())
-            .await;
-        if let Err(e) = kept {
-            tracing::debug!(%node, error = %e, "could not keep a takeover claimed");
-        }
-    }
 }

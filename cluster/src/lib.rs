@@ -27,10 +27,13 @@
 mod lease;
 mod redis;
 mod routing;
+mod scripts;
+mod takeover;
 
-pub use lease::{JoinSpec, Lease, Member, Takeover};
+pub use lease::{JoinSpec, Lease, Member};
 pub use redis::RedisCluster;
 pub use routing::{Ask, AskHandler, Reply};
+pub use takeover::Takeover;
 
 use async_trait::async_trait;
 use kodo_core::{Event, Fid};

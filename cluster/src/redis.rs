@@ -137,14 +137,11 @@ impl Cluster for RedisCluster {
     }
 
     async fn join(&self, spec: JoinSpec) -> Result<Option<Arc<Lease>>, ClusterError> {
-        let lease = lease::join(
-            self.conn.clone(),
-            self.client.clone(),
-            self.keys.clone(),
-            spec,
-        )
-        .await
-        .map_err(|e| ClusterError::Unavailable(format!("{}: {e}", self.masked)))?;
+        let name = spec.name.clone();
+        let (conn, client, keys) = (self.conn.clone(), self.client.clone(), self.keys.clone());
+        let lease = lease::join(conn, client, keys, spec).await.map_err(|e| {
+            ClusterError::Unavailable(format!("{}: joining as node {name}: {e}", self.masked))
+        })?;
         Ok(Some(lease))
     }
 

@@ -136,8 +136,9 @@ impl Asker {
             node: node.to_string(),
             why,
         };
+        let deadline = tokio::time::Instant::now() + ANSWER_WITHIN;
         let mut ready = self.ready.clone();
-        if tokio::time::timeout(ANSWER_WITHIN, ready.wait_for(|r| *r))
+        if tokio::time::timeout_at(deadline, ready.wait_for(|r| *r))
             .await
             .is_err()
         {
@@ -169,7 +170,7 @@ impl Asker {
             }
             Ok(_) => {}
         }
-        match tokio::time::timeout(ANSWER_WITHIN, rx).await {
+        match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(reply)) => Ok(reply),
             _ => {
                 forget();

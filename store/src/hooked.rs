@@ -52,10 +52,6 @@ impl<H: WriteHooks> Store for Hooked<H> {
     async fn event_count(&self, fid: &Fid) -> Result<u64, StoreError> {
         self.inner.event_count(fid).await
     }
-    async fn unfinished_nodes(&self) -> Result<Vec<String>, StoreError> {
-        self.inner.unfinished_nodes().await
-    }
-
     async fn unfinished(&self, node: &str) -> Result<Vec<ExecutionRow>, StoreError> {
         self.inner.unfinished(node).await
     }

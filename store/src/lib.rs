@@ -177,9 +177,6 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Executions of `node` whose stored status is not final.
     async fn unfinished(&self, node: &str) -> Result<Vec<ExecutionRow>, StoreError>;
 
-    /// The nodes that have executions whose stored status is not final.
-    async fn unfinished_nodes(&self) -> Result<Vec<String>, StoreError>;
-
     /// Fences durable execution `fid` for attempt `attempt`: from now on
     /// [`Store::write`] refuses the events of older attempts (a worker that
     /// was frozen past its heartbeat timeout, then woke). Returns what is

@@ -195,10 +195,6 @@ impl Store for PgStore {
         Reads::<sqlx::Postgres>::event_count(&self.pool, fid).await
     }
 
-    async fn unfinished_nodes(&self) -> Result<Vec<String>, StoreError> {
-        Reads::<sqlx::Postgres>::unfinished_nodes(&self.pool).await
-    }
-
     async fn unfinished(&self, node: &str) -> Result<Vec<ExecutionRow>, StoreError> {
         Reads::<sqlx::Postgres>::unfinished(&self.pool, node).await
     }

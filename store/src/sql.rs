@@ -92,31 +92,18 @@ pub(crate) fn kinds(query: &EventQuery) -> &[Kind] {
     query.kinds.as_deref().unwrap_or(&[])
 }
 
-/// The final statuses as an SQL list (`'finished', ...`), as
-/// [`Status::is_final`] knows them.
-fn finals_list() -> String {
+/// `SELECT` of a node's executions whose status is not final (the final
+/// ones as [`Status::is_final`] knows them).
+pub(crate) fn unfinished_sql(ph1: &str) -> String {
     let finals: Vec<String> = Status::ALL
         .iter()
         .filter(|s| s.is_final())
         .map(|s| format!("'{}'", s.as_str()))
         .collect();
-    finals.join(", ")
-}
-
-/// `SELECT` of a node's executions whose status is not final.
-pub(crate) fn unfinished_sql(ph1: &str) -> String {
     format!(
         "SELECT {EXECUTION_COLUMNS} FROM executions WHERE node = {ph1} \
          AND status NOT IN ({}) ORDER BY fid",
-        finals_list()
-    )
-}
-
-/// `SELECT` of the nodes with executions whose status is not final.
-pub(crate) fn unfinished_nodes_sql() -> String {
-    format!(
-        "SELECT DISTINCT node FROM executions WHERE status NOT IN ({}) AND node <> ''",
-        finals_list()
+        finals.join(", ")
     )
 }
 
@@ -321,14 +308,6 @@ where
     ) -> Result<Vec<ExecutionRow>, StoreError> {
         let sql = unfinished_sql(&DB::placeholder(1));
         Self::fetch(pool, sql, vec![Bind::Text(node)], row_to_execution).await
-    }
-
-    /// [`crate::Store::unfinished_nodes`].
-    pub(crate) async fn unfinished_nodes(pool: &sqlx::Pool<DB>) -> Result<Vec<String>, StoreError> {
-        Self::fetch(pool, unfinished_nodes_sql(), vec![], |row| {
-            Ok(row.try_get::<String, _>("node")?)
-        })
-        .await
     }
 }
 

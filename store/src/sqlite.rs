@@ -306,10 +306,6 @@ impl Store for SqliteStore {
         Reads::<sqlx::Sqlite>::event_count(&self.reader, fid).await
     }
 
-    async fn unfinished_nodes(&self) -> Result<Vec<String>, StoreError> {
-        Reads::<sqlx::Sqlite>::unfinished_nodes(&self.reader).await
-    }
-
     async fn unfinished(&self, node: &str) -> Result<Vec<ExecutionRow>, StoreError> {
         Reads::<sqlx::Sqlite>::unfinished(&self.reader, node).await
     }

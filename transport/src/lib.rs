@@ -126,8 +126,8 @@ pub trait Transport: Send + Sync + std::fmt::Debug + 'static {
     async fn health(&self) -> TransportHealth;
 
     /// From now on, writes this process's publishes only while `fence`
-    /// holds (see [`LeaseFence`]). The in-process queue has nothing to fence:
-    /// its node is the only writer.
+    /// holds (see [`LeaseFence`]); a later call replaces it. The in-process
+    /// queue has nothing to fence: its node is the only writer.
     fn fence(&self, _fence: LeaseFence) {}
 }
 

@@ -149,8 +149,8 @@ impl Default for TransportSection {
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterSection {
     /// Seconds a node's lease lasts without a renewal (renewed every tenth
-    /// of it): a node silent that long is declared lost, and a survivor
-    /// closes its executions (`error: node lost`).
+    /// of it, at most every second): a node silent that long is declared
+    /// lost, and a survivor closes its executions (`error: node lost`).
     pub lease: f64,
 }
 

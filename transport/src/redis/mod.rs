@@ -37,7 +37,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::StreamInfoGroupsReply;
 use redis::{Value, cmd, pipe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot};
 use writer::{Outgoing, PIPELINE_MAX, send_or_give_back, write_loop};
@@ -111,7 +111,7 @@ pub struct RedisStreams {
     closing: Notify,
     error: Arc<Mutex<Option<String>>>,
     /// Set once this process's publishes are fenced by its node's lease.
-    fence: Arc<OnceLock<LeaseFence>>,
+    fence: Arc<RwLock<Option<LeaseFence>>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -390,9 +390,7 @@ impl Transport for RedisStreams {
     }
 
     fn fence(&self, fence: LeaseFence) {
-        if self.fence.set(fence.clone()).is_err() && self.fence.get() != Some(&fence) {
-            tracing::error!("this transport is fenced by another lease already; kept the first");
-        }
+        *self.fence.write().expect("fence lock") = Some(fence);
     }
 
     async fn health(&self) -> TransportHealth {

@@ -9,7 +9,7 @@ use crate::{LeaseFence, TransportError};
 use kodo_core::Fid;
 use redis::aio::ConnectionManager;
 use redis::{Value, cmd, pipe};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -50,7 +50,7 @@ pub(super) async fn write_loop(
     keys: Vec<String>,
     max_len: usize,
     error: Arc<Mutex<Option<String>>>,
-    fence: Arc<OnceLock<LeaseFence>>,
+    fence: Arc<RwLock<Option<LeaseFence>>>,
 ) {
     let mut batch: Vec<Outgoing> = Vec::with_capacity(PIPELINE_MAX);
     while inbox.recv_many(&mut batch, PIPELINE_MAX).await > 0 {
@@ -63,7 +63,7 @@ pub(super) async fn write_loop(
         let mut todo: Vec<usize> = (0..batch.len()).collect();
         let mut backoff = Duration::from_millis(10);
         let replies: Vec<Value> = loop {
-            let fenced = fence.get();
+            let fenced = fence.read().expect("fence lock").clone();
             let mut p = pipe();
             if fenced.is_some() {
                 // One transaction: every entry sees the same lease, so none
@@ -74,7 +74,7 @@ pub(super) async fn write_loop(
             let mut entries: Vec<usize> = Vec::with_capacity(todo.len());
             for &i in &todo {
                 let out = &batch[i];
-                match fenced {
+                match &fenced {
                     Some(f) => {
                         for pairs in out.fields.chunks(FENCED_PAIRS_MAX) {
                             let c = p.cmd("EVAL").arg(FENCED_XADD).arg(2);
