@@ -123,14 +123,6 @@ fn addr(base: &str) -> &str {
     base.strip_prefix("http://").unwrap()
 }
 
-fn last_status(events: &[Value]) -> Option<&str> {
-    events
-        .iter()
-        .rev()
-        .find(|e| e["kind"] == "status")
-        .and_then(|e| e["payload"].as_str())
-}
-
 /// Whether the execution ended `error: node lost` after all of its events.
 fn lost(events: &[Value]) -> bool {
     ended(events) && {

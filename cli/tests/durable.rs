@@ -632,14 +632,6 @@ async fn two_nodes(dir: &Path, extra: &str) -> TwoNodes {
     }
 }
 
-fn last_status(events: &[Value]) -> Option<&str> {
-    events
-        .iter()
-        .rev()
-        .find(|e| e["kind"] == "status")
-        .and_then(|e| e["payload"].as_str())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pause_through_another_node_stops_the_flows_processes_and_resume_continues_them() {
     let dir = tempfile::tempdir().unwrap();

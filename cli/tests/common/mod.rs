@@ -395,3 +395,12 @@ pub(crate) fn ended(events: &[Value]) -> bool {
         .all(|(i, e)| e["seq"].as_u64() == Some(i as u64 + 1));
     last && whole
 }
+
+/// The payload of the last `status` event.
+pub(crate) fn last_status(events: &[Value]) -> Option<&str> {
+    events
+        .iter()
+        .rev()
+        .find(|e| e["kind"] == "status")
+        .and_then(|e| e["payload"].as_str())
+}
