@@ -138,6 +138,10 @@ pub struct KodoExecution {
     kill: Option<String>,
     paused: bool,
     locks: BTreeMap<String, LockRecord>,
+    /// Answers to locks the workflow has not recorded yet: an attempt's
+    /// `open_lock` and the answer can reach a workflow task together (its
+    /// worker was gone meanwhile), and the answer's handler may run first.
+    early: BTreeMap<String, serde_json::Value>,
 }
 
 #[workflow_methods]
@@ -149,6 +153,7 @@ impl KodoExecution {
             kill: None,
             paused: false,
             locks: BTreeMap::new(),
+            early: BTreeMap::new(),
         }
     }
 
@@ -282,7 +287,7 @@ impl KodoExecution {
             }
             let record = LockRecord {
                 expires_ms: now.saturating_add(opening.wait_ms),
-                answer: None,
+                answer: s.early.remove(lid_of(&lid)),
                 expired: false,
             };
             s.locks.insert(lid.clone(), record);
@@ -301,12 +306,15 @@ impl KodoExecution {
     }
 
     /// Answers the open lock of id `lid`; the first answer wins, and none
-    /// counts after the lock expired.
+    /// counts after the lock expired. An answer to a lock not recorded at
+    /// all yet is kept for its opening (see `early`).
     #[signal(name = "answer")]
     pub fn answer(&mut self, _ctx: &mut SyncWorkflowContext<Self>, answer: Answer) {
         let key = open_key(&self.locks, &answer.lid).map(str::to_string);
         if let Some(lock) = key.and_then(|key| self.locks.get_mut(&key)) {
             lock.answer = Some(answer.answer);
+        } else if !self.locks.keys().any(|key| lid_of(key) == answer.lid) {
+            self.early.entry(answer.lid).or_insert(answer.answer);
         }
     }
 

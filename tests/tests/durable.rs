@@ -323,3 +323,45 @@ async fn a_durable_lock_is_answered_through_its_workflow_and_expires_by_its_time
     assert_eq!(code, 409, "the execution ended");
     api.running.shutdown("test over").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_given_before_its_lock_was_recorded_is_kept_for_it() {
+    use kodo_durable::{Temporal, TemporalBackend, TemporalOptions, TemporalWorker};
+    let asks = FlowDef::rust("asks", |ctx: Ctx, _| async move {
+        Ok(ctx.lock("ok?", json!({}), None).await?)
+    });
+    let mut flows = kodo_actors::Flows::default();
+    flows.add(asks);
+    let temporal = Temporal::connect(TemporalOptions {
+        address: temporal_address(),
+        namespace: "default".into(),
+        task_queue: format!("test-{}", Fid::new()),
+        workflow_id_prefix: "kodo-".into(),
+        execution_timeout: None,
+        heartbeat_timeout: std::time::Duration::from_secs(10),
+        attempts: 3,
+    })
+    .await
+    .expect("temporal");
+    let cluster = kodo_cluster::Solo::shared();
+    let backend = TemporalBackend::new(temporal.clone(), None, cluster.clone());
+    let options = kodo_actors::NodeOptions {
+        backend: std::sync::Arc::new(backend),
+        launch_wait: std::time::Duration::from_millis(200),
+        ..Default::default()
+    };
+    let transport = kodo_transport::LocalQueue::new(2, 1 << 20);
+    let t = TestNode::start_on(flows, transport, cluster, options).await;
+    // No worker runs: the workflow waits, and nothing opened the lock yet.
+    let fid = t.node.launch("asks", "ann", json!({})).await.unwrap().fid;
+    // Answered meanwhile (unchecked: no worker can say what is open).
+    t.node
+        .answer_lock(&fid, &format!("{fid}-1"), json!("early"))
+        .await
+        .expect("recorded");
+    let worker = TemporalWorker::start(temporal, t.node.clone()).expect("worker");
+    let events = ended_with(&t.node, &fid, Status::Finished).await;
+    assert_eq!(payloads(&events, Kind::Final), [json!("early")]);
+    worker.shutdown().await;
+    t.node.shutdown("test over").await;
+}
