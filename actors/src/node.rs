@@ -655,6 +655,9 @@ impl Node {
         if self.stopping.swap(true, Ordering::AcqRel) {
             return report;
         }
+        if let Some(lease) = &self.lease {
+            lease.leaving();
+        }
         let wait = self.options.shutdown_wait;
         let all_stopped = self.executions.call(
             |reply| ExecMsg::StopAll {

@@ -69,8 +69,8 @@ pub struct Member {
 pub struct Lease {
     shared: Arc<Shared>,
     asker: Arc<Asker>,
-    /// The renewals and the judging.
-    tasks: Mutex<Vec<AbortOnDropHandle<()>>>,
+    renewing: Mutex<Option<AbortOnDropHandle<()>>>,
+    judging: Mutex<Option<AbortOnDropHandle<()>>>,
     serving: Mutex<Option<Server>>,
 }
 
@@ -191,14 +191,13 @@ pub(crate) async fn join(
         taking: Mutex::default(),
     });
     let asker = Asker::start(conn, client, &keys.prefix, &token).await;
-    let tasks = vec![
-        AbortOnDropHandle::new(tokio::spawn(renew_loop(shared.clone()))),
-        AbortOnDropHandle::new(tokio::spawn(judge_loop(shared.clone()))),
-    ];
+    let renewing = AbortOnDropHandle::new(tokio::spawn(renew_loop(shared.clone())));
+    let judging = AbortOnDropHandle::new(tokio::spawn(judge_loop(shared.clone())));
     Ok(Arc::new(Lease {
         shared,
         asker,
-        tasks: Mutex::new(tasks),
+        renewing: Mutex::new(Some(renewing)),
+        judging: Mutex::new(Some(judging)),
         serving: Mutex::new(None),
     }))
 }
@@ -259,9 +258,16 @@ impl Lease {
     /// a survivor takes this node over (how a test loses a node inside one
     /// process).
     pub fn abandon(&self) {
-        self.tasks.lock().expect("tasks lock").clear();
-        stop_takeovers(&self.shared);
+        self.leaving();
+        self.renewing.lock().expect("renewing lock").take();
         self.serving.lock().expect("serving lock").take();
+    }
+
+    /// Stops taking other nodes over (this node is stopping), and keeps
+    /// the lease renewed until [`Lease::release`].
+    pub fn leaving(&self) {
+        self.judging.lock().expect("judging lock").take();
+        stop_takeovers(&self.shared);
     }
 
     /// Gives the lease up now (a clean stop): the node leaves the list and
