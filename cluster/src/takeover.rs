@@ -69,7 +69,7 @@ async fn look_for_lost(shared: &Arc<Shared>, takeover: &Arc<dyn Takeover>) {
             .await;
         match claimed {
             Ok(1) => {
-                tracing::warn!(node = %name, lease = ?shared.spec.lease, "node lost (its lease ran out): taking it over");
+                tracing::warn!(node = %name, "node lost (its lease ran out): taking it over");
                 let task = tokio::spawn(take_over(shared.clone(), takeover.clone(), name.clone()));
                 shared
                     .taking
