@@ -5,28 +5,32 @@
 //! ├── spoolers      Spooler × shards: batch -> commit -> ack -> hub
 //! └── executions    per execution: Runner ─ emits to ─ Tracer ─> transport
 //! ```
-//! At start the node closes what a previous run of it left unfinished
-//! (`error: node restarted`); at shutdown it stops every execution, lets the
-//! spoolers drain the transport, and closes the store.
+//! At start (`start`) the node closes what a previous run of it left
+//! unfinished (`error: node restarted`) and, in a cluster, joins it; at
+//! shutdown (`stop`) it stops every execution, lets the spoolers drain the
+//! transport, closes the store and gives its lease up. In a cluster, a
+//! kill or a lock answer for an execution of another node goes to that node.
+
+mod start;
+mod stop;
 
 use crate::backend::{Control, ControlError, Direct, SharedBackend};
-use crate::executions::{ExecMsg, ExecShared, Executions, LaunchError};
+use crate::executions::{ExecMsg, LaunchError};
 use crate::flow::{Ctx, ExecLimits, Flows, Stop};
 use crate::hub::Hub;
 use crate::leftovers;
 use crate::locks::{AnswerError, LockKeeper, Locks};
-use crate::membership::{self, NodeTakeover};
-use crate::shutdown::{ShutdownReport, check_stored};
-use crate::spooler::{SpoolerGroup, SpoolerShared, StoreHealth};
+use crate::membership;
+use crate::spooler::{SpoolerGroup, StoreHealth};
 use crate::tracer::{TraceBook, Tracer};
-use kodo_cluster::{Ask, JoinSpec, Lease, Reply, SharedCluster};
+use kodo_cluster::{Ask, Lease, Reply, SharedCluster};
 use kodo_core::{Fid, Status};
 use kodo_store::{ExecutionRow, NodeClaim, SharedStore, StoreError};
 use kodo_transport::SharedTransport;
-use ractor::{Actor, ActorRef};
+use ractor::ActorRef;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -150,150 +154,6 @@ pub struct Node {
 }
 
 impl Node {
-    /// Claims the node's name in the store (a second live node of that name
-    /// is refused with [`StoreError::NodeTaken`] and changes nothing), closes
-    /// what a previous run of this node left unfinished, then starts the
-    /// spoolers and the execution supervisor.
-    pub async fn start(
-        store: SharedStore,
-        transport: SharedTransport,
-        cluster: SharedCluster,
-        flows: Flows,
-        options: NodeOptions,
-    ) -> Result<Node, NodeError> {
-        let claim = store.claim_node(&options.node).await?;
-        let running = Arc::new(AtomicUsize::new(0));
-        let lease = cluster
-            .join(JoinSpec {
-                name: options.node.clone(),
-                api: options.api.clone(),
-                lease: options.lease,
-                running: running.clone(),
-            })
-            .await
-            .map_err(|e| NodeError::Cluster(e.to_string()))?;
-        if let Some(lease) = &lease {
-            // From here on, this run publishes only while it holds its lease.
-            transport.fence(lease.fence());
-        }
-        let joined = lease.clone();
-        let started = Self::start_joined(
-            store, transport, cluster, flows, options, claim, lease, running,
-        )
-        .await;
-        if let (Err(_), Some(lease)) = (&started, joined) {
-            // Not started: leave the cluster, rather than be taken over.
-            lease.release().await;
-        }
-        started
-    }
-
-    /// The rest of [`Node::start`], once the name is this run's.
-    #[allow(clippy::too_many_arguments)]
-    async fn start_joined(
-        store: SharedStore,
-        transport: SharedTransport,
-        cluster: SharedCluster,
-        flows: Flows,
-        options: NodeOptions,
-        claim: NodeClaim,
-        lease: Option<Arc<Lease>>,
-        running: Arc<AtomicUsize>,
-    ) -> Result<Node, NodeError> {
-        let hub = Hub::new();
-        let locks = Locks::default();
-        let health = Arc::new(StoreHealth::default());
-        let marks = hub.clone();
-        cluster.listen_commits(Arc::new(move |committed| marks.committed_marks(committed)));
-        let spoolers = if options.spoolers {
-            let shared = SpoolerShared {
-                transport: transport.clone(),
-                store: store.clone(),
-                hub: hub.clone(),
-                cluster: cluster.clone(),
-                batch_max: options.batch_max.max(1),
-                health: health.clone(),
-            };
-            Some(
-                SpoolerGroup::start(shared)
-                    .await
-                    .map_err(NodeError::Spawn)?,
-            )
-        } else {
-            None
-        };
-        // Events a previous run of this node published may still be on
-        // their way (Redis): let the spoolers store them first, so the
-        // closing status comes after them.
-        let settled = cluster.settle(options.shutdown_wait).await;
-        if !settled {
-            tracing::warn!(
-                wait = ?options.shutdown_wait,
-                "events published before this start are not all stored yet (no spooler running?); closing unfinished executions anyway"
-            );
-        }
-        let closed = leftovers::close_unfinished(
-            &store,
-            &transport,
-            &hub,
-            &options,
-            &options.node,
-            "node restarted",
-            settled,
-        )
-        .await?;
-        if closed > 0 {
-            tracing::warn!(closed, node = %options.node, "closed executions a previous run left unfinished");
-        }
-        let exec_shared = ExecShared {
-            backend: options.backend.clone(),
-            transport: transport.clone(),
-            locks: locks.clone(),
-            limits: options.limits.clone(),
-            node: options.node.clone(),
-            max_live: options.max_live,
-            running,
-        };
-        let (executions, executions_done) = Actor::spawn(None, Executions, exec_shared)
-            .await
-            .map_err(|e| NodeError::Spawn(format!("executions: {e}")))?;
-        let (ended, executions_ended) = watch::channel(false);
-        tokio::spawn(async move {
-            let _ = executions_done.await;
-            let _ = ended.send(true);
-        });
-        if let Some(lease) = &lease {
-            lease.take_over_with(Arc::new(NodeTakeover {
-                store: store.clone(),
-                transport: transport.clone(),
-                cluster: cluster.clone(),
-                hub: hub.clone(),
-                options: options.clone(),
-            }));
-            lease
-                .serve(membership::ask_handler(executions.clone(), locks.clone()))
-                .await;
-        }
-        let stopping = Arc::new(AtomicBool::new(false));
-        Ok(Node {
-            executions,
-            executions_ended,
-            spoolers,
-            store,
-            transport,
-            cluster,
-            hub,
-            locks,
-            flows,
-            options,
-            health,
-            stopping,
-            unstored: Arc::default(),
-            claim: Mutex::new(Some(claim)),
-            lease,
-        })
-    }
-
     /// Launches `flow` for `owner`; returns once its first events (`meta`,
     /// `status: starting`) are committed, or the launch wait ran out.
     pub async fn launch(
@@ -602,118 +462,5 @@ impl Node {
     /// The error of the store's last failed write, while writes fail.
     pub fn store_error(&self) -> Option<String> {
         self.health.error()
-    }
-
-    /// Resolves if this node's name was lost to another process (its
-    /// PostgreSQL claim's connection dropped and another node took the
-    /// name), or the cluster declared it lost (it was away past its lease,
-    /// and a survivor closed its executions): either way this run must stop
-    /// at once, without writing anything more.
-    pub fn name_lost(&self) -> impl std::future::Future<Output = String> + Send + use<> {
-        let claim = self.claim.lock().expect("claim lock");
-        let lost = claim.as_ref().map(NodeClaim::lost);
-        drop(claim);
-        let declared = self.lease.as_ref().map(|lease| lease.lost());
-        async move {
-            tokio::select! {
-                why = or_pending(lost) => why,
-                why = or_pending(declared) => why,
-            }
-        }
-    }
-
-    /// Resolves when a supervisor gave up (a Spooler kept crashing) or
-    /// stopped unasked (the execution supervisor): the node can no longer
-    /// do its work and should exit with this reason.
-    pub async fn failed(&self) -> String {
-        let spoolers = async {
-            match &self.spoolers {
-                Some(spoolers) => spoolers.failed().await,
-                None => std::future::pending().await,
-            }
-        };
-        let executions = async {
-            let mut ended = self.executions_ended.clone();
-            let _ = ended.wait_for(|ended| *ended).await;
-            if self.stopping.load(Ordering::Acquire) {
-                return std::future::pending().await;
-            }
-            "the execution supervisor stopped (policy::SUPERVISOR: no restart)".to_string()
-        };
-        tokio::select! {
-            why = spoolers => why,
-            why = executions => why,
-        }
-    }
-
-    /// Stops every execution (`killed: <reason>`), drains the transport into
-    /// the store, checks that every event is stored, closes the store and
-    /// gives the node's name up. Calling it again does nothing more (and
-    /// reports nothing missing).
-    pub async fn shutdown(&self, reason: &str) -> ShutdownReport {
-        let mut report = ShutdownReport::default();
-        if self.stopping.swap(true, Ordering::AcqRel) {
-            return report;
-        }
-        if let Some(lease) = &self.lease {
-            lease.leaving();
-        }
-        let wait = self.options.shutdown_wait;
-        let all_stopped = self.executions.call(
-            |reply| ExecMsg::StopAll {
-                reason: reason.to_string(),
-                reply,
-            },
-            Some(wait),
-        );
-        let ended = match all_stopped.await {
-            Ok(ractor::rpc::CallResult::Success(ended)) => ended,
-            _ => {
-                tracing::warn!(?wait, "executions did not all stop in time");
-                report.unchecked = Some(format!("executions did not all stop within {wait:?}"));
-                Vec::new()
-            }
-        };
-        self.executions.stop(None);
-        let _ = self.executions_ended.clone().wait_for(|ended| *ended).await;
-        match &self.spoolers {
-            Some(spoolers) => {
-                self.transport.close();
-                spoolers.drain(wait).await;
-            }
-            None => {
-                // Spooler processes elsewhere store what this node published.
-                report.stored_elsewhere = true;
-                if !self.cluster.settle(wait).await {
-                    tracing::warn!(
-                        ?wait,
-                        "the spooler processes have not stored everything yet"
-                    );
-                }
-                self.transport.close();
-            }
-        }
-        let health = self.transport.health().await;
-        report.unstored = health.queued + health.pending;
-        check_stored(&self.store, ended, wait, &mut report).await;
-        if report.all_stored() {
-            tracing::info!(checked = report.checked, "every event is stored");
-        } else {
-            tracing::error!(%report, "events are missing from the store");
-        }
-        self.store.close().await;
-        if let Some(lease) = &self.lease {
-            lease.release().await;
-        }
-        self.claim.lock().expect("claim lock").take();
-        report
-    }
-}
-
-/// Awaits `future`, or forever when there is none.
-async fn or_pending<T>(future: Option<impl std::future::Future<Output = T>>) -> T {
-    match future {
-        Some(future) => future.await,
-        None => std::future::pending().await,
     }
 }
