@@ -11,7 +11,7 @@
 //!   cluster costs, not how it scales out.
 
 use crate::BenchArgs;
-use crate::setup::{fresh_pg_database, percentile, seq_command, spawn_runtime, until};
+use crate::setup::{fresh_pg_database, percentile, seq_command, spawn_runtime, stop_child, until};
 use futures::StreamExt;
 use kodo_core::{Event, Fid, Kind};
 use kodo_store::{SharedStore, StoreOptions};
@@ -88,7 +88,7 @@ pub(crate) async fn cluster(args: &BenchArgs, report: &mut Vec<String>) -> Resul
         100.0 * rates[2] / rates[0],
     ));
     for mut n in nodes.into_iter().map(|n| n.child).chain(spoolers) {
-        stop(&mut n).await;
+        stop_child(&mut n).await;
     }
     Ok(())
 }
@@ -132,20 +132,6 @@ async fn node(config: &Path, dir: &Path, name: &str) -> Result<NodeProc, String>
         base,
         name: name.to_string(),
     })
-}
-
-async fn stop(child: &mut Child) {
-    if let Some(pid) = child.id() {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
-    }
-    if tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .is_err()
-    {
-        let _ = child.kill().await;
-    }
 }
 
 /// POSTs `body` to `base` + `path`; the status, and the time it took.

@@ -193,19 +193,24 @@ impl Bench {
         }
         self.node.shutdown("bench over").await;
         for child in &mut self.spoolers {
-            if let Some(pid) = child.id() {
-                // SIGTERM: the spooler finishes its batch and exits.
-                let _ = tokio::process::Command::new("kill")
-                    .args(["-TERM", &pid.to_string()])
-                    .status()
-                    .await;
-            }
-            // Without a `kill` program, or a spooler that does not stop: SIGKILL.
-            let stopped = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
-            if stopped.is_err() {
-                let _ = child.kill().await;
-            }
+            stop_child(child).await;
         }
+    }
+}
+
+/// Stops a `runtime` child process: SIGTERM (it finishes what it holds and
+/// exits); without a `kill` program, or one that does not stop in 30 s,
+/// SIGKILL.
+pub(crate) async fn stop_child(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        let _ = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await;
+    }
+    let stopped = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+    if stopped.is_err() {
+        let _ = child.kill().await;
     }
 }
 

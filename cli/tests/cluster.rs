@@ -63,17 +63,6 @@ impl Deployment {
         start_logged(self.node_command(name)).await
     }
 
-    /// `redis-cli` on the deployment's Redis; its output.
-    fn redis_cli(&self, args: &[&str]) -> String {
-        let port = self.redis.url.rsplit(':').next().unwrap();
-        let out = std::process::Command::new("redis-cli")
-            .args(["-p", port])
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
     /// Starts spooler process `name`.
     async fn spooler(&self, name: &str) -> Child {
         let mut cmd = spool(&self.config, &self.dir, name);
@@ -139,15 +128,6 @@ fn ticks_gap_free(events: &[Value]) -> usize {
     let want: Vec<String> = (1..=ticks.len()).map(|i| format!("tick {i}")).collect();
     assert_eq!(ticks, want, "every tick line, in order, once");
     ticks.len()
-}
-
-fn signal(child: &Child, signal: &str) {
-    let pid = child.id().expect("the process runs").to_string();
-    let status = std::process::Command::new("kill")
-        .args([signal, &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,7 +212,7 @@ async fn an_execution_launched_on_one_node_is_killed_through_another_and_answere
     assert_eq!(names, ["node-a", "node-b"]);
     let watched = Instant::now();
     while watched.elapsed().as_secs_f64() < LEASE * 2.0 {
-        let lost = d.redis_cli(&["EXISTS", "kodo:lost:node-c"]);
+        let lost = redis_cli(&d.redis.url, &["EXISTS", "kodo:lost:node-c"]);
         assert_eq!(lost, "0", "a node that stopped cleanly was declared lost");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -298,10 +278,10 @@ async fn a_node_frozen_past_its_lease_learns_it_was_lost_and_stores_nothing_afte
     events_until(&base_b, &fid, DEADLINE, |e| stdout_lines(e).len() >= 5).await;
 
     // Frozen: its flow's shell goes on printing into the pipe meanwhile.
-    signal(&a, "-STOP");
+    signal(a.id().unwrap(), "STOP").await;
     let closed = events_until(&base_b, &fid, DEADLINE, lost).await;
     ticks_gap_free(&closed);
-    signal(&a, "-CONT");
+    signal(a.id().unwrap(), "CONT").await;
 
     // Woken, it learns it was declared lost and exits, writing nothing.
     let status = tokio::time::timeout(DEADLINE, a.wait())
@@ -376,7 +356,8 @@ async fn wait_drained(d: &Deployment) {
     let deadline = Instant::now() + DEADLINE;
     loop {
         let drained = (0..2).all(|shard| {
-            let text = d.redis_cli(&["XINFO", "GROUPS", &format!("kodo:events:{shard}")]);
+            let stream = format!("kodo:events:{shard}");
+            let text = redis_cli(&d.redis.url, &["XINFO", "GROUPS", &stream]);
             let lines: Vec<&str> = text.lines().collect();
             let field = |name: &str| {
                 lines

@@ -308,16 +308,6 @@ async fn while_temporal_is_down_launches_answer_503_and_health_says_why() {
     );
 }
 
-/// Sends `signal` (`STOP`, `CONT`) to process `pid`.
-async fn signal(pid: u32, signal: &str) {
-    let sent = tokio::process::Command::new("kill")
-        .args([&format!("-{signal}"), &pid.to_string()])
-        .status()
-        .await
-        .unwrap();
-    assert!(sent.success());
-}
-
 /// Whether Redis got an entry of `fid`'s attempt `attempt` after `since_ms`
 /// (milliseconds since the epoch).
 async fn published_after(

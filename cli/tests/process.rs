@@ -236,24 +236,11 @@ async fn start_spool(config: &Path, dir: &Path, name: &str) -> Child {
 
 /// Entries delivered to `consumer` and not acknowledged, over both streams.
 fn pending_of(redis_url: &str, consumer: &str) -> u64 {
-    let port = redis_url.rsplit(':').next().unwrap();
     (0..2)
         .map(|shard| {
-            let out = std::process::Command::new("redis-cli")
-                .args([
-                    "-p",
-                    port,
-                    "XPENDING",
-                    &format!("kodo:events:{shard}"),
-                    "spoolers",
-                    "-",
-                    "+",
-                    "1000",
-                    consumer,
-                ])
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&out.stdout)
+            let stream = format!("kodo:events:{shard}");
+            let args = ["XPENDING", &stream, "spoolers", "-", "+", "1000", consumer];
+            redis_cli(redis_url, &args)
                 .lines()
                 .filter(|l| l.contains('-'))
                 .count() as u64
@@ -440,15 +427,10 @@ async fn a_restarted_node_closes_its_executions_after_their_events_in_redis() {
 
 /// Entries in both of kodo's streams.
 fn redis_len(redis_url: &str) -> u64 {
-    let port = redis_url.rsplit(':').next().unwrap();
     (0..2)
         .map(|shard| {
-            let out = std::process::Command::new("redis-cli")
-                .args(["-p", port, "XLEN", &format!("kodo:events:{shard}")])
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&out.stdout)
-                .trim()
+            let stream = format!("kodo:events:{shard}");
+            redis_cli(redis_url, &["XLEN", &stream])
                 .parse::<u64>()
                 .unwrap_or(0)
         })

@@ -96,24 +96,15 @@ impl Asker {
     ) -> Arc<Self> {
         let channel = format!("{prefix}:reply:{token}");
         let pending: Pending = Arc::default();
-        let (subscribed, ready) = watch::channel(false);
         let answers = pending.clone();
-        let listening = tokio::spawn(listen_loop(
-            client.clone(),
-            channel.clone(),
-            Arc::new(move |payload: &[u8]| {
-                if payload.is_empty() {
-                    let _ = subscribed.send(true);
-                    return;
+        let (listening, ready) = subscribe(client.clone(), channel.clone(), move |payload| {
+            if let Ok(answer) = serde_json::from_slice::<Answer>(payload) {
+                let waiting = answers.lock().expect("pending lock").remove(&answer.id);
+                if let Some(waiting) = waiting {
+                    let _ = waiting.send(answer.reply);
                 }
-                if let Ok(answer) = serde_json::from_slice::<Answer>(payload) {
-                    let waiting = answers.lock().expect("pending lock").remove(&answer.id);
-                    if let Some(waiting) = waiting {
-                        let _ = waiting.send(answer.reply);
-                    }
-                }
-            }),
-        ));
+            }
+        });
         Arc::new(Self {
             conn,
             client,
@@ -122,7 +113,7 @@ impl Asker {
             next: AtomicU64::new(1),
             pending,
             ready,
-            _listening: AbortOnDropHandle::new(listening),
+            _listening: listening,
         })
     }
 
@@ -195,40 +186,55 @@ impl Server {
         node: &str,
         handler: AskHandler,
     ) -> Self {
-        let (subscribed, mut ready) = watch::channel(false);
-        let listening = tokio::spawn(listen_loop(
-            client,
-            format!("{prefix}:ask:{node}"),
-            Arc::new(move |payload: &[u8]| {
-                if payload.is_empty() {
-                    let _ = subscribed.send(true);
-                    return;
+        let channel = format!("{prefix}:ask:{node}");
+        let (listening, mut ready) = subscribe(client, channel, move |payload| {
+            let Ok(request) = serde_json::from_slice::<Request>(payload) else {
+                return;
+            };
+            let (handler, mut conn) = (handler.clone(), conn.clone());
+            tokio::spawn(async move {
+                let reply = handler(request.ask).await;
+                let answer = serde_json::to_string(&Answer {
+                    id: request.id,
+                    reply,
+                })
+                .expect("an answer serializes");
+                let sent: Result<u64, _> = redis::cmd("PUBLISH")
+                    .arg(&request.to)
+                    .arg(answer)
+                    .query_async(&mut conn)
+                    .await;
+                if let Err(e) = sent {
+                    tracing::warn!(error = %e, "could not send an answer to another node");
                 }
-                let Ok(request) = serde_json::from_slice::<Request>(payload) else {
-                    return;
-                };
-                let (handler, mut conn) = (handler.clone(), conn.clone());
-                tokio::spawn(async move {
-                    let reply = handler(request.ask).await;
-                    let answer = serde_json::to_string(&Answer {
-                        id: request.id,
-                        reply,
-                    })
-                    .expect("an answer serializes");
-                    let sent: Result<u64, _> = redis::cmd("PUBLISH")
-                        .arg(&request.to)
-                        .arg(answer)
-                        .query_async(&mut conn)
-                        .await;
-                    if let Err(e) = sent {
-                        tracing::warn!(error = %e, "could not send an answer to another node");
-                    }
-                });
-            }),
-        ));
+            });
+        });
         let _ = tokio::time::timeout(ANSWER_WITHIN, ready.wait_for(|r| *r)).await;
         Self {
-            _listening: AbortOnDropHandle::new(listening),
+            _listening: listening,
         }
     }
+}
+
+/// Listens to `channel` (reconnecting as needed), passing each message to
+/// `on_message`; the receiver turns true once the channel is subscribed.
+fn subscribe(
+    client: redis::Client,
+    channel: String,
+    on_message: impl Fn(&[u8]) + Send + Sync + 'static,
+) -> (AbortOnDropHandle<()>, watch::Receiver<bool>) {
+    let (subscribed, ready) = watch::channel(false);
+    let listening = tokio::spawn(listen_loop(
+        client,
+        channel,
+        Arc::new(move |payload: &[u8]| {
+            // An empty payload: (re)subscribed, messages may have been missed.
+            if payload.is_empty() {
+                let _ = subscribed.send(true);
+            } else {
+                on_message(payload);
+            }
+        }),
+    ));
+    (AbortOnDropHandle::new(listening), ready)
 }

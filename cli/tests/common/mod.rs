@@ -134,15 +134,30 @@ pub(crate) async fn start_spooler(mut command: Command) -> Child {
     child
 }
 
-/// Sends SIGTERM (as `kill` does) and returns the exit code.
-pub(crate) async fn terminate(child: &mut Child) -> i32 {
-    let pid = child.id().expect("still running").to_string();
+/// Sends `signal` (`TERM`, `STOP`, `CONT`) to process `pid`, as `kill` does.
+pub(crate) async fn signal(pid: u32, signal: &str) {
     let sent = Command::new("kill")
-        .args(["-TERM", &pid])
+        .args([&format!("-{signal}"), &pid.to_string()])
         .status()
         .await
         .unwrap();
     assert!(sent.success());
+}
+
+/// `redis-cli ARGS` on the Redis at `redis_url`; its output, trimmed.
+pub(crate) fn redis_cli(redis_url: &str, args: &[&str]) -> String {
+    let port = redis_url.rsplit(':').next().unwrap();
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", port])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Sends SIGTERM (as `kill` does) and returns the exit code.
+pub(crate) async fn terminate(child: &mut Child) -> i32 {
+    signal(child.id().expect("still running"), "TERM").await;
     tokio::time::timeout(DEADLINE, child.wait())
         .await
         .expect("runtime exited in time")
