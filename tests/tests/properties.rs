@@ -425,9 +425,16 @@ async fn run_case(ops: Vec<Op>, on: On<'_>) -> Result<(), TestCaseError> {
                     durable = Some((temporal, worker));
                     // Their attempts are given back and run again: the flows
                     // start over, waiting on no lock.
+                    // Each retry begun (its marker stored) before the next
+                    // operation: a worker stopped before it took the retry up
+                    // gives nothing back.
                     for e in execs.iter_mut().filter(|e| e.expected.is_none()) {
                         e.lock = None;
                         e.retries += 1;
+                        events_until(&t.node, &e.fid, "the retry's marker", |events| {
+                            retries_marked(events) == e.retries
+                        })
+                        .await;
                     }
                 }
             }
@@ -503,11 +510,11 @@ async fn run_case(ops: Vec<Op>, on: On<'_>) -> Result<(), TestCaseError> {
         } else {
             prop_assert_eq!(&stored, &e.accepted, "accepted = stored, in order");
         }
-        let retried = payloads(&events, Kind::Debug)
-            .iter()
-            .filter(|d| d.as_str().is_some_and(|d| d.starts_with("attempt ")))
-            .count();
-        prop_assert_eq!(retried, e.retries, "one retry per restart, marked");
+        prop_assert_eq!(
+            retries_marked(&events),
+            e.retries,
+            "one retry per restart, marked"
+        );
     }
     let health = t.node.transport().health().await;
     prop_assert!(
@@ -525,6 +532,14 @@ async fn run_case(ops: Vec<Op>, on: On<'_>) -> Result<(), TestCaseError> {
     }
     prop_assert!(report.all_stored(), "{}", report);
     Ok(())
+}
+
+/// How many retries `events` mark (durable mode: a `debug` "attempt N of M").
+fn retries_marked(events: &[kodo_core::Event]) -> usize {
+    payloads(events, Kind::Debug)
+        .iter()
+        .filter(|d| d.as_str().is_some_and(|d| d.starts_with("attempt ")))
+        .count()
 }
 
 /// A node whose executions run durably on the Temporal server at
