@@ -466,7 +466,9 @@ async fn chatty_on_two_workers(dir: &Path, claim_idle: u32, attempts: u32) -> Ru
 
 /// A config of durable mode whose nodes host no worker and share the Redis
 /// `redis` under key prefix `prefix`: `temporal` adds `[temporal]` keys,
-/// `transport` `[transport]` keys (and what follows them).
+/// `transport` `[transport]` keys. Their lease (cluster mode) is long: a
+/// worker a test freezes for a while stays a member (one frozen past its
+/// lease is fenced off whole: `cluster.rs`).
 fn on_redis(
     dir: &Path,
     redis: &ScriptServer,
@@ -478,7 +480,7 @@ fn on_redis(
         dir,
         &format!(
             "{temporal}worker = false\n[transport]\nkind = \"redis\"\nurl = \"{}\"\n\
-             prefix = \"{prefix}\"\nblock = 0.1\n{transport}",
+             prefix = \"{prefix}\"\nblock = 0.1\n{transport}\n[cluster]\nlease = 120\n",
             redis.url
         ),
     )
