@@ -7,6 +7,15 @@ docs/protocol.md in the kodo repository).
     answer = kodo.lock("approve", {"question": "ok?"}, timeout=600)
     kodo.result({"approved": answer}) # the last result becomes `final`
 
+    rows = kodo.step("fetch", lambda: fetch(url))   # durable steps: run once,
+    @kodo.step                                      # replayed from the journal
+    def charge(): ...                               # when the execution resumes
+
+A step's result is journaled (a `step` event) and stored before step()
+returns. When the execution runs again after a crash (`recover = "resume"`,
+or a durable retry), each step already done returns its journaled result
+without running; steps are matched by their order and name.
+
 print() lines become `stdout` events, stderr lines `stderr` events.
 
 Order: stdout, stderr and fd 3 (where emit, result and lock write) are
@@ -17,6 +26,8 @@ leave Python's buffer first, so this module line-buffers stdout and stderr
 (a pipe is block-buffered by default). Lines written after an fd-3 line may
 be stored before it.
 """
+import functools
+import inspect
 import json
 import os
 import sys
@@ -27,12 +38,96 @@ _fd3 = os.fdopen(3, "w", buffering=1)
 _inputs = None
 
 
+_journal = {}
+_steps_taken = 0
+
+
 def inputs():
-    """The execution's inputs (read once from the first stdin line)."""
+    """The execution's inputs (read once from the first stdin line), and the
+    journal of steps that follows them (KODO_JOURNAL lines)."""
     global _inputs
     if _inputs is None:
         _inputs = json.loads(sys.stdin.readline() or "{}")
+        for _ in range(int(os.environ.get("KODO_JOURNAL") or 0)):
+            entry = json.loads(sys.stdin.readline())
+            _journal[entry["n"]] = entry
     return _inputs
+
+
+class StepChanged(RuntimeError):
+    """The flow's steps no longer match the journal of this execution."""
+
+
+def step(name, fn=None):
+    """Runs fn() once as step `name` and returns its result (JSON values);
+    when the execution runs again, returns the journaled result instead.
+
+    kodo.step("name", fn) runs it now; an async fn gives an awaitable
+    (or use `await kodo.astep(...)`). As a decorator, @kodo.step or
+    @kodo.step("name"), every call of the function is a step."""
+    if fn is None:
+        if callable(name):
+            return _decorated(name.__name__, name)
+        return lambda f: _decorated(name, f)
+    if inspect.iscoroutinefunction(fn):
+        return astep(name, fn)
+    done, value = _replayed(name)
+    if done:
+        return value
+    value = fn()
+    if inspect.isawaitable(value):
+        raise TypeError(f"step {name}: an async step needs an async def, or kodo.astep")
+    return _record(name, value)
+
+
+async def astep(name, fn):
+    """The async form of step(): awaits fn() once."""
+    done, value = _replayed(name)
+    if done:
+        return value
+    value = fn()
+    if inspect.isawaitable(value):
+        value = await value
+    return _record(name, value)
+
+
+def _decorated(name, fn):
+    if inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def run_async(*args, **kwargs):
+            return await astep(name, lambda: fn(*args, **kwargs))
+        return run_async
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        return step(name, lambda: fn(*args, **kwargs))
+    return run
+
+
+def _replayed(name):
+    """(True, result) when the journal holds the next step; raises
+    StepChanged when it holds another step there."""
+    global _steps_taken
+    inputs()
+    _steps_taken += 1
+    entry = _journal.get(_steps_taken)
+    if entry is None:
+        return False, None
+    if entry["name"] != name:
+        raise StepChanged(
+            f'step {_steps_taken} is "{name}" but the journal holds "{entry["name"]}" there: '
+            "the flow changed since this execution began"
+        )
+    return True, entry["result"]
+
+
+def _record(name, value):
+    """Journals a result; returns it as the journal gives it back, once stored."""
+    _fd3.write(json.dumps({"kind": "step", "name": name, "payload": value}) + "\n")
+    reply = json.loads(sys.stdin.readline() or "{}")
+    if reply.get("step") != name or not reply.get("stored"):
+        raise RuntimeError(f"step {name} not journaled: {reply.get('error', reply)}")
+    return json.loads(json.dumps(value))
 
 
 def emit(kind, payload):

@@ -11,7 +11,7 @@ use crate::sys;
 use crate::tracer::{Outcome, Trace};
 use kodo_core::Kind;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
@@ -83,6 +83,7 @@ fn start(spec: &CommandSpec, ctx: &Ctx) -> std::io::Result<Started> {
         .env("KODO_FLOW", ctx.flow())
         .env("KODO_OWNER", ctx.owner())
         .env("KODO_ATTEMPT", ctx.attempt().to_string())
+        .env("KODO_JOURNAL", ctx.steps().journal().len().to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -129,6 +130,13 @@ struct Fd3Line {
 pub(crate) enum Fd3Request {
     /// Record an event.
     Emit(Kind, String),
+    /// Journal a step's result (JSON text): `{"kind":"step","name","payload"}`.
+    Step {
+        /// The step's name.
+        name: String,
+        /// Its result.
+        result: String,
+    },
     /// Open a lock.
     Lock {
         /// Its name.
@@ -156,6 +164,13 @@ pub(crate) fn parse_fd3(line: &str) -> Result<Fd3Request, String> {
             timeout,
         });
     }
+    if parsed.kind == "step" {
+        let name = parsed.name.ok_or("a step needs a \"name\"")?;
+        return Ok(Fd3Request::Step {
+            name,
+            result: parsed.payload.to_string(),
+        });
+    }
     let kind: Kind = parsed.kind.parse().map_err(|e| format!("{e}"))?;
     if !kind.emittable_by_flow() {
         return Err(format!("a flow may not emit `{kind}` events"));
@@ -179,8 +194,16 @@ async fn drive(
     // answer can queue for it; the write runs beside the rest, so a child
     // that never reads stdin can still be waited for and killed.
     let first = stdin.clone().lock_owned().await;
-    let inputs_line = inputs.to_string();
-    let inputs_writer = tokio::spawn(async move { write_to(first, &inputs_line).await });
+    // Then the journal of steps, one line per step (`KODO_JOURNAL` says
+    // how many): the flow replays them itself, and its next step follows.
+    let mut first_lines = inputs.to_string();
+    for (n, step) in ctx.steps().journal().iter() {
+        let line = json!({"n": n, "name": step.name, "result": step.result});
+        first_lines.push('\n');
+        first_lines.push_str(&line.to_string());
+    }
+    ctx.steps().skip_journal();
+    let inputs_writer = tokio::spawn(async move { write_to(first, &first_lines).await });
     let pipes = Pipes::open(ctx, child.stdout.take(), child.stderr.take(), fd3);
     // Cancelled once the process is reaped: its open locks can no longer be answered.
     let exited = CancellationToken::new();
@@ -287,11 +310,19 @@ mod tests {
                 timeout: Some(Duration::from_millis(2500))
             })
         );
+        assert_eq!(
+            parse_fd3(r#"{"kind":"step","name":"fetch","payload":{"b":2,"a":1}}"#),
+            Ok(Fd3Request::Step {
+                name: "fetch".into(),
+                result: r#"{"a":1,"b":2}"#.into()
+            })
+        );
         for (line, reason) in [
             ("not json", "expected"),
             (r#"{"kind":"final","payload":1}"#, "may not emit `final`"),
             (r#"{"kind":"nope"}"#, "unknown Kind `nope`"),
             (r#"{"kind":"lock"}"#, "needs a \"name\""),
+            (r#"{"kind":"step","payload":1}"#, "needs a \"name\""),
             (
                 r#"{"kind":"lock","name":"x","timeout":-1}"#,
                 "bad lock timeout",

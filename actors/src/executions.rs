@@ -7,7 +7,8 @@ use crate::backend::{Execution, SharedBackend};
 use crate::flow::{Ctx, ExecLimits, FlowDef, Stop};
 use crate::locks::Locks;
 use crate::policy;
-use crate::tracer::{Outcome, Trace, Tracer};
+use crate::steps::{Commits, Journal, Steps};
+use crate::tracer::{Outcome, Trace, TraceBook, Tracer};
 use kodo_core::{Fid, Meta, Status};
 use kodo_transport::SharedTransport;
 use ractor::{
@@ -47,6 +48,8 @@ pub(crate) enum ExecMsg {
         owner: String,
         /// Its inputs.
         inputs: Value,
+        /// Set when it runs again after its node died (see [`Resumed`]).
+        resumed: Option<Resumed>,
         /// Answered once its Runner runs (with what to wait for, when the
         /// start goes on elsewhere).
         reply: RpcReplyPort<Result<Ready, LaunchError>>,
@@ -74,6 +77,19 @@ pub(crate) enum ExecMsg {
     Count(RpcReplyPort<usize>),
 }
 
+/// An execution run again after its node died (`recover = "resume"`).
+#[derive(Debug)]
+pub(crate) struct Resumed {
+    /// What is stored of it (its Tracer goes on after).
+    pub book: TraceBook,
+    /// This run's number (2, 3...).
+    pub attempt: u32,
+    /// The steps it completed.
+    pub journal: Journal,
+    /// The `debug` event that marks the new attempt.
+    pub marker: String,
+}
+
 /// What a launch waits for after the supervisor started it (see `Started::ready`).
 pub(crate) type Ready = Option<tokio::sync::oneshot::Receiver<Result<(), String>>>;
 
@@ -94,6 +110,8 @@ pub(crate) struct ExecShared {
     pub max_live: usize,
     /// How many run now (what the node's lease shows the cluster).
     pub running: Arc<AtomicUsize>,
+    /// How a step waits until its result is stored.
+    pub commits: Commits,
 }
 
 // The policy this supervisor applies to its children: a Runner that ends
@@ -129,6 +147,7 @@ impl Executions {
         flow: Arc<FlowDef>,
         owner: String,
         inputs: Value,
+        resumed: Option<Resumed>,
     ) -> Result<Ready, LaunchError> {
         if state.draining.is_some() {
             return Err(LaunchError::ShuttingDown);
@@ -142,13 +161,26 @@ impl Executions {
             node: state.shared.node.clone(),
             kodo: env!("CARGO_PKG_VERSION").to_string(),
         };
-        let begin = Trace::Begin {
-            meta: serde_json::to_string(&meta).expect("meta serializes"),
-            inputs: inputs.to_string(),
+        let (book, attempt, journal, begin) = match resumed {
+            None => (
+                TraceBook::new(state.shared.limits.max_payload),
+                1,
+                Journal::default(),
+                Trace::Begin {
+                    meta: serde_json::to_string(&meta).expect("meta serializes"),
+                    inputs: inputs.to_string(),
+                },
+            ),
+            Some(r) => (
+                r.book.with_attempt(r.attempt),
+                r.attempt,
+                r.journal,
+                Trace::Retry(r.marker),
+            ),
         };
-        let tracer = Arc::new(Tracer::new(
+        let tracer = Arc::new(Tracer::resume(
             fid.clone(),
-            state.shared.limits.max_payload,
+            book,
             state.shared.transport.clone(),
         ));
         let ctx = Ctx::new(
@@ -158,7 +190,8 @@ impl Executions {
             tracer,
             Arc::new(state.shared.locks.clone()),
             state.shared.limits.clone(),
-            1,
+            attempt,
+            Steps::new(journal, state.shared.commits.clone()),
         );
         let execution = Execution {
             ctx: ctx.clone(),
@@ -257,9 +290,10 @@ impl Actor for Executions {
                 flow,
                 owner,
                 inputs,
+                resumed,
                 reply,
             } => {
-                let result = Self::launch(&myself, state, fid, flow, owner, inputs).await;
+                let result = Self::launch(&myself, state, fid, flow, owner, inputs, resumed).await;
                 let _ = reply.send(result);
             }
             ExecMsg::Stop { fid, stop, reply } => {

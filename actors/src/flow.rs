@@ -1,6 +1,7 @@
 //! Flows (what can be executed) and the context an execution runs with.
 
 use crate::locks::{KeepError, Kept, LockKeeper};
+use crate::steps::Steps;
 use crate::tracer::{Outcome, Trace, TraceError, Tracer};
 use futures::future::BoxFuture;
 use kodo_core::{Fid, Kind, Status};
@@ -76,7 +77,27 @@ pub struct FlowDef {
     pub kind: FlowKind,
     /// Ends the execution with `error` when it runs longer.
     pub timeout: Option<Duration>,
+    /// What happens to an execution its node left unfinished (direct mode).
+    pub recover: Recover,
+    /// How many runs a recovered execution gets in all, the first included
+    /// (`recover = "resume"`); then it ends with `error` and the cause.
+    pub attempts: u32,
 }
+
+/// What happens to an execution whose node died while it ran (direct mode;
+/// durable mode retries on Temporal, replaying the journal either way).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Recover {
+    /// It ends with `error: node restarted` (or `node lost`).
+    #[default]
+    Error,
+    /// It runs again from the start with its journal of steps
+    /// (see [`Ctx::step`]) when its node restarts.
+    Resume,
+}
+
+/// Runs a resumed execution gets by default, the first included.
+pub const DEFAULT_ATTEMPTS: u32 = 3;
 
 impl FlowDef {
     /// A Rust flow from an async function or closure.
@@ -90,6 +111,8 @@ impl FlowDef {
             description: String::new(),
             kind: FlowKind::Rust(Arc::new(move |ctx, inputs| Box::pin(f(ctx, inputs)))),
             timeout: None,
+            recover: Recover::Error,
+            attempts: DEFAULT_ATTEMPTS,
         }
     }
 
@@ -100,6 +123,8 @@ impl FlowDef {
             description: String::new(),
             kind: FlowKind::Command(spec),
             timeout: None,
+            recover: Recover::Error,
+            attempts: DEFAULT_ATTEMPTS,
         }
     }
 
@@ -112,6 +137,18 @@ impl FlowDef {
     /// Sets the timeout.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// Sets what happens when its node dies while it runs.
+    pub fn recover(mut self, recover: Recover) -> Self {
+        self.recover = recover;
+        self
+    }
+
+    /// Sets how many runs a recovered execution gets in all (at least 1).
+    pub fn attempts(mut self, attempts: u32) -> Self {
+        self.attempts = attempts.max(1);
         self
     }
 
@@ -269,6 +306,7 @@ struct CtxInner {
     stop_token: CancellationToken,
     stop: Mutex<Option<Stop>>,
     attempt: u32,
+    steps: Steps,
     /// Whether the execution is paused (durable mode).
     paused: watch::Sender<bool>,
 }
@@ -291,7 +329,8 @@ impl std::fmt::Debug for Ctx {
 
 impl Ctx {
     /// A context for one execution.
-    pub fn new(
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
         fid: Fid,
         flow: &str,
         owner: &str,
@@ -299,10 +338,12 @@ impl Ctx {
         keeper: Arc<dyn LockKeeper>,
         limits: ExecLimits,
         attempt: u32,
+        steps: Steps,
     ) -> Self {
         Self {
             inner: Arc::new(CtxInner {
                 attempt,
+                steps,
                 fid,
                 flow: flow.to_string(),
                 owner: owner.to_string(),
@@ -341,6 +382,11 @@ impl Ctx {
     /// The node's limits.
     pub fn limits(&self) -> &ExecLimits {
         &self.inner.limits
+    }
+
+    /// Its steps: the journal of earlier attempts, and those taken now.
+    pub(crate) fn steps(&self) -> &Steps {
+        &self.inner.steps
     }
 
     /// Records an event of `kind` with a serializable payload; returns its seq

@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Ends every execution `node` left unfinished: an `error` event
+/// Ends every execution `node` left unfinished but those `resumed` picks
+/// (see [`crate::recovery`]): an `error` event
 /// with the reason and the final `status: error`, numbered after the last
 /// stored event. Waits (up to `options.shutdown_wait` in all) until the
 /// store has them. Returns how many executions it closed.
@@ -26,6 +27,7 @@ use tokio::time::Instant;
 /// not closed when the time is up stays open (logged) until the events
 /// reach the store, or the next start. When the start did not `settle`
 /// (nothing stores the events now), it publishes once and does not wait.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn close_unfinished(
     store: &SharedStore,
     transport: &SharedTransport,
@@ -34,11 +36,13 @@ pub(crate) async fn close_unfinished(
     node: &str,
     reason: &str,
     settled: bool,
+    resumed: &(dyn Fn(&ExecutionRow) -> bool + Sync),
 ) -> Result<usize, NodeError> {
     let deadline = Instant::now() + options.shutdown_wait;
     let mut closed = std::collections::HashSet::new();
     loop {
-        let rows = store.unfinished(node).await?;
+        let mut rows = store.unfinished(node).await?;
+        rows.retain(|row| !resumed(row));
         if rows.is_empty() {
             return Ok(closed.len());
         }
@@ -111,14 +115,17 @@ pub(crate) async fn stored(
 ) {
     let mut look = Duration::from_millis(20);
     loop {
-        if committed.committed() >= last {
+        // The notice first: it costs no query, and it usually comes.
+        if tokio::time::timeout(look, committed.until(last))
+            .await
+            .is_ok()
+        {
             return;
         }
         let row = store.execution(fid).await;
         if row.is_ok_and(|row| row.is_some_and(|row| row.events >= last)) {
             return;
         }
-        let _ = tokio::time::timeout(look, committed.until(last)).await;
         look = (look * 2).min(Duration::from_secs(1));
     }
 }

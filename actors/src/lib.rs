@@ -26,9 +26,11 @@ mod orphans;
 mod output;
 pub mod policy;
 mod pump;
+mod recovery;
 mod runner;
 mod shutdown;
 mod spooler;
+mod steps;
 mod sys;
 mod tracer;
 
@@ -37,8 +39,8 @@ pub use backend::{
 };
 pub use executions::LaunchError;
 pub use flow::{
-    BoxError, CommandSpec, Ctx, ExecLimits, FlowDef, FlowKind, FlowResult, Flows, LockError,
-    PendingLock, RustFlow, Stop,
+    BoxError, CommandSpec, Ctx, DEFAULT_ATTEMPTS, ExecLimits, FlowDef, FlowKind, FlowResult, Flows,
+    LockError, PendingLock, Recover, RustFlow, Stop,
 };
 pub use hub::{Hub, Subscription};
 pub use locks::{KeepError, Kept, LockInUse, LockKeeper, Locks, OpenLock};
@@ -47,4 +49,5 @@ pub use orphans::start as start_watchdog;
 pub use runner::drive;
 pub use shutdown::ShutdownReport;
 pub use spooler::{SpoolerGroup, SpoolerShared, StoreHealth};
+pub use steps::{Journal, JournalEntry, StepError};
 pub use tracer::{Outcome, Trace, TraceBook, TraceError, Tracer};

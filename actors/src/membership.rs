@@ -54,6 +54,7 @@ impl Takeover for NodeTakeover {
             node,
             NODE_LOST,
             true,
+            &|_| false,
         )
         .await
         .map_err(|e| e.to_string())?;

@@ -101,7 +101,8 @@ pub(crate) struct Pump {
     stdin: Arc<tokio::sync::Mutex<Option<ChildStdin>>>,
     seen: Arc<Mutex<Seen>>,
     exited: CancellationToken,
-    locks: JoinSet<()>,
+    /// What answers on stdin once it happens: lock answers, stored steps.
+    waits: JoinSet<()>,
     /// Inside an fd-3 line too long to be an event: its parts are text.
     oversized: bool,
     /// Recording was refused once (the execution ended): said so in the log.
@@ -147,7 +148,7 @@ impl Pump {
             stdin,
             seen,
             exited,
-            locks: JoinSet::new(),
+            waits: JoinSet::new(),
             oversized: false,
             refused: false,
         }
@@ -214,8 +215,8 @@ impl Pump {
         // Open locks live on until answered or expired, or until the process
         // ends (a child may close fd 3 and still wait on stdin for an answer).
         tokio::select! {
-            _ = async { while self.locks.join_next().await.is_some() {} } => {}
-            _ = self.exited.cancelled() => self.locks.shutdown().await,
+            _ = async { while self.waits.join_next().await.is_some() {} } => {}
+            _ = self.exited.cancelled() => self.waits.shutdown().await,
         }
     }
 
@@ -324,6 +325,25 @@ impl Pump {
                 }
                 self.record(kind, payload).await;
             }
+            Ok(Fd3Request::Step { name, result }) => {
+                // Published here, in the pipe's order; the flow hears once
+                // it is stored (it waits for that line before going on).
+                match self.ctx.record_step(&name, &result).await {
+                    Ok(journaling) => {
+                        let (ctx, stdin) = (self.ctx.clone(), self.stdin.clone());
+                        self.waits.spawn(async move {
+                            let n = journaling.n;
+                            ctx.until_journaled(journaling).await;
+                            let reply = json!({"step": name, "n": n, "stored": true});
+                            write_line(&stdin, &reply.to_string()).await;
+                        });
+                    }
+                    Err(e) => {
+                        let reply = json!({"step": name, "error": e.to_string()});
+                        write_line(&self.stdin, &reply.to_string()).await;
+                    }
+                }
+            }
             Ok(Fd3Request::Lock {
                 name,
                 data,
@@ -347,7 +367,7 @@ impl Pump {
                     }
                 };
                 let stdin = self.stdin.clone();
-                self.locks.spawn(async move {
+                self.waits.spawn(async move {
                     let reply = match pending.answer().await {
                         Ok(answer) => json!({"lid": lid, "name": name, "answer": answer}),
                         Err(LockError::Expired { .. }) => {

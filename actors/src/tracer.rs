@@ -43,6 +43,8 @@ pub enum Trace {
     Lock(String),
     /// A lock closes (JSON text of `{lid, name, result | error}`).
     Lease(String),
+    /// A step's result is journaled (JSON text of `{n, name, result}`).
+    Step(String),
     /// The execution ends.
     Finish(Outcome),
     /// A durable execution runs again after its attempt was lost: a `debug`
@@ -190,6 +192,15 @@ impl TraceBook {
                 if self.open_locks == 0 {
                     self.set(Status::Running, &mut out);
                 }
+            }
+            Trace::Step(payload) => {
+                if payload.len() > self.max_payload {
+                    return Err(TraceError::TooLarge {
+                        bytes: payload.len(),
+                        max: self.max_payload,
+                    });
+                }
+                out.push((Kind::Step, payload));
             }
             Trace::Retry(why) => {
                 out.push((Kind::Debug, json_text(&why)));

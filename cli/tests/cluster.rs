@@ -71,24 +71,6 @@ impl Deployment {
     }
 }
 
-/// A new, empty database on the tests' PostgreSQL server (`scripts/test`
-/// starts it and names it in `KODO_TEST_PG_URL`); its URL.
-async fn fresh_pg_database() -> String {
-    use sqlx::{Connection, Executor};
-    let server = std::env::var("KODO_TEST_PG_URL").expect(
-        "KODO_TEST_PG_URL is not set: the cluster tests need PostgreSQL; run them with scripts/test",
-    );
-    let name = format!("kodo_cluster_{}_{}", std::process::id(), free_port());
-    let mut admin = sqlx::PgConnection::connect(&server).await.unwrap();
-    admin
-        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .await
-        .unwrap();
-    admin.close().await.unwrap();
-    let (base, _) = server.rsplit_once('/').unwrap();
-    format!("{base}/{name}")
-}
-
 /// The nodes `GET /cluster` lists at `base`: name -> (live, api, running).
 async fn members(base: &str) -> Vec<(String, bool, String, u64)> {
     let view = get(base, "/cluster").await;

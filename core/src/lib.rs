@@ -88,7 +88,8 @@ macro_rules! names {
 }
 
 names! {
-    /// What an event is about; Kodosumi's fourteen names, so its users feel at home.
+    /// What an event is about; Kodosumi's fourteen names, so its users feel
+    /// at home, and kodo's `step`.
     Kind {
         /// Who launched what, where: the first event of every execution.
         Meta = "meta",
@@ -118,6 +119,9 @@ names! {
         Lock = "lock",
         /// The answer to a lock (or its expiry).
         Lease = "lease",
+        /// A step's journaled result (`{"n","name","result"}`): a recovered
+        /// execution replays it instead of running the step again.
+        Step = "step",
     }
 }
 
@@ -282,8 +286,9 @@ mod tests {
     }
 
     #[test]
-    fn fourteen_kinds_seven_statuses_round_trip() {
-        assert_eq!(Kind::ALL.len(), 14);
+    fn fifteen_kinds_seven_statuses_round_trip() {
+        // Kodosumi's fourteen and `step`.
+        assert_eq!(Kind::ALL.len(), 15);
         assert_eq!(Status::ALL.len(), 7);
         for k in Kind::ALL {
             assert_eq!(k.as_str().parse::<Kind>().unwrap(), *k);

@@ -14,7 +14,9 @@
 use crate::control::{self, DurableLocks, Nudges};
 use crate::workflow::{Close, Ending, KodoExecution, Launch, Ran};
 use futures::FutureExt;
-use kodo_actors::{Execution, Locks, Node, Outcome, Stop, Trace, TraceBook, Tracer, drive};
+use kodo_actors::{
+    Execution, Journal, Locks, Node, Outcome, Stop, Trace, TraceBook, Tracer, drive,
+};
 use kodo_core::{Fid, Meta, Status};
 use kodo_store::StoreError;
 use std::panic::AssertUnwindSafe;
@@ -89,6 +91,14 @@ impl KodoActivities {
             Start::Go(book, first) => (book, first),
         };
         tracing::info!(%fid, flow = %flow.name, attempt, "durable attempt starts");
+        // Fenced: no older attempt adds a step now. Its steps replay.
+        let journal = if attempt > 1 {
+            node.journal(&fid)
+                .await
+                .map_err(|e| retryable(format!("cannot read the journal of steps: {e}")))?
+        } else {
+            Journal::default()
+        };
         let handle = actx.workflow_handle::<KodoExecution>();
         let locks = Arc::new(DurableLocks::new(actx.workflow_handle()));
         let ctx = node.context(
@@ -97,6 +107,7 @@ impl KodoActivities {
             &launch.owner,
             book,
             attempt,
+            journal,
             locks.clone(),
         );
         progress.store(ctx.tracer().clone());
@@ -192,7 +203,15 @@ impl KodoActivities {
         };
         let flow = close.launch.flow.clone();
         let locks = Arc::new(Locks::default());
-        let ctx = node.context(fid, &flow, &close.launch.owner, book, after_all, locks);
+        let ctx = node.context(
+            fid,
+            &flow,
+            &close.launch.owner,
+            book,
+            after_all,
+            Journal::default(),
+            locks,
+        );
         if matches!(first, Trace::Begin { .. }) {
             ctx.tracer()
                 .trace(first)

@@ -2,8 +2,8 @@
 //! cluster connected, the flows built, the node's options. The config only
 //! describes; everything that connects or builds is here.
 
-use crate::config::{Config, ExecutionMode, Synchronous, TransportKind};
-use kodo_actors::{CommandSpec, ExecLimits, FlowDef, Flows, NodeOptions};
+use crate::config::{Config, ExecutionMode, RecoverPolicy, Synchronous, TransportKind};
+use kodo_actors::{CommandSpec, ExecLimits, FlowDef, Flows, NodeOptions, Recover};
 use kodo_cluster::{ClusterError, RedisCluster, SharedCluster, Solo};
 use kodo_durable::{DurableError, Temporal, TemporalBackend, TemporalOptions};
 use kodo_store::{SharedStore, StoreError, StoreOptions};
@@ -171,7 +171,11 @@ pub fn flows(config: &Config) -> Flows {
         )
         .describe(&f.description);
         def.timeout = f.timeout.map(Duration::from_secs_f64);
-        flows.add(def);
+        let recover = match f.recover {
+            RecoverPolicy::Error => Recover::Error,
+            RecoverPolicy::Resume => Recover::Resume,
+        };
+        flows.add(def.recover(recover).attempts(f.attempts));
     }
     flows
 }

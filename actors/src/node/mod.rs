@@ -22,6 +22,7 @@ use crate::leftovers;
 use crate::locks::{AnswerError, LockKeeper, Locks};
 use crate::membership;
 use crate::spooler::{SpoolerGroup, StoreHealth};
+use crate::steps::{Commits, Journal, Steps};
 use crate::tracer::{TraceBook, Tracer};
 use kodo_cluster::{Ask, Lease, Reply, SharedCluster};
 use kodo_core::{Fid, Status};
@@ -177,6 +178,7 @@ impl Node {
                     flow: def,
                     owner: owner.to_string(),
                     inputs,
+                    resumed: None,
                     reply,
                 },
                 None,
@@ -264,8 +266,10 @@ impl Node {
 
     /// A context for execution `fid` run here by another backend (an
     /// attempt of a durable execution): its Tracer goes on from `book` and
-    /// publishes to this node's transport; `attempt` counts from 1.
-    /// Its locks are kept by `keeper`.
+    /// publishes to this node's transport; `attempt` counts from 1; its
+    /// steps replay `journal` (see [`Journal::load`]). Its locks are kept
+    /// by `keeper`.
+    #[allow(clippy::too_many_arguments)]
     pub fn context(
         &self,
         fid: Fid,
@@ -273,6 +277,7 @@ impl Node {
         owner: &str,
         book: TraceBook,
         attempt: u32,
+        journal: Journal,
         keeper: Arc<dyn LockKeeper>,
     ) -> Ctx {
         let book = book.with_attempt(attempt);
@@ -285,7 +290,13 @@ impl Node {
             keeper,
             self.options.limits.clone(),
             attempt,
+            Steps::new(journal, Commits::new(self.store.clone(), self.hub.clone())),
         )
+    }
+
+    /// Execution `fid`'s journal of steps, as stored now.
+    pub async fn journal(&self, fid: &Fid) -> Result<Journal, StoreError> {
+        Journal::load(&self.store, fid).await
     }
 
     /// Waits (up to `wait`) until everything published so far, by any

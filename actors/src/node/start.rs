@@ -9,7 +9,9 @@ use crate::hub::Hub;
 use crate::leftovers;
 use crate::locks::Locks;
 use crate::membership::{self, NodeTakeover};
+use crate::recovery::{self, Recovery};
 use crate::spooler::{SpoolerGroup, SpoolerShared, StoreHealth};
+use crate::steps::Commits;
 use kodo_cluster::{JoinSpec, Lease, SharedCluster};
 use kodo_store::{NodeClaim, SharedStore};
 use kodo_transport::SharedTransport;
@@ -109,6 +111,7 @@ impl Node {
             &options.node,
             "node restarted",
             settled,
+            &|row| recovery::resumes(&flows, &options, row),
         )
         .await?;
         if closed > 0 {
@@ -122,6 +125,7 @@ impl Node {
             node: options.node.clone(),
             max_live: options.max_live,
             running,
+            commits: Commits::new(store.clone(), hub.clone()),
         };
         let (executions, executions_done) = Actor::spawn(None, Executions, exec_shared)
             .await
@@ -131,6 +135,18 @@ impl Node {
             let _ = executions_done.await;
             let _ = ended.send(true);
         });
+        let resumed = Recovery {
+            store: &store,
+            transport: &transport,
+            flows: &flows,
+            executions: &executions,
+            options: &options,
+        }
+        .resume_unfinished(&options.node, "the node restarted")
+        .await?;
+        if resumed > 0 {
+            tracing::warn!(resumed, node = %options.node, "resumed executions a previous run left unfinished");
+        }
         if let Some(lease) = &lease {
             lease.take_over_with(Arc::new(NodeTakeover {
                 store: store.clone(),

@@ -419,3 +419,21 @@ pub(crate) fn last_status(events: &[Value]) -> Option<&str> {
         .find(|e| e["kind"] == "status")
         .and_then(|e| e["payload"].as_str())
 }
+
+/// A new, empty database on the tests' PostgreSQL server (`scripts/test`
+/// starts it and names it in `KODO_TEST_PG_URL`); its URL.
+pub(crate) async fn fresh_pg_database() -> String {
+    use sqlx::{Connection, Executor};
+    let server = std::env::var("KODO_TEST_PG_URL").expect(
+        "KODO_TEST_PG_URL is not set: these tests need PostgreSQL; run them with scripts/test",
+    );
+    let name = format!("kodo_test_{}_{}", std::process::id(), free_port());
+    let mut admin = sqlx::PgConnection::connect(&server).await.unwrap();
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .unwrap();
+    admin.close().await.unwrap();
+    let (base, _) = server.rsplit_once('/').unwrap();
+    format!("{base}/{name}")
+}

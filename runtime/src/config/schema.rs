@@ -315,6 +315,27 @@ pub struct FlowSection {
     /// This flow's execution mode (default: `execution.mode`).
     #[serde(default)]
     pub mode: Option<ExecutionMode>,
+    /// What happens to an execution whose node died (direct mode).
+    #[serde(default)]
+    pub recover: RecoverPolicy,
+    /// Runs in all, the first included, of an execution that resumes.
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
+}
+
+fn default_attempts() -> u32 {
+    kodo_actors::DEFAULT_ATTEMPTS
+}
+
+/// `flows.NAME.recover`: what happens to an execution whose node died.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecoverPolicy {
+    /// It ends with `error: node restarted`.
+    #[default]
+    Error,
+    /// It runs again from the start, its completed steps replayed from the journal.
+    Resume,
 }
 
 // Debug without secrets: URLs with their password masked, no token.
@@ -364,6 +385,8 @@ impl std::fmt::Debug for FlowSection {
             .field("timeout", &self.timeout)
             .field("description", &self.description)
             .field("mode", &self.mode)
+            .field("recover", &self.recover)
+            .field("attempts", &self.attempts)
             .finish()
     }
 }

@@ -150,6 +150,9 @@ impl Config {
             {
                 return bad(&format!("{key}.timeout"), "expected seconds, more than 0");
             }
+            if !(1..=1000).contains(&flow.attempts) {
+                return bad(&format!("{key}.attempts"), "expected 1 to 1000");
+            }
         }
         Ok(())
     }

@@ -1,0 +1,250 @@
+//! Durable steps with `recover = "resume"`, as a user runs them: a Python
+//! command flow with `flows/kodo.py`, the node SIGKILLed mid-run and
+//! started again, on SQLite and on PostgreSQL.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+/// A flow of `steps` steps (inputs); each appends its number to
+/// `SIDE_DIR/FID` (its side effect), sleeps 10 ms and returns
+/// `{"n", "square"}`; the result is the sum of the squares. Its steps are
+/// named `STEP_PREFIX-n`.
+const FLOW: &str = r#"
+import os, time
+import kodo
+
+args = kodo.inputs()
+side = os.path.join(os.environ["SIDE_DIR"], os.environ["KODO_FID"])
+prefix = os.environ.get("STEP_PREFIX", "step")
+total = 0
+for n in range(1, args["steps"] + 1):
+    def work(n=n):
+        with open(side, "a") as f:
+            f.write(f"{n}\n")
+        time.sleep(0.01)
+        return {"n": n, "square": n * n}
+    r = kodo.step(f"{prefix}-{n}", work)
+    assert r == {"n": n, "square": n * n}, r
+    total += r["square"]
+kodo.result({"total": total})
+"#;
+
+/// Writes the flow and a config running it with `recover = "resume"`
+/// (`extra` follows the flow's keys, `env` its environment's); the
+/// side-effect folder.
+fn setup(
+    dir: &Path,
+    store: Option<&str>,
+    extra: &str,
+    env: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    std::fs::write(dir.join("steps.py"), FLOW).unwrap();
+    let side = dir.join("side");
+    std::fs::create_dir_all(&side).unwrap();
+    let flows = Path::new(env!("CARGO_MANIFEST_DIR")).join("../flows");
+    let store = store.map_or(String::new(), |url| format!("[store]\nurl = \"{url}\"\n"));
+    let config = write_config(
+        dir,
+        &format!(
+            "{store}[flows.steps]\ncommand = [\"python3\", \"-u\", \"steps.py\"]\n\
+             recover = \"resume\"\n{extra}\n\
+             [flows.steps.env]\nPYTHONPATH = \"{}\"\nSIDE_DIR = \"{}\"\n{env}\n",
+            flows.display(),
+            side.display()
+        ),
+    );
+    (config, side)
+}
+
+/// `runtime run` with the store at `store` (None: the default SQLite file).
+async fn start_on(
+    config: &Path,
+    dir: &Path,
+    store: Option<&str>,
+) -> (tokio::process::Child, String) {
+    let mut command = run(config, dir);
+    if let Some(url) = store {
+        command.env("KODO_STORE_URL", url);
+    }
+    let (child, base, _) = start_logged(command).await;
+    (child, base)
+}
+
+/// How many times each step's side effect ran.
+fn side_effects(side: &Path, fid: &str) -> BTreeMap<u64, usize> {
+    let text = std::fs::read_to_string(side.join(fid)).unwrap_or_default();
+    let mut runs = BTreeMap::new();
+    for line in text.lines() {
+        *runs.entry(line.parse::<u64>().unwrap()).or_default() += 1;
+    }
+    runs
+}
+
+/// The `step` events' payloads.
+fn steps_of(events: &[Value]) -> Vec<Value> {
+    events
+        .iter()
+        .filter(|e| e["kind"] == "step")
+        .map(|e| e["payload"].clone())
+        .collect()
+}
+
+async fn twenty_executions_of_a_hundred_steps_resume(store: Option<&str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, side) = setup(dir.path(), store, "", "");
+    let (mut node, base) = start_on(&config, dir.path(), store).await;
+    let body = json!({"inputs": {"steps": 100}});
+    let mut fids = Vec::new();
+    for _ in 0..20 {
+        let launched = post(&base, "/flows/steps/executions", body.clone()).await;
+        fids.push(launched["fid"].as_str().unwrap().to_string());
+    }
+    // Mid-run: every execution took some steps, none took them all.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while !fids.iter().all(|fid| side_effects(&side, fid).len() >= 10) {
+        assert!(std::time::Instant::now() < deadline, "the flows do not run");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    node.start_kill().unwrap();
+    node.wait().await.unwrap();
+    let before: Vec<usize> = fids.iter().map(|f| side_effects(&side, f).len()).collect();
+    assert!(
+        before.iter().all(|&n| n < 100),
+        "killed mid-run: {before:?}"
+    );
+
+    let (mut again, base) = start_on(&config, dir.path(), store).await;
+    for fid in &fids {
+        let events = events_until(&base, fid, Duration::from_secs(120), ended).await;
+        assert_eq!(check_log(&events), "finished", "{fid}: {events:?}");
+        let total: u64 = (1..=100u64).map(|n| n * n).sum();
+        let last = events.iter().rfind(|e| e["kind"] == "final").unwrap();
+        assert_eq!(last["payload"], json!({"total": total}));
+        // Each step journaled once, in order, with its result.
+        let steps = steps_of(&events);
+        let expected: Vec<Value> = (1..=100u64)
+            .map(|n| json!({"n": n, "name": format!("step-{n}"), "result": {"n": n, "square": n * n}}))
+            .collect();
+        assert_eq!(steps, expected, "{fid}: one journal entry per step");
+        // Each side effect once, but the step in flight at the kill.
+        let runs = side_effects(&side, fid);
+        assert_eq!(
+            runs.keys().copied().collect::<Vec<_>>(),
+            (1..=100).collect::<Vec<_>>()
+        );
+        let repeated: Vec<(u64, usize)> = runs.into_iter().filter(|&(_, r)| r > 1).collect();
+        assert!(
+            repeated.len() <= 1 && repeated.iter().all(|&(_, r)| r == 2),
+            "{fid}: at most the step in flight ran twice: {repeated:?}"
+        );
+        // The new attempt is marked, after the journal it replays.
+        let markers: Vec<&str> = events
+            .iter()
+            .filter_map(|e| e["payload"].as_str().filter(|p| p.starts_with("attempt ")))
+            .collect();
+        assert_eq!(markers.len(), 1, "{markers:?}");
+        assert!(
+            markers[0].starts_with("attempt 2 of 3: the node restarted;"),
+            "{}",
+            markers[0]
+        );
+    }
+    assert_eq!(terminate(&mut again).await, 0);
+}
+
+#[tokio::test]
+async fn twenty_executions_of_a_hundred_steps_resume_after_sigkill_on_sqlite() {
+    twenty_executions_of_a_hundred_steps_resume(None).await;
+}
+
+#[tokio::test]
+async fn twenty_executions_of_a_hundred_steps_resume_after_sigkill_on_postgres() {
+    let url = fresh_pg_database().await;
+    twenty_executions_of_a_hundred_steps_resume(Some(&url)).await;
+}
+
+/// Starts a node, launches one execution of `steps` steps, waits until
+/// `taken` side effects happened, SIGKILLs the node; the fid.
+async fn killed_after(config: &Path, dir: &Path, side: &Path, steps: u64, taken: usize) -> String {
+    let (mut node, base) = start_on(config, dir, None).await;
+    let launched = post(
+        &base,
+        "/flows/steps/executions",
+        json!({"inputs": {"steps": steps}}),
+    )
+    .await;
+    let fid = launched["fid"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while side_effects(side, &fid).len() < taken {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the flow does not run"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    node.start_kill().unwrap();
+    node.wait().await.unwrap();
+    fid
+}
+
+#[tokio::test]
+async fn a_flow_whose_steps_changed_fails_naming_the_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, side) = setup(dir.path(), None, "", "");
+    let fid = killed_after(&config, dir.path(), &side, 100_000, 3).await;
+    // The flow's code changes: its steps have other names now.
+    let (config, _) = setup(dir.path(), None, "", "STEP_PREFIX = \"renamed\"");
+    let (mut node, base) = start_on(&config, dir.path(), None).await;
+    let events = events_until(&base, &fid, DEADLINE, ended).await;
+    assert_eq!(check_log(&events), "error");
+    let error = events.iter().rfind(|e| e["kind"] == "error").unwrap();
+    let error = error["payload"].as_str().unwrap();
+    assert!(
+        error.contains(r#"step 1 is "renamed-1" but the journal holds "step-1" there"#),
+        "{error}"
+    );
+    assert_eq!(terminate(&mut node).await, 0);
+}
+
+#[tokio::test]
+async fn an_execution_that_dies_with_its_node_every_time_ends_after_its_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, side) = setup(dir.path(), None, "attempts = 2", "");
+    let fid = killed_after(&config, dir.path(), &side, 100_000, 3).await;
+    // Attempt 2 runs, and its node dies too.
+    let (mut node, base) = start_on(&config, dir.path(), None).await;
+    let taken = side_effects(&side, &fid).len();
+    events_until(&base, &fid, DEADLINE, |e| {
+        e.iter().any(|e| {
+            e["payload"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("attempt 2 of 2"))
+        })
+    })
+    .await;
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while side_effects(&side, &fid).len() < taken + 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "attempt 2 does not run"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    node.start_kill().unwrap();
+    node.wait().await.unwrap();
+    // No third run: the execution ends, saying why.
+    let (mut node, base) = start_on(&config, dir.path(), None).await;
+    let events = events_until(&base, &fid, DEADLINE, ended).await;
+    assert_eq!(check_log(&events), "error");
+    let error = events.iter().rfind(|e| e["kind"] == "error").unwrap();
+    assert_eq!(
+        error["payload"],
+        "the node restarted; gave up after 2 attempts"
+    );
+    assert_eq!(terminate(&mut node).await, 0);
+}
