@@ -50,6 +50,8 @@ const MAX_FAILED_WRITES: u32 = 8;
 enum Op {
     Launch,
     Emit(usize, u8),
+    /// A durable step: its result journaled, replayed by a retry.
+    Step(usize),
     Lock(usize),
     Answer(usize),
     Kill(usize),
@@ -74,6 +76,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => Just(Op::Launch),
         6 => (e.clone(), 1u8..20).prop_map(|(i, n)| Op::Emit(i, n)),
+        2 => e.clone().prop_map(Op::Step),
         2 => e.clone().prop_map(Op::Lock),
         2 => e.clone().prop_map(Op::Answer),
         1 => e.clone().prop_map(Op::Kill),
@@ -110,6 +113,7 @@ fn durable_op() -> impl Strategy<Value = Op> {
 /// What the test tells a puppet flow to do.
 enum Cmd {
     Emit(u8, oneshot::Sender<Vec<Value>>),
+    Step(oneshot::Sender<Result<Value, String>>),
     Lock(String),
     Panic,
     Finish,
@@ -120,10 +124,17 @@ enum Cmd {
 /// same mailbox.
 type Mailboxes = Arc<Mutex<HashMap<u64, Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Cmd>>>>>>;
 
+/// Each puppet's step results the test was given, in order: a retried
+/// puppet takes them again first, from its journal.
+type Journals = Arc<Mutex<HashMap<u64, Vec<Value>>>>;
+
 /// A Rust flow that does what the test tells it, one command at a time.
-fn puppet(mailboxes: Mailboxes) -> FlowDef {
+/// A retried one first takes its earlier steps again: each must come from
+/// the journal, with the value given the first time, without running.
+fn puppet(mailboxes: Mailboxes, journals: Journals) -> FlowDef {
     FlowDef::rust("puppet", move |ctx: Ctx, inputs: Value| {
         let mailboxes = mailboxes.clone();
+        let journals = journals.clone();
         async move {
             let key = inputs["key"].as_u64().expect("key");
             let mailbox = mailboxes
@@ -133,9 +144,47 @@ fn puppet(mailboxes: Mailboxes) -> FlowDef {
                 .expect("mailbox")
                 .clone();
             let mut rx = mailbox.lock().await;
+            let taken = journals
+                .lock()
+                .unwrap()
+                .get(&key)
+                .cloned()
+                .unwrap_or_default();
+            for (k, given) in taken.iter().enumerate() {
+                let replayed: Value = ctx
+                    .step(&format!("s{}", k + 1), async {
+                        Err::<Value, _>("a journaled step ran again")
+                    })
+                    .await?;
+                if &replayed != given {
+                    return Err(format!("step {} replayed {replayed}, given {given}", k + 1).into());
+                }
+            }
+            let mut steps = taken.len();
             let mut counter = 0u64;
             while let Some(cmd) = rx.recv().await {
                 match cmd {
+                    Cmd::Step(reply) => {
+                        steps += 1;
+                        let attempt = ctx.attempt();
+                        let taken = ctx
+                            .step(&format!("s{steps}"), async move {
+                                Ok::<_, std::convert::Infallible>(
+                                    json!({"key": key, "k": steps, "attempt": attempt}),
+                                )
+                            })
+                            .await
+                            .map_err(|e| e.to_string());
+                        if let Ok(value) = &taken {
+                            journals
+                                .lock()
+                                .unwrap()
+                                .entry(key)
+                                .or_default()
+                                .push(value.clone());
+                        }
+                        let _ = reply.send(taken);
+                    }
                     Cmd::Emit(n, reply) => {
                         let mut accepted = Vec::new();
                         for _ in 0..n {
@@ -171,6 +220,8 @@ struct Exec {
     fid: Fid,
     tx: mpsc::UnboundedSender<Cmd>,
     accepted: Vec<Value>,
+    /// The results of its steps, in order.
+    steps: Vec<Value>,
     lock: Option<String>,
     paused: bool,
     /// Attempts given back by a worker restart (durable mode).
@@ -196,8 +247,9 @@ enum On<'a> {
 /// Runs one case.
 async fn run_case(ops: Vec<Op>, on: On<'_>) -> Result<(), TestCaseError> {
     let mailboxes: Mailboxes = Arc::default();
+    let journals: Journals = Arc::default();
     let mut flows = Flows::default();
-    flows.add(puppet(mailboxes.clone()));
+    flows.add(puppet(mailboxes.clone(), journals.clone()));
     let mut durable = None;
     let mut other = None;
     let t = match on {
@@ -278,6 +330,7 @@ async fn run_case(ops: Vec<Op>, on: On<'_>) -> Result<(), TestCaseError> {
                     fid,
                     tx,
                     accepted: Vec::new(),
+                    steps: Vec::new(),
                     lock: None,
                     paused: false,
                     retries: 0,
@@ -310,6 +363,20 @@ async fn run_case(ops: Vec<Op>, on: On<'_>) -> Result<(), TestCaseError> {
                         "a live flow's emits are accepted"
                     );
                     execs[i].accepted.extend(accepted);
+                }
+            }
+            Op::Step(i) => {
+                if let Some(i) =
+                    pick(i, &mut execs).filter(|&i| execs[i].lock.is_none() && !execs[i].paused)
+                {
+                    let (reply, taken) = oneshot::channel();
+                    execs[i].tx.send(Cmd::Step(reply)).unwrap();
+                    let taken = tokio::time::timeout(DEADLINE, taken)
+                        .await
+                        .expect("a step is journaled in time")
+                        .expect("puppet replied");
+                    let taken = taken.map_err(TestCaseError::fail)?;
+                    execs[i].steps.push(taken);
                 }
             }
             Op::Lock(i) => {
@@ -510,6 +577,17 @@ async fn run_case(ops: Vec<Op>, on: On<'_>) -> Result<(), TestCaseError> {
         } else {
             prop_assert_eq!(&stored, &e.accepted, "accepted = stored, in order");
         }
+        // Every step journaled once, in order, with the value it gave.
+        let journaled: Vec<Value> = payloads(&events, Kind::Step)
+            .into_iter()
+            .enumerate()
+            .map(|(i, step)| {
+                assert_eq!(step["n"], i as u64 + 1, "steps numbered in order");
+                assert_eq!(step["name"], format!("s{}", i + 1));
+                step["result"].clone()
+            })
+            .collect();
+        prop_assert_eq!(&journaled, &e.steps, "each step journaled once");
         prop_assert_eq!(
             retries_marked(&events),
             e.retries,
