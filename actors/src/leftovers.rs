@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Ends every execution `node` left unfinished but those `resumed` picks
-/// (see [`crate::recovery`]): an `error` event
+/// Ends every execution `node` left unfinished for which `reason` gives a
+/// reason (None: it runs again, see [`crate::recovery`]): an `error` event
 /// with the reason and the final `status: error`, numbered after the last
 /// stored event. Waits (up to `options.shutdown_wait` in all) until the
 /// store has them. Returns how many executions it closed.
@@ -27,27 +27,29 @@ use tokio::time::Instant;
 /// not closed when the time is up stays open (logged) until the events
 /// reach the store, or the next start. When the start did not `settle`
 /// (nothing stores the events now), it publishes once and does not wait.
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn close_unfinished(
     store: &SharedStore,
     transport: &SharedTransport,
     hub: &Arc<Hub>,
     options: &NodeOptions,
     node: &str,
-    reason: &str,
     settled: bool,
-    resumed: &(dyn Fn(&ExecutionRow) -> bool + Sync),
+    reason: &(dyn Fn(&ExecutionRow) -> Option<String> + Sync),
 ) -> Result<usize, NodeError> {
     let deadline = Instant::now() + options.shutdown_wait;
     let mut closed = std::collections::HashSet::new();
     loop {
-        let mut rows = store.unfinished(node).await?;
-        rows.retain(|row| !resumed(row));
+        let rows: Vec<(ExecutionRow, String)> = store
+            .unfinished(node)
+            .await?
+            .into_iter()
+            .filter_map(|row| reason(&row).map(|why| (row, why)))
+            .collect();
         if rows.is_empty() {
             return Ok(closed.len());
         }
         let round = async {
-            let closing = close(&rows, transport, hub, options, reason).await?;
+            let closing = close(&rows, transport, hub, options).await?;
             if !settled {
                 return Ok(false);
             }
@@ -76,26 +78,25 @@ pub(crate) async fn close_unfinished(
                 return Ok(closed.len());
             }
         }
-        closed.extend(rows.into_iter().map(|row| row.fid));
+        closed.extend(rows.into_iter().map(|(row, _)| row.fid));
     }
 }
 
-/// Publishes the closing events of `rows`; returns, per execution, a
-/// subscription to its commits and the last seq it was given.
+/// Publishes the closing events of `rows` (each with its reason); returns,
+/// per execution, a subscription to its commits and the last seq it was given.
 async fn close<'a>(
-    rows: &'a [ExecutionRow],
+    rows: &'a [(ExecutionRow, String)],
     transport: &SharedTransport,
     hub: &Arc<Hub>,
     options: &NodeOptions,
-    reason: &str,
 ) -> Result<Vec<(Subscription, &'a Fid, u64)>, NodeError> {
     let mut closing = Vec::with_capacity(rows.len());
-    for row in rows {
+    for (row, reason) in rows {
         let book = TraceBook::resume(options.limits.max_payload, row.events, row.status);
         let tracer = Tracer::resume(row.fid.clone(), book, transport.clone());
         let committed = hub.subscribe(&row.fid);
         let last = tracer
-            .trace(Trace::Finish(Outcome::Failed(reason.into())))
+            .trace(Trace::Finish(Outcome::Failed(reason.clone())))
             .await
             .map_err(|e| NodeError::Close(format!("{}: {e}", row.fid)))?;
         closing.push((committed, &row.fid, last));

@@ -3,11 +3,12 @@
 //! and routes its own to the node that runs an execution.
 
 use crate::executions::ExecMsg;
-use crate::flow::Stop;
+use crate::flow::{Flows, Stop};
 use crate::hub::Hub;
 use crate::leftovers;
 use crate::locks::Locks;
 use crate::node::NodeOptions;
+use crate::recovery::Recovery;
 use async_trait::async_trait;
 use kodo_cluster::{Ask, AskHandler, Reply, SharedCluster, Takeover};
 use kodo_core::{Fid, Status};
@@ -29,6 +30,8 @@ pub(crate) struct NodeTakeover {
     pub(crate) transport: SharedTransport,
     pub(crate) cluster: SharedCluster,
     pub(crate) hub: Arc<Hub>,
+    pub(crate) flows: Flows,
+    pub(crate) executions: ActorRef<ExecMsg>,
     pub(crate) options: NodeOptions,
 }
 
@@ -37,7 +40,7 @@ impl Takeover for NodeTakeover {
     /// Lets everything published so far be stored (the lost node can
     /// publish nothing more: its lease is another's), then closes each of
     /// its unfinished executions with `error: node lost`, after its last
-    /// stored event. Not all stored, or not all closed in time: an error,
+    /// stored event, but those whose flow resumes: they run again here. Not all stored, or not all closed in time: an error,
     /// and the takeover is tried again.
     async fn take_over(&self, node: &str) -> Result<usize, String> {
         let wait = self.options.shutdown_wait;
@@ -46,18 +49,35 @@ impl Takeover for NodeTakeover {
                 "what was published before is not all stored within {wait:?} (no spooler running?)"
             ));
         }
+        // Those whose flow resumes run again here, with their journal.
+        let recovery = Recovery {
+            store: &self.store,
+            transport: &self.transport,
+            flows: &self.flows,
+            options: &self.options,
+        };
+        let why = format!("node {node} was lost");
+        let plan = recovery.plan(node, &why).await.map_err(|e| e.to_string())?;
+        let closing = |row: &ExecutionRow| plan.closes(row, NODE_LOST);
         let closed = leftovers::close_unfinished(
             &self.store,
             &self.transport,
             &self.hub,
             &self.options,
             node,
-            NODE_LOST,
             true,
-            &|_| false,
+            &closing,
         )
         .await
         .map_err(|e| e.to_string())?;
+        let resumed = recovery.start(plan, &self.executions).await;
+        if resumed > 0 {
+            tracing::warn!(
+                resumed,
+                lost = node,
+                "resumed executions of a lost node here"
+            );
+        }
         match self.store.unfinished(node).await {
             Ok(open) if open.is_empty() => Ok(closed),
             Ok(open) => Err(format!("{} executions not closed yet", open.len())),

@@ -14,21 +14,45 @@ use kodo_core::{Fid, Kind, Status};
 use kodo_store::{EventQuery, ExecutionRow, SharedStore, StoreError};
 use kodo_transport::SharedTransport;
 use ractor::ActorRef;
+use std::collections::HashMap;
 use std::sync::Arc;
 
-/// What resumes executions: the store, the transport and the execution
-/// supervisor of this node.
+/// What decides and starts the runs again: the store, the transport, the
+/// flows and the options of this node.
 pub(crate) struct Recovery<'a> {
     pub store: &'a SharedStore,
     pub transport: &'a SharedTransport,
     pub flows: &'a Flows,
-    pub executions: &'a ActorRef<ExecMsg>,
     pub options: &'a NodeOptions,
 }
 
-/// Whether `row`, left unfinished, is resumed rather than closed: its flow
-/// resumes, and this node runs flows itself (direct mode).
-pub(crate) fn resumes(flows: &Flows, options: &NodeOptions, row: &ExecutionRow) -> bool {
+/// What becomes of the executions a dead run left unfinished: those that
+/// run again (fenced, their journal read), and the reasons the others close
+/// with, where it is not the usual one.
+#[derive(Default)]
+pub(crate) struct Plan {
+    runs: Vec<(ExecutionRow, Arc<FlowDef>, serde_json::Value, Resumed)>,
+    reasons: HashMap<Fid, String>,
+}
+
+impl Plan {
+    /// Why `row` closes (`usual` unless said otherwise); None: it runs again.
+    pub(crate) fn closes(&self, row: &ExecutionRow, usual: &str) -> Option<String> {
+        if self.runs.iter().any(|(r, ..)| r.fid == row.fid) {
+            return None;
+        }
+        Some(
+            self.reasons
+                .get(&row.fid)
+                .cloned()
+                .unwrap_or_else(|| usual.to_string()),
+        )
+    }
+}
+
+/// Whether `row`, left unfinished, may run again: its flow resumes, and
+/// this node runs flows itself (direct mode).
+fn resumes(flows: &Flows, options: &NodeOptions, row: &ExecutionRow) -> bool {
     options.backend.name() == "direct"
         && flows
             .get(&row.flow)
@@ -36,61 +60,49 @@ pub(crate) fn resumes(flows: &Flows, options: &NodeOptions, row: &ExecutionRow) 
 }
 
 impl Recovery<'_> {
-    /// Resumes each execution `node` left unfinished whose flow resumes,
-    /// after `why` (what happened to its previous run); returns how many
-    /// run again. One that cannot run again is closed with `error`.
-    pub(crate) async fn resume_unfinished(
-        &self,
-        node: &str,
-        why: &str,
-    ) -> Result<usize, StoreError> {
-        let mut resumed = 0;
+    /// Decides, for each execution `node` left unfinished whose flow
+    /// resumes, whether it runs again (after `why`, what happened to its
+    /// previous run) or ends: out of attempts, or it cannot (logged).
+    /// Call it once everything the dead run published is stored.
+    pub(crate) async fn plan(&self, node: &str, why: &str) -> Result<Plan, StoreError> {
+        let mut plan = Plan::default();
         for row in self.store.unfinished(node).await? {
             if !resumes(self.flows, self.options, &row) {
                 continue;
             }
             let flow = self.flows.get(&row.flow).expect("checked by resumes");
-            match self.resume(&row, flow, why).await {
-                Ok(true) => resumed += 1,
-                Ok(false) => {}
+            match self.prepare(&row, &flow, why).await {
+                Ok(Some((inputs, resumed))) => plan.runs.push((row, flow, inputs, resumed)),
+                Ok(None) => {
+                    let reason = format!("{why}; gave up after {} attempts", flow.attempts);
+                    tracing::warn!(fid = %row.fid, flow = %flow.name, "{reason}");
+                    plan.reasons.insert(row.fid, reason);
+                }
                 Err(e) => {
-                    tracing::error!(fid = %row.fid, error = %e, "could not resume an execution; closing it");
-                    self.close(
-                        &row,
-                        Attempt::Unknown,
-                        &format!("{why}; could not resume: {e}"),
-                    )
-                    .await;
+                    tracing::error!(fid = %row.fid, error = %e, "cannot resume an execution; it ends");
+                    plan.reasons
+                        .insert(row.fid, format!("{why}; cannot resume: {e}"));
                 }
             }
         }
-        Ok(resumed)
+        Ok(plan)
     }
 
-    /// Runs `row` again; false when it ended instead (out of attempts, or
-    /// already ended).
-    async fn resume(
+    /// Fences `row` for its next run and reads what that run needs; None
+    /// when it is out of attempts.
+    async fn prepare(
         &self,
         row: &ExecutionRow,
-        flow: Arc<FlowDef>,
+        flow: &FlowDef,
         why: &str,
-    ) -> Result<bool, String> {
+    ) -> Result<Option<(serde_json::Value, Resumed)>, String> {
         let fid = &row.fid;
         let (attempt, stored) = fence_next(self.store, fid)
             .await
             .map_err(|e| e.to_string())?;
-        let Some((events, status)) = stored else {
-            return Err("nothing of it is stored".into());
-        };
-        if status.is_final() {
-            return Ok(false);
-        }
+        let (events, status) = stored.ok_or("nothing of it is stored")?;
         if attempt > flow.attempts {
-            let reason = format!("{why}; gave up after {} attempts", flow.attempts);
-            tracing::warn!(%fid, flow = %flow.name, attempts = flow.attempts, "{reason}");
-            self.close(row, Attempt::Known(attempt, events, status), &reason)
-                .await;
-            return Ok(false);
+            return Ok(None);
         }
         let inputs = self.inputs(fid).await?;
         let journal = Journal::load(self.store, fid)
@@ -101,18 +113,57 @@ impl Recovery<'_> {
             flow.attempts,
             journal.len()
         );
-        tracing::info!(%fid, flow = %flow.name, attempt, steps = journal.len(), "resuming an execution");
         let resumed = Resumed {
             book: TraceBook::resume(self.options.limits.max_payload, events, status),
             attempt,
             journal,
             marker,
         };
-        let started = self
-            .executions
+        Ok(Some((inputs, resumed)))
+    }
+
+    /// Starts the runs of `plan` on this node (which the store names as
+    /// theirs from now on); returns how many started. One that cannot
+    /// start ends `error`, saying why.
+    pub(crate) async fn start(&self, plan: Plan, executions: &ActorRef<ExecMsg>) -> usize {
+        let mut started = 0;
+        for (row, flow, inputs, resumed) in plan.runs {
+            let fid = row.fid.clone();
+            tracing::info!(%fid, flow = %flow.name, attempt = resumed.attempt, steps = resumed.journal.len(), "resuming an execution");
+            let book = resumed.book.clone().with_attempt(resumed.attempt);
+            match self.launch(&row, flow, inputs, resumed, executions).await {
+                Ok(()) => started += 1,
+                Err(e) => {
+                    tracing::error!(%fid, error = %e, "could not resume an execution; it ends");
+                    let tracer = Tracer::resume(fid.clone(), book, self.transport.clone());
+                    let reason = format!("could not resume: {e}");
+                    if let Err(e) = tracer.trace(Trace::Finish(Outcome::Failed(reason))).await {
+                        tracing::error!(%fid, error = %e, "could not close an execution");
+                    }
+                }
+            }
+        }
+        started
+    }
+
+    async fn launch(
+        &self,
+        row: &ExecutionRow,
+        flow: Arc<FlowDef>,
+        inputs: serde_json::Value,
+        resumed: Resumed,
+        executions: &ActorRef<ExecMsg>,
+    ) -> Result<(), String> {
+        if row.node != self.options.node {
+            self.store
+                .adopt(&row.fid, &self.options.node)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let started = executions
             .call(
                 |reply| ExecMsg::Launch {
-                    fid: fid.clone(),
+                    fid: row.fid.clone(),
                     flow,
                     owner: row.owner.clone(),
                     inputs,
@@ -124,7 +175,7 @@ impl Recovery<'_> {
             .await
             .map_err(|e| e.to_string())?;
         match started {
-            ractor::rpc::CallResult::Success(Ok(_)) => Ok(true),
+            ractor::rpc::CallResult::Success(Ok(_)) => Ok(()),
             ractor::rpc::CallResult::Success(Err(e)) => Err(e.to_string()),
             _ => Err("the node is shutting down".into()),
         }
@@ -145,37 +196,6 @@ impl Recovery<'_> {
         let inputs = events.first().ok_or("its inputs are not stored")?;
         serde_json::from_str(&inputs.payload).map_err(|e| format!("its stored inputs: {e}"))
     }
-
-    /// Ends `row` with `error: reason` after its last stored event.
-    async fn close(&self, row: &ExecutionRow, attempt: Attempt, reason: &str) {
-        let max_payload = self.options.limits.max_payload;
-        let book = match attempt {
-            Attempt::Known(attempt, events, status) => {
-                TraceBook::resume(max_payload, events, status).with_attempt(attempt)
-            }
-            Attempt::Unknown => match fence_next(self.store, &row.fid).await {
-                Ok((attempt, Some((events, status)))) => {
-                    TraceBook::resume(max_payload, events, status).with_attempt(attempt)
-                }
-                _ => TraceBook::resume(max_payload, row.events, row.status),
-            },
-        };
-        let tracer = Tracer::resume(row.fid.clone(), book, self.transport.clone());
-        if let Err(e) = tracer
-            .trace(Trace::Finish(Outcome::Failed(reason.to_string())))
-            .await
-        {
-            tracing::error!(fid = %row.fid, error = %e, "could not close an execution");
-        }
-    }
-}
-
-/// How the run that closes an execution is numbered.
-enum Attempt {
-    /// This run's number, and what is stored.
-    Known(u32, u64, Status),
-    /// Not fenced yet.
-    Unknown,
 }
 
 /// Fences `fid` for the run after its latest (the first run is 1; a

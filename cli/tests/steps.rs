@@ -248,3 +248,70 @@ async fn an_execution_that_dies_with_its_node_every_time_ends_after_its_attempts
     );
     assert_eq!(terminate(&mut node).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_nodes_execution_resumes_on_the_survivor_with_its_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = ScriptServer::redis(dir.path());
+    let store = fresh_pg_database().await;
+    let extra = format!(
+        "[transport]\nkind = \"redis\"\nurl = \"{}\"\nblock = 0.1\nclaim_idle = 1\n\
+         [cluster]\nlease = 2\n",
+        redis.url
+    );
+    let (config, side) = setup(dir.path(), None, "", "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{extra}{text}")).unwrap();
+    let node = |name: &str| {
+        let mut command = run(&config, dir.path());
+        command
+            .env("KODO_NODE_NAME", name)
+            .env("KODO_STORE_URL", &store);
+        start_logged(command)
+    };
+    let (mut a, base_a, _) = node("node-a").await;
+    let (mut b, base_b, _) = node("node-b").await;
+    let launched = post(
+        &base_a,
+        "/flows/steps/executions",
+        json!({"inputs": {"steps": 60}}),
+    )
+    .await;
+    let fid = launched["fid"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while side_effects(&side, &fid).len() < 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the flow does not run"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    a.start_kill().unwrap();
+    a.wait().await.unwrap();
+
+    // B takes A over, and runs the execution on from its journal.
+    let events = events_until(&base_b, &fid, Duration::from_secs(60), ended).await;
+    assert_eq!(check_log(&events), "finished", "{events:?}");
+    let steps = steps_of(&events);
+    let expected: Vec<Value> = (1..=60u64)
+        .map(|n| json!({"n": n, "name": format!("step-{n}"), "result": {"n": n, "square": n * n}}))
+        .collect();
+    assert_eq!(steps, expected, "one journal entry per step");
+    let runs = side_effects(&side, &fid);
+    assert_eq!(runs.len(), 60);
+    assert!(
+        runs.values().filter(|&&r| r > 1).count() <= 1 && runs.values().all(|&r| r <= 2),
+        "at most the step in flight ran twice: {runs:?}"
+    );
+    let marker = events
+        .iter()
+        .find_map(|e| e["payload"].as_str().filter(|p| p.starts_with("attempt ")))
+        .expect("a marker");
+    assert!(
+        marker.starts_with("attempt 2 of 3: node node-a was lost;"),
+        "{marker}"
+    );
+    let row = get(&base_b, &format!("/executions/{fid}")).await;
+    assert_eq!(row["node"], "node-b", "{row}");
+    assert_eq!(terminate(&mut b).await, 0);
+}

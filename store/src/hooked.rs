@@ -58,6 +58,9 @@ impl<H: WriteHooks> Store for Hooked<H> {
     async fn claim_node(&self, node: &str) -> Result<NodeClaim, StoreError> {
         self.inner.claim_node(node).await
     }
+    async fn adopt(&self, fid: &Fid, node: &str) -> Result<(), StoreError> {
+        self.inner.adopt(fid, node).await
+    }
     async fn fence(&self, fid: &Fid, attempt: u32) -> Result<Option<(u64, Status)>, StoreError> {
         self.inner.fence(fid, attempt).await
     }

@@ -185,6 +185,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// [`StoreError::Superseded`] when a newer attempt fenced it already.
     async fn fence(&self, fid: &Fid, attempt: u32) -> Result<Option<(u64, Status)>, StoreError>;
 
+    /// Makes `node` the node that runs execution `fid` (a survivor resumes
+    /// a lost node's execution); its unfinished executions now count it.
+    async fn adopt(&self, fid: &Fid, node: &str) -> Result<(), StoreError>;
+
     /// Claims node name `node` for this process until the claim is dropped
     /// or the process ends; [`StoreError::NodeTaken`] while another live
     /// process holds it.

@@ -199,6 +199,15 @@ impl Store for PgStore {
         Reads::<sqlx::Postgres>::unfinished(&self.pool, node).await
     }
 
+    async fn adopt(&self, fid: &Fid, node: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE executions SET node = $1 WHERE fid = $2")
+            .bind(node)
+            .bind(fid.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// A session advisory lock on a connection of its own, kept (and taken
     /// again after a lost connection) by a task: see [`crate::claim`].
     async fn claim_node(&self, node: &str) -> Result<NodeClaim, StoreError> {

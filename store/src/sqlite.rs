@@ -310,6 +310,18 @@ impl Store for SqliteStore {
         Reads::<sqlx::Sqlite>::unfinished(&self.reader, node).await
     }
 
+    async fn adopt(&self, fid: &Fid, node: &str) -> Result<(), StoreError> {
+        self.with_writer(async |conn| {
+            sqlx::query("UPDATE executions SET node = ? WHERE fid = ?")
+                .bind(node)
+                .bind(fid.as_str())
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn fence(&self, fid: &Fid, attempt: u32) -> Result<Option<(u64, Status)>, StoreError> {
         self.with_writer(async |conn| {
             let mut tx = conn.begin().await?;

@@ -262,6 +262,28 @@ async fn lists_page_by_cursor_and_filter_by_owner_status_flow_and_node(db: Db) {
     let open_on_n1 = store.unfinished("n1").await.unwrap();
     assert_eq!(open_on_n1.len(), 4, "the one in error is final");
     assert!(store.unfinished("n2").await.unwrap().is_empty());
+    // A survivor adopts one: it is n2's now, also after more of its events.
+    let adopted = open_on_n1[0].fid.clone();
+    store.adopt(&adopted, "n2").await.unwrap();
+    let count = store.event_count(&adopted).await.unwrap();
+    store
+        .write(&[Event {
+            fid: adopted.clone(),
+            seq: count + 1,
+            ts: 9.0,
+            kind: Kind::Debug,
+            payload: "\"resumed\"".into(),
+            attempt: 0,
+        }])
+        .await
+        .unwrap();
+    let on_n2 = store.unfinished("n2").await.unwrap();
+    assert_eq!(on_n2.len(), 1);
+    assert_eq!(
+        (on_n2[0].fid.clone(), on_n2[0].node.as_str()),
+        (adopted, "n2")
+    );
+    assert_eq!(store.unfinished("n1").await.unwrap().len(), 3);
     store.ping().await.unwrap();
     store.close().await;
 }

@@ -9,7 +9,7 @@ use crate::hub::Hub;
 use crate::leftovers;
 use crate::locks::Locks;
 use crate::membership::{self, NodeTakeover};
-use crate::recovery::{self, Recovery};
+use crate::recovery::Recovery;
 use crate::spooler::{SpoolerGroup, SpoolerShared, StoreHealth};
 use crate::steps::Commits;
 use kodo_cluster::{JoinSpec, Lease, SharedCluster};
@@ -103,15 +103,21 @@ impl Node {
                 "events published before this start are not all stored yet (no spooler running?); closing unfinished executions anyway"
             );
         }
+        let recovery = Recovery {
+            store: &store,
+            transport: &transport,
+            flows: &flows,
+            options: &options,
+        };
+        let plan = recovery.plan(&options.node, "the node restarted").await?;
         let closed = leftovers::close_unfinished(
             &store,
             &transport,
             &hub,
             &options,
             &options.node,
-            "node restarted",
             settled,
-            &|row| recovery::resumes(&flows, &options, row),
+            &|row| plan.closes(row, "node restarted"),
         )
         .await?;
         if closed > 0 {
@@ -135,15 +141,7 @@ impl Node {
             let _ = executions_done.await;
             let _ = ended.send(true);
         });
-        let resumed = Recovery {
-            store: &store,
-            transport: &transport,
-            flows: &flows,
-            executions: &executions,
-            options: &options,
-        }
-        .resume_unfinished(&options.node, "the node restarted")
-        .await?;
+        let resumed = recovery.start(plan, &executions).await;
         if resumed > 0 {
             tracing::warn!(resumed, node = %options.node, "resumed executions a previous run left unfinished");
         }
@@ -153,6 +151,8 @@ impl Node {
                 transport: transport.clone(),
                 cluster: cluster.clone(),
                 hub: hub.clone(),
+                flows: flows.clone(),
+                executions: executions.clone(),
                 options: options.clone(),
             }));
             lease
