@@ -8,6 +8,7 @@
 //! - `throughput`: E executions × N events (Rust flows), emit -> committed.
 //! - `latency`: emit -> committed p50/p99 at an offered rate.
 //! - `launch`: launch -> `running` stored, Rust and command flows.
+//! - `steps`: durable steps (Rust and Python flows) beside plain events.
 //! - `waiting`: RSS with W executions waiting on a lock.
 //! - `cluster` (with `--transport-url`): node processes over Redis: routed
 //!   requests, a lost node's takeover, throughput over 1, 2 and 3 nodes.
@@ -20,6 +21,7 @@ mod durable;
 mod raw;
 mod scenarios;
 mod setup;
+mod steps;
 mod takeover;
 
 use std::process::ExitCode;
@@ -27,8 +29,8 @@ use std::process::ExitCode;
 /// Options of `runtime bench`.
 #[derive(clap::Args, Clone)]
 pub struct BenchArgs {
-    /// Scenarios to run (raw, throughput, latency, launch, output, temporal,
-    /// cluster, waiting); default all.
+    /// Scenarios to run (raw, throughput, latency, launch, output, steps,
+    /// temporal, cluster, waiting); default all.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Executions in the throughput run.
@@ -100,6 +102,7 @@ pub async fn run(args: BenchArgs) -> ExitCode {
         "latency",
         "launch",
         "output",
+        "steps",
         "temporal",
         "cluster",
         "waiting",
@@ -146,7 +149,7 @@ pub async fn run(args: BenchArgs) -> ExitCode {
                 },
                 e => e,
             },
-            "latency" | "launch" | "output" | "waiting" if args.spool_processes > 0 => {
+            "latency" | "launch" | "output" | "steps" | "waiting" if args.spool_processes > 0 => {
                 report.push(format!(
                     "{scenario:<8} skipped: it times commits inside this process; run it without --spool-processes"
                 ));
@@ -156,6 +159,7 @@ pub async fn run(args: BenchArgs) -> ExitCode {
             "latency" => scenarios::latency(&args, &mut report).await,
             "launch" => scenarios::launch(&args, &mut report).await,
             "output" => scenarios::output(&args, &mut report).await,
+            "steps" => steps::steps(&args, &mut report).await,
             "temporal" => durable::temporal(&args, &mut report).await,
             "cluster" => cluster::cluster(&args, &mut report).await,
             _ => scenarios::waiting(&args, &mut report).await,

@@ -21,6 +21,7 @@ pub(crate) struct Timing {
     pub(crate) record: std::sync::atomic::AtomicBool,
     pub(crate) latencies: Mutex<Vec<f64>>,
     pub(crate) running_at: Mutex<HashMap<Fid, Instant>>,
+    pub(crate) finished_at: Mutex<HashMap<Fid, Instant>>,
     pub(crate) statuses: Mutex<HashMap<Status, u64>>,
     pub(crate) events: AtomicU64,
     pub(crate) changed: Notify,
@@ -69,6 +70,9 @@ impl WriteHooks for Timing {
                 *statuses.entry(s).or_default() += 1;
                 if s == Status::Running {
                     self.running_at.lock().unwrap().insert(e.fid.clone(), at);
+                }
+                if s == Status::Finished {
+                    self.finished_at.lock().unwrap().insert(e.fid.clone(), at);
                 }
             }
         }
@@ -134,6 +138,27 @@ pub(crate) fn flows(args: &BenchArgs) -> Flows {
             Ok(Value::Null)
         },
     ));
+    flows.add(FlowDef::rust(
+        "steps",
+        |ctx: Ctx, inputs: Value| async move {
+            let n = inputs["n"].as_u64().unwrap_or(100);
+            for i in 0..n {
+                ctx.step(&format!("s{i}"), async move {
+                    Ok::<_, std::convert::Infallible>(i)
+                })
+                .await?;
+            }
+            Ok(Value::Null)
+        },
+    ));
+    flows.add(FlowDef::command(
+        "python-steps",
+        CommandSpec {
+            command: vec!["python3".into(), "-c".into(), PYTHON_STEPS.into()],
+            env: [("PYTHONPATH".to_string(), python_dir().display().to_string())].into(),
+            ..Default::default()
+        },
+    ));
     flows.add(FlowDef::rust("noop", |_ctx: Ctx, _| async move {
         Ok(Value::Null)
     }));
@@ -150,6 +175,19 @@ pub(crate) fn flows(args: &BenchArgs) -> Flows {
         },
     ));
     flows
+}
+
+/// A Python flow of `n` steps with `flows/kodo.py` (written beside the
+/// bench's store: the flow runs there).
+const PYTHON_STEPS: &str =
+    "import kodo\nn = kodo.inputs()['n']\nfor i in range(n):\n    kodo.step(f's{i}', lambda: i)\n";
+
+/// `flows/kodo.py`, for the `python-steps` flow.
+pub(crate) const KODO_PY: &str = include_str!("../../flows/kodo.py");
+
+/// Where the `python-steps` flow finds `kodo.py` (see [`KODO_PY`]).
+pub(crate) fn python_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("kodo-bench-{}", std::process::id()))
 }
 
 /// Opened once every `gated` execution runs: they then emit all at once.
