@@ -71,24 +71,24 @@ def step(name, fn=None):
         return lambda f: _decorated(name, f)
     if inspect.iscoroutinefunction(fn):
         return astep(name, fn)
-    done, value = _replayed(name)
+    n, done, value = _replayed(name)
     if done:
         return value
     value = fn()
     if inspect.isawaitable(value):
         raise TypeError(f"step {name}: an async step needs an async def, or kodo.astep")
-    return _record(name, value)
+    return _record(n, name, value)
 
 
 async def astep(name, fn):
     """The async form of step(): awaits fn() once."""
-    done, value = _replayed(name)
+    n, done, value = _replayed(name)
     if done:
         return value
     value = fn()
     if inspect.isawaitable(value):
         value = await value
-    return _record(name, value)
+    return _record(n, name, value)
 
 
 def _decorated(name, fn):
@@ -105,25 +105,28 @@ def _decorated(name, fn):
 
 
 def _replayed(name):
-    """(True, result) when the journal holds the next step; raises
-    StepChanged when it holds another step there."""
+    """The next step's number, and (True, result) when the journal holds
+    it; raises StepChanged when the journal holds another step there."""
     global _steps_taken
     inputs()
     _steps_taken += 1
-    entry = _journal.get(_steps_taken)
+    n = _steps_taken
+    entry = _journal.get(n)
     if entry is None:
-        return False, None
+        return n, False, None
     if entry["name"] != name:
         raise StepChanged(
-            f'step {_steps_taken} is "{name}" but the journal holds "{entry["name"]}" there: '
+            f'step {n} is "{name}" but the journal holds "{entry["name"]}" there: '
             "the flow changed since this execution began"
         )
-    return True, entry["result"]
+    return n, True, entry["result"]
 
 
-def _record(name, value):
-    """Journals a result; returns it as the journal gives it back, once stored."""
-    _fd3.write(json.dumps({"kind": "step", "name": name, "payload": value}) + "\n")
+def _record(n, name, value):
+    """Journals step n's result; returns it as the journal gives it back,
+    once stored (a value that is not JSON raises ValueError or TypeError)."""
+    line = json.dumps({"kind": "step", "name": name, "n": n, "payload": value}, allow_nan=False)
+    _fd3.write(line + "\n")
     reply = json.loads(sys.stdin.readline() or "{}")
     if reply.get("step") != name or not reply.get("stored"):
         raise RuntimeError(f"step {name} not journaled: {reply.get('error', reply)}")

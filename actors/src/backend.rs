@@ -102,6 +102,12 @@ pub trait ExecutionBackend: Send + Sync + std::fmt::Debug + 'static {
     /// recorded. An error refuses the launch (nothing was started).
     async fn start(&self, execution: Execution, supervisor: ActorCell) -> Result<Started, String>;
 
+    /// Whether executions of `flow` run durably elsewhere (their recovery
+    /// is the backend's, not the node's).
+    fn durable(&self, _flow: &str) -> bool {
+        false
+    }
+
     /// Stops an execution that is not running on this node but that this
     /// backend can reach (a durable one, running on any worker); false when
     /// it knows no such execution.

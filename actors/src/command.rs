@@ -123,6 +123,8 @@ struct Fd3Line {
     data: Value,
     #[serde(default)]
     timeout: Option<f64>,
+    #[serde(default)]
+    n: Option<u64>,
 }
 
 /// What a fd-3 line asks for.
@@ -130,10 +132,12 @@ struct Fd3Line {
 pub(crate) enum Fd3Request {
     /// Record an event.
     Emit(Kind, String),
-    /// Journal a step's result (JSON text): `{"kind":"step","name","payload"}`.
+    /// Journal a step's result (JSON text): `{"kind":"step","name","n","payload"}`.
     Step {
         /// The step's name.
         name: String,
+        /// Its number, as the flow counts its steps (None: after the last).
+        n: Option<u64>,
         /// Its result.
         result: String,
     },
@@ -166,10 +170,17 @@ pub(crate) fn parse_fd3(line: &str) -> Result<Fd3Request, String> {
     }
     if parsed.kind == "step" {
         let name = parsed.name.ok_or("a step needs a \"name\"")?;
+        if parsed.n == Some(0) {
+            return Err("steps are numbered from 1".into());
+        }
         return Ok(Fd3Request::Step {
             name,
+            n: parsed.n,
             result: parsed.payload.to_string(),
         });
+    }
+    if parsed.n.is_some() {
+        return Err("only a step has an \"n\"".into());
     }
     let kind: Kind = parsed.kind.parse().map_err(|e| format!("{e}"))?;
     if !kind.emittable_by_flow() {
@@ -314,7 +325,16 @@ mod tests {
             parse_fd3(r#"{"kind":"step","name":"fetch","payload":{"b":2,"a":1}}"#),
             Ok(Fd3Request::Step {
                 name: "fetch".into(),
+                n: None,
                 result: r#"{"a":1,"b":2}"#.into()
+            })
+        );
+        assert_eq!(
+            parse_fd3(r#"{"kind":"step","name":"x","n":4}"#),
+            Ok(Fd3Request::Step {
+                name: "x".into(),
+                n: Some(4),
+                result: "null".into()
             })
         );
         for (line, reason) in [
@@ -323,6 +343,8 @@ mod tests {
             (r#"{"kind":"nope"}"#, "unknown Kind `nope`"),
             (r#"{"kind":"lock"}"#, "needs a \"name\""),
             (r#"{"kind":"step","payload":1}"#, "needs a \"name\""),
+            (r#"{"kind":"step","name":"x","n":0}"#, "numbered from 1"),
+            (r#"{"kind":"debug","n":1}"#, "only a step"),
             (
                 r#"{"kind":"lock","name":"x","timeout":-1}"#,
                 "bad lock timeout",

@@ -70,7 +70,7 @@ impl Takeover for NodeTakeover {
         )
         .await
         .map_err(|e| e.to_string())?;
-        let resumed = recovery.start(plan, &self.executions).await;
+        let resumed = recovery.start(plan, &why, &self.executions).await;
         if resumed > 0 {
             tracing::warn!(
                 resumed,

@@ -15,7 +15,7 @@ use crate::command::{Fd3Request, parse_fd3, write_line};
 use crate::flow::{Ctx, LockError};
 use crate::output::{Piece, PipeReader, json_pieces};
 use kodo_core::Kind;
-use serde_json::json;
+use serde_json::{Value, json};
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -295,6 +295,10 @@ impl Pump {
                     let warning =
                         format!("kodo: ignored an fd-3 line longer than {limit} bytes: {text}");
                     self.record_text(Kind::Stderr, &warning).await;
+                    if looks_like_step(&text) {
+                        let why = format!("kodo: ignored an fd-3 line longer than {limit} bytes");
+                        self.refuse_step(Value::Null, &why).await;
+                    }
                 } else {
                     self.record_text(Kind::Stderr, &text).await;
                 }
@@ -325,10 +329,10 @@ impl Pump {
                 }
                 self.record(kind, payload).await;
             }
-            Ok(Fd3Request::Step { name, result }) => {
+            Ok(Fd3Request::Step { name, n, result }) => {
                 // Published here, in the pipe's order; the flow hears once
                 // it is stored (it waits for that line before going on).
-                match self.ctx.record_step(&name, &result).await {
+                match self.ctx.record_step(&name, n, &result).await {
                     Ok(journaling) => {
                         let (ctx, stdin) = (self.ctx.clone(), self.stdin.clone());
                         self.waits.spawn(async move {
@@ -383,8 +387,17 @@ impl Pump {
             Err(reason) => {
                 let warning = format!("kodo: ignored invalid fd-3 line ({reason}): {line}");
                 self.record_text(Kind::Stderr, &warning).await;
+                if let Some(name) = step_name(&line) {
+                    self.refuse_step(name, &warning).await;
+                }
             }
         }
+    }
+
+    /// Tells a flow waiting for its step to be journaled that it was not.
+    async fn refuse_step(&self, name: Value, why: &str) {
+        let reply = json!({"step": name, "error": why});
+        write_line(&self.stdin, &reply.to_string()).await;
     }
 
     /// Records text as events of `kind`, in as many pieces as the limit needs.
@@ -405,4 +418,21 @@ impl Pump {
             tracing::debug!(fid = %self.ctx.fid(), error = %e, "output no longer recorded; still reading");
         }
     }
+}
+
+/// The name of the step an invalid fd-3 line was meant to journal (null
+/// when it has none), or None when the line is no step.
+fn step_name(line: &str) -> Option<Value> {
+    match serde_json::from_str::<Value>(line) {
+        Ok(Value::Object(o)) if o.get("kind") == Some(&Value::from("step")) => {
+            Some(o.get("name").cloned().unwrap_or(Value::Null))
+        }
+        Ok(_) => None,
+        Err(_) => looks_like_step(line).then_some(Value::Null),
+    }
+}
+
+/// Whether the start of a line that is no JSON object reads like a step.
+fn looks_like_step(text: &str) -> bool {
+    text.contains(r#""kind":"step""#) || text.contains(r#""kind": "step""#)
 }

@@ -10,7 +10,7 @@ use crate::flow::{FlowDef, Flows, Recover};
 use crate::node::NodeOptions;
 use crate::steps::Journal;
 use crate::tracer::{Outcome, Trace, TraceBook, Tracer};
-use kodo_core::{Fid, Kind, Status};
+use kodo_core::{Fid, Kind};
 use kodo_store::{EventQuery, ExecutionRow, SharedStore, StoreError};
 use kodo_transport::SharedTransport;
 use ractor::ActorRef;
@@ -27,11 +27,11 @@ pub(crate) struct Recovery<'a> {
 }
 
 /// What becomes of the executions a dead run left unfinished: those that
-/// run again (fenced, their journal read), and the reasons the others close
+/// run again (with their run's number), and the reasons the others close
 /// with, where it is not the usual one.
 #[derive(Default)]
 pub(crate) struct Plan {
-    runs: Vec<(ExecutionRow, Arc<FlowDef>, serde_json::Value, Resumed)>,
+    runs: Vec<(ExecutionRow, Arc<FlowDef>, u32)>,
     reasons: HashMap<Fid, String>,
 }
 
@@ -51,9 +51,9 @@ impl Plan {
 }
 
 /// Whether `row`, left unfinished, may run again: its flow resumes, and
-/// this node runs flows itself (direct mode).
+/// runs on this node (not durably, on Temporal).
 fn resumes(flows: &Flows, options: &NodeOptions, row: &ExecutionRow) -> bool {
-    options.backend.name() == "direct"
+    !options.backend.durable(&row.flow)
         && flows
             .get(&row.flow)
             .is_some_and(|flow| flow.recover == Recover::Resume)
@@ -61,9 +61,9 @@ fn resumes(flows: &Flows, options: &NodeOptions, row: &ExecutionRow) -> bool {
 
 impl Recovery<'_> {
     /// Decides, for each execution `node` left unfinished whose flow
-    /// resumes, whether it runs again (after `why`, what happened to its
-    /// previous run) or ends: out of attempts, or it cannot (logged).
-    /// Call it once everything the dead run published is stored.
+    /// resumes, whether it runs again or ends (out of attempts, or its
+    /// attempt cannot be read: logged). Changes nothing. Call it once
+    /// everything the dead run published is stored.
     pub(crate) async fn plan(&self, node: &str, why: &str) -> Result<Plan, StoreError> {
         let mut plan = Plan::default();
         for row in self.store.unfinished(node).await? {
@@ -71,9 +71,9 @@ impl Recovery<'_> {
                 continue;
             }
             let flow = self.flows.get(&row.flow).expect("checked by resumes");
-            match self.prepare(&row, &flow, why).await {
-                Ok(Some((inputs, resumed))) => plan.runs.push((row, flow, inputs, resumed)),
-                Ok(None) => {
+            match latest_attempt(self.store, &row.fid).await {
+                Ok(latest) if latest < flow.attempts => plan.runs.push((row, flow, latest + 1)),
+                Ok(_) => {
                     let reason = format!("{why}; gave up after {} attempts", flow.attempts);
                     tracing::warn!(fid = %row.fid, flow = %flow.name, "{reason}");
                     plan.reasons.insert(row.fid, reason);
@@ -88,55 +88,45 @@ impl Recovery<'_> {
         Ok(plan)
     }
 
-    /// Fences `row` for its next run and reads what that run needs; None
-    /// when it is out of attempts.
-    async fn prepare(
-        &self,
-        row: &ExecutionRow,
-        flow: &FlowDef,
-        why: &str,
-    ) -> Result<Option<(serde_json::Value, Resumed)>, String> {
-        let fid = &row.fid;
-        let (attempt, stored) = fence_next(self.store, fid)
-            .await
-            .map_err(|e| e.to_string())?;
-        let (events, status) = stored.ok_or("nothing of it is stored")?;
-        if attempt > flow.attempts {
-            return Ok(None);
-        }
-        let inputs = self.inputs(fid).await?;
-        let journal = Journal::load(self.store, fid)
-            .await
-            .map_err(|e| e.to_string())?;
-        let marker = format!(
-            "attempt {attempt} of {}: {why}; {} steps replay from the journal",
-            flow.attempts,
-            journal.len()
-        );
-        let resumed = Resumed {
-            book: TraceBook::resume(self.options.limits.max_payload, events, status),
-            attempt,
-            journal,
-            marker,
-        };
-        Ok(Some((inputs, resumed)))
-    }
-
     /// Starts the runs of `plan` on this node (which the store names as
-    /// theirs from now on); returns how many started. One that cannot
-    /// start ends `error`, saying why.
-    pub(crate) async fn start(&self, plan: Plan, executions: &ActorRef<ExecMsg>) -> usize {
+    /// theirs from now on), each after `why`; returns how many started.
+    /// One that cannot start ends `error`, saying why.
+    pub(crate) async fn start(
+        &self,
+        plan: Plan,
+        why: &str,
+        executions: &ActorRef<ExecMsg>,
+    ) -> usize {
         let mut started = 0;
-        for (row, flow, inputs, resumed) in plan.runs {
+        for (row, flow, attempt) in plan.runs {
             let fid = row.fid.clone();
-            tracing::info!(%fid, flow = %flow.name, attempt = resumed.attempt, steps = resumed.journal.len(), "resuming an execution");
-            let book = resumed.book.clone().with_attempt(resumed.attempt);
-            match self.launch(&row, flow, inputs, resumed, executions).await {
+            // From here on, no older run adds anything (nor a step).
+            let (events, status) = match self.store.fence_first(&fid, attempt).await {
+                Ok(Some(stored)) => stored,
+                Ok(None) => (row.events, row.status),
+                Err(StoreError::Superseded { .. }) => {
+                    tracing::warn!(%fid, attempt, "another run of this execution began; not resuming it here");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(%fid, error = %e, "cannot fence an execution to resume it; it stays open");
+                    continue;
+                }
+            };
+            if status.is_final() {
+                continue;
+            }
+            let book = TraceBook::resume(self.options.limits.max_payload, events, status);
+            match self
+                .launch(&row, flow, attempt, book.clone(), why, executions)
+                .await
+            {
                 Ok(()) => started += 1,
                 Err(e) => {
                     tracing::error!(%fid, error = %e, "could not resume an execution; it ends");
+                    let book = book.with_attempt(attempt);
                     let tracer = Tracer::resume(fid.clone(), book, self.transport.clone());
-                    let reason = format!("could not resume: {e}");
+                    let reason = format!("{why}; could not resume: {e}");
                     if let Err(e) = tracer.trace(Trace::Finish(Outcome::Failed(reason))).await {
                         tracing::error!(%fid, error = %e, "could not close an execution");
                     }
@@ -146,14 +136,33 @@ impl Recovery<'_> {
         started
     }
 
+    /// Reads what run `attempt` needs (inputs, journal: after the fence),
+    /// makes this node the execution's, and launches it.
     async fn launch(
         &self,
         row: &ExecutionRow,
         flow: Arc<FlowDef>,
-        inputs: serde_json::Value,
-        resumed: Resumed,
+        attempt: u32,
+        book: TraceBook,
+        why: &str,
         executions: &ActorRef<ExecMsg>,
     ) -> Result<(), String> {
+        let inputs = self.inputs(&row.fid).await?;
+        let journal = Journal::load(self.store, &row.fid)
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(fid = %row.fid, flow = %flow.name, attempt, steps = journal.len(), "resuming an execution");
+        let marker = format!(
+            "attempt {attempt} of {}: {why}; {} steps replay from the journal",
+            flow.attempts,
+            journal.len()
+        );
+        let resumed = Resumed {
+            book,
+            attempt,
+            journal,
+            marker,
+        };
         if row.node != self.options.node {
             self.store
                 .adopt(&row.fid, &self.options.node)
@@ -198,18 +207,14 @@ impl Recovery<'_> {
     }
 }
 
-/// Fences `fid` for the run after its latest (the first run is 1; a
-/// fence only ever grows, and [`StoreError::Superseded`] names the
-/// latest); returns that run's number and what is stored of it.
-async fn fence_next(
-    store: &SharedStore,
-    fid: &Fid,
-) -> Result<(u32, Option<(u64, Status)>), StoreError> {
-    let latest = match store.fence(fid, 1).await {
-        Ok(_) => 1,
-        Err(StoreError::Superseded { attempt, .. }) => attempt,
-        Err(e) => return Err(e),
-    };
-    let next = latest + 1;
-    Ok((next, store.fence(fid, next).await?))
+/// The number of `fid`'s latest run (its first is 1). Probing with a fence
+/// for run 1 changes nothing that matters: a fence only ever grows, and
+/// events of a first run (numbered 0) are never fenced; a later fence is
+/// named by [`StoreError::Superseded`].
+async fn latest_attempt(store: &SharedStore, fid: &Fid) -> Result<u32, StoreError> {
+    match store.fence(fid, 1).await {
+        Ok(_) => Ok(1),
+        Err(StoreError::Superseded { attempt, .. }) => Ok(attempt),
+        Err(e) => Err(e),
+    }
 }

@@ -35,6 +35,9 @@ pub struct Journal {
     entries: BTreeMap<u64, JournalEntry>,
 }
 
+/// How long a step waits for its commit notice before it asks the store.
+const NOTICE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Journal pages read at once.
 const PAGE: u32 = 1000;
 
@@ -172,6 +175,12 @@ impl Steps {
         self.taken.fetch_add(1, Ordering::Relaxed) + 1
     }
 
+    /// The flow numbered a step `n` itself: later ones come after it.
+    pub(crate) fn took(&self, n: u64) -> u64 {
+        self.taken.fetch_max(n, Ordering::Relaxed);
+        n
+    }
+
     /// A flow that replays its journal itself (a command flow) takes its
     /// next step after the journal's last.
     pub(crate) fn skip_journal(&self) {
@@ -201,8 +210,16 @@ impl Commits {
         self.hub.subscribe(fid)
     }
 
-    /// Waits (as long as it takes) until `fid`'s events up to `seq` are stored.
+    /// Waits (as long as it takes) until `fid`'s events up to `seq` are
+    /// stored: the commit notice, which comes unless lost (a spooler in
+    /// another process), so the store is asked only after a while.
     pub(crate) async fn stored(&self, following: &mut Subscription, fid: &Fid, seq: u64) {
+        if tokio::time::timeout(NOTICE_WAIT, following.until(seq))
+            .await
+            .is_ok()
+        {
+            return;
+        }
         leftovers::stored(&self.store, following, fid, seq).await;
     }
 }
@@ -211,9 +228,10 @@ impl Ctx {
     /// Runs step `name` once: the first time, awaits `work` and journals
     /// its result (returning once it is stored); when the execution runs
     /// again after a crash, returns the journaled result without awaiting
-    /// `work`. Steps are numbered in the order the flow takes them; a step
-    /// whose name differs from the journal's at its number fails with
-    /// [`StepError::Changed`]. An error of `work` is not journaled.
+    /// `work`. Steps are numbered in the order they are first polled; a
+    /// step whose name differs from the journal's at its number fails with
+    /// [`StepError::Changed`]. An error of `work` is not journaled (its
+    /// number stays unused, and the step runs again on the next run).
     pub async fn step<T, E, F>(&self, name: &str, work: F) -> Result<T, StepError>
     where
         T: Serialize + DeserializeOwned,
@@ -248,14 +266,19 @@ impl Ctx {
     }
 
     /// Publishes the result (JSON text) of a step the flow took itself (a
-    /// command flow, which replays its journal on its own), numbered after
-    /// the journal; [`Ctx::until_journaled`] waits until it is stored.
+    /// command flow, which replays its journal on its own), numbered `n`
+    /// as the flow counts (None: after the last); [`Ctx::until_journaled`]
+    /// waits until it is stored.
     pub(crate) async fn record_step(
         &self,
         name: &str,
+        n: Option<u64>,
         result: &str,
     ) -> Result<Journaling, StepError> {
-        let n = self.steps().next();
+        let n = match n {
+            Some(n) => self.steps().took(n),
+            None => self.steps().next(),
+        };
         self.publish_step(n, name, result).await
     }
 

@@ -116,6 +116,10 @@ impl ExecutionBackend for TemporalBackend {
         "temporal"
     }
 
+    fn durable(&self, flow: &str) -> bool {
+        self.is_durable(flow)
+    }
+
     async fn start(&self, execution: Execution, supervisor: ActorCell) -> Result<Started, String> {
         if !self.is_durable(&execution.flow.name) {
             return Direct.start(execution, supervisor).await;

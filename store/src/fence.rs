@@ -72,13 +72,15 @@ where
 }
 
 /// Fences `fid` for `attempt`: refuses when a newer attempt fenced it
-/// already ([`StoreError::Superseded`]), else records the fence and returns
-/// what is stored of the execution now (its highest seq and status), which
-/// no older attempt can add to any more.
+/// already ([`StoreError::Superseded`]), or, when `first`, when `attempt`
+/// did; else records the fence and returns what is stored of the
+/// execution now (its highest seq and status), which no older attempt can
+/// add to any more.
 pub(crate) async fn fence<DB>(
     conn: &mut DB::Connection,
     fid: &Fid,
     attempt: u32,
+    first: bool,
 ) -> Result<Option<(u64, Status)>, StoreError>
 where
     DB: SqlBackend,
@@ -102,7 +104,7 @@ where
         .await?;
     if let Some(row) = row {
         let fenced: i64 = row.try_get("attempt")?;
-        if fenced > i64::from(attempt) {
+        if fenced > i64::from(attempt) || (first && fenced == i64::from(attempt)) {
             return Err(StoreError::Superseded {
                 fid: fid.to_string(),
                 attempt: fenced.max(0) as u32,

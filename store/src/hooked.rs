@@ -64,6 +64,13 @@ impl<H: WriteHooks> Store for Hooked<H> {
     async fn fence(&self, fid: &Fid, attempt: u32) -> Result<Option<(u64, Status)>, StoreError> {
         self.inner.fence(fid, attempt).await
     }
+    async fn fence_first(
+        &self,
+        fid: &Fid,
+        attempt: u32,
+    ) -> Result<Option<(u64, Status)>, StoreError> {
+        self.inner.fence_first(fid, attempt).await
+    }
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await

@@ -185,6 +185,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// [`StoreError::Superseded`] when a newer attempt fenced it already.
     async fn fence(&self, fid: &Fid, attempt: u32) -> Result<Option<(u64, Status)>, StoreError>;
 
+    /// [`Store::fence`], but refused also when `attempt` fenced it already:
+    /// of two that race to begin the same attempt, one wins.
+    async fn fence_first(
+        &self,
+        fid: &Fid,
+        attempt: u32,
+    ) -> Result<Option<(u64, Status)>, StoreError>;
+
     /// Makes `node` the node that runs execution `fid` (a survivor resumes
     /// a lost node's execution); its unfinished executions now count it.
     async fn adopt(&self, fid: &Fid, node: &str) -> Result<(), StoreError>;

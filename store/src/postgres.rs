@@ -168,15 +168,15 @@ impl Store for PgStore {
     }
 
     async fn fence(&self, fid: &Fid, attempt: u32) -> Result<Option<(u64, Status)>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
-            .bind(FENCE_LOCKS)
-            .bind(fid.as_str())
-            .execute(&mut *tx)
-            .await?;
-        let stored = crate::fence::fence::<sqlx::Postgres>(&mut tx, fid, attempt).await?;
-        tx.commit().await?;
-        Ok(stored)
+        self.fence_for(fid, attempt, false).await
+    }
+
+    async fn fence_first(
+        &self,
+        fid: &Fid,
+        attempt: u32,
+    ) -> Result<Option<(u64, Status)>, StoreError> {
+        self.fence_for(fid, attempt, true).await
     }
 
     async fn execution(&self, fid: &Fid) -> Result<Option<ExecutionRow>, StoreError> {
@@ -263,4 +263,24 @@ async fn write_batch<'e>(
         .execute(executor)
         .await?;
     Ok(())
+}
+
+impl PgStore {
+    /// [`Store::fence`] (`first`: [`Store::fence_first`]).
+    async fn fence_for(
+        &self,
+        fid: &Fid,
+        attempt: u32,
+        first: bool,
+    ) -> Result<Option<(u64, Status)>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+            .bind(FENCE_LOCKS)
+            .bind(fid.as_str())
+            .execute(&mut *tx)
+            .await?;
+        let stored = crate::fence::fence::<sqlx::Postgres>(&mut tx, fid, attempt, first).await?;
+        tx.commit().await?;
+        Ok(stored)
+    }
 }

@@ -323,13 +323,15 @@ impl Store for SqliteStore {
     }
 
     async fn fence(&self, fid: &Fid, attempt: u32) -> Result<Option<(u64, Status)>, StoreError> {
-        self.with_writer(async |conn| {
-            let mut tx = conn.begin().await?;
-            let stored = crate::fence::fence::<sqlx::Sqlite>(&mut tx, fid, attempt).await?;
-            tx.commit().await?;
-            Ok(stored)
-        })
-        .await
+        self.fence_for(fid, attempt, false).await
+    }
+
+    async fn fence_first(
+        &self,
+        fid: &Fid,
+        attempt: u32,
+    ) -> Result<Option<(u64, Status)>, StoreError> {
+        self.fence_for(fid, attempt, true).await
     }
 
     async fn claim_node(&self, node: &str) -> Result<NodeClaim, StoreError> {
@@ -355,5 +357,23 @@ impl Store for SqliteStore {
             writer.close().await.ok();
         }
         self.reader.close().await;
+    }
+}
+
+impl SqliteStore {
+    /// [`Store::fence`] (`first`: [`Store::fence_first`]).
+    async fn fence_for(
+        &self,
+        fid: &Fid,
+        attempt: u32,
+        first: bool,
+    ) -> Result<Option<(u64, Status)>, StoreError> {
+        self.with_writer(async |conn| {
+            let mut tx = conn.begin().await?;
+            let stored = crate::fence::fence::<sqlx::Sqlite>(&mut tx, fid, attempt, first).await?;
+            tx.commit().await?;
+            Ok(stored)
+        })
+        .await
     }
 }

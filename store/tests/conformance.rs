@@ -796,6 +796,17 @@ async fn a_fence_refuses_an_older_attempt_and_says_what_is_stored(db: Db) {
         store.fence(&fid, 3).await.unwrap(),
         Some((6, Status::Finished))
     );
+    // Fencing the same attempt again is allowed (a retried call), but not
+    // as the first to begin it: of two resumers, one wins.
+    assert!(store.fence(&fid, 3).await.is_ok());
+    match store.fence_first(&fid, 3).await {
+        Err(StoreError::Superseded { attempt: 3, .. }) => {}
+        other => panic!("a second beginner of attempt 3 must be refused, got {other:?}"),
+    }
+    assert_eq!(
+        store.fence_first(&fid, 4).await.unwrap(),
+        Some((6, Status::Finished))
+    );
     store.write(&[two(line(&fid, 7))]).await.unwrap();
     assert_eq!(store.event_count(&fid).await.unwrap(), 6);
     // A fence of an execution with nothing stored yet holds too.

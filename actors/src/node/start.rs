@@ -9,7 +9,7 @@ use crate::hub::Hub;
 use crate::leftovers;
 use crate::locks::Locks;
 use crate::membership::{self, NodeTakeover};
-use crate::recovery::Recovery;
+use crate::recovery::{Plan, Recovery};
 use crate::spooler::{SpoolerGroup, SpoolerShared, StoreHealth};
 use crate::steps::Commits;
 use kodo_cluster::{JoinSpec, Lease, SharedCluster};
@@ -109,7 +109,13 @@ impl Node {
             flows: &flows,
             options: &options,
         };
-        let plan = recovery.plan(&options.node, "the node restarted").await?;
+        // Not settled: the dead run's last events may still come, and a run
+        // resumed now would collide with them; those executions end instead.
+        let plan = if settled {
+            recovery.plan(&options.node, "the node restarted").await?
+        } else {
+            Plan::default()
+        };
         let closed = leftovers::close_unfinished(
             &store,
             &transport,
@@ -141,7 +147,9 @@ impl Node {
             let _ = executions_done.await;
             let _ = ended.send(true);
         });
-        let resumed = recovery.start(plan, &executions).await;
+        let resumed = recovery
+            .start(plan, "the node restarted", &executions)
+            .await;
         if resumed > 0 {
             tracing::warn!(resumed, node = %options.node, "resumed executions a previous run left unfinished");
         }

@@ -343,10 +343,11 @@ pub(crate) fn stdout_lines(events: &[Value]) -> Vec<String> {
 
 /// The stored events of `fid`, through the API at `base`.
 pub(crate) async fn events(base: &str, fid: &str) -> Vec<Value> {
-    get(base, &format!("/executions/{fid}/events?limit=10000")).await["events"]
-        .as_array()
-        .unwrap()
-        .clone()
+    let answer = get(base, &format!("/executions/{fid}/events?limit=10000")).await;
+    match answer["events"].as_array() {
+        Some(events) => events.clone(),
+        None => panic!("no events of {fid}: {answer}"),
+    }
 }
 
 /// Waits (up to `within`) until `done` holds for the stored events.
@@ -358,7 +359,10 @@ pub(crate) async fn events_until(
 ) -> Vec<Value> {
     let start = Instant::now();
     loop {
-        let events = events(base, fid).await;
+        let path = format!("/executions/{fid}/events?limit=10000");
+        // A busy store may answer 503 for a while: asked again.
+        let answer = get(base, &path).await;
+        let events = answer["events"].as_array().cloned().unwrap_or_default();
         if done(&events) {
             return events;
         }
