@@ -41,6 +41,16 @@ fn flows() -> Flows {
         "fd3-big-payload",
         r#"{ printf '{"kind":"result","payload":"'; head -c 5000 /dev/zero | tr '\0' y; printf '"}\n'; } >&3"#,
     ));
+    // Step lines kodo cannot journal, then one it can: each reply echoed.
+    flows.add(sh(
+        "fd3-steps",
+        r#"read -r inputs
+say() { read -r reply; echo "$reply"; }
+echo '{"kind":"step","payload":1}' >&3; say
+{ printf '{"kind":"step","name":"big","payload":"'; head -c 5000 /dev/zero | tr '\0' y; printf '"}\n'; } >&3; say
+{ printf '{"kind":"step","name":"huge","payload":"'; head -c 80000 /dev/zero | tr '\0' z; printf '"}\n'; } >&3; say
+echo '{"kind":"step","name":"ok","n":7,"payload":{"b":1}}' >&3; say"#,
+    ));
     // Invalid UTF-8, and multibyte characters across every cut.
     flows.add(sh(
         "bytes",
@@ -189,6 +199,48 @@ async fn oversized_and_invalid_fd3_lines_become_warnings_with_their_text() {
         ) && stderr.ends_with(&format!("{}\"}}", "y".repeat(5000))),
         "{}",
         &stderr[..200]
+    );
+    t.node.shutdown("test over").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_line_kodo_cannot_journal_is_answered_with_an_error() {
+    let t = start().await;
+    let (status, events) = run(&t, "fd3-steps").await;
+    assert_eq!(status, Status::Finished);
+    let replies: Vec<Value> = payloads(&events, Kind::Stdout)
+        .iter()
+        .map(|line| serde_json::from_str(line.as_str().unwrap()).unwrap())
+        .collect();
+    assert_eq!(replies.len(), 4, "{replies:?}");
+    assert_eq!(replies[0]["step"], Value::Null);
+    assert!(
+        replies[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("a step needs a \"name\"")
+    );
+    assert_eq!(replies[1]["step"], "big");
+    assert!(
+        replies[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("exceeds the limit"),
+        "{}",
+        replies[1]
+    );
+    assert_eq!(replies[2]["step"], Value::Null);
+    assert!(
+        replies[2]["error"]
+            .as_str()
+            .unwrap()
+            .contains("longer than")
+    );
+    assert_eq!(replies[3], json!({"step": "ok", "n": 7, "stored": true}));
+    // Only the good one is journaled, with its number.
+    assert_eq!(
+        payloads(&events, Kind::Step),
+        [json!({"n": 7, "name": "ok", "result": {"b": 1}})]
     );
     t.node.shutdown("test over").await;
 }
