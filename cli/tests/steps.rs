@@ -90,6 +90,15 @@ fn side_effects(side: &Path, fid: &str) -> BTreeMap<u64, usize> {
     runs
 }
 
+/// Waits (up to [`DEADLINE`]) until `done` holds; `what` names it otherwise.
+async fn until_true(done: impl Fn() -> bool, what: &str) {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The `step` events' payloads.
 fn steps_of(events: &[Value]) -> Vec<Value> {
     events
@@ -110,11 +119,11 @@ async fn twenty_executions_of_a_hundred_steps_resume(store: Option<&str>) {
         fids.push(launched["fid"].as_str().unwrap().to_string());
     }
     // Mid-run: every execution took some steps, none took them all.
-    let deadline = std::time::Instant::now() + DEADLINE;
-    while !fids.iter().all(|fid| side_effects(&side, fid).len() >= 10) {
-        assert!(std::time::Instant::now() < deadline, "the flows do not run");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_true(
+        || fids.iter().all(|fid| side_effects(&side, fid).len() >= 10),
+        "the flows do not run",
+    )
+    .await;
     node.start_kill().unwrap();
     node.wait().await.unwrap();
     let before: Vec<usize> = fids.iter().map(|f| side_effects(&side, f).len()).collect();
@@ -184,14 +193,11 @@ async fn killed_after(config: &Path, dir: &Path, side: &Path, steps: u64, taken:
     )
     .await;
     let fid = launched["fid"].as_str().unwrap().to_string();
-    let deadline = std::time::Instant::now() + DEADLINE;
-    while side_effects(side, &fid).len() < taken {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the flow does not run"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_true(
+        || side_effects(side, &fid).len() >= taken,
+        "the flow does not run",
+    )
+    .await;
     node.start_kill().unwrap();
     node.wait().await.unwrap();
     fid
@@ -232,14 +238,11 @@ async fn an_execution_that_dies_with_its_node_every_time_ends_after_its_attempts
         })
     })
     .await;
-    let deadline = std::time::Instant::now() + DEADLINE;
-    while side_effects(&side, &fid).len() < taken + 3 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "attempt 2 does not run"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_true(
+        || side_effects(&side, &fid).len() >= taken + 3,
+        "attempt 2 does not run",
+    )
+    .await;
     node.start_kill().unwrap();
     node.wait().await.unwrap();
     // No third run: the execution ends, saying why.
@@ -283,14 +286,11 @@ async fn a_lost_nodes_execution_resumes_on_the_survivor_with_its_journal() {
     )
     .await;
     let fid = launched["fid"].as_str().unwrap().to_string();
-    let deadline = std::time::Instant::now() + DEADLINE;
-    while side_effects(&side, &fid).len() < 5 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the flow does not run"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_true(
+        || side_effects(&side, &fid).len() >= 5,
+        "the flow does not run",
+    )
+    .await;
     a.start_kill().unwrap();
     a.wait().await.unwrap();
 
