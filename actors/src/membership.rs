@@ -40,8 +40,9 @@ impl Takeover for NodeTakeover {
     /// Lets everything published so far be stored (the lost node can
     /// publish nothing more: its lease is another's), then closes each of
     /// its unfinished executions with `error: node lost`, after its last
-    /// stored event, but those whose flow resumes: they run again here. Not all stored, or not all closed in time: an error,
-    /// and the takeover is tried again.
+    /// stored event, but those whose flow resumes: they run again here.
+    /// Not all stored, or not all closed in time: an error, and the
+    /// takeover is tried again.
     async fn take_over(&self, node: &str) -> Result<usize, String> {
         let wait = self.options.shutdown_wait;
         if !self.cluster.settle(wait).await {
