@@ -4,7 +4,7 @@
 //! whatever happens to the actor that ran it (see [`crate::policy::RUNNER`]).
 
 use crate::backend::{Execution, SharedBackend};
-use crate::flow::{Ctx, ExecLimits, FlowDef, Stop};
+use crate::flow::{Ctx, ExecLimits, FlowDef, Recover, Stop};
 use crate::locks::Locks;
 use crate::policy;
 use crate::steps::{Commits, Journal, Steps};
@@ -112,6 +112,9 @@ pub(crate) struct ExecShared {
     pub running: Arc<AtomicUsize>,
     /// How a step waits until its result is stored.
     pub commits: Commits,
+    /// Whether a shutdown leaves resuming executions to the next start
+    /// (a node alone; in a cluster nobody would take them over).
+    pub resume_after_stop: bool,
 }
 
 // The policy this supervisor applies to its children: a Runner that ends
@@ -191,7 +194,11 @@ impl Executions {
             Arc::new(state.shared.locks.clone()),
             state.shared.limits.clone(),
             attempt,
-            Steps::new(journal, state.shared.commits.clone()),
+            Steps::new(journal, state.shared.commits.clone()).resuming(
+                state.shared.resume_after_stop
+                    && flow.recover == Recover::Resume
+                    && !state.shared.backend.durable(&flow.name),
+            ),
         );
         let execution = Execution {
             ctx: ctx.clone(),
@@ -247,6 +254,10 @@ impl Executions {
         ctx.stop(Stop::new(Status::Error, reason.clone()));
         let me = myself.clone();
         tokio::spawn(async move {
+            if ctx.left_to_resume() {
+                let _ = me.cast(ExecMsg::Ended(ctx.fid().clone()));
+                return;
+            }
             // Ignored by the Tracer when the execution already ended.
             if let Err(e) = ctx
                 .tracer()

@@ -74,7 +74,11 @@ impl Recovery<'_> {
             match latest_attempt(self.store, &row.fid).await {
                 Ok(latest) if latest < flow.attempts => plan.runs.push((row, flow, latest + 1)),
                 Ok(_) => {
-                    let reason = format!("{why}; gave up after {} attempts", flow.attempts);
+                    let reason = format!(
+                        "{why}; gave up after {} attempt{}",
+                        flow.attempts,
+                        if flow.attempts == 1 { "" } else { "s" }
+                    );
                     tracing::warn!(fid = %row.fid, flow = %flow.name, "{reason}");
                     plan.reasons.insert(row.fid, reason);
                 }

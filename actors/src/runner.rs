@@ -83,6 +83,10 @@ pub async fn drive(execution: Execution) -> Outcome {
         Outcome::Failed(_) => "error",
         Outcome::Killed(_) => "killed",
     };
+    if ctx.left_to_resume() {
+        tracing::info!(fid = %ctx.fid(), flow = %flow.name, "execution stopped with its node; it resumes at the next start");
+        return outcome;
+    }
     tracing::info!(fid = %ctx.fid(), flow = %flow.name, status, "execution ended");
     if let Err(e) = ctx.tracer().trace(Trace::Finish(outcome.clone())).await {
         tracing::warn!(fid = %ctx.fid(), error = %e, "could not record the outcome");

@@ -153,7 +153,12 @@ pub enum StepError {
 pub(crate) struct Steps {
     journal: Journal,
     taken: AtomicU64,
+    /// The numbers a command flow gave its steps in this run.
+    numbered: std::sync::Mutex<std::collections::BTreeSet<u64>>,
     commits: Commits,
+    /// Whether the execution runs again after its node's shutdown
+    /// (`recover = "resume"`, a node alone).
+    resumes: bool,
 }
 
 impl Steps {
@@ -162,8 +167,16 @@ impl Steps {
         Self {
             journal,
             taken: AtomicU64::new(0),
+            numbered: Default::default(),
             commits,
+            resumes: false,
         }
+    }
+
+    /// Marks the execution as one that runs again after its node.
+    pub(crate) fn resuming(mut self, resumes: bool) -> Self {
+        self.resumes = resumes;
+        self
     }
 
     pub(crate) fn journal(&self) -> &Journal {
@@ -175,10 +188,13 @@ impl Steps {
         self.taken.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// The flow numbered a step `n` itself: later ones come after it.
-    pub(crate) fn took(&self, n: u64) -> u64 {
+    /// The flow numbered a step `n` itself (later ones without a number
+    /// come after it); None when `n` is journaled or taken already.
+    pub(crate) fn took(&self, n: u64) -> Option<u64> {
+        let fresh =
+            self.journal.get(n).is_none() && self.numbered.lock().expect("numbered lock").insert(n);
         self.taken.fetch_max(n, Ordering::Relaxed);
-        n
+        fresh.then_some(n)
     }
 
     /// A flow that replays its journal itself (a command flow) takes its
@@ -225,6 +241,13 @@ impl Commits {
 }
 
 impl Ctx {
+    /// Whether this execution was stopped by its node's shutdown and runs
+    /// again at the node's next start (`recover = "resume"`): its end is
+    /// then not recorded.
+    pub(crate) fn left_to_resume(&self) -> bool {
+        self.steps().resumes && self.stop_request().is_some_and(|stop| stop.node_stopping)
+    }
+
     /// Runs step `name` once: the first time, awaits `work` and journals
     /// its result (returning once it is stored); when the execution runs
     /// again after a crash, returns the journaled result without awaiting
@@ -276,7 +299,10 @@ impl Ctx {
         result: &str,
     ) -> Result<Journaling, StepError> {
         let n = match n {
-            Some(n) => self.steps().took(n),
+            Some(n) => self.steps().took(n).ok_or_else(|| StepError::Value {
+                name: name.to_string(),
+                reason: format!("step number {n} is journaled already"),
+            })?,
             None => self.steps().next(),
         };
         self.publish_step(n, name, result).await

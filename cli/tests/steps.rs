@@ -320,3 +320,41 @@ async fn a_lost_nodes_execution_resumes_on_the_survivor_with_its_journal() {
     assert_eq!(row["node"], "node-b", "{row}");
     assert_eq!(terminate(&mut b).await, 0);
 }
+
+#[tokio::test]
+async fn a_graceful_stop_leaves_a_resuming_execution_to_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, side) = setup(dir.path(), None, "", "");
+    let (mut node, base) = start_on(&config, dir.path(), None).await;
+    let launched = post(
+        &base,
+        "/flows/steps/executions",
+        json!({"inputs": {"steps": 30}}),
+    )
+    .await;
+    let fid = launched["fid"].as_str().unwrap().to_string();
+    until_true(
+        || side_effects(&side, &fid).len() >= 5,
+        "the flow does not run",
+    )
+    .await;
+    // SIGTERM: the flow is stopped, its end not recorded.
+    assert_eq!(terminate(&mut node).await, 0);
+    let (mut node, base) = start_on(&config, dir.path(), None).await;
+    let events = events_until(&base, &fid, DEADLINE, ended).await;
+    assert_eq!(check_log(&events), "finished", "{events:?}");
+    assert!(
+        !events.iter().any(|e| e["kind"] == "error"),
+        "no end recorded at the stop: {events:?}"
+    );
+    let marker = events
+        .iter()
+        .find_map(|e| e["payload"].as_str().filter(|p| p.starts_with("attempt ")))
+        .expect("a marker");
+    assert!(
+        marker.starts_with("attempt 2 of 3: the node restarted;"),
+        "{marker}"
+    );
+    assert_eq!(steps_of(&events).len(), 30);
+    assert_eq!(terminate(&mut node).await, 0);
+}

@@ -49,7 +49,8 @@ say() { read -r reply; echo "$reply"; }
 echo '{"kind":"step","payload":1}' >&3; say
 { printf '{"kind":"step","name":"big","payload":"'; head -c 5000 /dev/zero | tr '\0' y; printf '"}\n'; } >&3; say
 { printf '{"kind":"step","name":"huge","payload":"'; head -c 80000 /dev/zero | tr '\0' z; printf '"}\n'; } >&3; say
-echo '{"kind":"step","name":"ok","n":7,"payload":{"b":1}}' >&3; say"#,
+echo '{"kind":"step","name":"ok","n":7,"payload":{"b":1}}' >&3; say
+echo '{"kind":"step","name":"again","n":7,"payload":2}' >&3; say"#,
     ));
     // Invalid UTF-8, and multibyte characters across every cut.
     flows.add(sh(
@@ -212,7 +213,7 @@ async fn a_step_line_kodo_cannot_journal_is_answered_with_an_error() {
         .iter()
         .map(|line| serde_json::from_str(line.as_str().unwrap()).unwrap())
         .collect();
-    assert_eq!(replies.len(), 4, "{replies:?}");
+    assert_eq!(replies.len(), 5, "{replies:?}");
     assert_eq!(replies[0]["step"], Value::Null);
     assert!(
         replies[0]["error"]
@@ -237,6 +238,13 @@ async fn a_step_line_kodo_cannot_journal_is_answered_with_an_error() {
             .contains("longer than")
     );
     assert_eq!(replies[3], json!({"step": "ok", "n": 7, "stored": true}));
+    assert_eq!(replies[4]["step"], "again");
+    assert!(
+        replies[4]["error"]
+            .as_str()
+            .unwrap()
+            .contains("step number 7 is journaled already")
+    );
     // Only the good one is journaled, with its number.
     assert_eq!(
         payloads(&events, Kind::Step),

@@ -138,6 +138,7 @@ impl Node {
             max_live: options.max_live,
             running,
             commits: Commits::new(store.clone(), hub.clone()),
+            resume_after_stop: lease.is_none(),
         };
         let (executions, executions_done) = Actor::spawn(None, Executions, exec_shared)
             .await
