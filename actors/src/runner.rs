@@ -83,7 +83,8 @@ pub async fn drive(execution: Execution) -> Outcome {
         Outcome::Failed(_) => "error",
         Outcome::Killed(_) => "killed",
     };
-    if ctx.left_to_resume() {
+    // Stopped by the shutdown (not ended on its own first): left to resume.
+    if matches!(outcome, Outcome::Killed(_)) && ctx.left_to_resume() {
         tracing::info!(fid = %ctx.fid(), flow = %flow.name, "execution stopped with its node; it resumes at the next start");
         return outcome;
     }
