@@ -67,8 +67,9 @@ pub(crate) enum ExecMsg {
     StopAll {
         /// Why.
         reason: String,
-        /// Answered when every execution has recorded its end, with the
-        /// executions that ended meanwhile and the last seq each published.
+        /// Answered when every execution has recorded its end (or was left
+        /// to resume at the next start), with the executions that ended
+        /// meanwhile and the last seq each published.
         reply: RpcReplyPort<Vec<(Fid, u64)>>,
     },
     /// An execution's final status is recorded (sent by the supervisor to itself).
@@ -197,6 +198,7 @@ impl Executions {
             Steps::new(journal, state.shared.commits.clone()).resuming(
                 state.shared.resume_after_stop
                     && flow.recover == Recover::Resume
+                    && attempt < flow.attempts
                     && !state.shared.backend.durable(&flow.name),
             ),
         );
@@ -250,11 +252,13 @@ impl Executions {
             }
             None => "runner stopped without an outcome".into(),
         };
+        // Stopped by the node's shutdown and left to resume: no end.
+        let left_to_resume = ctx.left_to_resume();
         // Kills a command flow's process group and ends its lock waits.
         ctx.stop(Stop::new(Status::Error, reason.clone()));
         let me = myself.clone();
         tokio::spawn(async move {
-            if ctx.left_to_resume() {
+            if left_to_resume {
                 let _ = me.cast(ExecMsg::Ended(ctx.fid().clone()));
                 return;
             }

@@ -531,9 +531,15 @@ impl Ctx {
     /// Asks the execution to stop; the first request wins.
     pub fn stop(&self, stop: Stop) {
         let mut current = self.inner.stop.lock().expect("stop lock");
-        if current.is_none() {
-            *current = Some(stop);
-            self.inner.stop_token.cancel();
+        match current.as_ref() {
+            None => {
+                *current = Some(stop);
+                self.inner.stop_token.cancel();
+            }
+            // A kill while the node stops it: the kill is its end (and it
+            // is not left to resume).
+            Some(first) if first.node_stopping && !stop.node_stopping => *current = Some(stop),
+            Some(_) => {}
         }
     }
 

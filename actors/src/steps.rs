@@ -301,7 +301,9 @@ impl Ctx {
         let n = match n {
             Some(n) => self.steps().took(n).ok_or_else(|| StepError::Value {
                 name: name.to_string(),
-                reason: format!("step number {n} is journaled already"),
+                reason: format!(
+                    "step number {n} is used already (journaled, or taken in this run)"
+                ),
             })?,
             None => self.steps().next(),
         };

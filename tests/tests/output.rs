@@ -243,7 +243,7 @@ async fn a_step_line_kodo_cannot_journal_is_answered_with_an_error() {
         replies[4]["error"]
             .as_str()
             .unwrap()
-            .contains("step number 7 is journaled already")
+            .contains("step number 7 is used already")
     );
     // Only the good one is journaled, with its number.
     assert_eq!(

@@ -51,7 +51,8 @@ impl Node {
         }
     }
 
-    /// Stops every execution (`killed: <reason>`), drains the transport into
+    /// Stops every execution (`killed: <reason>`; on a node alone, those
+    /// that resume are left to the next start), drains the transport into
     /// the store, checks that every event is stored, closes the store and
     /// gives the node's name up. Calling it again does nothing more (and
     /// reports nothing missing).
