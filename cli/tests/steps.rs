@@ -358,3 +358,43 @@ async fn a_graceful_stop_leaves_a_resuming_execution_to_the_next_start() {
     assert_eq!(steps_of(&events).len(), 30);
     assert_eq!(terminate(&mut node).await, 0);
 }
+
+#[tokio::test]
+async fn a_kill_during_a_stop_ends_a_resuming_execution_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    // A flow that shrugs SIGTERM off: the stop waits out its grace.
+    let config = write_config(
+        dir.path(),
+        "[limits]\nkill_grace = 3\n[flows.stubborn]\n\
+         command = [\"sh\", \"-c\", \"trap '' TERM; read -r x; echo up; while true; do sleep 0.05; done\"]\n\
+         recover = \"resume\"\n",
+    );
+    let (mut node, base) = start_on(&config, dir.path(), None).await;
+    let fid = launch(&base, "stubborn").await;
+    events_until(&base, &fid, DEADLINE, |e| stdout_lines(e) == ["up"]).await;
+    signal(node.id().unwrap(), "TERM").await;
+    // Stopping: launches are refused; then the owner kills it.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while post_any(&base, "/flows/stubborn/executions", json!({}))
+        .await
+        .0
+        != 503
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node does not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, _) = post_any(&base, &format!("/executions/{fid}/kill"), json!({})).await;
+    assert_eq!(status, 202);
+    assert_eq!(node.wait().await.unwrap().code(), Some(0));
+    // The kill is its end: it does not run again.
+    let (mut node, base) = start_on(&config, dir.path(), None).await;
+    let events = events(&base, &fid).await;
+    assert_eq!(check_log(&events), "killed", "{events:?}");
+    let error = events.iter().rfind(|e| e["kind"] == "error").unwrap();
+    assert_eq!(error["payload"], "killed: by local");
+    assert_eq!(stdout_lines(&events), ["up"], "not run again");
+    assert_eq!(terminate(&mut node).await, 0);
+}
