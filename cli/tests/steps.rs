@@ -99,6 +99,43 @@ async fn until_true(done: impl Fn() -> bool, what: &str) {
     }
 }
 
+/// Launches the steps flow with `steps` steps through `base`; its fid.
+async fn launch_steps(base: &str, steps: u64) -> String {
+    let body = json!({"inputs": {"steps": steps}});
+    let launched = post(base, "/flows/steps/executions", body).await;
+    launched["fid"].as_str().unwrap().to_string()
+}
+
+/// The journal a run of `steps` steps leaves: step k is number k + 1 (the
+/// flow's first step always fails), with its value.
+fn journal_of(steps: u64) -> Vec<Value> {
+    (1..=steps)
+        .map(|n| json!({"n": n + 1, "name": format!("step-{n}"), "result": {"n": n, "square": n * n}}))
+        .collect()
+}
+
+/// The `debug` markers of the runs after the first ("attempt K of M: ...").
+fn markers(events: &[Value]) -> Vec<&str> {
+    events
+        .iter()
+        .filter_map(|e| e["payload"].as_str().filter(|p| p.starts_with("attempt ")))
+        .collect()
+}
+
+/// Each side effect in `runs` happened once, but at most one (the step in
+/// flight at the crash), which happened twice.
+fn at_most_the_step_in_flight_repeated(runs: &BTreeMap<u64, usize>, fid: &str) {
+    let repeated: Vec<(u64, usize)> = runs
+        .iter()
+        .map(|(&n, &r)| (n, r))
+        .filter(|&(_, r)| r > 1)
+        .collect();
+    assert!(
+        repeated.len() <= 1 && repeated.iter().all(|&(_, r)| r == 2),
+        "{fid}: at most the step in flight ran twice: {repeated:?}"
+    );
+}
+
 /// The `step` events' payloads.
 fn steps_of(events: &[Value]) -> Vec<Value> {
     events
@@ -112,11 +149,9 @@ async fn twenty_executions_of_a_hundred_steps_resume(store: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
     let (config, side) = setup(dir.path(), store, "", "");
     let (mut node, base) = start_on(&config, dir.path(), store).await;
-    let body = json!({"inputs": {"steps": 100}});
     let mut fids = Vec::new();
     for _ in 0..20 {
-        let launched = post(&base, "/flows/steps/executions", body.clone()).await;
-        fids.push(launched["fid"].as_str().unwrap().to_string());
+        fids.push(launch_steps(&base, 100).await);
     }
     // Mid-run: every execution took some steps, none took them all.
     until_true(
@@ -140,27 +175,20 @@ async fn twenty_executions_of_a_hundred_steps_resume(store: Option<&str>) {
         let last = events.iter().rfind(|e| e["kind"] == "final").unwrap();
         assert_eq!(last["payload"], json!({"total": total}));
         // Each step journaled once, in order, with its result.
-        let steps = steps_of(&events);
-        let expected: Vec<Value> = (1..=100u64)
-            .map(|n| json!({"n": n + 1, "name": format!("step-{n}"), "result": {"n": n, "square": n * n}}))
-            .collect();
-        assert_eq!(steps, expected, "{fid}: one journal entry per step");
+        assert_eq!(
+            steps_of(&events),
+            journal_of(100),
+            "{fid}: one journal entry per step"
+        );
         // Each side effect once, but the step in flight at the kill.
         let runs = side_effects(&side, fid);
         assert_eq!(
             runs.keys().copied().collect::<Vec<_>>(),
             (1..=100).collect::<Vec<_>>()
         );
-        let repeated: Vec<(u64, usize)> = runs.into_iter().filter(|&(_, r)| r > 1).collect();
-        assert!(
-            repeated.len() <= 1 && repeated.iter().all(|&(_, r)| r == 2),
-            "{fid}: at most the step in flight ran twice: {repeated:?}"
-        );
+        at_most_the_step_in_flight_repeated(&runs, fid);
         // The new attempt is marked, after the journal it replays.
-        let markers: Vec<&str> = events
-            .iter()
-            .filter_map(|e| e["payload"].as_str().filter(|p| p.starts_with("attempt ")))
-            .collect();
+        let markers = markers(&events);
         assert_eq!(markers.len(), 1, "{markers:?}");
         assert!(
             markers[0].starts_with("attempt 2 of 3: the node restarted;"),
@@ -186,13 +214,7 @@ async fn twenty_executions_of_a_hundred_steps_resume_after_sigkill_on_postgres()
 /// `taken` side effects happened, SIGKILLs the node; the fid.
 async fn killed_after(config: &Path, dir: &Path, side: &Path, steps: u64, taken: usize) -> String {
     let (mut node, base) = start_on(config, dir, None).await;
-    let launched = post(
-        &base,
-        "/flows/steps/executions",
-        json!({"inputs": {"steps": steps}}),
-    )
-    .await;
-    let fid = launched["fid"].as_str().unwrap().to_string();
+    let fid = launch_steps(&base, steps).await;
     until_true(
         || side_effects(side, &fid).len() >= taken,
         "the flow does not run",
@@ -231,11 +253,7 @@ async fn an_execution_that_dies_with_its_node_every_time_ends_after_its_attempts
     let (mut node, base) = start_on(&config, dir.path(), None).await;
     let taken = side_effects(&side, &fid).len();
     events_until(&base, &fid, DEADLINE, |e| {
-        e.iter().any(|e| {
-            e["payload"]
-                .as_str()
-                .is_some_and(|p| p.starts_with("attempt 2 of 2"))
-        })
+        markers(e).iter().any(|m| m.starts_with("attempt 2 of 2"))
     })
     .await;
     until_true(
@@ -279,13 +297,7 @@ async fn a_lost_nodes_execution_resumes_on_the_survivor_with_its_journal() {
     };
     let (mut a, base_a, _) = node("node-a").await;
     let (mut b, base_b, _) = node("node-b").await;
-    let launched = post(
-        &base_a,
-        "/flows/steps/executions",
-        json!({"inputs": {"steps": 60}}),
-    )
-    .await;
-    let fid = launched["fid"].as_str().unwrap().to_string();
+    let fid = launch_steps(&base_a, 60).await;
     until_true(
         || side_effects(&side, &fid).len() >= 5,
         "the flow does not run",
@@ -297,21 +309,15 @@ async fn a_lost_nodes_execution_resumes_on_the_survivor_with_its_journal() {
     // B takes A over, and runs the execution on from its journal.
     let events = events_until(&base_b, &fid, Duration::from_secs(60), ended).await;
     assert_eq!(check_log(&events), "finished", "{events:?}");
-    let steps = steps_of(&events);
-    let expected: Vec<Value> = (1..=60u64)
-        .map(|n| json!({"n": n + 1, "name": format!("step-{n}"), "result": {"n": n, "square": n * n}}))
-        .collect();
-    assert_eq!(steps, expected, "one journal entry per step");
+    assert_eq!(
+        steps_of(&events),
+        journal_of(60),
+        "one journal entry per step"
+    );
     let runs = side_effects(&side, &fid);
     assert_eq!(runs.len(), 60);
-    assert!(
-        runs.values().filter(|&&r| r > 1).count() <= 1 && runs.values().all(|&r| r <= 2),
-        "at most the step in flight ran twice: {runs:?}"
-    );
-    let marker = events
-        .iter()
-        .find_map(|e| e["payload"].as_str().filter(|p| p.starts_with("attempt ")))
-        .expect("a marker");
+    at_most_the_step_in_flight_repeated(&runs, &fid);
+    let marker = *markers(&events).first().expect("a marker");
     assert!(
         marker.starts_with("attempt 2 of 3: node node-a was lost;"),
         "{marker}"
@@ -326,13 +332,7 @@ async fn a_graceful_stop_leaves_a_resuming_execution_to_the_next_start() {
     let dir = tempfile::tempdir().unwrap();
     let (config, side) = setup(dir.path(), None, "", "");
     let (mut node, base) = start_on(&config, dir.path(), None).await;
-    let launched = post(
-        &base,
-        "/flows/steps/executions",
-        json!({"inputs": {"steps": 30}}),
-    )
-    .await;
-    let fid = launched["fid"].as_str().unwrap().to_string();
+    let fid = launch_steps(&base, 30).await;
     until_true(
         || side_effects(&side, &fid).len() >= 5,
         "the flow does not run",
@@ -347,10 +347,7 @@ async fn a_graceful_stop_leaves_a_resuming_execution_to_the_next_start() {
         !events.iter().any(|e| e["kind"] == "error"),
         "no end recorded at the stop: {events:?}"
     );
-    let marker = events
-        .iter()
-        .find_map(|e| e["payload"].as_str().filter(|p| p.starts_with("attempt ")))
-        .expect("a marker");
+    let marker = *markers(&events).first().expect("a marker");
     assert!(
         marker.starts_with("attempt 2 of 3: the node restarted;"),
         "{marker}"
