@@ -77,6 +77,14 @@ fn start(spec: &CommandSpec, ctx: &Ctx) -> std::io::Result<Started> {
     let (read3, write3) = std::io::pipe()?;
     let (read3, write3) = (OwnedFd::from(read3), OwnedFd::from(write3));
     let mut cmd = Command::new(program);
+    // kodo's own settings (`KODO_*`) stay out of a flow's environment: they
+    // hold secrets (the store's and the transport's URLs), and a flow that
+    // prints its environment would store them as events.
+    for (name, _) in std::env::vars_os() {
+        if name.as_encoded_bytes().starts_with(b"KODO_") {
+            cmd.env_remove(name);
+        }
+    }
     cmd.args(args)
         .envs(&spec.env)
         .env("KODO_FID", ctx.fid().as_str())

@@ -31,6 +31,7 @@ pub(crate) async fn temporal(args: &BenchArgs, report: &mut Vec<String>) -> Resu
         execution_timeout: None,
         heartbeat_timeout: Duration::from_secs(30),
         attempts: 3,
+        identity: format!("kodo@{}", std::process::id()),
     };
     let temporal = Temporal::connect(options)
         .await

@@ -122,6 +122,7 @@ async fn launcher(
         execution_timeout: None,
         heartbeat_timeout: HEARTBEAT,
         attempts: 100,
+        identity: format!("kodo@{}", std::process::id()),
     })
     .await
     .map_err(|e| e.to_string())?;

@@ -473,6 +473,34 @@ async fn a_config_means_the_same_from_any_directory_and_misspelt_variables_are_n
     assert_eq!(terminate(&mut node).await, 0);
 }
 
+/// kodo's own variables hold secrets (the store's URL with its password):
+/// a flow sees only those kodo sets for it, and its own `env`.
+#[tokio::test]
+async fn a_flow_does_not_inherit_kodos_own_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "[flows.env]\ncommand = [\"sh\", \"-c\", \"env | cut -d= -f1 | grep ^KODO_ | sort\"]\n\
+         env = { KODO_MINE = \"kept\" }\n",
+    );
+    let mut command = run(&cfg, dir.path());
+    command.env("KODO_TRANSPORT_URL", "redis://:secret@127.0.0.1:1");
+    let (mut node, base, _) = start_logged(command).await;
+    let fid = launch(&base, "env").await;
+    stream_until(&base, &fid, "data: \"finished\"").await;
+    let names = stdout_lines(&events(&base, &fid).await);
+    let expected = [
+        "KODO_ATTEMPT",
+        "KODO_FID",
+        "KODO_FLOW",
+        "KODO_JOURNAL",
+        "KODO_MINE",
+        "KODO_OWNER",
+    ];
+    assert_eq!(names, expected);
+    assert_eq!(terminate(&mut node).await, 0);
+}
+
 /// Where the flow `pwd` (no `cwd` of its own) runs.
 async fn cwd_of_a_flow(base: &str) -> String {
     let fid = post(base, "/flows/pwd/executions", json!({})).await["fid"]

@@ -24,6 +24,9 @@ pub struct TemporalOptions {
     pub heartbeat_timeout: Duration,
     /// Attempts in all.
     pub attempts: u32,
+    /// Who this process is to Temporal (a workflow's `worker` in
+    /// `GET /executions/{fid}/durable`): kodo's node name, unique per process.
+    pub identity: String,
 }
 
 /// Why Temporal cannot be used.
@@ -72,7 +75,7 @@ impl Temporal {
         let url = Url::parse(&format!("http://{}", options.address))
             .map_err(|e| unreachable(format!("not HOST:PORT: {e}")))?;
         let connection = ConnectionOptions::new(url)
-            .identity(format!("kodo@{}", std::process::id()))
+            .identity(options.identity.clone())
             .connect_timeout(ANSWER_WITHIN)
             .build();
         let connection = tokio::time::timeout(ANSWER_WITHIN, Connection::connect(connection))

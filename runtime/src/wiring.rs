@@ -136,6 +136,7 @@ pub fn temporal_options(config: &Config) -> TemporalOptions {
             .then(|| Duration::from_secs_f64(t.execution_timeout)),
         heartbeat_timeout: Duration::from_secs_f64(t.heartbeat_timeout),
         attempts: t.attempts,
+        identity: format!("{}@{}", config.node.name, std::process::id()),
     }
 }
 

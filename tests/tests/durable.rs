@@ -190,6 +190,9 @@ async fn a_paused_rust_flow_blocks_in_its_next_ctx_call_until_resumed() {
     assert_eq!(described["paused"], true, "{described}");
     assert_eq!(described["attempt"], 1, "{described}");
     assert_eq!(described["workflow_status"], "running", "{described}");
+    // The worker named by its node's name (the default, `local`) and pid.
+    let identity = format!("local@{}", std::process::id());
+    assert_eq!(described["worker"], identity.as_str(), "{described}");
     assert!(
         described["workflow_id"]
             .as_str()
@@ -340,6 +343,7 @@ async fn an_answer_given_before_its_lock_was_recorded_is_kept_for_it() {
         execution_timeout: None,
         heartbeat_timeout: std::time::Duration::from_secs(10),
         attempts: 3,
+        identity: format!("kodo@{}", std::process::id()),
     })
     .await
     .expect("temporal");

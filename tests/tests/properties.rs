@@ -632,6 +632,7 @@ async fn durable_node(flows: Flows, address: &str) -> (TestNode, Arc<kodo_durabl
         execution_timeout: None,
         heartbeat_timeout: Duration::from_secs(2),
         attempts: 100,
+        identity: format!("kodo@{}", std::process::id()),
     })
     .await
     .expect("temporal");
