@@ -116,6 +116,8 @@ pub(crate) struct ExecShared {
     /// Whether a shutdown leaves resuming executions to the next start
     /// (a node alone; in a cluster nobody would take them over).
     pub resume_after_stop: bool,
+    /// What this process counts.
+    pub metrics: kodo_metrics::SharedMetrics,
 }
 
 // The policy this supervisor applies to its children: a Runner that ends
@@ -182,11 +184,9 @@ impl Executions {
                 Trace::Retry(r.marker),
             ),
         };
-        let tracer = Arc::new(Tracer::resume(
-            fid.clone(),
-            book,
-            state.shared.transport.clone(),
-        ));
+        let tracer = Tracer::resume(fid.clone(), book, state.shared.transport.clone())
+            .counted(state.shared.metrics.execution(&flow.name));
+        let tracer = Arc::new(tracer);
         let ctx = Ctx::new(
             fid.clone(),
             &flow.name,

@@ -93,7 +93,8 @@ async fn close<'a>(
     let mut closing = Vec::with_capacity(rows.len());
     for (row, reason) in rows {
         let book = TraceBook::resume(options.limits.max_payload, row.events, row.status);
-        let tracer = Tracer::resume(row.fid.clone(), book, transport.clone());
+        let tracer = Tracer::resume(row.fid.clone(), book, transport.clone())
+            .counted(options.metrics.execution(&row.flow));
         let committed = hub.subscribe(&row.fid);
         let last = tracer
             .trace(Trace::Finish(Outcome::Failed(reason.clone())))

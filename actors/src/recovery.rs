@@ -129,7 +129,8 @@ impl Recovery<'_> {
                 Err(e) => {
                     tracing::error!(%fid, error = %e, "could not resume an execution; it ends");
                     let book = book.with_attempt(attempt);
-                    let tracer = Tracer::resume(fid.clone(), book, self.transport.clone());
+                    let tracer = Tracer::resume(fid.clone(), book, self.transport.clone())
+                        .counted(self.options.metrics.execution(&row.flow));
                     let reason = format!("{why}; could not resume: {e}");
                     if let Err(e) = tracer.trace(Trace::Finish(Outcome::Failed(reason))).await {
                         tracing::error!(%fid, error = %e, "could not close an execution");

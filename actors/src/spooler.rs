@@ -47,6 +47,8 @@ pub struct SpoolerShared {
     pub batch_max: usize,
     /// Store health, shared with the API.
     pub health: Arc<StoreHealth>,
+    /// What this process counts.
+    pub metrics: kodo_metrics::SharedMetrics,
 }
 
 /// The Spooler actor.
@@ -121,8 +123,10 @@ async fn commit_with_retry(
 ) -> Result<(), StoreError> {
     let mut backoff = Duration::from_millis(10);
     loop {
+        let start = Instant::now();
         match shared.store.write(events).await {
             Ok(()) => {
+                shared.metrics.committed(events, start.elapsed());
                 if shared.health.error().is_some() {
                     tracing::info!("store writes work again");
                     shared.health.set(None);
@@ -131,6 +135,7 @@ async fn commit_with_retry(
             }
             Err(StoreError::Closed) => return Err(StoreError::Closed),
             Err(e) => {
+                shared.metrics.store_error();
                 tracing::warn!(error = %e, events = events.len(), retry_in = ?backoff, "store write failed");
                 shared.health.set(Some(e.to_string()));
                 tokio::time::sleep(backoff).await;
@@ -218,6 +223,7 @@ impl Actor for Spoolers {
                     return Err(why.into());
                 }
                 Self::spawn(&myself, state, shard).await?;
+                state.shared.metrics.spooler_restarted();
             }
             SupervisionEvent::ActorTerminated(cell, _, _) => {
                 state.shards.remove(&cell.get_id());

@@ -6,6 +6,7 @@
 //! function that tests call without actors.
 
 use kodo_core::{Event, Fid, Kind, Status, json_text, now_ts};
+use kodo_metrics::ExecutionMetrics;
 use kodo_transport::{Accepted, SharedTransport};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -282,6 +283,7 @@ pub struct Tracer {
     book: tokio::sync::Mutex<TraceBook>,
     transport: SharedTransport,
     published: AtomicU64,
+    metrics: Option<std::sync::Mutex<ExecutionMetrics>>,
 }
 
 impl Tracer {
@@ -300,7 +302,14 @@ impl Tracer {
             published: AtomicU64::new(book.next_seq - 1),
             book: tokio::sync::Mutex::new(book),
             transport,
+            metrics: None,
         }
+    }
+
+    /// The same Tracer, counting what it publishes in `metrics`.
+    pub fn counted(mut self, metrics: ExecutionMetrics) -> Self {
+        self.metrics = Some(std::sync::Mutex::new(metrics));
+        self
     }
 
     /// The highest seq the transport has taken (0: none yet): what the
@@ -319,13 +328,26 @@ impl Tracer {
         let mut accepted = Accepted::now();
         if !planned.is_empty() {
             let events = draft.stamp(&self.fid, planned);
+            let counted: Vec<Event> = match &self.metrics {
+                Some(_) => events
+                    .iter()
+                    .filter(|e| ExecutionMetrics::counts(e.kind))
+                    .cloned()
+                    .collect(),
+                None => Vec::new(),
+            };
             // Cancel-safe: if this call is dropped here (a killed flow),
             // nothing was published and the book stays as it was.
-            accepted = self
-                .transport
-                .publish(events)
-                .await
-                .map_err(|e| TraceError::Transport(e.to_string()))?;
+            accepted = self.transport.publish(events).await.map_err(|e| {
+                if let Some(m) = &self.metrics {
+                    m.lock().expect("metrics lock").transport_error();
+                }
+                TraceError::Transport(e.to_string())
+            })?;
+            if let Some(m) = &self.metrics {
+                let mut m = m.lock().expect("metrics lock");
+                counted.iter().for_each(|e| m.published(e));
+            }
         }
         *book = draft;
         let last = book.next_seq - 1;

@@ -229,6 +229,7 @@ async fn spool(config: Config, name: Option<String>) -> ExitCode {
         cluster,
         batch_max: config.spooler.batch_max,
         health: Default::default(),
+        metrics: Default::default(),
     };
     let group = match kodo_actors::SpoolerGroup::start(shared).await {
         Ok(g) => g,

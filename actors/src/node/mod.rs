@@ -26,6 +26,7 @@ use crate::steps::{Commits, Journal, Steps};
 use crate::tracer::{TraceBook, Tracer};
 use kodo_cluster::{Ask, Lease, Reply, SharedCluster};
 use kodo_core::{Fid, Status};
+use kodo_metrics::{Metrics, SharedMetrics};
 use kodo_store::{ExecutionRow, NodeClaim, SharedStore, StoreError};
 use kodo_transport::SharedTransport;
 use ractor::ActorRef;
@@ -61,6 +62,8 @@ pub struct NodeOptions {
     /// How long this node's lease in a cluster lasts without a renewal
     /// (`cluster.lease`): past it, a survivor takes the node over.
     pub lease: Duration,
+    /// What this process counts for `GET /metrics`.
+    pub metrics: SharedMetrics,
 }
 
 impl Default for NodeOptions {
@@ -80,6 +83,7 @@ impl Default for NodeOptions {
             backend: Arc::new(Direct),
             api: String::new(),
             lease: Duration::from_secs(10),
+            metrics: Arc::new(Metrics::new()),
         }
     }
 }
@@ -281,7 +285,9 @@ impl Node {
         keeper: Arc<dyn LockKeeper>,
     ) -> Ctx {
         let book = book.with_attempt(attempt);
-        let tracer = Arc::new(Tracer::resume(fid.clone(), book, self.transport.clone()));
+        let tracer = Tracer::resume(fid.clone(), book, self.transport.clone())
+            .counted(self.options.metrics.execution(flow));
+        let tracer = Arc::new(tracer);
         Ctx::new(
             fid,
             flow,
@@ -473,5 +479,10 @@ impl Node {
     /// The error of the store's last failed write, while writes fail.
     pub fn store_error(&self) -> Option<String> {
         self.health.error()
+    }
+
+    /// What this process counts (`GET /metrics`).
+    pub fn metrics(&self) -> &SharedMetrics {
+        &self.options.metrics
     }
 }

@@ -84,6 +84,7 @@ impl Node {
                 cluster: cluster.clone(),
                 batch_max: options.batch_max.max(1),
                 health: health.clone(),
+                metrics: options.metrics.clone(),
             };
             Some(
                 SpoolerGroup::start(shared)
@@ -139,6 +140,7 @@ impl Node {
             running,
             commits: Commits::new(store.clone(), hub.clone()),
             resume_after_stop: lease.is_none(),
+            metrics: options.metrics.clone(),
         };
         let (executions, executions_done) = Actor::spawn(None, Executions, exec_shared)
             .await

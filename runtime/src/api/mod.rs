@@ -5,7 +5,7 @@
 //! One concern per module: `auth` (tokens to users), `error` (error
 //! answers, parsing what clients send), [`types`] (every request and
 //! response body), `executions` (the execution routes), `stream` (SSE),
-//! `health`, `cluster` (the nodes), and the TCP [`ApiListener`].
+//! `health`, `metrics`, `cluster` (the nodes), and the TCP [`ApiListener`].
 
 mod auth;
 mod cluster;
@@ -13,6 +13,7 @@ mod error;
 mod executions;
 mod health;
 mod listener;
+mod metrics;
 mod stream;
 pub mod types;
 
@@ -51,6 +52,7 @@ pub fn router(node: Arc<Node>, config: &Config, temporal: Option<Arc<Temporal>>)
     });
     let authed = Router::new()
         .route("/cluster", get(cluster::cluster))
+        .route("/metrics", get(metrics::metrics))
         .route("/flows", get(executions::list_flows))
         .route("/flows/{flow}/executions", post(executions::launch))
         .route("/executions", get(executions::list_executions))
