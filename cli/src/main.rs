@@ -231,6 +231,16 @@ async fn spool(config: Config, name: Option<String>) -> ExitCode {
         health: Default::default(),
         metrics: Default::default(),
     };
+    let metrics =
+        match kodo_runtime::api::serve_metrics(&config, shared.metrics.clone(), transport.clone())
+            .await
+        {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("runtime: cannot start: {e}");
+                return ExitCode::from(1);
+            }
+        };
     let group = match kodo_actors::SpoolerGroup::start(shared).await {
         Ok(g) => g,
         Err(e) => {
@@ -244,6 +254,9 @@ async fn spool(config: Config, name: Option<String>) -> ExitCode {
         kodo_store::mask_url(&config.transport.url),
         kodo_store::mask_url(&config.store.url)
     );
+    if let Some(m) = &metrics {
+        println!("metrics on http://{}/metrics", m.addr());
+    }
     let failure = signals.until_stopped(group.failed()).await;
     tracing::info!("spooler stopping: finishing the batches in hand");
     transport.close();
@@ -284,10 +297,16 @@ async fn temporal_worker(config: Config) -> ExitCode {
         )
         .await?;
         let node = std::sync::Arc::new(node);
+        let metrics = kodo_runtime::api::serve_metrics(
+            &config,
+            node.metrics().clone(),
+            node.transport().clone(),
+        )
+        .await?;
         let worker = kodo_durable::TemporalWorker::start(temporal.clone(), node.clone())?;
-        Ok::<_, kodo_runtime::StartError>((temporal, node, worker))
+        Ok::<_, kodo_runtime::StartError>((temporal, node, worker, metrics))
     };
-    let (temporal, node, worker) = match started.await {
+    let (temporal, node, worker, metrics) = match started.await {
         Ok(started) => started,
         Err(e) => {
             eprintln!("runtime: cannot start: {e}");
@@ -306,6 +325,9 @@ async fn temporal_worker(config: Config) -> ExitCode {
         temporal.options().task_queue,
         node.name()
     );
+    if let Some(m) = &metrics {
+        println!("metrics on http://{}/metrics", m.addr());
+    }
     let failure = tokio::select! {
         failure = signals.until_stopped(node.failed()) => failure,
         why = node.name_lost() => {

@@ -9,6 +9,7 @@ use common::*;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 const TOKEN: &str = "metrics-test-token";
@@ -212,5 +213,76 @@ async fn prometheus_scrapes_the_counts_the_store_reports() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    assert_eq!(terminate(&mut node).await, 0);
+}
+
+/// The value of the sample line `name` in OpenMetrics text.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_process_serves_its_own_metrics_on_metrics_listen() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = ScriptServer::redis(dir.path());
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "{FLOWS}\n[transport]\nkind = \"redis\"\nurl = \"{}\"\nblock = 0.1\n\
+             [spooler]\nenabled = false\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+            redis.url
+        ),
+    );
+    let (mut node, base, _) = start_logged(run(&cfg, dir.path())).await;
+    let mut spooler = spool(&cfg, dir.path(), "m").spawn().unwrap();
+    let mut lines = BufReader::new(spooler.stdout.take().unwrap()).lines();
+    let scrape = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let line = lines.next_line().await.unwrap().expect("spool runs");
+            if let Some(url) = line.strip_prefix("metrics on ") {
+                return url.to_string();
+            }
+        }
+    })
+    .await
+    .expect("spool printed its metrics address");
+
+    for _ in 0..3 {
+        launch_authed(&base, "ok").await;
+    }
+    let stored = until("every execution finished", async || {
+        let (_, list) = call(reqwest::Method::GET, &format!("{base}/executions"), None).await;
+        let rows = list["executions"].as_array()?.clone();
+        let done = rows.len() == 3 && rows.iter().all(|r| r["status"] == "finished");
+        done.then(|| {
+            rows.iter()
+                .map(|r| r["events"].as_f64().unwrap())
+                .sum::<f64>()
+        })
+    })
+    .await;
+
+    let bare = client().get(&scrape).send().await.unwrap();
+    assert_eq!(bare.status().as_u16(), 401, "a token, as on the API");
+    until("the spooler counted every stored event", async || {
+        let text = client().get(&scrape).bearer_auth(TOKEN).send().await.ok()?;
+        let text = text.text().await.ok()?;
+        (sample(&text, "kodo_events_stored_total") == Some(stored)).then_some(())
+    })
+    .await;
+    // Each process counts what it did: this node's spoolers are off.
+    let resp = client()
+        .get(format!("{base}/metrics"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let node_text = resp.text().await.unwrap();
+    assert_eq!(sample(&node_text, "kodo_events_stored_total"), Some(0.0));
+    let launched = "kodo_executions_launched_total{flow=\"ok\"}";
+    assert_eq!(sample(&node_text, launched), Some(3.0));
+    spooler.start_kill().unwrap();
     assert_eq!(terminate(&mut node).await, 0);
 }

@@ -130,6 +130,11 @@ impl Runtime {
             ),
             _ => None,
         };
+        let metrics =
+            api::serve_metrics(&config, node.metrics().clone(), node.transport().clone()).await?;
+        if let Some(m) = &metrics {
+            tracing::info!(addr = %m.addr(), "metrics on their own listener");
+        }
         let app = api::router(node.clone(), &config, temporal);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
@@ -147,6 +152,7 @@ impl Runtime {
             server,
             stop: Some(stop_tx),
             worker,
+            _metrics: metrics,
         })
     }
 }
@@ -160,6 +166,8 @@ pub struct Running {
     stop: Option<oneshot::Sender<()>>,
     /// The Temporal worker this runtime hosts, if any.
     worker: Option<kodo_durable::TemporalWorker>,
+    /// `metrics.listen`'s server, if any (stops when dropped).
+    _metrics: Option<api::MetricsServer>,
 }
 
 impl Running {

@@ -51,6 +51,23 @@ impl Tokens {
                 .collect(),
         )
     }
+
+    /// The caller a request's `Authorization: Bearer TOKEN` names; with no
+    /// tokens configured, the admin `local`.
+    pub(super) fn caller(&self, headers: &header::HeaderMap) -> Option<User> {
+        if self.0.is_empty() {
+            return Some(User {
+                name: "local".into(),
+                admin: true,
+            });
+        }
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .and_then(|(_, token)| self.0.get(token.trim()).cloned())
+    }
 }
 
 /// Resolves the caller, or answers 401.
@@ -59,22 +76,7 @@ pub(super) async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let tokens = &state.tokens.0;
-    let user = if tokens.is_empty() {
-        Some(User {
-            name: "local".into(),
-            admin: true,
-        })
-    } else {
-        request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .and_then(|(_, token)| tokens.get(token.trim()).cloned())
-    };
-    match user {
+    match state.tokens.caller(request.headers()) {
         Some(user) => {
             request.extensions_mut().insert(user);
             next.run(request).await

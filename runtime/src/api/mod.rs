@@ -20,6 +20,7 @@ pub mod types;
 pub use auth::User;
 pub use error::ApiError;
 pub use listener::{ApiListener, JsonErrors};
+pub use metrics::{MetricsServer, serve_metrics};
 
 use crate::config::Config;
 use axum::Router;

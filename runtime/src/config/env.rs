@@ -17,6 +17,7 @@ const NOT_CONFIG: &[&str] = &["KODO_FID", "KODO_FLOW", "KODO_OWNER"];
 const OVERRIDABLE: &[&str] = &[
     "node",
     "api",
+    "metrics",
     "store",
     "transport",
     "cluster",

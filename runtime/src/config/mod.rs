@@ -47,6 +47,8 @@ pub struct Config {
     pub node: NodeSection,
     /// The HTTP API.
     pub api: ApiSection,
+    /// The metrics listener.
+    pub metrics: MetricsSection,
     /// Where executions and events are kept.
     pub store: StoreSection,
     /// How events travel from Tracers to Spoolers.

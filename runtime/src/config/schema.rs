@@ -82,6 +82,18 @@ impl Default for ApiSection {
     }
 }
 
+/// `[metrics]`
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSection {
+    /// An address of its own that serves only `GET /metrics` (empty: none;
+    /// a node serves `/metrics` on its API anyway). `runtime spool` and
+    /// `runtime temporal-worker`, which have no API, are scraped here.
+    pub listen: String,
+    /// Scrapes of `listen` need no token: allowed on a loopback address only.
+    pub open: bool,
+}
+
 /// `[store]`
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

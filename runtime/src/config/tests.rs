@@ -71,6 +71,22 @@ fn bad_files_name_the_key_and_the_file() {
             "kodo.toml: api.listen: refusing",
         ),
         (
+            "[metrics]\nlisten = \"0.0.0.0:1\"",
+            "kodo.toml: metrics.listen: refusing to serve metrics without a token",
+        ),
+        (
+            "[[auth.tokens]]\ntoken = \"12345678\"\nuser = \"a\"\n[metrics]\nlisten = \"0.0.0.0:1\"\nopen = true",
+            "kodo.toml: metrics.listen: refusing to serve metrics without a token",
+        ),
+        (
+            "[metrics]\nopen = true",
+            "kodo.toml: metrics.open: needs metrics.listen",
+        ),
+        (
+            "[metrics]\nlisten = \"here\"",
+            "kodo.toml: metrics.listen: expected HOST:PORT",
+        ),
+        (
             "[store]\nurl = \"mysql://x\"",
             "kodo.toml: store.url: expected sqlite://PATH or postgres://",
         ),

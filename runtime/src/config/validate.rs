@@ -17,6 +17,19 @@ impl Config {
                 "refusing to listen on a non-loopback address without [[auth.tokens]]",
             );
         }
+        if !self.metrics.listen.is_empty() {
+            let Ok(metrics) = self.metrics.listen.parse::<SocketAddr>() else {
+                return bad("metrics.listen", "expected HOST:PORT with an IP address");
+            };
+            if (self.metrics.open || self.auth.tokens.is_empty()) && !metrics.ip().is_loopback() {
+                return bad(
+                    "metrics.listen",
+                    "refusing to serve metrics without a token on a non-loopback address",
+                );
+            }
+        } else if self.metrics.open {
+            return bad("metrics.open", "needs metrics.listen (a loopback address)");
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, t) in self.auth.tokens.iter().enumerate() {
             if t.token.len() < 8 {
