@@ -99,6 +99,11 @@ async fn health_and_flows() {
     assert_eq!(health["status"], "ok");
     assert_eq!(health["store"]["ok"], true);
     assert_eq!(health["transport"]["kind"], "local");
+    for part in ["store", "transport"] {
+        assert!(health[part]["latency_ms"].as_f64().is_some(), "{health}");
+    }
+    assert_eq!(probe(&api, "live").await, (StatusCode::OK, json!([])));
+    assert_eq!(probe(&api, "ready").await, (StatusCode::OK, json!([])));
     let (status, flows) = call(&api, Method::GET, "/flows", ANN, None).await;
     assert_eq!(status, StatusCode::OK);
     let names: Vec<_> = flows["flows"]
@@ -591,6 +596,14 @@ async fn health_degrades_while_store_writes_fail_and_recovers() {
             .contains("injected fault"),
         "{health}"
     );
+    // Not ready for launches, yet live: a store outage is no reason to restart.
+    let (code, reasons) = probe(&api, "ready").await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        reasons[0].as_str().unwrap().contains("store: "),
+        "{reasons}"
+    );
+    assert_eq!(probe(&api, "live").await, (StatusCode::OK, json!([])));
     // The store comes back: everything accepted meanwhile is stored, health is ok again.
     api.faults
         .fail_writes
@@ -600,7 +613,20 @@ async fn health_degrades_while_store_writes_fail_and_recovers() {
     assert_eq!(events.iter().filter(|e| e.event == "debug").count(), 2);
     let resp = api.req(Method::GET, "/health", None).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(probe(&api, "ready").await, (StatusCode::OK, json!([])));
     api.running.shutdown("test over").await;
+}
+
+/// `GET /health/KIND` (no token): the status code and the reasons.
+async fn probe(api: &TestApi, kind: &str) -> (StatusCode, Value) {
+    let resp = api
+        .req(Method::GET, &format!("/health/{kind}"), None)
+        .send()
+        .await
+        .unwrap();
+    let code = resp.status();
+    let body: Value = resp.json().await.unwrap();
+    (code, body["reasons"].clone())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -618,6 +644,14 @@ async fn a_full_node_answers_503() {
     .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(body["error"].as_str().unwrap().contains("limit"), "{body}");
+    let (code, reasons) = probe(&api, "ready").await;
+    assert_eq!(
+        (code, reasons),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!(["at limits.max_running (1)"])
+        )
+    );
     let (status, _) = call(
         &api,
         Method::POST,
@@ -628,5 +662,43 @@ async fn a_full_node_answers_503() {
     .await;
     assert_eq!(status, StatusCode::ACCEPTED);
     follow(&api, &first, ANN).await;
+    api.running.shutdown("test over").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_spoolers_gave_up_is_not_live() {
+    let api = start().await;
+    assert_eq!(probe(&api, "live").await, (StatusCode::OK, json!([])));
+    // Every commit panics: the supervisor restarts the Spooler, then gives up.
+    api.faults
+        .panic_before_commit
+        .store(1000, std::sync::atomic::Ordering::SeqCst);
+    let (status, body) = call(
+        &api,
+        Method::POST,
+        "/flows/count/executions",
+        ANN,
+        Some(json!({})),
+    )
+    .await;
+    assert!(status.is_success(), "{body}");
+    let start = std::time::Instant::now();
+    let reasons = loop {
+        let (code, reasons) = probe(&api, "live").await;
+        if code == StatusCode::SERVICE_UNAVAILABLE {
+            break reasons;
+        }
+        assert!(start.elapsed() < DEADLINE, "still live: {reasons}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(
+        reasons[0].as_str().unwrap().contains("crashed more than"),
+        "{reasons}"
+    );
+    let (code, reasons) = probe(&api, "ready").await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{reasons}");
+    api.faults
+        .panic_before_commit
+        .store(0, std::sync::atomic::Ordering::SeqCst);
     api.running.shutdown("test over").await;
 }

@@ -67,7 +67,7 @@ pub struct Delivery {
 }
 
 /// The state a transport reports on `/health`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct TransportHealth {
     /// Which transport.
     pub kind: &'static str,

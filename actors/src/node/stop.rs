@@ -51,6 +51,17 @@ impl Node {
         }
     }
 
+    /// Why the node can no longer work, if it already cannot (see
+    /// [`Node::failed`]).
+    pub fn has_failed(&self) -> Option<String> {
+        futures::FutureExt::now_or_never(self.failed())
+    }
+
+    /// Whether a shutdown began.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
     /// Stops every execution (`killed: <reason>`; on a node alone, those
     /// that resume are left to the next start), drains the transport into
     /// the store, checks that every event is stored, closes the store and

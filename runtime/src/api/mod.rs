@@ -74,6 +74,8 @@ pub fn router(node: Arc<Node>, config: &Config, temporal: Option<Arc<Temporal>>)
         ));
     Router::new()
         .route("/health", get(health::health))
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
         .merge(authed)
         .fallback(|| async { ApiError::not_found("route") })
         .layer(DefaultBodyLimit::max(config.api.max_body_bytes))

@@ -209,6 +209,31 @@ pub struct StoreState {
     pub ok: bool,
     /// Why not.
     pub error: Option<String>,
+    /// How long its check took (a `ping`), in milliseconds.
+    pub latency_ms: f64,
+}
+
+/// The transport's part of `/health`.
+#[derive(Debug, Serialize)]
+pub struct TransportState {
+    /// What the transport says of itself.
+    #[serde(flatten)]
+    pub health: TransportHealth,
+    /// How long asking it took, in milliseconds.
+    pub latency_ms: f64,
+}
+
+/// The cluster's part of `/health` (nodes over Redis).
+#[derive(Debug, Serialize)]
+pub struct ClusterState {
+    /// Whether the members can be read now.
+    pub ok: bool,
+    /// Live nodes, this one included.
+    pub live_nodes: usize,
+    /// Why not.
+    pub error: Option<String>,
+    /// How long reading the members took, in milliseconds.
+    pub latency_ms: f64,
 }
 
 /// Temporal's part of `/health`, when some flow runs durably.
@@ -220,6 +245,8 @@ pub struct TemporalState {
     pub address: String,
     /// Why not.
     pub error: Option<String>,
+    /// How long its check took, in milliseconds.
+    pub latency_ms: f64,
 }
 
 /// `GET /health` answer (200 `ok`, 503 `degraded`).
@@ -230,12 +257,24 @@ pub struct Health {
     /// The store.
     pub store: StoreState,
     /// The transport.
-    pub transport: TransportHealth,
+    pub transport: TransportState,
     /// Executions running on this node.
     pub running: usize,
     /// Temporal, when some flow runs durably.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub temporal: Option<TemporalState>,
+    /// The cluster, when this node is one of several.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterState>,
+}
+
+/// `GET /health/ready` and `/health/live` answers.
+#[derive(Debug, Serialize)]
+pub struct Probe {
+    /// `ready`, `live`, or `not ready`, `not live`.
+    pub status: &'static str,
+    /// Why not (empty when it is).
+    pub reasons: Vec<String>,
 }
 
 /// `GET /cluster` answer.
