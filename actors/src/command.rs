@@ -97,6 +97,11 @@ fn start(spec: &CommandSpec, ctx: &Ctx) -> std::io::Result<Started> {
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    // Its spans join the execution's trace (W3C Trace Context).
+    match ctx.traceparent() {
+        Some(parent) => cmd.env("TRACEPARENT", parent),
+        None => cmd.env_remove("TRACEPARENT"),
+    };
     if let Some(dir) = &spec.cwd {
         cmd.current_dir(dir);
     }

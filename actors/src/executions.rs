@@ -50,6 +50,8 @@ pub(crate) enum ExecMsg {
         inputs: Value,
         /// Set when it runs again after its node died (see [`Resumed`]).
         resumed: Option<Resumed>,
+        /// The W3C `traceparent` it was launched with.
+        traceparent: Option<String>,
         /// Answered once its Runner runs (with what to wait for, when the
         /// start goes on elsewhere).
         reply: RpcReplyPort<Result<Ready, LaunchError>>,
@@ -146,6 +148,7 @@ struct Draining {
 }
 
 impl Executions {
+    #[allow(clippy::too_many_arguments)]
     async fn launch(
         myself: &ActorRef<ExecMsg>,
         state: &mut ExecState,
@@ -154,6 +157,7 @@ impl Executions {
         owner: String,
         inputs: Value,
         resumed: Option<Resumed>,
+        traceparent: Option<String>,
     ) -> Result<Ready, LaunchError> {
         if state.draining.is_some() {
             return Err(LaunchError::ShuttingDown);
@@ -201,7 +205,8 @@ impl Executions {
                     && attempt < flow.attempts
                     && !state.shared.backend.durable(&flow.name),
             ),
-        );
+        )
+        .with_parent(traceparent);
         let execution = Execution {
             ctx: ctx.clone(),
             flow,
@@ -306,14 +311,28 @@ impl Actor for Executions {
                 owner,
                 inputs,
                 resumed,
+                traceparent,
                 reply,
             } => {
-                let result = Self::launch(&myself, state, fid, flow, owner, inputs, resumed).await;
+                let result = Self::launch(
+                    &myself,
+                    state,
+                    fid,
+                    flow,
+                    owner,
+                    inputs,
+                    resumed,
+                    traceparent,
+                )
+                .await;
                 let _ = reply.send(result);
             }
             ExecMsg::Stop { fid, stop, reply } => {
                 let ctx = state.live.get(&fid);
                 if let Some(ctx) = ctx {
+                    // A mark in the execution's trace: when the stop came, and why.
+                    tracing::info_span!(parent: ctx.span(), "kill", reason = %stop.reason)
+                        .in_scope(|| {});
                     ctx.stop(stop);
                 }
                 let _ = reply.send(ctx.is_some());

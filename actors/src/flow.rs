@@ -279,7 +279,9 @@ impl PendingLock {
     pub async fn answer(mut self) -> Result<Value, LockError> {
         let (lid, name) = (self.lid, self.name);
         let tracer = &self.ctx.inner.tracer;
-        match tokio::time::timeout(self.kept.wait, &mut self.kept.open.answer).await {
+        let span = tracing::info_span!(parent: self.ctx.span(), "lock", lid, name);
+        let wait = tokio::time::timeout(self.kept.wait, &mut self.kept.open.answer);
+        match tracing::Instrument::instrument(wait, span).await {
             Ok(Ok(Some(answer))) => {
                 let lease = json!({"lid": lid, "name": name, "result": answer});
                 tracer.trace(Trace::Lease(lease.to_string())).await?;
@@ -309,6 +311,10 @@ struct CtxInner {
     steps: Steps,
     /// Whether the execution is paused (durable mode).
     paused: watch::Sender<bool>,
+    /// Its span (`execution`: fid, flow, owner, attempt, final status).
+    span: tracing::Span,
+    /// The W3C `traceparent` it was launched with, if any.
+    parent: Option<String>,
 }
 
 /// What a running execution is given: its identity, the Tracer's verbs,
@@ -340,8 +346,18 @@ impl Ctx {
         attempt: u32,
         steps: Steps,
     ) -> Self {
+        let span = tracing::info_span!(
+            "execution",
+            fid = %fid,
+            flow,
+            owner,
+            attempt,
+            status = tracing::field::Empty,
+        );
         Self {
             inner: Arc::new(CtxInner {
+                span,
+                parent: None,
                 attempt,
                 steps,
                 fid,
@@ -361,6 +377,28 @@ impl Ctx {
     /// The execution's id.
     pub fn fid(&self) -> &Fid {
         &self.inner.fid
+    }
+
+    /// The same context, its span a child of `traceparent` (W3C; a launch's
+    /// header or a durable workflow's). Call it before the context is shared.
+    pub(crate) fn with_parent(mut self, traceparent: Option<String>) -> Self {
+        let inner = Arc::get_mut(&mut self.inner).expect("a context not shared yet");
+        if let Some(parent) = &traceparent {
+            kodo_telemetry::set_parent(&inner.span, parent);
+        }
+        inner.parent = traceparent;
+        self
+    }
+
+    /// The execution's span: its flow's work, locks and kill are its children.
+    pub fn span(&self) -> &tracing::Span {
+        &self.inner.span
+    }
+
+    /// What a command flow gets as `TRACEPARENT`: the execution span's
+    /// context, or (traces off) the one it was launched with.
+    pub fn traceparent(&self) -> Option<String> {
+        kodo_telemetry::traceparent(&self.inner.span).or_else(|| self.inner.parent.clone())
     }
 
     /// The flow's name.

@@ -182,6 +182,7 @@ impl Recovery<'_> {
                     owner: row.owner.clone(),
                     inputs,
                     resumed: Some(resumed),
+                    traceparent: None,
                     reply,
                 },
                 None,

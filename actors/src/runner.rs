@@ -42,7 +42,8 @@ impl Actor for Runner {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         if let Some(execution) = state.take() {
-            drive(execution).await;
+            let span = execution.ctx.span().clone();
+            tracing::Instrument::instrument(drive(execution), span).await;
         }
         myself.stop(None);
         Ok(())
@@ -59,7 +60,8 @@ pub async fn drive(execution: Execution) -> Outcome {
         inputs,
         begin,
     } = execution;
-    if let Err(e) = ctx.tracer().trace(begin).await {
+    let launch = tracing::info_span!("launch");
+    if let Err(e) = tracing::Instrument::instrument(ctx.tracer().trace(begin), launch).await {
         tracing::error!(fid = %ctx.fid(), error = %e, "could not record the launch");
     }
     let timer = flow.timeout.map(|limit| {
@@ -83,6 +85,7 @@ pub async fn drive(execution: Execution) -> Outcome {
         Outcome::Failed(_) => "error",
         Outcome::Killed(_) => "killed",
     };
+    ctx.span().record("status", status);
     // Stopped by the shutdown (not ended on its own first): left to resume.
     if matches!(outcome, Outcome::Killed(_)) && ctx.left_to_resume() {
         tracing::info!(fid = %ctx.fid(), flow = %flow.name, "execution stopped with its node; it resumes at the next start");

@@ -85,24 +85,47 @@ fn load_config(path: Option<PathBuf>) -> Result<Config, ExitCode> {
     })
 }
 
-/// Loads the config, starts logging at its level, then logs what loading
-/// noticed (logging did not run yet when it did).
-fn configure(path: Option<PathBuf>) -> Result<Config, ExitCode> {
-    let config = load_config(path)?;
-    init_logging(&config.log.level);
+/// Loads the config, starts logging at its level (and traces, when
+/// `[telemetry]` or `OTEL_*` say where), runs `command`, then exports the
+/// spans left.
+async fn configured<F: Future<Output = ExitCode>>(
+    path: Option<PathBuf>,
+    command: impl FnOnce(Config) -> F,
+) -> ExitCode {
+    let config = match load_config(path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let telemetry = match kodo_telemetry::Telemetry::start(&wiring::telemetry_options(&config)) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("runtime: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    init_logging(&config.log.level, telemetry.as_ref());
+    // Logging did not run yet when loading noticed these.
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
-    Ok(config)
+    let code = command(config).await;
+    if let Some(telemetry) = telemetry {
+        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    }
+    code
 }
 
-fn init_logging(level: &str) {
+fn init_logging(level: &str, telemetry: Option<&kodo_telemetry::Telemetry>) {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_filter(filter);
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(telemetry.map(|t| t.layer()))
         .init();
 }
 
@@ -394,26 +417,16 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         match cli.command {
-            Command::Run { config } => match configure(config) {
-                Ok(config) => run(config).await,
-                Err(code) => code,
-            },
+            Command::Run { config } => configured(config, run).await,
             Command::Db {
                 command: DbCommand::Upgrade { config },
-            } => match configure(config) {
-                Ok(config) => upgrade(config).await,
-                Err(code) => code,
-            },
-            Command::Spool { config, name } => match configure(config) {
-                Ok(config) => spool(config, name).await,
-                Err(code) => code,
-            },
-            Command::TemporalWorker { config } => match configure(config) {
-                Ok(config) => temporal_worker(config).await,
-                Err(code) => code,
-            },
+            } => configured(config, upgrade).await,
+            Command::Spool { config, name } => {
+                configured(config, |config| spool(config, name)).await
+            }
+            Command::TemporalWorker { config } => configured(config, temporal_worker).await,
             Command::Bench(args) => {
-                init_logging("warn");
+                init_logging("warn", None);
                 kodo_bench::run(args).await
             }
         }

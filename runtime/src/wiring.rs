@@ -140,6 +140,17 @@ pub fn temporal_options(config: &Config) -> TemporalOptions {
     }
 }
 
+/// `[telemetry]` as the exporter takes it (empty values: the `OTEL_*` variables).
+pub fn telemetry_options(config: &Config) -> kodo_telemetry::TelemetryOptions {
+    let t = &config.telemetry;
+    let given = |s: &String| (!s.is_empty()).then(|| s.clone());
+    kodo_telemetry::TelemetryOptions {
+        otlp_endpoint: given(&t.otlp_endpoint),
+        service_name: given(&t.service_name),
+        sample_ratio: (t.sample_ratio < 1.0).then_some(t.sample_ratio),
+    }
+}
+
 /// Connects to Temporal when some flow runs durably (or `always`, for a
 /// worker alone), and returns the backend the node launches through
 /// (announcing pauses and answers on `cluster`).

@@ -167,6 +167,18 @@ impl Node {
         owner: &str,
         inputs: Value,
     ) -> Result<Launched, LaunchError> {
+        self.launch_traced(flow, owner, inputs, None).await
+    }
+
+    /// [`Node::launch`], the execution's span a child of `traceparent`
+    /// (W3C, as a launch request's header gives it).
+    pub async fn launch_traced(
+        &self,
+        flow: &str,
+        owner: &str,
+        inputs: Value,
+        traceparent: Option<String>,
+    ) -> Result<Launched, LaunchError> {
         let def = self
             .flows
             .get(flow)
@@ -183,6 +195,7 @@ impl Node {
                     owner: owner.to_string(),
                     inputs,
                     resumed: None,
+                    traceparent,
                     reply,
                 },
                 None,

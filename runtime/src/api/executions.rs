@@ -67,6 +67,7 @@ pub(super) async fn launch(
     State(state): State<Arc<AppState>>,
     user: User,
     Path(flow): Path<String>,
+    headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     if state.node.flows().get(&flow).is_none() {
@@ -83,7 +84,18 @@ pub(super) async fn launch(
             )));
         }
     };
-    match state.node.launch(&flow, &user.name, inputs).await {
+    // W3C Trace Context: a malformed `traceparent` is ignored, as the spec says.
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| kodo_telemetry::is_traceparent(v))
+        .map(str::to_string);
+    match state
+        .node
+        .launch_traced(&flow, &user.name, inputs, traceparent)
+        .await
+    {
         Ok(launched) => {
             let status = if launched.stored {
                 StatusCode::CREATED

@@ -18,6 +18,7 @@ const OVERRIDABLE: &[&str] = &[
     "node",
     "api",
     "metrics",
+    "telemetry",
     "store",
     "transport",
     "cluster",

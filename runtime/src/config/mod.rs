@@ -49,6 +49,8 @@ pub struct Config {
     pub api: ApiSection,
     /// The metrics listener.
     pub metrics: MetricsSection,
+    /// OpenTelemetry traces.
+    pub telemetry: TelemetrySection,
     /// Where executions and events are kept.
     pub store: StoreSection,
     /// How events travel from Tracers to Spoolers.

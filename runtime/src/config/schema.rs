@@ -94,6 +94,31 @@ pub struct MetricsSection {
     pub open: bool,
 }
 
+/// `[telemetry]`: OpenTelemetry traces over OTLP/HTTP, off unless an
+/// endpoint is set (here or in `OTEL_EXPORTER_OTLP_ENDPOINT`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySection {
+    /// The OTLP/HTTP endpoint (`http://HOST:4318`; `/v1/traces` is added).
+    pub otlp_endpoint: String,
+    /// Every span's `service.name` (empty: `OTEL_SERVICE_NAME`, else `kodo`).
+    pub service_name: String,
+    /// The share of new traces kept, 0 to 1 (at 1, the default,
+    /// `OTEL_TRACES_SAMPLER` may choose); a launch's `traceparent` decides
+    /// for its execution.
+    pub sample_ratio: f64,
+}
+
+impl Default for TelemetrySection {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: String::new(),
+            service_name: String::new(),
+            sample_ratio: 1.0,
+        }
+    }
+}
+
 /// `[store]`
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -30,6 +30,16 @@ impl Config {
         } else if self.metrics.open {
             return bad("metrics.open", "needs metrics.listen (a loopback address)");
         }
+        let endpoint = &self.telemetry.otlp_endpoint;
+        if !endpoint.is_empty() && !endpoint.starts_with("http://") {
+            return bad(
+                "telemetry.otlp_endpoint",
+                "expected http://HOST:PORT (OTLP over HTTP; kodo has no TLS client: send to a local collector)",
+            );
+        }
+        if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
+            return bad("telemetry.sample_ratio", "expected 0 to 1");
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, t) in self.auth.tokens.iter().enumerate() {
             if t.token.len() < 8 {

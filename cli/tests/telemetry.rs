@@ -1,0 +1,165 @@
+//! Traces over OTLP: a real OTLP/HTTP receiver started here on 127.0.0.1
+//! (decoding the protobuf export requests) gets each execution's span with
+//! its attributes, as a child of the launch's `traceparent`; a command flow
+//! sees `TRACEPARENT`; an endpoint that is down changes nothing for the
+//! executions.
+
+mod common;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::http::StatusCode;
+use axum::routing::post;
+use common::*;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const FLOWS: &str = r#"
+[flows.env]
+command = ["sh", "-c", "read -r x; echo \"traceparent=$TRACEPARENT\""]
+"#;
+
+const PARENT_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+const PARENT_SPAN: &str = "b7ad6b7169203331";
+
+/// An OTLP/HTTP receiver: every span it was sent.
+async fn receiver() -> (String, Arc<Mutex<Vec<Span>>>) {
+    let spans: Arc<Mutex<Vec<Span>>> = Arc::default();
+    let kept = spans.clone();
+    let app = Router::new().route(
+        "/v1/traces",
+        post(move |body: Bytes| async move {
+            let Ok(request) = ExportTraceServiceRequest::decode(body) else {
+                return StatusCode::BAD_REQUEST;
+            };
+            let mut kept = kept.lock().unwrap();
+            for resource in request.resource_spans {
+                for scope in resource.scope_spans {
+                    kept.extend(scope.spans);
+                }
+            }
+            StatusCode::OK
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, spans)
+}
+
+fn attributes(span: &Span) -> HashMap<String, String> {
+    span.attributes
+        .iter()
+        .map(|kv| {
+            let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(Any::StringValue(s)) => s.clone(),
+                Some(Any::IntValue(i)) => i.to_string(),
+                other => format!("{other:?}"),
+            };
+            (kv.key.clone(), value)
+        })
+        .collect()
+}
+
+/// The first span `pick` accepts, once the receiver has it.
+async fn span_where(spans: &Arc<Mutex<Vec<Span>>>, pick: impl Fn(&Span) -> bool) -> Span {
+    let start = Instant::now();
+    loop {
+        if let Some(span) = spans.lock().unwrap().iter().find(|s| pick(s)) {
+            return span.clone();
+        }
+        assert!(start.elapsed() < DEADLINE, "no such span received");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execution_span_joins_the_launchs_trace_and_its_flow_sees_traceparent() {
+    let (endpoint, spans) = receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), FLOWS);
+    let mut command = run(&cfg, dir.path());
+    command
+        .env("KODO_TELEMETRY_OTLP_ENDPOINT", &endpoint)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100");
+    let (mut node, base, _) = start_logged(command).await;
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/flows/env/executions"))
+        .header("traceparent", format!("00-{PARENT_TRACE}-{PARENT_SPAN}-01"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    let fid = resp.json::<serde_json::Value>().await.unwrap()["fid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    stream_until(&base, &fid, "data: \"finished\"").await;
+
+    let execution = span_where(&spans, |s| {
+        s.name == "execution" && attributes(s).get("fid") == Some(&fid)
+    })
+    .await;
+    assert_eq!(hex(&execution.trace_id), PARENT_TRACE);
+    assert_eq!(hex(&execution.parent_span_id), PARENT_SPAN);
+    let attrs = attributes(&execution);
+    for (key, value) in [
+        ("flow", "env"),
+        ("owner", "local"),
+        ("attempt", "1"),
+        ("status", "finished"),
+    ] {
+        assert_eq!(attrs.get(key).map(String::as_str), Some(value), "{attrs:?}");
+    }
+    let launch = span_where(&spans, |s| {
+        s.name == "launch" && s.parent_span_id == execution.span_id
+    })
+    .await;
+    assert_eq!(launch.trace_id, execution.trace_id);
+
+    // The flow's TRACEPARENT names the execution's span.
+    let lines = stdout_lines(&events(&base, &fid).await);
+    let expected = format!(
+        "traceparent=00-{PARENT_TRACE}-{}-01",
+        hex(&execution.span_id)
+    );
+    assert_eq!(lines, [expected]);
+    assert_eq!(terminate(&mut node).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_otlp_endpoint_that_is_down_changes_nothing_for_executions() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), FLOWS);
+    let mut command = run(&cfg, dir.path());
+    command
+        .env(
+            "KODO_TELEMETRY_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{}", free_port()),
+        )
+        .env("OTEL_BSP_SCHEDULE_DELAY", "50");
+    let (mut node, base, _) = start_logged(command).await;
+    let mut fids = Vec::new();
+    for _ in 0..20 {
+        fids.push(launch(&base, "env").await);
+    }
+    for fid in &fids {
+        stream_until(&base, fid, "data: \"finished\"").await;
+        let lines = stdout_lines(&events(&base, fid).await);
+        // Traces on, so TRACEPARENT names a new trace of the execution's own.
+        assert!(lines[0].starts_with("traceparent=00-"), "{lines:?}");
+    }
+    let start = Instant::now();
+    assert_eq!(terminate(&mut node).await, 0);
+    assert!(start.elapsed() < DEADLINE);
+}

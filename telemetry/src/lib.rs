@@ -1,0 +1,154 @@
+//! kodo's OpenTelemetry traces.
+//!
+//! - [`Telemetry::start`] builds the OTLP/HTTP exporter (a batch processor
+//!   on its own thread: a down endpoint drops spans with a warning, it
+//!   never blocks an emit) and [`Telemetry::layer`] is the
+//!   `tracing-opentelemetry` layer that turns kodo's spans into OTel spans.
+//! - [`set_parent`], [`traceparent`] and [`add_link`] move W3C trace
+//!   context between `tracing` spans and `traceparent` strings (the
+//!   header of a launch, `TRACEPARENT` of a command flow). Without the
+//!   layer they do nothing.
+//!
+//! The `OTEL_*` variables work as the OpenTelemetry spec says
+//! (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`,
+//! `OTEL_TRACES_SAMPLER`, `OTEL_SDK_DISABLED`...); a value set in
+//! `[telemetry]` wins over its variable.
+
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{TraceContextExt, TracerProvider};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use std::collections::HashMap;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::Layer;
+use tracing_subscriber::registry::LookupSpan;
+
+/// `[telemetry]`: where traces go (each unset value from its `OTEL_*` variable).
+#[derive(Clone, Debug, Default)]
+pub struct TelemetryOptions {
+    /// The OTLP/HTTP endpoint, as `OTEL_EXPORTER_OTLP_ENDPOINT` (`/v1/traces` is added).
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` of every span, as `OTEL_SERVICE_NAME`.
+    pub service_name: Option<String>,
+    /// The share of new traces kept (0 to 1; a parent's choice wins), as
+    /// `OTEL_TRACES_SAMPLER=parentbased_traceidratio` with its argument.
+    pub sample_ratio: Option<f64>,
+}
+
+/// Why traces cannot be exported.
+#[derive(Debug, thiserror::Error)]
+#[error("telemetry: {0}")]
+pub struct TelemetryError(String);
+
+/// The trace pipeline of this process; flushes and stops when shut down.
+#[derive(Debug)]
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+}
+
+fn env_set(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| !v.trim().is_empty())
+}
+
+impl Telemetry {
+    /// The pipeline, when traces go somewhere: `otlp_endpoint`, or an
+    /// `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT`, and `OTEL_SDK_DISABLED` not `true`.
+    pub fn start(options: &TelemetryOptions) -> Result<Option<Self>, TelemetryError> {
+        let disabled =
+            std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+        let endpoint_set = options.otlp_endpoint.is_some()
+            || env_set("OTEL_EXPORTER_OTLP_ENDPOINT")
+            || env_set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+        if disabled || !endpoint_set {
+            return Ok(None);
+        }
+        let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_http();
+        if let Some(endpoint) = &options.otlp_endpoint {
+            // As OTEL_EXPORTER_OTLP_ENDPOINT: the base, the signal's path added.
+            let base = endpoint.trim_end_matches('/');
+            exporter = exporter.with_endpoint(format!("{base}/v1/traces"));
+        }
+        let exporter = exporter
+            .build()
+            .map_err(|e| TelemetryError(e.to_string()))?;
+        let mut resource = opentelemetry_sdk::Resource::builder();
+        if let Some(name) = &options.service_name {
+            resource = resource.with_service_name(name.clone());
+        } else if !env_set("OTEL_SERVICE_NAME") {
+            resource = resource.with_service_name("kodo");
+        }
+        let mut provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource.build());
+        if let Some(ratio) = options.sample_ratio {
+            let root = Sampler::TraceIdRatioBased(ratio);
+            provider = provider.with_sampler(Sampler::ParentBased(Box::new(root)));
+        }
+        Ok(Some(Self {
+            provider: provider.build(),
+        }))
+    }
+
+    /// The `tracing` layer that exports kodo's spans (targets `kodo*`).
+    pub fn layer<S>(&self) -> impl Layer<S> + use<S>
+    where
+        S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    {
+        let kodo_only = tracing_subscriber::filter::filter_fn(|meta| {
+            meta.target().starts_with("kodo") && meta.is_span()
+        });
+        tracing_opentelemetry::layer()
+            .with_tracer(self.provider.tracer("kodo"))
+            .with_filter(kodo_only)
+    }
+
+    /// Exports what is left (a few seconds at most) and stops.
+    pub fn shutdown(self) {
+        // The provider's shutdown blocks: off the async runtime's threads.
+        let provider = self.provider;
+        let done = std::thread::spawn(move || provider.shutdown());
+        if let Ok(Err(e)) = done.join() {
+            tracing::warn!(error = %e, "telemetry: spans left unexported at shutdown");
+        }
+    }
+}
+
+/// Makes the trace of `traceparent` (W3C) the parent of `span`, which
+/// must not have been entered yet. Does nothing for a malformed value or
+/// without the layer.
+pub fn set_parent(span: &tracing::Span, traceparent: &str) {
+    let carrier = HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
+    let parent = TraceContextPropagator::new().extract(&carrier);
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
+    }
+}
+
+/// `span`'s W3C `traceparent`, None without the layer (or unsampled).
+pub fn traceparent(span: &tracing::Span) -> Option<String> {
+    let context = span.context();
+    if !context.span().span_context().is_valid() {
+        return None;
+    }
+    let mut carrier = HashMap::new();
+    TraceContextPropagator::new().inject_context(&context, &mut carrier);
+    carrier.remove("traceparent")
+}
+
+/// Links `span` (not entered yet) to the span of `traceparent`.
+pub fn add_link(span: &tracing::Span, traceparent: &str) {
+    let carrier = HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
+    let linked = TraceContextPropagator::new().extract(&carrier);
+    let linked = linked.span().span_context().clone();
+    if linked.is_valid() {
+        span.add_link(linked);
+    }
+}
+
+/// Whether `value` is a well-formed W3C `traceparent`.
+pub fn is_traceparent(value: &str) -> bool {
+    let carrier = HashMap::from([("traceparent".to_string(), value.to_string())]);
+    let cx = TraceContextPropagator::new().extract(&carrier);
+    cx.span().span_context().is_valid()
+}
