@@ -120,6 +120,8 @@ pub(crate) struct ExecShared {
     pub resume_after_stop: bool,
     /// What this process counts.
     pub metrics: kodo_metrics::SharedMetrics,
+    /// The spans of the executions running here.
+    pub spans: Arc<crate::spans::SpanBook>,
 }
 
 // The policy this supervisor applies to its children: a Runner that ends
@@ -206,7 +208,8 @@ impl Executions {
                     && !state.shared.backend.durable(&flow.name),
             ),
         )
-        .with_parent(traceparent);
+        .with_parent(traceparent)
+        .listed_in(&state.shared.spans);
         let execution = Execution {
             ctx: ctx.clone(),
             flow,

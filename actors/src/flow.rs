@@ -315,6 +315,8 @@ struct CtxInner {
     span: tracing::Span,
     /// The W3C `traceparent` it was launched with, if any.
     parent: Option<String>,
+    /// Its span's entry in the node's span book, while it runs.
+    listed: Option<crate::spans::Listed>,
 }
 
 /// What a running execution is given: its identity, the Tracer's verbs,
@@ -358,6 +360,7 @@ impl Ctx {
             inner: Arc::new(CtxInner {
                 span,
                 parent: None,
+                listed: None,
                 attempt,
                 steps,
                 fid,
@@ -387,6 +390,14 @@ impl Ctx {
             kodo_telemetry::set_parent(&inner.span, parent);
         }
         inner.parent = traceparent;
+        self
+    }
+
+    /// The same context, its span listed in `book` (for the commit spans'
+    /// links). Call it before the context is shared.
+    pub(crate) fn listed_in(mut self, book: &Arc<crate::spans::SpanBook>) -> Self {
+        let inner = Arc::get_mut(&mut self.inner).expect("a context not shared yet");
+        inner.listed = book.list(&inner.fid, &inner.span);
         self
     }
 

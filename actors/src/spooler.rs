@@ -49,6 +49,8 @@ pub struct SpoolerShared {
     pub health: Arc<StoreHealth>,
     /// What this process counts.
     pub metrics: kodo_metrics::SharedMetrics,
+    /// The spans of this process's executions (empty in a spool process).
+    pub spans: Arc<crate::spans::SpanBook>,
 }
 
 /// The Spooler actor.
@@ -92,7 +94,9 @@ impl Actor for Spooler {
             myself.stop(Some("transport drained".into()));
             return Ok(());
         };
-        if commit_with_retry(shared, &delivery.events).await.is_err() {
+        let span = shared.spans.commit_span(&delivery.events);
+        let commit = commit_with_retry(shared, &delivery.events);
+        if tracing::Instrument::instrument(commit, span).await.is_err() {
             // Closed at shutdown while the store failed: the batch stays
             // unacknowledged (the shutdown reports it unstored).
             tracing::error!(

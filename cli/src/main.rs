@@ -253,6 +253,7 @@ async fn spool(config: Config, name: Option<String>) -> ExitCode {
         batch_max: config.spooler.batch_max,
         health: Default::default(),
         metrics: Default::default(),
+        spans: Default::default(),
     };
     let metrics =
         match kodo_runtime::api::serve_metrics(&config, shared.metrics.clone(), transport.clone())

@@ -126,6 +126,11 @@ async fn an_execution_span_joins_the_launchs_trace_and_its_flow_sees_traceparent
     })
     .await;
     assert_eq!(launch.trace_id, execution.trace_id);
+    // The Spoolers' commits link to the executions whose events they stored.
+    span_where(&spans, |s| {
+        s.name == "commit" && s.links.iter().any(|l| l.span_id == execution.span_id)
+    })
+    .await;
 
     // The flow's TRACEPARENT names the execution's span.
     let lines = stdout_lines(&events(&base, &fid).await);

@@ -74,6 +74,7 @@ impl Node {
         let hub = Hub::new();
         let locks = Locks::default();
         let health = Arc::new(StoreHealth::default());
+        let spans = Arc::new(crate::spans::SpanBook::default());
         let marks = hub.clone();
         cluster.listen_commits(Arc::new(move |committed| marks.committed_marks(committed)));
         let spoolers = if options.spoolers {
@@ -85,6 +86,7 @@ impl Node {
                 batch_max: options.batch_max.max(1),
                 health: health.clone(),
                 metrics: options.metrics.clone(),
+                spans: spans.clone(),
             };
             Some(
                 SpoolerGroup::start(shared)
@@ -141,6 +143,7 @@ impl Node {
             commits: Commits::new(store.clone(), hub.clone()),
             resume_after_stop: lease.is_none(),
             metrics: options.metrics.clone(),
+            spans,
         };
         let (executions, executions_done) = Actor::spawn(None, Executions, exec_shared)
             .await

@@ -1,0 +1,65 @@
+//! Which executions of this process have a span, by fid: the Spoolers link
+//! each commit's span to the spans of the executions in its batch.
+
+use kodo_core::{Event, Fid};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+/// The most links a commit span gets.
+const MOST_LINKS: usize = 32;
+
+/// Execution span contexts (W3C `traceparent`), by fid.
+#[derive(Debug, Default)]
+pub struct SpanBook {
+    spans: Mutex<HashMap<Fid, String>>,
+}
+
+/// An execution's entry in the book, removed when dropped.
+#[derive(Debug)]
+pub(crate) struct Listed {
+    book: Arc<SpanBook>,
+    fid: Fid,
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        self.book.spans.lock().expect("span book").remove(&self.fid);
+    }
+}
+
+impl SpanBook {
+    /// Lists `fid`'s span (None: traces are off, nothing to list).
+    pub(crate) fn list(self: &Arc<Self>, fid: &Fid, span: &tracing::Span) -> Option<Listed> {
+        let traceparent = kodo_telemetry::traceparent(span)?;
+        let book = self.clone();
+        book.spans
+            .lock()
+            .expect("span book")
+            .insert(fid.clone(), traceparent);
+        Some(Listed {
+            book,
+            fid: fid.clone(),
+        })
+    }
+
+    /// A span for committing `events`, linked to their executions' spans.
+    pub(crate) fn commit_span(&self, events: &[Event]) -> tracing::Span {
+        let span = tracing::info_span!("commit", events = events.len());
+        let spans = self.spans.lock().expect("span book");
+        if spans.is_empty() {
+            return span;
+        }
+        let mut seen = HashSet::new();
+        for e in events {
+            if seen.len() == MOST_LINKS {
+                break;
+            }
+            if seen.insert(&e.fid)
+                && let Some(parent) = spans.get(&e.fid)
+            {
+                kodo_telemetry::add_link(&span, parent);
+            }
+        }
+        span
+    }
+}
