@@ -168,3 +168,51 @@ async fn an_otlp_endpoint_that_is_down_changes_nothing_for_executions() {
     assert_eq!(terminate(&mut node).await, 0);
     assert!(start.elapsed() < DEADLINE);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_attempt_joins_the_trace_through_its_workflow() {
+    let temporal = std::env::var("KODO_TEST_TEMPORAL_ADDRESS")
+        .expect("scripts/test starts Temporal; or set KODO_TEST_TEMPORAL_ADDRESS=HOST:PORT");
+    let (endpoint, spans) = receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let queue = format!("traces-{}-{}", std::process::id(), free_port());
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "[execution]\nmode = \"temporal\"\n[temporal]\naddress = \"{temporal}\"\n\
+             task_queue = \"{queue}\"\n{FLOWS}"
+        ),
+    );
+    let mut command = run(&cfg, dir.path());
+    command
+        .env("KODO_TELEMETRY_OTLP_ENDPOINT", &endpoint)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100");
+    let (mut node, base, _) = start_logged(command).await;
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/flows/env/executions"))
+        .header("traceparent", format!("00-{PARENT_TRACE}-{PARENT_SPAN}-01"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    let fid = resp.json::<serde_json::Value>().await.unwrap()["fid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    stream_until(&base, &fid, "data: \"finished\"").await;
+    let of_fid = |s: &Span| s.name == "execution" && attributes(s).get("fid") == Some(&fid);
+    // The launching node's span, child of the header; the attempt's, its child.
+    let launched = span_where(&spans, |s| {
+        of_fid(s) && hex(&s.parent_span_id) == PARENT_SPAN
+    })
+    .await;
+    let attempt = span_where(&spans, |s| {
+        of_fid(s) && s.parent_span_id == launched.span_id
+    })
+    .await;
+    assert_eq!(hex(&attempt.trace_id), PARENT_TRACE);
+    let lines = stdout_lines(&events(&base, &fid).await);
+    let expected = format!("traceparent=00-{PARENT_TRACE}-{}-01", hex(&attempt.span_id));
+    assert_eq!(lines, [expected]);
+    assert_eq!(terminate(&mut node).await, 0);
+}

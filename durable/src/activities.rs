@@ -109,6 +109,7 @@ impl KodoActivities {
             attempt,
             journal,
             locks.clone(),
+            launch.traceparent.clone(),
         );
         progress.store(ctx.tracer().clone());
         let begin = match first {
@@ -211,6 +212,7 @@ impl KodoActivities {
             after_all,
             Journal::default(),
             locks,
+            close.launch.traceparent.clone(),
         );
         if matches!(first, Trace::Begin { .. }) {
             ctx.tracer()

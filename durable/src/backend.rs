@@ -134,6 +134,7 @@ impl ExecutionBackend for TemporalBackend {
             attempts: options.attempts,
             heartbeat_ms: options.heartbeat_timeout.as_millis() as u64,
             timeout_ms: options.execution_timeout.map(|t| t.as_millis() as u64),
+            traceparent: ctx.traceparent(),
         };
         // The workflow is started by the watcher, not here: this runs in the
         // node's supervisor, and Temporal may take seconds to answer.

@@ -46,6 +46,10 @@ pub struct Launch {
     pub heartbeat_ms: u64,
     /// The longest the execution may run, all attempts (None: no limit).
     pub timeout_ms: Option<u64>,
+    /// The W3C `traceparent` of the launching node's execution span: each
+    /// attempt's span is its child, so one trace holds every attempt.
+    #[serde(default)]
+    pub traceparent: Option<String>,
 }
 
 /// How an execution ended: `finished` (text: the result's JSON), `error`

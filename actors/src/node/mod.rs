@@ -150,6 +150,8 @@ pub struct Node {
     options: NodeOptions,
     health: Arc<StoreHealth>,
     stopping: Arc<AtomicBool>,
+    /// The spans of the executions running here (commit spans link to them).
+    spans: Arc<crate::spans::SpanBook>,
     /// Launched here, first events not committed yet.
     unstored: Arc<Mutex<HashMap<Fid, Unstored>>>,
     /// This node's name, owned in the store until shutdown.
@@ -285,7 +287,7 @@ impl Node {
     /// attempt of a durable execution): its Tracer goes on from `book` and
     /// publishes to this node's transport; `attempt` counts from 1; its
     /// steps replay `journal` (see [`Journal::load`]). Its locks are kept
-    /// by `keeper`.
+    /// by `keeper`; its span is a child of `traceparent` (W3C).
     #[allow(clippy::too_many_arguments)]
     pub fn context(
         &self,
@@ -296,6 +298,7 @@ impl Node {
         attempt: u32,
         journal: Journal,
         keeper: Arc<dyn LockKeeper>,
+        traceparent: Option<String>,
     ) -> Ctx {
         let book = book.with_attempt(attempt);
         let tracer = Tracer::resume(fid.clone(), book, self.transport.clone())
@@ -311,6 +314,8 @@ impl Node {
             attempt,
             Steps::new(journal, Commits::new(self.store.clone(), self.hub.clone())),
         )
+        .with_parent(traceparent)
+        .listed_in(&self.spans)
     }
 
     /// Execution `fid`'s journal of steps, as stored now.

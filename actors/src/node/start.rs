@@ -143,7 +143,7 @@ impl Node {
             commits: Commits::new(store.clone(), hub.clone()),
             resume_after_stop: lease.is_none(),
             metrics: options.metrics.clone(),
-            spans,
+            spans: spans.clone(),
         };
         let (executions, executions_done) = Actor::spawn(None, Executions, exec_shared)
             .await
@@ -187,6 +187,7 @@ impl Node {
             options,
             health,
             stopping,
+            spans,
             unstored: Arc::default(),
             claim: Mutex::new(Some(claim)),
             lease,
