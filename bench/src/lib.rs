@@ -18,6 +18,7 @@
 
 mod cluster;
 mod durable;
+mod progress;
 mod raw;
 mod scenarios;
 mod setup;

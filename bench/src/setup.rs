@@ -208,21 +208,30 @@ pub(crate) struct Bench {
 impl Bench {
     /// Waits until every execution in `fids` has a final status stored.
     pub(crate) async fn until_final(&self, fids: &[Fid]) {
+        let total = fids.len() as u64;
         if self.spoolers.is_empty() {
-            self.timing.until(Status::Finished, fids.len() as u64).await;
+            let ended = || self.timing.count(Status::Finished);
+            let all = self.timing.until(Status::Finished, total);
+            crate::progress::showing("executions finished", total, ended, all).await;
             return;
         }
-        for fid in fids {
-            let mut sub = self.node.hub().subscribe(fid);
-            while !self
-                .store
-                .execution(fid)
-                .await
-                .is_ok_and(|r| r.is_some_and(|r| r.status.is_final()))
-            {
-                sub.changed().await;
+        let seen = AtomicU64::new(0);
+        let all = async {
+            for fid in fids {
+                let mut sub = self.node.hub().subscribe(fid);
+                while !self
+                    .store
+                    .execution(fid)
+                    .await
+                    .is_ok_and(|r| r.is_some_and(|r| r.status.is_final()))
+                {
+                    sub.changed().await;
+                }
+                seen.fetch_add(1, Ordering::Relaxed);
             }
-        }
+        };
+        let ended = || seen.load(Ordering::Relaxed);
+        crate::progress::showing("executions ended", total, ended, all).await;
     }
 
     pub(crate) async fn end(mut self) {

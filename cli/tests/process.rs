@@ -112,9 +112,21 @@ async fn the_sample_config_runs_both_demo_flows() {
 async fn sigterm_kills_running_executions_and_stores_their_end() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), WAITING_FLOW);
-    let (mut child, base) = start(&cfg, dir.path()).await;
+    let mut command = run(&cfg, dir.path());
+    command.env("RUST_LOG", "info");
+    let (mut child, base, log) = start_logged(command).await;
     let fid = launch_waiting(&base).await;
     assert_eq!(terminate(&mut child).await, 0);
+    // The shutdown says what it waits for, step by step.
+    let text = log.complete().await;
+    for step in [
+        "shutdown: stopping 1 running execution(s)",
+        "shutdown: executions stopped; storing the",
+        "shutdown: checking that every event of the stopped executions is stored",
+        "every event is stored",
+    ] {
+        assert!(text.contains(step), "{step:?} not in {text}");
+    }
 
     let (mut again, base) = start(&cfg, dir.path()).await;
     let row = get(&base, &format!("/executions/{fid}")).await;

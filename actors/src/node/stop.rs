@@ -76,6 +76,12 @@ impl Node {
             lease.leaving();
         }
         let wait = self.options.shutdown_wait;
+        let running = self.running().await;
+        tracing::info!(
+            running,
+            ?wait,
+            "shutdown: stopping {running} running execution(s)"
+        );
         let all_stopped = self.executions.call(
             |reply| ExecMsg::StopAll {
                 reason: reason.to_string(),
@@ -93,15 +99,31 @@ impl Node {
         };
         self.executions.stop(None);
         let _ = self.executions_ended.clone().wait_for(|ended| *ended).await;
+        let held = self.transport.health().await;
+        tracing::info!(
+            stopped = ended.len(),
+            queued = held.queued + held.pending,
+            "shutdown: executions stopped; storing the {} event(s) the transport holds",
+            held.queued + held.pending
+        );
         match &self.spoolers {
             Some(spoolers) => {
                 self.transport.close();
-                spoolers.drain(wait).await;
+                let drained = spoolers.drain(wait);
+                self.telling("the spoolers to store the transport's events", drained)
+                    .await;
             }
             None => {
                 // Spooler processes elsewhere store what this node published.
                 report.stored_elsewhere = true;
-                if !self.cluster.settle(wait).await {
+                let settled = self.cluster.settle(wait);
+                if !self
+                    .telling(
+                        "the spooler processes to store what this node published",
+                        settled,
+                    )
+                    .await
+                {
                     tracing::warn!(
                         ?wait,
                         "the spooler processes have not stored everything yet"
@@ -112,6 +134,10 @@ impl Node {
         }
         let health = self.transport.health().await;
         report.unstored = health.queued + health.pending;
+        tracing::info!(
+            executions = ended.len(),
+            "shutdown: checking that every event of the stopped executions is stored"
+        );
         check_stored(&self.store, ended, wait, &mut report).await;
         if report.all_stored() {
             tracing::info!(checked = report.checked, "every event is stored");
@@ -124,6 +150,28 @@ impl Node {
         }
         self.claim.lock().expect("claim lock").take();
         report
+    }
+}
+
+impl Node {
+    /// Awaits `future`, saying every 2 s that it still waits for `what`
+    /// and how many events the transport still holds.
+    async fn telling<T>(&self, what: &str, future: impl std::future::Future<Output = T>) -> T {
+        tokio::pin!(future);
+        let mut ticks = tokio::time::interval(std::time::Duration::from_secs(2));
+        ticks.tick().await;
+        loop {
+            tokio::select! {
+                out = &mut future => return out,
+                _ = ticks.tick() => {
+                    let held = self.transport.health().await;
+                    tracing::info!(
+                        left = held.queued + held.pending,
+                        "shutdown: still waiting for {what}"
+                    );
+                }
+            }
+        }
     }
 }
 
