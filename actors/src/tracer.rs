@@ -308,7 +308,9 @@ impl Tracer {
 
     /// The same Tracer, counting what it publishes in `metrics`.
     pub fn counted(mut self, metrics: ExecutionMetrics) -> Self {
-        self.metrics = Some(std::sync::Mutex::new(metrics));
+        if metrics.is_on() {
+            self.metrics = Some(std::sync::Mutex::new(metrics));
+        }
         self
     }
 

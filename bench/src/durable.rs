@@ -78,7 +78,7 @@ async fn durable_bench(args: &BenchArgs, temporal: &Arc<Temporal>) -> Result<Ben
     let backend = move |cluster| -> kodo_actors::SharedBackend {
         Arc::new(TemporalBackend::new(for_backend.clone(), None, cluster))
     };
-    let mut b = fresh_with(args, "temporal-durable", Some(&backend)).await?;
+    let mut b = fresh_with(args, "temporal-durable", Some(&backend), None).await?;
     b.worker =
         Some(TemporalWorker::start(temporal.clone(), b.node.clone()).map_err(|e| e.to_string())?);
     Ok(b)

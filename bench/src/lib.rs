@@ -18,6 +18,8 @@
 
 mod cluster;
 mod durable;
+mod observe;
+pub use observe::init_logging;
 mod progress;
 mod raw;
 mod scenarios;
@@ -106,6 +108,7 @@ pub async fn run(args: BenchArgs) -> ExitCode {
         "steps",
         "temporal",
         "cluster",
+        "observe",
         "waiting",
     ];
     if let Some(bad) = args.only.iter().find(|c| !all.contains(&c.as_str())) {
@@ -163,6 +166,7 @@ pub async fn run(args: BenchArgs) -> ExitCode {
             "steps" => steps::steps(&args, &mut report).await,
             "temporal" => durable::temporal(&args, &mut report).await,
             "cluster" => cluster::cluster(&args, &mut report).await,
+            "observe" => observe::observe(&args, &mut report).await,
             _ => scenarios::waiting(&args, &mut report).await,
         };
         if let Err(e) = result {

@@ -316,7 +316,7 @@ pub(crate) async fn spawn_runtime(
 }
 
 pub(crate) async fn fresh(args: &BenchArgs, name: &str) -> Result<Bench, String> {
-    fresh_with(args, name, None).await
+    fresh_with(args, name, None, None).await
 }
 
 /// Makes the backend a bench's node runs executions through, for its cluster.
@@ -327,6 +327,7 @@ pub(crate) async fn fresh_with(
     args: &BenchArgs,
     name: &str,
     backend: Option<&BackendFor>,
+    metrics: Option<kodo_metrics::SharedMetrics>,
 ) -> Result<Bench, String> {
     let (dir, tmp) = match &args.dir {
         Some(d) => (d.join(name), None),
@@ -382,6 +383,9 @@ pub(crate) async fn fresh_with(
     };
     if let Some(backend) = backend {
         options.backend = backend(cluster.clone());
+    }
+    if let Some(metrics) = metrics {
+        options.metrics = metrics;
     }
     let node = Node::start(store.clone(), transport, cluster, flows(args), options)
         .await

@@ -427,7 +427,7 @@ fn main() -> ExitCode {
             }
             Command::TemporalWorker { config } => configured(config, temporal_worker).await,
             Command::Bench(args) => {
-                init_logging("warn", None);
+                kodo_bench::init_logging();
                 kodo_bench::run(args).await
             }
         }

@@ -43,6 +43,8 @@ struct LockEvent {
 
 /// A process's metrics and the registry that shows them.
 pub struct Metrics {
+    /// False: counts nothing (`runtime bench` measures the cost this way).
+    on: bool,
     registry: Registry,
     launched: Family<FlowLabel, Counter>,
     ended: Family<FlowStatus, Counter>,
@@ -81,6 +83,7 @@ impl Metrics {
     /// Empty metrics, registered under the prefix `kodo`.
     pub fn new() -> Self {
         let mut m = Self {
+            on: true,
             registry: Registry::with_prefix("kodo"),
             launched: Family::default(),
             ended: Family::default(),
@@ -175,6 +178,19 @@ impl Metrics {
         m
     }
 
+    /// Metrics that count nothing: the baseline of the cost of counting.
+    pub fn off() -> Self {
+        Self {
+            on: false,
+            ..Self::new()
+        }
+    }
+
+    /// Whether these metrics count.
+    pub fn is_on(&self) -> bool {
+        self.on
+    }
+
     /// The counting of one execution's events by its Tracer.
     pub fn execution(self: &Arc<Self>, flow: &str) -> ExecutionMetrics {
         ExecutionMetrics {
@@ -187,6 +203,9 @@ impl Metrics {
 
     /// A Spooler committed `events` in one batch that took `took`.
     pub fn committed(&self, events: &[Event], took: Duration) {
+        if !self.on {
+            return;
+        }
         self.events_stored.inc_by(events.len() as u64);
         self.batch_events.observe(events.len() as f64);
         self.commit_seconds.observe(took.as_secs_f64());
@@ -254,6 +273,11 @@ impl ExecutionMetrics {
             }
             _ => {}
         }
+    }
+
+    /// Whether its metrics count (see [`Metrics::off`]).
+    pub fn is_on(&self) -> bool {
+        self.metrics.on
     }
 
     /// The transport refused this execution's events.

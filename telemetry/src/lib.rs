@@ -20,6 +20,8 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::Layer;
 use tracing_subscriber::registry::LookupSpan;
@@ -95,12 +97,29 @@ impl Telemetry {
     where
         S: tracing::Subscriber + for<'a> LookupSpan<'a>,
     {
-        let kodo_only = tracing_subscriber::filter::filter_fn(|meta| {
-            meta.target().starts_with("kodo") && meta.is_span()
+        self.layer_while(Arc::new(AtomicBool::new(true)))
+    }
+
+    /// [`Telemetry::layer`], exporting only while `on` holds (spans begun
+    /// meanwhile; call `tracing::callsite::rebuild_interest_cache` after a
+    /// change). `runtime bench` measures the cost of traces with it.
+    pub fn layer_while<S>(&self, on: Arc<AtomicBool>) -> impl Layer<S> + use<S>
+    where
+        S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    {
+        let kodo_only = tracing_subscriber::filter::filter_fn(move |meta| {
+            meta.is_span() && meta.target().starts_with("kodo") && on.load(Ordering::Relaxed)
         });
         tracing_opentelemetry::layer()
             .with_tracer(self.provider.tracer("kodo"))
             .with_filter(kodo_only)
+    }
+
+    /// Exports the spans ended so far (blocks: call it off the async runtime).
+    pub fn flush(&self) {
+        if let Err(e) = self.provider.force_flush() {
+            tracing::warn!(error = %e, "telemetry: spans left unexported");
+        }
     }
 
     /// Exports what is left (a few seconds at most) and stops.

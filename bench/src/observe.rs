@@ -1,0 +1,148 @@
+//! The cost of observability: throughput (`--executions` x `--events`) and
+//! emit->committed latency (`--rate` for `--seconds`) with metrics and
+//! traces off, metrics on, then metrics and traces on (exported over
+//! OTLP/HTTP to a sink in this process that only counts), in one run.
+
+use crate::BenchArgs;
+use crate::setup::{fresh_with, percentile};
+use axum::Router;
+use axum::body::Bytes;
+use axum::routing::post;
+use kodo_core::Status;
+use kodo_metrics::Metrics;
+use kodo_telemetry::{Telemetry, TelemetryOptions};
+use serde_json::json;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+use tracing_subscriber::Layer;
+use tracing_subscriber::prelude::*;
+
+/// Traces for the `observe` scenario: the pipeline, its switch, the bytes
+/// its sink took.
+struct Traces {
+    telemetry: Telemetry,
+    on: Arc<AtomicBool>,
+    exported: Arc<AtomicU64>,
+}
+
+static TRACES: OnceLock<Traces> = OnceLock::new();
+
+/// The bench's logging: warnings on stderr, and a trace layer (off until
+/// the `observe` scenario switches it on) exporting over OTLP/HTTP to a
+/// sink in this process that only counts bytes. Call it inside the runtime.
+pub fn init_logging() {
+    let logs = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(tracing_subscriber::EnvFilter::new("warn"));
+    let traces = sink().and_then(|(endpoint, exported)| {
+        let options = TelemetryOptions {
+            otlp_endpoint: Some(endpoint),
+            ..Default::default()
+        };
+        let telemetry = Telemetry::start(&options).map_err(|e| e.to_string())?;
+        let telemetry = telemetry.ok_or("OTEL_SDK_DISABLED")?;
+        Ok(Traces {
+            telemetry,
+            on: Arc::new(AtomicBool::new(false)),
+            exported,
+        })
+    });
+    let layer = traces
+        .as_ref()
+        .ok()
+        .map(|t| t.telemetry.layer_while(t.on.clone()));
+    tracing_subscriber::registry().with(logs).with(layer).init();
+    match traces {
+        Ok(traces) => {
+            let _ = TRACES.set(traces);
+        }
+        Err(e) => tracing::warn!("runtime bench: no traces for `observe`: {e}"),
+    }
+}
+
+/// An OTLP/HTTP endpoint that takes every export and counts its bytes.
+fn sink() -> Result<(String, Arc<AtomicU64>), String> {
+    let bytes = Arc::new(AtomicU64::new(0));
+    let counted = bytes.clone();
+    let app = Router::new().route(
+        "/v1/traces",
+        post(move |body: Bytes| async move {
+            counted.fetch_add(body.len() as u64, Ordering::Relaxed);
+        }),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let url = format!(
+        "http://{}",
+        listener.local_addr().map_err(|e| e.to_string())?
+    );
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((url, bytes))
+}
+
+fn switch(traces: &Traces, on: bool) {
+    traces.on.store(on, Ordering::Relaxed);
+    tracing::callsite::rebuild_interest_cache();
+}
+
+/// One mode's throughput (flow events/s) and p99 emit->committed (ms).
+async fn measure(args: &BenchArgs, name: &str, metrics: Metrics) -> Result<(f64, f64), String> {
+    let b = fresh_with(args, name, None, Some(Arc::new(metrics))).await?;
+    let start = Instant::now();
+    let mut fids = Vec::with_capacity(args.executions);
+    for _ in 0..args.executions {
+        let launched = b.node.launch("emit", "bench", json!({"n": args.events}));
+        fids.push(launched.await.map_err(|e| e.to_string())?.fid);
+    }
+    b.until_final(&fids).await;
+    let throughput = (args.executions * args.events) as f64 / start.elapsed().as_secs_f64();
+    let per_execution = 100.0;
+    let executions = ((args.rate as f64 / per_execution).ceil() as usize).max(1);
+    b.timing.record.store(true, Ordering::Relaxed);
+    for _ in 0..executions {
+        let inputs = json!({"rate": per_execution, "seconds": args.seconds});
+        b.node
+            .launch("paced", "bench", inputs)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let all = args.executions as u64 + executions as u64;
+    b.timing.until(Status::Finished, all).await;
+    let mut l = std::mem::take(&mut *b.timing.latencies.lock().unwrap());
+    l.sort_by(f64::total_cmp);
+    let p99 = percentile(&l, 0.99) * 1e3;
+    b.end().await;
+    Ok((throughput, p99))
+}
+
+/// The scenario `observe`.
+pub(crate) async fn observe(args: &BenchArgs, report: &mut Vec<String>) -> Result<(), String> {
+    let Some(traces) = TRACES.get() else {
+        return Err("no trace pipeline (run it as `runtime bench`)".into());
+    };
+    let (off_rate, off_p99) = measure(args, "observe-off", Metrics::off()).await?;
+    let (m_rate, m_p99) = measure(args, "observe-metrics", Metrics::new()).await?;
+    switch(traces, true);
+    let traced = measure(args, "observe-traces", Metrics::new()).await;
+    switch(traces, false);
+    tokio::task::spawn_blocking(|| traces.telemetry.flush())
+        .await
+        .map_err(|e| e.to_string())?;
+    let (t_rate, t_p99) = traced?;
+    let cost = |rate: f64| (1.0 - rate / off_rate) * 100.0;
+    report.push(format!(
+        "observe  {} x {} events, then {} events/s for {} s: off {off_rate:.0} events/s, p99 {off_p99:.2} ms; \
+         metrics {m_rate:.0} events/s ({:+.1}% cost), p99 {m_p99:.2} ms; \
+         metrics+traces {t_rate:.0} events/s ({:+.1}% cost), p99 {t_p99:.2} ms ({} KB of spans exported)",
+        args.executions,
+        args.events,
+        args.rate,
+        args.seconds,
+        cost(m_rate),
+        cost(t_rate),
+        traces.exported.load(Ordering::Relaxed) / 1024
+    ));
+    Ok(())
+}
