@@ -80,8 +80,12 @@ fn start(spec: &CommandSpec, ctx: &Ctx) -> std::io::Result<Started> {
     // kodo's own settings (`KODO_*`) stay out of a flow's environment: they
     // hold secrets (the store's and the transport's URLs), and a flow that
     // prints its environment would store them as events.
+    // The OTLP exporter's headers (a collector's key) stay out likewise.
     for (name, _) in std::env::vars_os() {
-        if name.as_encoded_bytes().starts_with(b"KODO_") {
+        let bytes = name.as_encoded_bytes();
+        if bytes.starts_with(b"KODO_")
+            || (bytes.starts_with(b"OTEL_EXPORTER_OTLP_") && bytes.ends_with(b"HEADERS"))
+        {
             cmd.env_remove(name);
         }
     }

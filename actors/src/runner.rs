@@ -60,7 +60,7 @@ pub async fn drive(execution: Execution) -> Outcome {
         inputs,
         begin,
     } = execution;
-    let launch = tracing::info_span!("launch");
+    let launch = tracing::info_span!(parent: ctx.span(), "launch");
     if let Err(e) = tracing::Instrument::instrument(ctx.tracer().trace(begin), launch).await {
         tracing::error!(fid = %ctx.fid(), error = %e, "could not record the launch");
     }

@@ -19,11 +19,17 @@ pub struct SpanBook {
 pub(crate) struct Listed {
     book: Arc<SpanBook>,
     fid: Fid,
+    traceparent: String,
 }
 
 impl Drop for Listed {
     fn drop(&mut self) {
-        self.book.spans.lock().expect("span book").remove(&self.fid);
+        let mut spans = self.book.spans.lock().expect("span book");
+        // Another context of the same execution (a durable attempt hosted
+        // by the node that launched it) may have listed its own since.
+        if spans.get(&self.fid) == Some(&self.traceparent) {
+            spans.remove(&self.fid);
+        }
     }
 }
 
@@ -35,10 +41,11 @@ impl SpanBook {
         book.spans
             .lock()
             .expect("span book")
-            .insert(fid.clone(), traceparent);
+            .insert(fid.clone(), traceparent.clone());
         Some(Listed {
             book,
             fid: fid.clone(),
+            traceparent,
         })
     }
 

@@ -346,7 +346,7 @@ impl Tracer {
                 }
                 TraceError::Transport(e.to_string())
             })?;
-            if let Some(m) = &self.metrics {
+            if let Some(m) = self.metrics.as_ref().filter(|_| !counted.is_empty()) {
                 let mut m = m.lock().expect("metrics lock");
                 counted.iter().for_each(|e| m.published(e));
             }

@@ -122,18 +122,30 @@ pub(crate) async fn observe(args: &BenchArgs, report: &mut Vec<String>) -> Resul
     let Some(traces) = TRACES.get() else {
         return Err("no trace pipeline (run it as `runtime bench`)".into());
     };
-    let (off_rate, off_p99) = measure(args, "observe-off", Metrics::off()).await?;
-    let (m_rate, m_p99) = measure(args, "observe-metrics", Metrics::new()).await?;
-    switch(traces, true);
-    let traced = measure(args, "observe-traces", Metrics::new()).await;
-    switch(traces, false);
+    // Twice each, interleaved (this machine is noisy): the best of each mode.
+    let mut best = [(0.0f64, f64::INFINITY); 3];
+    for round in 0..2 {
+        for (mode, slot) in best.iter_mut().enumerate() {
+            let metrics = if mode == 0 {
+                Metrics::off()
+            } else {
+                Metrics::new()
+            };
+            switch(traces, mode == 2);
+            let name = format!("observe-{mode}-{round}");
+            let measured = measure(args, &name, metrics).await;
+            switch(traces, false);
+            let (rate, p99) = measured?;
+            *slot = (slot.0.max(rate), slot.1.min(p99));
+        }
+    }
     tokio::task::spawn_blocking(|| traces.telemetry.flush())
         .await
         .map_err(|e| e.to_string())?;
-    let (t_rate, t_p99) = traced?;
+    let [(off_rate, off_p99), (m_rate, m_p99), (t_rate, t_p99)] = best;
     let cost = |rate: f64| (1.0 - rate / off_rate) * 100.0;
     report.push(format!(
-        "observe  {} x {} events, then {} events/s for {} s: off {off_rate:.0} events/s, p99 {off_p99:.2} ms; \
+        "observe  {} x {} events, then {} events/s for {} s (best of 2, interleaved): off {off_rate:.0} events/s, p99 {off_p99:.2} ms; \
          metrics {m_rate:.0} events/s ({:+.1}% cost), p99 {m_p99:.2} ms; \
          metrics+traces {t_rate:.0} events/s ({:+.1}% cost), p99 {t_p99:.2} ms ({} KB of spans exported)",
         args.executions,

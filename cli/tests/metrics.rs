@@ -20,6 +20,10 @@ token = "metrics-test-token"
 user = "scraper"
 admin = true
 
+[[auth.tokens]]
+token = "a-users-token"
+user = "ann"
+
 [flows.ok]
 command = ["sh", "-c", "read -r x; echo one; echo two"]
 
@@ -125,6 +129,14 @@ async fn prometheus_scrapes_the_counts_the_store_reports() {
         .await
         .unwrap();
     assert_eq!(bare.status().as_u16(), 401);
+    // It shows every user's flows and load: admins only.
+    let user = client()
+        .get(format!("{base}/metrics"))
+        .bearer_auth("a-users-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(user.status().as_u16(), 403);
 
     let (_prom, prom) = prometheus(dir.path(), &target).await;
     let mut fids = Vec::new();

@@ -492,11 +492,14 @@ async fn a_flow_does_not_inherit_kodos_own_variables() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(
         dir.path(),
-        "[flows.env]\ncommand = [\"sh\", \"-c\", \"env | cut -d= -f1 | grep ^KODO_ | sort\"]\n\
+        "[flows.env]\ncommand = [\"sh\", \"-c\", \"env | cut -d= -f1 | grep -E '^(KODO_|OTEL_)' | sort\"]\n\
          env = { KODO_MINE = \"kept\" }\n",
     );
     let mut command = run(&cfg, dir.path());
-    command.env("KODO_TRANSPORT_URL", "redis://:secret@127.0.0.1:1");
+    command
+        .env("KODO_TRANSPORT_URL", "redis://:secret@127.0.0.1:1")
+        .env("OTEL_EXPORTER_OTLP_HEADERS", "x-key=secret")
+        .env("OTEL_SERVICE_NAME", "kept");
     let (mut node, base, _) = start_logged(command).await;
     let fid = launch(&base, "env").await;
     stream_until(&base, &fid, "data: \"finished\"").await;
@@ -508,6 +511,7 @@ async fn a_flow_does_not_inherit_kodos_own_variables() {
         "KODO_JOURNAL",
         "KODO_MINE",
         "KODO_OWNER",
+        "OTEL_SERVICE_NAME",
     ];
     assert_eq!(names, expected);
     assert_eq!(terminate(&mut node).await, 0);

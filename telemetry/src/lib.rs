@@ -110,8 +110,13 @@ impl Telemetry {
         let kodo_only = tracing_subscriber::filter::filter_fn(move |meta| {
             meta.is_span() && meta.target().starts_with("kodo") && on.load(Ordering::Relaxed)
         });
+        // No per-poll bookkeeping: busy/idle times, thread and code
+        // location attributes are left out of kodo's spans.
         tracing_opentelemetry::layer()
             .with_tracer(self.provider.tracer("kodo"))
+            .with_tracked_inactivity(false)
+            .with_threads(false)
+            .with_location(false)
             .with_filter(kodo_only)
     }
 
@@ -122,7 +127,8 @@ impl Telemetry {
         }
     }
 
-    /// Exports what is left (a few seconds at most) and stops.
+    /// Exports what is left and stops (an endpoint that does not answer
+    /// holds it up to `OTEL_EXPORTER_OTLP_TIMEOUT`, 10 s by default).
     pub fn shutdown(self) {
         // The provider's shutdown blocks: off the async runtime's threads.
         let provider = self.provider;
@@ -144,7 +150,7 @@ pub fn set_parent(span: &tracing::Span, traceparent: &str) {
     }
 }
 
-/// `span`'s W3C `traceparent`, None without the layer (or unsampled).
+/// `span`'s W3C `traceparent` (its sampled flag as decided), None without the layer.
 pub fn traceparent(span: &tracing::Span) -> Option<String> {
     let context = span.context();
     if !context.span().span_context().is_valid() {

@@ -30,8 +30,13 @@ async fn exposition(metrics: &SharedMetrics, transport: &SharedTransport) -> Res
         .into_response()
 }
 
-/// `GET /metrics` on the API (behind its tokens).
-pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+/// `GET /metrics` on the API: admins only (it shows every user's flows
+/// and load).
+pub(super) async fn metrics(State(state): State<Arc<AppState>>, user: super::User) -> Response {
+    if !user.admin {
+        return ApiError::new(StatusCode::FORBIDDEN, "only an admin may read the metrics")
+            .into_response();
+    }
     exposition(state.node.metrics(), state.node.transport()).await
 }
 
