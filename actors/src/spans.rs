@@ -5,13 +5,15 @@ use kodo_core::{Event, Fid};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-/// The most links a commit span gets.
-const MOST_LINKS: usize = 32;
+use kodo_telemetry::SpanLink;
 
-/// Execution span contexts (W3C `traceparent`), by fid.
+/// The most links a commit span gets.
+const MOST_LINKS: usize = 8;
+
+/// Execution span contexts, by fid.
 #[derive(Debug, Default)]
 pub struct SpanBook {
-    spans: Mutex<HashMap<Fid, String>>,
+    spans: Mutex<HashMap<Fid, SpanLink>>,
 }
 
 /// An execution's entry in the book, removed when dropped.
@@ -19,7 +21,7 @@ pub struct SpanBook {
 pub(crate) struct Listed {
     book: Arc<SpanBook>,
     fid: Fid,
-    traceparent: String,
+    link: SpanLink,
 }
 
 impl Drop for Listed {
@@ -27,7 +29,7 @@ impl Drop for Listed {
         let mut spans = self.book.spans.lock().expect("span book");
         // Another context of the same execution (a durable attempt hosted
         // by the node that launched it) may have listed its own since.
-        if spans.get(&self.fid) == Some(&self.traceparent) {
+        if spans.get(&self.fid) == Some(&self.link) {
             spans.remove(&self.fid);
         }
     }
@@ -36,16 +38,16 @@ impl Drop for Listed {
 impl SpanBook {
     /// Lists `fid`'s span (None: traces are off, nothing to list).
     pub(crate) fn list(self: &Arc<Self>, fid: &Fid, span: &tracing::Span) -> Option<Listed> {
-        let traceparent = kodo_telemetry::traceparent(span)?;
+        let link = kodo_telemetry::span_link(span)?;
         let book = self.clone();
         book.spans
             .lock()
             .expect("span book")
-            .insert(fid.clone(), traceparent.clone());
+            .insert(fid.clone(), link.clone());
         Some(Listed {
             book,
             fid: fid.clone(),
-            traceparent,
+            link,
         })
     }
 
@@ -62,9 +64,9 @@ impl SpanBook {
                 break;
             }
             if seen.insert(&e.fid)
-                && let Some(parent) = spans.get(&e.fid)
+                && let Some(linked) = spans.get(&e.fid)
             {
-                kodo_telemetry::add_link(&span, parent);
+                kodo_telemetry::add_link(&span, linked);
             }
         }
         span

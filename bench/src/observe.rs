@@ -91,10 +91,15 @@ fn switch(traces: &Traces, on: bool) {
 async fn measure(args: &BenchArgs, name: &str, metrics: Metrics) -> Result<(f64, f64), String> {
     let b = fresh_with(args, name, None, Some(Arc::new(metrics))).await?;
     let start = Instant::now();
-    let mut fids = Vec::with_capacity(args.executions);
+    let mut launches = tokio::task::JoinSet::new();
     for _ in 0..args.executions {
-        let launched = b.node.launch("emit", "bench", json!({"n": args.events}));
-        fids.push(launched.await.map_err(|e| e.to_string())?.fid);
+        let (node, n) = (b.node.clone(), args.events);
+        launches.spawn(async move { node.launch("emit", "bench", json!({"n": n})).await });
+    }
+    let mut fids = Vec::with_capacity(args.executions);
+    while let Some(launched) = launches.join_next().await {
+        let launched = launched.map_err(|e| e.to_string())?;
+        fids.push(launched.map_err(|e| e.to_string())?.fid);
     }
     b.until_final(&fids).await;
     let throughput = (args.executions * args.events) as f64 / start.elapsed().as_secs_f64();

@@ -94,7 +94,7 @@ fn commits_count_events_batches_and_latencies() {
     assert_eq!(sample(&text, "kodo_commit_seconds_count"), Some(2.0));
     assert_eq!(
         sample(&text, "kodo_emit_to_commit_seconds_count"),
-        Some(4.0)
+        Some(2.0)
     );
     assert_eq!(sample(&text, "kodo_store_errors_total"), Some(1.0));
     assert_eq!(

@@ -161,14 +161,20 @@ pub fn traceparent(span: &tracing::Span) -> Option<String> {
     carrier.remove("traceparent")
 }
 
-/// Links `span` (not entered yet) to the span of `traceparent`.
-pub fn add_link(span: &tracing::Span, traceparent: &str) {
-    let carrier = HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
-    let linked = TraceContextPropagator::new().extract(&carrier);
-    let linked = linked.span().span_context().clone();
-    if linked.is_valid() {
-        span.add_link(linked);
-    }
+/// A span another span can link to (see [`add_link`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpanLink(opentelemetry::trace::SpanContext);
+
+/// What links to `span`, None without the layer.
+pub fn span_link(span: &tracing::Span) -> Option<SpanLink> {
+    let context = span.context();
+    let linked = context.span().span_context().clone();
+    linked.is_valid().then_some(SpanLink(linked))
+}
+
+/// Links `span` (not entered yet) to `linked`.
+pub fn add_link(span: &tracing::Span, linked: &SpanLink) {
+    span.add_link(linked.0.clone());
 }
 
 /// Whether `value` is a well-formed W3C `traceparent`.
