@@ -79,6 +79,19 @@ async fn span_where(spans: &Arc<Mutex<Vec<Span>>>, pick: impl Fn(&Span) -> bool)
     }
 }
 
+/// Launches `env` with the W3C `traceparent` of [`PARENT_TRACE`], [`PARENT_SPAN`].
+async fn launch_under_parent(base: &str) -> String {
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/flows/env/executions"))
+        .header("traceparent", format!("00-{PARENT_TRACE}-{PARENT_SPAN}-01"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    body["fid"].as_str().unwrap().to_string()
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -93,17 +106,7 @@ async fn an_execution_span_joins_the_launchs_trace_and_its_flow_sees_traceparent
         .env("KODO_TELEMETRY_OTLP_ENDPOINT", &endpoint)
         .env("OTEL_BSP_SCHEDULE_DELAY", "100");
     let (mut node, base, _) = start_logged(command).await;
-    let resp = reqwest::Client::new()
-        .post(format!("{base}/flows/env/executions"))
-        .header("traceparent", format!("00-{PARENT_TRACE}-{PARENT_SPAN}-01"))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    let fid = resp.json::<serde_json::Value>().await.unwrap()["fid"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let fid = launch_under_parent(&base).await;
     stream_until(&base, &fid, "data: \"finished\"").await;
 
     let execution = span_where(&spans, |s| {
@@ -188,17 +191,7 @@ async fn a_durable_attempt_joins_the_trace_through_its_workflow() {
         .env("KODO_TELEMETRY_OTLP_ENDPOINT", &endpoint)
         .env("OTEL_BSP_SCHEDULE_DELAY", "100");
     let (mut node, base, _) = start_logged(command).await;
-    let resp = reqwest::Client::new()
-        .post(format!("{base}/flows/env/executions"))
-        .header("traceparent", format!("00-{PARENT_TRACE}-{PARENT_SPAN}-01"))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    let fid = resp.json::<serde_json::Value>().await.unwrap()["fid"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let fid = launch_under_parent(&base).await;
     stream_until(&base, &fid, "data: \"finished\"").await;
     let of_fid = |s: &Span| s.name == "execution" && attributes(s).get("fid") == Some(&fid);
     // The launching node's span, child of the header; the attempt's, its child.
