@@ -48,8 +48,9 @@ async fn check(state: &AppState) -> Health {
             None => None,
         }
     };
-    let ((ping, store_ms), (transport, transport_ms), temporal, cluster) =
-        tokio::join!(store, transport, temporal, cluster);
+    let running = timed(node.running());
+    let ((ping, store_ms), (transport, transport_ms), temporal, cluster, (running, _)) =
+        tokio::join!(store, transport, temporal, cluster, running);
     let store_error = match ping {
         Some(Ok(())) => node.store_error(),
         Some(Err(e)) => Some(e.to_string()),
@@ -101,7 +102,7 @@ async fn check(state: &AppState) -> Health {
             health: transport,
             latency_ms: transport_ms,
         },
-        running: node.running().await,
+        running,
         temporal,
         cluster,
     }
@@ -158,8 +159,14 @@ pub(super) async fn ready(State(state): State<Arc<AppState>>) -> Response {
     if let Some(e) = health.cluster.as_ref().and_then(|c| c.error.as_ref()) {
         reasons.push(format!("cluster: {e}"));
     }
-    if health.running >= node.max_running() {
-        reasons.push(format!("at limits.max_running ({})", node.max_running()));
+    match health.running {
+        None => reasons.push(format!(
+            "the execution supervisor did not answer within {CHECK_WITHIN:?}"
+        )),
+        Some(n) if n >= node.max_running() => {
+            reasons.push(format!("at limits.max_running ({})", node.max_running()));
+        }
+        Some(_) => {}
     }
     let status = if reasons.is_empty() {
         "ready"

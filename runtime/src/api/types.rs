@@ -258,8 +258,9 @@ pub struct Health {
     pub store: StoreState,
     /// The transport.
     pub transport: TransportState,
-    /// Executions running on this node.
-    pub running: usize,
+    /// Executions running on this node (null: its supervisor did not
+    /// answer within 2 s).
+    pub running: Option<usize>,
     /// Temporal, when some flow runs durably.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub temporal: Option<TemporalState>,
