@@ -57,17 +57,9 @@ async fn launch_authed(base: &str, flow: &str) -> String {
     body["fid"].as_str().unwrap().to_string()
 }
 
-/// Waits until `check` gives a value, or fails naming `what`.
-async fn until<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "{what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+/// How long, and how often, the waits here ask.
+const WITHIN: Duration = Duration::from_secs(60);
+const EVERY: Duration = Duration::from_millis(200);
 
 /// Prometheus scraping `target` every second with the token.
 async fn prometheus(dir: &Path, target: &str) -> (Child, String) {
@@ -98,7 +90,7 @@ async fn prometheus(dir: &Path, target: &str) -> (Child, String) {
         .spawn()
         .expect("prometheus (the Debian package; scripts/test installs it)");
     let base = format!("http://127.0.0.1:{port}");
-    until("prometheus ready", async || {
+    until("prometheus ready", WITHIN, EVERY, async || {
         let ready = client().get(format!("{base}/-/ready")).send().await.ok()?;
         ready.status().is_success().then_some(())
     })
@@ -147,7 +139,7 @@ async fn prometheus_scrapes_the_counts_the_store_reports() {
     let waiter = launch_authed(&base, "waits").await;
     fids.extend([sleeper.clone(), waiter.clone()]);
     // The lock opens, is answered; the sleeper is killed once it runs.
-    let lid = until("the lock opened", async || {
+    let lid = until("the lock opened", WITHIN, EVERY, async || {
         let url = format!("{base}/executions/{waiter}/events");
         let (_, body) = call(reqwest::Method::GET, &url, None).await;
         let events = body["events"].as_array()?.clone();
@@ -160,7 +152,7 @@ async fn prometheus_scrapes_the_counts_the_store_reports() {
     let url = format!("{base}/executions/{waiter}/locks/{lid}");
     let (code, body) = call(reqwest::Method::POST, &url, Some(json!({"answer": "go"}))).await;
     assert_eq!(code, 200, "{body}");
-    until("the sleeper runs", async || {
+    until("the sleeper runs", WITHIN, EVERY, async || {
         let url = format!("{base}/executions/{sleeper}");
         let (_, row) = call(reqwest::Method::GET, &url, None).await;
         (row["status"] == "running").then_some(())
@@ -171,7 +163,7 @@ async fn prometheus_scrapes_the_counts_the_store_reports() {
     assert!((200..300).contains(&code), "{code} {body}");
 
     // What the store reports once every execution ended.
-    let rows = until("every execution ended", async || {
+    let rows = until("every execution ended", WITHIN, EVERY, async || {
         let (_, list) = call(reqwest::Method::GET, &format!("{base}/executions"), None).await;
         let rows = list["executions"].as_array()?.clone();
         let done = rows.len() == fids.len()
@@ -264,7 +256,7 @@ async fn a_spool_process_serves_its_own_metrics_on_metrics_listen() {
     for _ in 0..3 {
         launch_authed(&base, "ok").await;
     }
-    let stored = until("every execution finished", async || {
+    let stored = until("every execution finished", WITHIN, EVERY, async || {
         let (_, list) = call(reqwest::Method::GET, &format!("{base}/executions"), None).await;
         let rows = list["executions"].as_array()?.clone();
         let done = rows.len() == 3 && rows.iter().all(|r| r["status"] == "finished");
@@ -278,11 +270,16 @@ async fn a_spool_process_serves_its_own_metrics_on_metrics_listen() {
 
     let bare = client().get(&scrape).send().await.unwrap();
     assert_eq!(bare.status().as_u16(), 401, "a token, as on the API");
-    until("the spooler counted every stored event", async || {
-        let text = client().get(&scrape).bearer_auth(TOKEN).send().await.ok()?;
-        let text = text.text().await.ok()?;
-        (sample(&text, "kodo_events_stored_total") == Some(stored)).then_some(())
-    })
+    until(
+        "the spooler counted every stored event",
+        WITHIN,
+        EVERY,
+        async || {
+            let text = client().get(&scrape).bearer_auth(TOKEN).send().await.ok()?;
+            let text = text.text().await.ok()?;
+            (sample(&text, "kodo_events_stored_total") == Some(stored)).then_some(())
+        },
+    )
     .await;
     // Each process counts what it did: this node's spoolers are off.
     let resp = client()

@@ -92,11 +92,8 @@ fn side_effects(side: &Path, fid: &str) -> BTreeMap<u64, usize> {
 
 /// Waits (up to [`DEADLINE`]) until `done` holds; `what` names it otherwise.
 async fn until_true(done: impl Fn() -> bool, what: &str) {
-    let deadline = std::time::Instant::now() + DEADLINE;
-    while !done() {
-        assert!(std::time::Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let every = Duration::from_millis(10);
+    until(what, DEADLINE, every, async || done().then_some(())).await
 }
 
 /// Launches the steps flow with `steps` steps through `base`; its fid.

@@ -69,14 +69,26 @@ fn attributes(span: &Span) -> HashMap<String, String> {
 
 /// The first span `pick` accepts, once the receiver has it.
 async fn span_where(spans: &Arc<Mutex<Vec<Span>>>, pick: impl Fn(&Span) -> bool) -> Span {
-    let start = Instant::now();
-    loop {
-        if let Some(span) = spans.lock().unwrap().iter().find(|s| pick(s)) {
-            return span.clone();
-        }
-        assert!(start.elapsed() < DEADLINE, "no such span received");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let every = Duration::from_millis(50);
+    until("no such span received", DEADLINE, every, async || {
+        spans.lock().unwrap().iter().find(|s| pick(s)).cloned()
+    })
+    .await
+}
+
+/// `runtime run` exporting to `endpoint`, its batches every `delay_ms`.
+async fn start_traced(
+    cfg: &std::path::Path,
+    dir: &std::path::Path,
+    endpoint: &str,
+    delay_ms: u32,
+) -> (tokio::process::Child, String) {
+    let mut command = run(cfg, dir);
+    command
+        .env("KODO_TELEMETRY_OTLP_ENDPOINT", endpoint)
+        .env("OTEL_BSP_SCHEDULE_DELAY", delay_ms.to_string());
+    let (node, base, _) = start_logged(command).await;
+    (node, base)
 }
 
 /// Launches `env` with the W3C `traceparent` of [`PARENT_TRACE`], [`PARENT_SPAN`].
@@ -101,11 +113,7 @@ async fn an_execution_span_joins_the_launchs_trace_and_its_flow_sees_traceparent
     let (endpoint, spans) = receiver().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), FLOWS);
-    let mut command = run(&cfg, dir.path());
-    command
-        .env("KODO_TELEMETRY_OTLP_ENDPOINT", &endpoint)
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100");
-    let (mut node, base, _) = start_logged(command).await;
+    let (mut node, base) = start_traced(&cfg, dir.path(), &endpoint, 100).await;
     let fid = launch_under_parent(&base).await;
     stream_until(&base, &fid, "data: \"finished\"").await;
 
@@ -149,14 +157,8 @@ async fn an_execution_span_joins_the_launchs_trace_and_its_flow_sees_traceparent
 async fn an_otlp_endpoint_that_is_down_changes_nothing_for_executions() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), FLOWS);
-    let mut command = run(&cfg, dir.path());
-    command
-        .env(
-            "KODO_TELEMETRY_OTLP_ENDPOINT",
-            format!("http://127.0.0.1:{}", free_port()),
-        )
-        .env("OTEL_BSP_SCHEDULE_DELAY", "50");
-    let (mut node, base, _) = start_logged(command).await;
+    let down = format!("http://127.0.0.1:{}", free_port());
+    let (mut node, base) = start_traced(&cfg, dir.path(), &down, 50).await;
     let mut fids = Vec::new();
     for _ in 0..20 {
         fids.push(launch(&base, "env").await);
@@ -186,11 +188,7 @@ async fn a_durable_attempt_joins_the_trace_through_its_workflow() {
              task_queue = \"{queue}\"\n{FLOWS}"
         ),
     );
-    let mut command = run(&cfg, dir.path());
-    command
-        .env("KODO_TELEMETRY_OTLP_ENDPOINT", &endpoint)
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100");
-    let (mut node, base, _) = start_logged(command).await;
+    let (mut node, base) = start_traced(&cfg, dir.path(), &endpoint, 100).await;
     let fid = launch_under_parent(&base).await;
     stream_until(&base, &fid, "data: \"finished\"").await;
     let of_fid = |s: &Span| s.name == "execution" && attributes(s).get("fid") == Some(&fid);

@@ -241,6 +241,24 @@ pub(crate) async fn stream_until(base: &str, fid: &str, needle: &str) -> String 
     text
 }
 
+/// Waits until `check` gives a value, asking every `every`; fails naming
+/// `what` after `within`.
+pub(crate) async fn until<T>(
+    what: &str,
+    within: Duration,
+    every: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < within, "{what}");
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// A 127.0.0.1 port nothing listens on (bound, then let go).
 pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
