@@ -143,11 +143,16 @@ impl Telemetry {
 /// must not have been entered yet. Does nothing for a malformed value or
 /// without the layer.
 pub fn set_parent(span: &tracing::Span, traceparent: &str) {
-    let carrier = HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
-    let parent = TraceContextPropagator::new().extract(&carrier);
-    if parent.span().span_context().is_valid() {
+    if let Some(parent) = parsed(traceparent) {
         let _ = span.set_parent(parent);
     }
+}
+
+/// The trace context `traceparent` names, if it is well-formed.
+fn parsed(traceparent: &str) -> Option<opentelemetry::Context> {
+    let carrier = HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
+    let context = TraceContextPropagator::new().extract(&carrier);
+    context.span().span_context().is_valid().then_some(context)
 }
 
 /// `span`'s W3C `traceparent` (its sampled flag as decided), None without the layer.
@@ -179,7 +184,5 @@ pub fn add_link(span: &tracing::Span, linked: &SpanLink) {
 
 /// Whether `value` is a well-formed W3C `traceparent`.
 pub fn is_traceparent(value: &str) -> bool {
-    let carrier = HashMap::from([("traceparent".to_string(), value.to_string())]);
-    let cx = TraceContextPropagator::new().extract(&carrier);
-    cx.span().span_context().is_valid()
+    parsed(value).is_some()
 }

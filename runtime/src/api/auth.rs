@@ -81,9 +81,13 @@ pub(super) async fn authenticate(
             request.extensions_mut().insert(user);
             next.run(request).await
         }
-        None => ApiError::new(StatusCode::UNAUTHORIZED, "missing or unknown bearer token")
-            .into_response(),
+        None => unauthorized(),
     }
+}
+
+/// The 401 of a request without a known token.
+pub(super) fn unauthorized() -> Response {
+    ApiError::new(StatusCode::UNAUTHORIZED, "missing or unknown bearer token").into_response()
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for User {

@@ -52,8 +52,7 @@ async fn alone(State(state): State<Arc<Alone>>, headers: HeaderMap) -> Response 
     if let Some(tokens) = &state.tokens
         && tokens.caller(&headers).is_none()
     {
-        return ApiError::new(StatusCode::UNAUTHORIZED, "missing or unknown bearer token")
-            .into_response();
+        return super::auth::unauthorized();
     }
     exposition(&state.metrics, &state.transport).await
 }
