@@ -4,17 +4,15 @@
 //! OTLP/HTTP to a sink in this process that only counts), in one run.
 
 use crate::BenchArgs;
+use crate::scenarios::{emit_all, paced};
 use crate::setup::{fresh_with, percentile};
 use axum::Router;
 use axum::body::Bytes;
 use axum::routing::post;
-use kodo_core::Status;
 use kodo_metrics::Metrics;
 use kodo_telemetry::{Telemetry, TelemetryOptions};
-use serde_json::json;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
 use tracing_subscriber::Layer;
 use tracing_subscriber::prelude::*;
 
@@ -90,34 +88,10 @@ fn switch(traces: &Traces, on: bool) {
 /// One mode's throughput (flow events/s) and p99 emit->committed (ms).
 async fn measure(args: &BenchArgs, name: &str, metrics: Metrics) -> Result<(f64, f64), String> {
     let b = fresh_with(args, name, None, Some(Arc::new(metrics))).await?;
-    let start = Instant::now();
-    let mut launches = tokio::task::JoinSet::new();
-    for _ in 0..args.executions {
-        let (node, n) = (b.node.clone(), args.events);
-        launches.spawn(async move { node.launch("emit", "bench", json!({"n": n})).await });
-    }
-    let mut fids = Vec::with_capacity(args.executions);
-    while let Some(launched) = launches.join_next().await {
-        let launched = launched.map_err(|e| e.to_string())?;
-        fids.push(launched.map_err(|e| e.to_string())?.fid);
-    }
-    b.until_final(&fids).await;
-    let throughput = (args.executions * args.events) as f64 / start.elapsed().as_secs_f64();
-    let per_execution = 100.0;
-    let executions = ((args.rate as f64 / per_execution).ceil() as usize).max(1);
-    b.timing.record.store(true, Ordering::Relaxed);
-    for _ in 0..executions {
-        let inputs = json!({"rate": per_execution, "seconds": args.seconds});
-        b.node
-            .launch("paced", "bench", inputs)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    let all = args.executions as u64 + executions as u64;
-    b.timing.until(Status::Finished, all).await;
-    let mut l = std::mem::take(&mut *b.timing.latencies.lock().unwrap());
-    l.sort_by(f64::total_cmp);
-    let p99 = percentile(&l, 0.99) * 1e3;
+    let secs = emit_all(&b, args).await?;
+    let throughput = (args.executions * args.events) as f64 / secs;
+    let (_, latencies) = paced(&b, args, args.executions as u64).await?;
+    let p99 = percentile(&latencies, 0.99) * 1e3;
     b.end().await;
     Ok((throughput, p99))
 }

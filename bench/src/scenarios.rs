@@ -9,8 +9,9 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 use tokio::io::AsyncBufReadExt;
 
-pub(crate) async fn throughput(args: &BenchArgs, report: &mut Vec<String>) -> Result<(), String> {
-    let b = fresh(args, "throughput").await?;
+/// `--executions` executions of `--events` events each, launched at once
+/// on `b`: the seconds until all of them finished.
+pub(crate) async fn emit_all(b: &Bench, args: &BenchArgs) -> Result<f64, String> {
     let start = Instant::now();
     let mut launches = tokio::task::JoinSet::new();
     for _ in 0..args.executions {
@@ -27,7 +28,40 @@ pub(crate) async fn throughput(args: &BenchArgs, report: &mut Vec<String>) -> Re
         );
     }
     b.until_final(&fids).await;
-    let secs = start.elapsed().as_secs_f64();
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// `--rate` events/s offered on `b` for `--seconds` (by executions of 100
+/// events/s; `finished_before` executions of `b` finished already): how
+/// many executions, and every emit->committed latency, sorted.
+pub(crate) async fn paced(
+    b: &Bench,
+    args: &BenchArgs,
+    finished_before: u64,
+) -> Result<(usize, Vec<f64>), String> {
+    let per_execution = 100.0;
+    let executions = ((args.rate as f64 / per_execution).ceil() as usize).max(1);
+    b.timing.record.store(true, Ordering::Relaxed);
+    for _ in 0..executions {
+        b.node
+            .launch(
+                "paced",
+                "bench",
+                json!({"rate": per_execution, "seconds": args.seconds}),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let all = finished_before + executions as u64;
+    b.timing.until(Status::Finished, all).await;
+    let mut l = std::mem::take(&mut *b.timing.latencies.lock().unwrap());
+    l.sort_by(f64::total_cmp);
+    Ok((executions, l))
+}
+
+pub(crate) async fn throughput(args: &BenchArgs, report: &mut Vec<String>) -> Result<(), String> {
+    let b = fresh(args, "throughput").await?;
+    let secs = emit_all(&b, args).await?;
     let flow_events = (args.executions * args.events) as f64;
     let stored = b.timing.events.load(Ordering::Relaxed) as f64;
     let stored = if b.spoolers.is_empty() {
@@ -105,24 +139,9 @@ pub(crate) async fn output(args: &BenchArgs, report: &mut Vec<String>) -> Result
 
 pub(crate) async fn latency(args: &BenchArgs, report: &mut Vec<String>) -> Result<(), String> {
     let b = fresh(args, "latency").await?;
-    let per_execution = 100.0;
-    let executions = ((args.rate as f64 / per_execution).ceil() as usize).max(1);
-    b.timing.record.store(true, Ordering::Relaxed);
-    for _ in 0..executions {
-        b.node
-            .launch(
-                "paced",
-                "bench",
-                json!({"rate": per_execution, "seconds": args.seconds}),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    b.timing.until(Status::Finished, executions as u64).await;
-    let mut l = std::mem::take(&mut *b.timing.latencies.lock().unwrap());
-    l.sort_by(f64::total_cmp);
+    let (executions, l) = paced(&b, args, 0).await?;
     report.push(format!(
-        "latency  {} events/s offered ({executions} executions x {per_execution}/s, {} s): {} events, emit->committed p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        "latency  {} events/s offered ({executions} executions x 100/s, {} s): {} events, emit->committed p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         args.rate,
         args.seconds,
         l.len(),
