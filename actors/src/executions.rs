@@ -167,27 +167,18 @@ impl Executions {
         if state.live.len() >= state.shared.max_live {
             return Err(LaunchError::Busy(state.live.len()));
         }
-        let meta = Meta {
-            flow: flow.name.clone(),
-            owner: owner.clone(),
-            node: state.shared.node.clone(),
-            kodo: env!("CARGO_PKG_VERSION").to_string(),
-        };
-        let (book, attempt, journal, begin) = match resumed {
+        let (book, attempt, journal, retry) = match resumed {
             None => (
                 TraceBook::new(state.shared.limits.max_payload),
                 1,
                 Journal::default(),
-                Trace::Begin {
-                    meta: serde_json::to_string(&meta).expect("meta serializes"),
-                    inputs: inputs.to_string(),
-                },
+                None,
             ),
             Some(r) => (
                 r.book.with_attempt(r.attempt),
                 r.attempt,
                 r.journal,
-                Trace::Retry(r.marker),
+                Some(r.marker),
             ),
         };
         let tracer = Tracer::resume(fid.clone(), book, state.shared.transport.clone())
@@ -210,6 +201,22 @@ impl Executions {
         )
         .with_parent(traceparent)
         .listed_in(&state.shared.spans);
+        let begin = match retry {
+            Some(marker) => Trace::Retry(marker),
+            None => {
+                let meta = Meta {
+                    flow: flow.name.clone(),
+                    owner: owner.clone(),
+                    node: state.shared.node.clone(),
+                    kodo: env!("CARGO_PKG_VERSION").to_string(),
+                    trace: ctx.traceparent(),
+                };
+                Trace::Begin {
+                    meta: serde_json::to_string(&meta).expect("meta serializes"),
+                    inputs: inputs.to_string(),
+                }
+            }
+        };
         let execution = Execution {
             ctx: ctx.clone(),
             flow,
@@ -271,6 +278,9 @@ impl Executions {
                 return;
             }
             // Ignored by the Tracer when the execution already ended.
+            if !ctx.tracer().ended().await {
+                ctx.span().record("status", "error");
+            }
             if let Err(e) = ctx
                 .tracer()
                 .trace(Trace::Finish(Outcome::Failed(reason)))

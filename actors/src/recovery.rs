@@ -10,7 +10,7 @@ use crate::flow::{FlowDef, Flows, Recover};
 use crate::node::NodeOptions;
 use crate::steps::Journal;
 use crate::tracer::{Outcome, Trace, TraceBook, Tracer};
-use kodo_core::{Fid, Kind};
+use kodo_core::{Fid, Kind, Meta};
 use kodo_store::{EventQuery, ExecutionRow, SharedStore, StoreError};
 use kodo_transport::SharedTransport;
 use ractor::ActorRef;
@@ -152,7 +152,7 @@ impl Recovery<'_> {
         why: &str,
         executions: &ActorRef<ExecMsg>,
     ) -> Result<(), String> {
-        let inputs = self.inputs(&row.fid).await?;
+        let (inputs, trace) = self.begun(&row.fid).await?;
         let journal = Journal::load(self.store, &row.fid)
             .await
             .map_err(|e| e.to_string())?;
@@ -182,7 +182,7 @@ impl Recovery<'_> {
                     owner: row.owner.clone(),
                     inputs,
                     resumed: Some(resumed),
-                    traceparent: None,
+                    traceparent: trace,
                     reply,
                 },
                 None,
@@ -196,20 +196,31 @@ impl Recovery<'_> {
         }
     }
 
-    /// The inputs it was launched with.
-    async fn inputs(&self, fid: &Fid) -> Result<serde_json::Value, String> {
+    /// The inputs it was launched with, and the trace its first run was
+    /// in (the new run's span continues it).
+    async fn begun(&self, fid: &Fid) -> Result<(serde_json::Value, Option<String>), String> {
         let query = EventQuery {
             after: 0,
-            limit: 1,
-            kinds: Some(vec![Kind::Inputs]),
+            limit: 2,
+            kinds: Some(vec![Kind::Meta, Kind::Inputs]),
         };
         let events = self
             .store
             .events(fid, &query)
             .await
             .map_err(|e| e.to_string())?;
-        let inputs = events.first().ok_or("its inputs are not stored")?;
-        serde_json::from_str(&inputs.payload).map_err(|e| format!("its stored inputs: {e}"))
+        let trace = events
+            .iter()
+            .find(|e| e.kind == Kind::Meta)
+            .and_then(|e| serde_json::from_str::<Meta>(&e.payload).ok())
+            .and_then(|meta| meta.trace);
+        let inputs = events
+            .iter()
+            .find(|e| e.kind == Kind::Inputs)
+            .ok_or("its inputs are not stored")?;
+        let inputs =
+            serde_json::from_str(&inputs.payload).map_err(|e| format!("its stored inputs: {e}"))?;
+        Ok((inputs, trace))
     }
 }
 

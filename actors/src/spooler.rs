@@ -86,10 +86,10 @@ impl Actor for Spooler {
         state: &mut SpoolerState,
     ) -> Result<(), ActorProcessingErr> {
         let shared = &state.shared;
-        let Some(delivery) = shared
-            .transport
-            .receive(state.shard, shared.batch_max)
-            .await?
+        let received = shared.transport.receive(state.shard, shared.batch_max);
+        let Some(delivery) = received
+            .await
+            .inspect_err(|_| shared.metrics.transport_error())?
         else {
             myself.stop(Some("transport drained".into()));
             return Ok(());
@@ -107,7 +107,11 @@ impl Actor for Spooler {
             myself.stop(Some("store closed".into()));
             return Ok(());
         }
-        shared.transport.ack(delivery.receipt).await?;
+        // A failure crashes this Spooler: its supervisor hands the batch back.
+        let acked = shared.transport.ack(delivery.receipt);
+        acked
+            .await
+            .inspect_err(|_| shared.metrics.transport_error())?;
         shared.hub.committed(&delivery.events);
         shared.cluster.announce_commits(&delivery.events).await;
         // Those woken by this commit (a step waits for it) publish their

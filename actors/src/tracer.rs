@@ -320,6 +320,11 @@ impl Tracer {
         self.published.load(Ordering::Acquire)
     }
 
+    /// Whether its final status was published.
+    pub async fn ended(&self) -> bool {
+        self.book.lock().await.ended()
+    }
+
     /// Records a request; returns the last seq it used once the transport
     /// accepted its events.
     pub async fn trace(&self, trace: Trace) -> Result<u64, TraceError> {

@@ -23,6 +23,10 @@ use std::time::{Duration, Instant};
 const FLOWS: &str = r#"
 [flows.env]
 command = ["sh", "-c", "read -r x; echo \"traceparent=$TRACEPARENT\""]
+
+[flows.resuming]
+command = ["sh", "-c", "read -r x; echo \"traceparent=$TRACEPARENT\"; if [ $KODO_ATTEMPT = 1 ]; then exec sleep 20; fi"]
+recover = "resume"
 "#;
 
 const PARENT_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
@@ -91,10 +95,10 @@ async fn start_traced(
     (node, base)
 }
 
-/// Launches `env` with the W3C `traceparent` of [`PARENT_TRACE`], [`PARENT_SPAN`].
-async fn launch_under_parent(base: &str) -> String {
+/// Launches `flow` with the W3C `traceparent` of [`PARENT_TRACE`], [`PARENT_SPAN`].
+async fn launch_under_parent(base: &str, flow: &str) -> String {
     let resp = reqwest::Client::new()
-        .post(format!("{base}/flows/env/executions"))
+        .post(format!("{base}/flows/{flow}/executions"))
         .header("traceparent", format!("00-{PARENT_TRACE}-{PARENT_SPAN}-01"))
         .json(&json!({}))
         .send()
@@ -114,7 +118,7 @@ async fn an_execution_span_joins_the_launchs_trace_and_its_flow_sees_traceparent
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), FLOWS);
     let (mut node, base) = start_traced(&cfg, dir.path(), &endpoint, 100).await;
-    let fid = launch_under_parent(&base).await;
+    let fid = launch_under_parent(&base, "env").await;
     stream_until(&base, &fid, "data: \"finished\"").await;
 
     let execution = span_where(&spans, |s| {
@@ -143,13 +147,90 @@ async fn an_execution_span_joins_the_launchs_trace_and_its_flow_sees_traceparent
     })
     .await;
 
-    // The flow's TRACEPARENT names the execution's span.
-    let lines = stdout_lines(&events(&base, &fid).await);
-    let expected = format!(
-        "traceparent=00-{PARENT_TRACE}-{}-01",
-        hex(&execution.span_id)
+    // The flow's TRACEPARENT names the execution's span, and so does its
+    // `meta` event (for spool processes and a resumed run).
+    let stored = events(&base, &fid).await;
+    let lines = stdout_lines(&stored);
+    let expected = format!("00-{PARENT_TRACE}-{}-01", hex(&execution.span_id));
+    assert_eq!(lines, [format!("traceparent={expected}")]);
+    assert_eq!(stored[0]["payload"]["trace"], expected);
+    assert_eq!(terminate(&mut node).await, 0);
+}
+
+/// The `trace` of `fid`'s `meta` event, once it is stored.
+async fn meta_trace(base: &str, fid: &str) -> String {
+    let stored = events_until(base, fid, DEADLINE, |e| !e.is_empty()).await;
+    assert_eq!(stored[0]["kind"], "meta");
+    stored[0]["payload"]["trace"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_execution_continues_its_trace() {
+    let (endpoint, spans) = receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), FLOWS);
+    let (mut node, base) = start_traced(&cfg, dir.path(), &endpoint, 100).await;
+    let fid = launch_under_parent(&base, "resuming").await;
+    stream_until(&base, &fid, "traceparent=").await;
+    let first = meta_trace(&base, &fid).await;
+    assert!(first.starts_with(&format!("00-{PARENT_TRACE}-")), "{first}");
+    // Killed with its node: the first run's span is never exported.
+    signal(node.id().unwrap(), "KILL").await;
+    node.wait().await.unwrap();
+
+    let (mut node, base) = start_traced(&cfg, dir.path(), &endpoint, 100).await;
+    stream_until(&base, &fid, "data: \"finished\"").await;
+    let resumed = span_where(&spans, |s| {
+        s.name == "execution"
+            && attributes(s).get("fid") == Some(&fid)
+            && attributes(s).get("attempt").map(String::as_str) == Some("2")
+    })
+    .await;
+    // A child of the first run's span, in the launch's trace.
+    assert_eq!(hex(&resumed.trace_id), PARENT_TRACE);
+    assert_eq!(
+        first,
+        format!("00-{PARENT_TRACE}-{}-01", hex(&resumed.parent_span_id))
     );
-    assert_eq!(lines, [expected]);
+    let lines = stdout_lines(&events(&base, &fid).await);
+    let second = format!("traceparent=00-{PARENT_TRACE}-{}-01", hex(&resumed.span_id));
+    assert_eq!(lines, [format!("traceparent={first}"), second]);
+    assert_eq!(terminate(&mut node).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_process_links_its_commits_to_the_executions_spans() {
+    let (endpoint, spans) = receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let redis = ScriptServer::redis(dir.path());
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "{FLOWS}\n[transport]\nkind = \"redis\"\nurl = \"{}\"\nblock = 0.1\n\
+             [spooler]\nenabled = false\n",
+            redis.url
+        ),
+    );
+    let (mut node, base) = start_traced(&cfg, dir.path(), &endpoint, 100).await;
+    let mut command = spool(&cfg, dir.path(), "s");
+    command
+        .env("KODO_TELEMETRY_OTLP_ENDPOINT", &endpoint)
+        .env("KODO_TELEMETRY_SERVICE_NAME", "kodo-spool")
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100");
+    let mut spooler = start_spooler(command).await;
+    let fid = launch_under_parent(&base, "env").await;
+    stream_until(&base, &fid, "data: \"finished\"").await;
+    let execution = span_where(&spans, |s| {
+        s.name == "execution" && attributes(s).get("fid") == Some(&fid)
+    })
+    .await;
+    // Only the spool process stores events here: its commits link to the
+    // execution, learned from the `meta` event.
+    span_where(&spans, |s| {
+        s.name == "commit" && s.links.iter().any(|l| l.span_id == execution.span_id)
+    })
+    .await;
+    assert_eq!(terminate(&mut spooler).await, 0);
     assert_eq!(terminate(&mut node).await, 0);
 }
 
@@ -189,7 +270,7 @@ async fn a_durable_attempt_joins_the_trace_through_its_workflow() {
         ),
     );
     let (mut node, base) = start_traced(&cfg, dir.path(), &endpoint, 100).await;
-    let fid = launch_under_parent(&base).await;
+    let fid = launch_under_parent(&base, "env").await;
     stream_until(&base, &fid, "data: \"finished\"").await;
     let of_fid = |s: &Span| s.name == "execution" && attributes(s).get("fid") == Some(&fid);
     // The launching node's span, child of the header; the attempt's, its child.

@@ -229,6 +229,11 @@ pub struct Meta {
     pub node: String,
     /// The kodo version that ran it.
     pub kodo: String,
+    /// The W3C `traceparent` of its span when traces are on: the spool
+    /// processes link their commit spans to it, and a resumed run continues
+    /// its trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 /// Now, in seconds since the Unix epoch.

@@ -344,6 +344,8 @@ fn meta(launch: &Launch, task_queue: &str) -> String {
         owner: launch.owner.clone(),
         node: format!("temporal:{task_queue}"),
         kodo: env!("CARGO_PKG_VERSION").to_string(),
+        // The launching node's execution span: every attempt's is its child.
+        trace: launch.traceparent.clone(),
     })
     .expect("meta serializes")
 }

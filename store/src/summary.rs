@@ -129,6 +129,7 @@ mod tests {
             owner: "u".into(),
             node: "n".into(),
             kodo: "0".into(),
+            trace: None,
         })
         .unwrap();
         let batch = vec![

@@ -106,6 +106,7 @@ fn meta_event(fid: &Fid, owner: &str, flow: &str) -> Event {
         owner: owner.into(),
         node: "n1".into(),
         kodo: "test".into(),
+        trace: None,
     };
     Event {
         fid: fid.clone(),

@@ -177,6 +177,14 @@ pub fn span_link(span: &tracing::Span) -> Option<SpanLink> {
     linked.is_valid().then_some(SpanLink(linked))
 }
 
+impl SpanLink {
+    /// The span a W3C `traceparent` names, if it is well-formed.
+    pub fn from_traceparent(traceparent: &str) -> Option<Self> {
+        let context = parsed(traceparent)?;
+        Some(Self(context.span().span_context().clone()))
+    }
+}
+
 /// Links `span` (not entered yet) to `linked`.
 pub fn add_link(span: &tracing::Span, linked: &SpanLink) {
     span.add_link(linked.0.clone());

@@ -387,6 +387,7 @@ async fn a_restart_closes_leftovers_after_their_last_stored_event() {
         owner: "ann".into(),
         node: node.into(),
         kodo: "test".into(),
+        trace: None,
     };
     let left = |node: &str, status: Status| {
         let fid = Fid::new();

@@ -6,6 +6,9 @@
 //!   supervisors run); 503 when it should be restarted.
 //! - `GET /health/ready`: 200 when it takes launches (dependencies up, not
 //!   shutting down, below `limits.max_running`); 503 with the reasons.
+//!
+//! They need no token, so one check of the dependencies serves every probe
+//! for [`FRESH_FOR`]: probes in a loop cannot load the store or Temporal.
 
 use super::AppState;
 use super::types::{ClusterState, Health, Probe, StoreState, TemporalState, TransportState};
@@ -20,6 +23,24 @@ use std::time::{Duration, Instant};
 /// How long each check may take.
 const CHECK_WITHIN: Duration = Duration::from_secs(2);
 
+/// How long one check of the dependencies answers every probe.
+const FRESH_FOR: Duration = Duration::from_secs(1);
+
+/// The last check of the dependencies, and when it ended.
+#[derive(Debug, Default)]
+pub(super) struct Checked(tokio::sync::Mutex<Option<(Instant, Arc<Dependencies>)>>);
+
+/// What one check of the dependencies found.
+#[derive(Debug)]
+pub(super) struct Dependencies {
+    store: Result<(), String>,
+    store_ms: f64,
+    transport: kodo_transport::TransportHealth,
+    transport_ms: f64,
+    temporal: Option<TemporalState>,
+    cluster: Option<ClusterState>,
+}
+
 /// Runs `check`, timing it (None: no answer within [`CHECK_WITHIN`]).
 async fn timed<T>(check: impl Future<Output = T>) -> (Option<T>, f64) {
     let start = Instant::now();
@@ -31,8 +52,22 @@ fn late() -> String {
     format!("no answer within {CHECK_WITHIN:?}")
 }
 
+/// The dependencies' health: the last check if fresh, else a new one (one at
+/// a time: concurrent probes wait for it and share it).
+async fn dependencies(state: &AppState) -> Arc<Dependencies> {
+    let mut last = state.health.0.lock().await;
+    if let Some((at, found)) = last.as_ref()
+        && at.elapsed() < FRESH_FOR
+    {
+        return found.clone();
+    }
+    let found = Arc::new(check_dependencies(state).await);
+    *last = Some((Instant::now(), found.clone()));
+    found
+}
+
 /// Every dependency, checked at once.
-async fn check(state: &AppState) -> Health {
+async fn check_dependencies(state: &AppState) -> Dependencies {
     let node = &state.node;
     let store = timed(node.store().ping());
     let transport = timed(node.transport().health());
@@ -48,13 +83,12 @@ async fn check(state: &AppState) -> Health {
             None => None,
         }
     };
-    let running = timed(node.running());
-    let ((ping, store_ms), (transport, transport_ms), temporal, cluster, (running, _)) =
-        tokio::join!(store, transport, temporal, cluster, running);
-    let store_error = match ping {
-        Some(Ok(())) => node.store_error(),
-        Some(Err(e)) => Some(e.to_string()),
-        None => Some(late()),
+    let ((ping, store_ms), (transport, transport_ms), temporal, cluster) =
+        tokio::join!(store, transport, temporal, cluster);
+    let store = match ping {
+        Some(Ok(())) => Ok(()),
+        Some(Err(e)) => Err(e.to_string()),
+        None => Err(late()),
     };
     let transport = transport.unwrap_or_else(|| kodo_transport::TransportHealth {
         ok: false,
@@ -87,24 +121,43 @@ async fn check(state: &AppState) -> Health {
             latency_ms,
         }
     });
+    Dependencies {
+        store,
+        store_ms,
+        transport,
+        transport_ms,
+        temporal,
+        cluster,
+    }
+}
+
+/// The dependencies (checked at most once per [`FRESH_FOR`]) with what this
+/// process knows now: its last store write's error, its running count.
+async fn check(state: &AppState) -> Health {
+    let node = &state.node;
+    let (found, (running, _)) = tokio::join!(dependencies(state), timed(node.running()));
+    let store_error = match &found.store {
+        Ok(()) => node.store_error(),
+        Err(e) => Some(e.clone()),
+    };
     let ok = store_error.is_none()
-        && transport.ok
-        && temporal.as_ref().is_none_or(|t| t.ok)
-        && cluster.as_ref().is_none_or(|c| c.ok);
+        && found.transport.ok
+        && found.temporal.as_ref().is_none_or(|t| t.ok)
+        && found.cluster.as_ref().is_none_or(|c| c.ok);
     Health {
         status: if ok { "ok" } else { "degraded" },
         store: StoreState {
             ok: store_error.is_none(),
             error: store_error,
-            latency_ms: store_ms,
+            latency_ms: found.store_ms,
         },
         transport: TransportState {
-            health: transport,
-            latency_ms: transport_ms,
+            health: found.transport.clone(),
+            latency_ms: found.transport_ms,
         },
         running,
-        temporal,
-        cluster,
+        temporal: found.temporal.clone(),
+        cluster: found.cluster.clone(),
     }
 }
 

@@ -41,6 +41,7 @@ pub struct AppState {
     /// When this API started (Unix seconds).
     pub started: f64,
     tokens: auth::Tokens,
+    health: health::Checked,
 }
 
 /// Builds the router over a running node.
@@ -50,6 +51,7 @@ pub fn router(node: Arc<Node>, config: &Config, temporal: Option<Arc<Temporal>>)
         temporal,
         started: kodo_core::now_ts(),
         tokens: auth::Tokens::of(config),
+        health: Default::default(),
     });
     let authed = Router::new()
         .route("/cluster", get(cluster::cluster))

@@ -224,7 +224,7 @@ pub struct TransportState {
 }
 
 /// The cluster's part of `/health` (nodes over Redis).
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct ClusterState {
     /// Whether the members can be read now.
     pub ok: bool,
@@ -237,7 +237,7 @@ pub struct ClusterState {
 }
 
 /// Temporal's part of `/health`, when some flow runs durably.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct TemporalState {
     /// Whether it answers and knows the namespace now.
     pub ok: bool,

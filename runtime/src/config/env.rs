@@ -11,7 +11,13 @@ use super::{Config, ConfigError};
 use std::collections::BTreeMap;
 
 /// `KODO_*` variables that are not config keys: kodo sets them for flows.
-const NOT_CONFIG: &[&str] = &["KODO_FID", "KODO_FLOW", "KODO_OWNER"];
+const NOT_CONFIG: &[&str] = &[
+    "KODO_FID",
+    "KODO_FLOW",
+    "KODO_OWNER",
+    "KODO_ATTEMPT",
+    "KODO_JOURNAL",
+];
 
 /// Sections whose keys `KODO_*` variables may override.
 const OVERRIDABLE: &[&str] = &[
