@@ -17,6 +17,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The content type of [`Metrics::encode`]'s text.
@@ -58,6 +59,8 @@ pub struct Metrics {
     spooler_restarts: Counter,
     store_errors: Counter,
     transport_errors: Counter,
+    /// The transport's own failure count at the last scrape.
+    transport_failures_seen: AtomicU64,
     transport_bytes: Gauge,
     transport_backlog: Gauge,
 }
@@ -97,6 +100,7 @@ impl Metrics {
             spooler_restarts: Counter::default(),
             store_errors: Counter::default(),
             transport_errors: Counter::default(),
+            transport_failures_seen: AtomicU64::new(0),
             transport_bytes: Gauge::default(),
             transport_backlog: Gauge::default(),
         };
@@ -161,7 +165,7 @@ impl Metrics {
         );
         r.register(
             "transport_errors",
-            "Events the transport refused",
+            "Failed transport operations: publishes refused to Tracers, and reads, writes and acks that failed (each retried)",
             m.transport_errors.clone(),
         );
         r.register_with_unit(
@@ -231,10 +235,20 @@ impl Metrics {
         self.spooler_restarts.inc();
     }
 
-    /// The transport's state now (read at each scrape).
-    pub fn transport(&self, in_flight_bytes: usize, backlog: Option<usize>) {
+    /// The transport's state now (read at each scrape): the bytes it holds,
+    /// its backlog (None: unknown now, the last known value stays), and the
+    /// failures it counted itself since the process started.
+    pub fn transport(&self, in_flight_bytes: usize, backlog: Option<usize>, failures: u64) {
         self.transport_bytes.set(in_flight_bytes as i64);
-        self.transport_backlog.set(backlog.unwrap_or(0) as i64);
+        if let Some(backlog) = backlog {
+            self.transport_backlog.set(backlog as i64);
+        }
+        let seen = self
+            .transport_failures_seen
+            .fetch_max(failures, Ordering::AcqRel);
+        if failures > seen {
+            self.transport_errors.inc_by(failures - seen);
+        }
     }
 
     /// The OpenMetrics text of every metric ([`CONTENT_TYPE`]).

@@ -86,7 +86,8 @@ fn commits_count_events_batches_and_latencies() {
     m.committed(&batch, Duration::from_millis(2));
     m.committed(&batch[..1], Duration::from_millis(1));
     m.store_error();
-    m.transport(4096, Some(7));
+    m.transport(4096, Some(7), 0);
+    m.transport_error();
     let text = m.encode();
     assert_eq!(sample(&text, "kodo_events_stored_total"), Some(4.0));
     assert_eq!(sample(&text, "kodo_commit_batch_events_count"), Some(2.0));
@@ -102,5 +103,14 @@ fn commits_count_events_batches_and_latencies() {
         Some(4096.0)
     );
     assert_eq!(sample(&text, "kodo_transport_backlog"), Some(7.0));
+    assert_eq!(sample(&text, "kodo_transport_errors_total"), Some(1.0));
     assert!(text.ends_with("# EOF\n"), "{text}");
+    // The transport's own failures add once each, across scrapes; an
+    // unknown backlog keeps the last known value.
+    m.transport(0, None, 3);
+    m.transport(0, None, 3);
+    m.transport(0, None, 5);
+    let text = m.encode();
+    assert_eq!(sample(&text, "kodo_transport_errors_total"), Some(6.0));
+    assert_eq!(sample(&text, "kodo_transport_backlog"), Some(7.0));
 }

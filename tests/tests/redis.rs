@@ -395,6 +395,21 @@ async fn redis_goes_away_mid_run(go_away: fn(&Server)) {
     }
     api.health_until("the transport back", |code, _| code == 200)
         .await;
+    // The transport's failed reads and writes while Redis was away are counted.
+    let metrics = api
+        .http
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let errors = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kodo_transport_errors_total "))
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(errors.is_some_and(|n| n >= 1.0), "{metrics}");
     let report = api.running.shutdown("test over").await;
     assert!(report.all_stored(), "{report}");
 }

@@ -90,6 +90,8 @@ pub struct TransportHealth {
     /// Why it does not work, when it does not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Operations that failed since the process started (each was retried).
+    pub failures: u64,
 }
 
 /// Carries events from Tracers (producers) to Spoolers (consumers).

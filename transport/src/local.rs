@@ -185,6 +185,7 @@ impl Transport for LocalQueue {
             capacity_bytes: self.budget.capacity(),
             backlog: None,
             error: None,
+            failures: 0,
         }
     }
 }

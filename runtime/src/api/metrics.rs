@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 /// The metrics, with the transport's state read now.
 async fn exposition(metrics: &SharedMetrics, transport: &SharedTransport) -> Response {
     let health = transport.health().await;
-    metrics.transport(health.used_bytes, health.backlog);
+    metrics.transport(health.used_bytes, health.backlog, health.failures);
     (
         [(CONTENT_TYPE, kodo_metrics::CONTENT_TYPE)],
         metrics.encode(),

@@ -107,6 +107,8 @@ pub struct RedisStreams {
     budget: Arc<Budget>,
     shards: Vec<ShardState>,
     next_ticket: AtomicU64,
+    /// Failed reads, writes and acks so far (see `TransportHealth::failures`).
+    failures: AtomicU64,
     closed: AtomicBool,
     closing: Notify,
     error: Arc<Mutex<Option<String>>>,
@@ -189,6 +191,7 @@ impl RedisStreams {
             budget: budget.clone(),
             shards,
             next_ticket: AtomicU64::new(1),
+            failures: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             closing: Notify::new(),
             error: error.clone(),
@@ -215,6 +218,7 @@ impl RedisStreams {
     }
 
     fn unavailable(&self, e: &redis::RedisError) -> TransportError {
+        self.failures.fetch_add(1, Ordering::Relaxed);
         let why = format!("{}: {e}", self.masked);
         *self.error.lock().expect("error lock") = Some(why.clone());
         TransportError::Unavailable(why)
@@ -435,6 +439,7 @@ impl Transport for RedisStreams {
             capacity_bytes: self.budget.capacity(),
             backlog,
             error,
+            failures: self.failures.load(Ordering::Relaxed),
         }
     }
 }
