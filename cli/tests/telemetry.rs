@@ -87,12 +87,22 @@ async fn start_traced(
     endpoint: &str,
     delay_ms: u32,
 ) -> (tokio::process::Child, String) {
+    let (node, base, _) = start_traced_logged(cfg, dir, endpoint, delay_ms).await;
+    (node, base)
+}
+
+/// [`start_traced`], with the node's stderr.
+async fn start_traced_logged(
+    cfg: &std::path::Path,
+    dir: &std::path::Path,
+    endpoint: &str,
+    delay_ms: u32,
+) -> (tokio::process::Child, String, Log) {
     let mut command = run(cfg, dir);
     command
         .env("KODO_TELEMETRY_OTLP_ENDPOINT", endpoint)
         .env("OTEL_BSP_SCHEDULE_DELAY", delay_ms.to_string());
-    let (node, base, _) = start_logged(command).await;
-    (node, base)
+    start_logged(command).await
 }
 
 /// Launches `flow` with the W3C `traceparent` of [`PARENT_TRACE`], [`PARENT_SPAN`].
@@ -239,7 +249,7 @@ async fn an_otlp_endpoint_that_is_down_changes_nothing_for_executions() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), FLOWS);
     let down = format!("http://127.0.0.1:{}", free_port());
-    let (mut node, base) = start_traced(&cfg, dir.path(), &down, 50).await;
+    let (mut node, base, log) = start_traced_logged(&cfg, dir.path(), &down, 50).await;
     let mut fids = Vec::new();
     for _ in 0..20 {
         fids.push(launch(&base, "env").await);
@@ -253,6 +263,12 @@ async fn an_otlp_endpoint_that_is_down_changes_nothing_for_executions() {
     let start = Instant::now();
     assert_eq!(terminate(&mut node).await, 0);
     assert!(start.elapsed() < DEADLINE);
+    // The spans were dropped, with a warning.
+    let log = log.complete().await;
+    assert!(
+        log.contains("WARN") && log.contains("telemetry data will be lost"),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
