@@ -48,7 +48,7 @@ pub use locks::{KeepError, Kept, LockInUse, LockKeeper, Locks, OpenLock};
 pub use node::{KillError, Launched, Node, NodeError, NodeOptions};
 pub use orphans::start as start_watchdog;
 pub use runner::drive;
-pub use shutdown::ShutdownReport;
+pub use shutdown::{ShutdownReport, telling};
 pub use spans::SpanBook;
 pub use spooler::{SpoolerGroup, SpoolerShared, StoreHealth};
 pub use steps::{Journal, JournalEntry, StepError};

@@ -9,6 +9,33 @@ use kodo_store::SharedStore;
 use std::fmt;
 use std::time::Duration;
 
+/// Awaits `future`, saying every 2 s that a shutdown still waits for
+/// `what` (and how many events `transport` still holds).
+pub async fn telling<T>(
+    what: &str,
+    transport: Option<&kodo_transport::SharedTransport>,
+    future: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::pin!(future);
+    let mut ticks = tokio::time::interval(Duration::from_secs(2));
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            out = &mut future => return out,
+            _ = ticks.tick() => match transport {
+                Some(transport) => {
+                    let held = transport.health().await;
+                    tracing::info!(
+                        left = held.queued + held.pending,
+                        "shutdown: still waiting for {what}"
+                    );
+                }
+                None => tracing::info!("shutdown: still waiting for {what}"),
+            },
+        }
+    }
+}
+
 /// The most executions named in a report.
 const NAMED: usize = 10;
 

@@ -284,9 +284,13 @@ async fn spool(config: Config, name: Option<String>) -> ExitCode {
     let failure = signals.until_stopped(group.failed()).await;
     tracing::info!("spooler stopping: finishing the batches in hand");
     transport.close();
-    let drained = group
-        .drain(wiring::node_options(&config).shutdown_wait)
-        .await;
+    let drained = kodo_actors::telling(
+        "the spoolers to finish their batches",
+        Some(&transport),
+        group.drain(wiring::node_options(&config).shutdown_wait),
+    )
+    .await;
+    tracing::info!(drained, "shutdown: closing the store");
     store.close().await;
     match failure {
         Some(why) => {
@@ -360,7 +364,12 @@ async fn temporal_worker(config: Config) -> ExitCode {
         }
     };
     tracing::info!("temporal worker stopping: giving running attempts back");
-    worker.shutdown().await;
+    kodo_actors::telling(
+        "the Temporal worker to give its running attempts back",
+        None,
+        worker.shutdown(),
+    )
+    .await;
     let report = node.shutdown("worker shutting down").await;
     match failure {
         Some(why) => {

@@ -110,19 +110,23 @@ impl Node {
             Some(spoolers) => {
                 self.transport.close();
                 let drained = spoolers.drain(wait);
-                self.telling("the spoolers to store the transport's events", drained)
-                    .await;
+                crate::shutdown::telling(
+                    "the spoolers to store the transport's events",
+                    Some(&self.transport),
+                    drained,
+                )
+                .await;
             }
             None => {
                 // Spooler processes elsewhere store what this node published.
                 report.stored_elsewhere = true;
                 let settled = self.cluster.settle(wait);
-                if !self
-                    .telling(
-                        "the spooler processes to store what this node published",
-                        settled,
-                    )
-                    .await
+                if !crate::shutdown::telling(
+                    "the spooler processes to store what this node published",
+                    Some(&self.transport),
+                    settled,
+                )
+                .await
                 {
                     tracing::warn!(
                         ?wait,
@@ -150,28 +154,6 @@ impl Node {
         }
         self.claim.lock().expect("claim lock").take();
         report
-    }
-}
-
-impl Node {
-    /// Awaits `future`, saying every 2 s that it still waits for `what`
-    /// and how many events the transport still holds.
-    async fn telling<T>(&self, what: &str, future: impl std::future::Future<Output = T>) -> T {
-        tokio::pin!(future);
-        let mut ticks = tokio::time::interval(std::time::Duration::from_secs(2));
-        ticks.tick().await;
-        loop {
-            tokio::select! {
-                out = &mut future => return out,
-                _ = ticks.tick() => {
-                    let held = self.transport.health().await;
-                    tracing::info!(
-                        left = held.queued + held.pending,
-                        "shutdown: still waiting for {what}"
-                    );
-                }
-            }
-        }
     }
 }
 
