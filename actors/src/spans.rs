@@ -32,8 +32,10 @@ struct Learned {
 }
 
 impl Learned {
-    fn learn(&mut self, events: &[Event]) {
-        for e in events.iter().filter(|e| e.kind == Kind::Meta) {
+    /// Learns the spans of the executions `events` begin, but those `listed`.
+    fn learn(&mut self, events: &[Event], listed: &HashMap<Fid, SpanLink>) {
+        let begun = events.iter().filter(|e| e.kind == Kind::Meta);
+        for e in begun.filter(|e| !listed.contains_key(&e.fid)) {
             let Some(link) = serde_json::from_str::<Meta>(&e.payload)
                 .ok()
                 .and_then(|meta| meta.trace)
@@ -110,9 +112,9 @@ impl SpanBook {
             // Traces are off (or this span is not sampled): nothing to link.
             return span;
         }
-        let mut learned = self.learned.lock().expect("span book");
-        learned.learn(events);
         let spans = self.spans.lock().expect("span book");
+        let mut learned = self.learned.lock().expect("span book");
+        learned.learn(events, &spans);
         let mut seen = HashSet::new();
         for e in events {
             if seen.len() == MOST_LINKS {

@@ -60,6 +60,10 @@ pub struct BenchArgs {
     /// Spooler shards.
     #[arg(long, default_value_t = 2)]
     pub shards: usize,
+    /// Rounds of the observe run (each mode once per round, interleaved;
+    /// the best of each is reported).
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
     /// Scratch folder (default: a new temp folder, removed afterwards).
     #[arg(long)]
     pub dir: Option<std::path::PathBuf>,

@@ -101,9 +101,12 @@ pub(crate) async fn observe(args: &BenchArgs, report: &mut Vec<String>) -> Resul
     let Some(traces) = TRACES.get() else {
         return Err("no trace pipeline (run it as `runtime bench`)".into());
     };
-    // Twice each, interleaved (this machine is noisy): the best of each mode.
+    // Rounds of each, interleaved (this machine is noisy): the best of each
+    // mode, and every round's throughput to show the spread.
     let mut best = [(0.0f64, f64::INFINITY); 3];
-    for round in 0..2 {
+    let mut rates: [Vec<String>; 3] = Default::default();
+    let rounds = args.rounds.max(1);
+    for round in 0..rounds {
         for (mode, slot) in best.iter_mut().enumerate() {
             let metrics = if mode == 0 {
                 Metrics::off()
@@ -116,6 +119,7 @@ pub(crate) async fn observe(args: &BenchArgs, report: &mut Vec<String>) -> Resul
             switch(traces, false);
             let (rate, p99) = measured?;
             *slot = (slot.0.max(rate), slot.1.min(p99));
+            rates[mode].push(format!("{:.0}k", rate / 1e3));
         }
     }
     tokio::task::spawn_blocking(|| traces.telemetry.flush())
@@ -124,16 +128,20 @@ pub(crate) async fn observe(args: &BenchArgs, report: &mut Vec<String>) -> Resul
     let [(off_rate, off_p99), (m_rate, m_p99), (t_rate, t_p99)] = best;
     let cost = |rate: f64| (1.0 - rate / off_rate) * 100.0;
     report.push(format!(
-        "observe  {} x {} events, then {} events/s for {} s (best of 2, interleaved): off {off_rate:.0} events/s, p99 {off_p99:.2} ms; \
+        "observe  {} x {} events, then {} events/s for {} s (best of {rounds}, interleaved): off {off_rate:.0} events/s, p99 {off_p99:.2} ms; \
          metrics {m_rate:.0} events/s ({:+.1}% cost), p99 {m_p99:.2} ms; \
-         metrics+traces {t_rate:.0} events/s ({:+.1}% cost), p99 {t_p99:.2} ms ({} KB of spans exported)",
+         metrics+traces {t_rate:.0} events/s ({:+.1}% cost), p99 {t_p99:.2} ms ({} KB of spans exported); \
+         each round: off [{}], metrics [{}], metrics+traces [{}]",
         args.executions,
         args.events,
         args.rate,
         args.seconds,
         cost(m_rate),
         cost(t_rate),
-        traces.exported.load(Ordering::Relaxed) / 1024
+        traces.exported.load(Ordering::Relaxed) / 1024,
+        rates[0].join(" "),
+        rates[1].join(" "),
+        rates[2].join(" "),
     ));
     Ok(())
 }
