@@ -102,12 +102,15 @@ pub(crate) async fn observe(args: &BenchArgs, report: &mut Vec<String>) -> Resul
         return Err("no trace pipeline (run it as `runtime bench`)".into());
     };
     // Rounds of each, interleaved (this machine is noisy): the best of each
-    // mode, and every round's throughput to show the spread.
+    // mode, and every round's throughput to show the spread. Each round
+    // starts with the next mode: a machine that slows down over the run
+    // (disk write-back of the earlier runs' files) favours no mode.
     let mut best = [(0.0f64, f64::INFINITY); 3];
     let mut rates: [Vec<String>; 3] = Default::default();
     let rounds = args.rounds.max(1);
     for round in 0..rounds {
-        for (mode, slot) in best.iter_mut().enumerate() {
+        for mode in (0..3).map(|k| (round + k) % 3) {
+            let slot = &mut best[mode];
             let metrics = if mode == 0 {
                 Metrics::off()
             } else {

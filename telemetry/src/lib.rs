@@ -110,11 +110,15 @@ impl Telemetry {
         let kodo_only = tracing_subscriber::filter::filter_fn(move |meta| {
             meta.is_span() && meta.target().starts_with("kodo") && on.load(Ordering::Relaxed)
         });
-        // No per-poll bookkeeping: busy/idle times, thread and code
-        // location attributes are left out of kodo's spans.
+        // No per-poll bookkeeping: busy/idle times are not tracked, and no
+        // OpenTelemetry context is made current on each enter (kodo reads
+        // its spans' contexts itself; no other OTel instrumentation runs
+        // here). Thread, code location and target attributes are left out.
         tracing_opentelemetry::layer()
             .with_tracer(self.provider.tracer("kodo"))
             .with_tracked_inactivity(false)
+            .with_context_activation(false)
+            .with_target(false)
             .with_threads(false)
             .with_location(false)
             .with_filter(kodo_only)
