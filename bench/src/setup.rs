@@ -177,13 +177,13 @@ pub(crate) fn flows(args: &BenchArgs) -> Flows {
     flows
 }
 
-/// A Python flow of `n` steps with `flows/kodo.py` (written beside the
-/// bench's store: the flow runs there).
+/// A Python flow of `n` steps with the `kodo` package (written as
+/// `kodo.py` into [`python_dir`]).
 const PYTHON_STEPS: &str =
     "import kodo\nn = kodo.inputs()['n']\nfor i in range(n):\n    kodo.step(f's{i}', lambda: i)\n";
 
-/// `flows/kodo.py`, for the `python-steps` flow.
-pub(crate) const KODO_PY: &str = include_str!("../../flows/kodo.py");
+/// The `kodo` package (`sdk/python`), for the `python-steps` flow.
+pub(crate) const KODO_PY: &str = include_str!("../../sdk/python/kodo/__init__.py");
 
 /// Where the `python-steps` flow finds `kodo.py` (see [`KODO_PY`]).
 pub(crate) fn python_dir() -> std::path::PathBuf {

@@ -1,6 +1,6 @@
 //! `steps`: durable steps, the peers' workloads (100 x 100 steps, 20 x 100,
 //! one execution of 10), Rust flows and Python command flows
-//! (`flows/kodo.py`): steps per second and launch -> finished stored,
+//! (the `kodo` package): steps per second and launch -> finished stored,
 //! beside the same executions emitting as many plain events.
 
 use crate::BenchArgs;

@@ -1,5 +1,5 @@
 //! Durable steps with `recover = "resume"`, as a user runs them: a Python
-//! command flow with `flows/kodo.py`, the node SIGKILLed mid-run and
+//! command flow with the `kodo` package, the node SIGKILLed mid-run and
 //! started again, on SQLite and on PostgreSQL.
 
 mod common;
@@ -51,7 +51,7 @@ fn setup(
     std::fs::write(dir.join("steps.py"), FLOW).unwrap();
     let side = dir.join("side");
     std::fs::create_dir_all(&side).unwrap();
-    let flows = Path::new(env!("CARGO_MANIFEST_DIR")).join("../flows");
+    let flows = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/python");
     let store = store.map_or(String::new(), |url| format!("[store]\nurl = \"{url}\"\n"));
     let config = write_config(
         dir,

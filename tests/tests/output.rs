@@ -90,7 +90,7 @@ echo '{"kind":"step","name":"again","n":7,"payload":2}' >&3; say"#,
             env: [
                 (
                     "PYTHONPATH".to_string(),
-                    concat!(env!("CARGO_MANIFEST_DIR"), "/../flows").to_string(),
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/../sdk/python").to_string(),
                 ),
                 // Empty is off: the helper must not depend on it.
                 ("PYTHONUNBUFFERED".to_string(), String::new()),

@@ -1,0 +1,125 @@
+//! The Python package (`sdk/python`, `import kodo`) as a flow's author uses
+//! it: real Python child processes under `runtime run`.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::path::Path;
+
+/// `sdk/python`, for a flow's `PYTHONPATH`.
+fn sdk() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../sdk/python")
+        .display()
+        .to_string()
+}
+
+/// A config with `flow` (Python source) as `[flows.NAME]`, the package on
+/// its path.
+fn python_flow(dir: &Path, name: &str, source: &str) -> std::path::PathBuf {
+    std::fs::write(dir.join(format!("{name}.py")), source).unwrap();
+    write_config(
+        dir,
+        &format!(
+            "[flows.{name}]\ncommand = [\"python3\", \"{name}.py\"]\n\
+             [flows.{name}.env]\nPYTHONPATH = \"{}\"\n",
+            sdk()
+        ),
+    )
+}
+
+/// The payloads of `kind` events among `events`.
+fn payloads<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e["kind"] == kind)
+        .map(|e| &e["payload"])
+        .collect()
+}
+
+/// The lids of the open locks named in `events`, by name.
+fn lid_of(events: &[Value], name: &str) -> Option<String> {
+    events
+        .iter()
+        .find(|e| e["kind"] == "lock" && e["payload"]["name"] == name)
+        .map(|e| e["payload"]["lid"].as_str().unwrap().to_string())
+}
+
+const ASYNC_FLOW: &str = r#"
+import asyncio
+import kodo
+
+async def main():
+    args = kodo.inputs()
+    await kodo.adebug("asking both")
+    print("before the locks")
+    a, b, s = await asyncio.gather(
+        kodo.alock("first", {"q": 1}),
+        kodo.alock("second", {"q": 2}, timeout=600),
+        kodo.astep("double", lambda: args["n"] * 2),
+    )
+    kodo.action({"a": a, "b": b})
+    kodo.result({"first": a, "second": b, "double": s})
+
+asyncio.run(main())
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_locks_and_a_step_awaited_together_get_their_own_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = python_flow(dir.path(), "both", ASYNC_FLOW);
+    let (mut node, base) = start(&cfg, dir.path()).await;
+    let launched = post(
+        &base,
+        "/flows/both/executions",
+        json!({"inputs": {"n": 21}}),
+    )
+    .await;
+    let fid = launched["fid"].as_str().unwrap().to_string();
+    let opened = events_until(&base, &fid, DEADLINE, |e| {
+        lid_of(e, "first").is_some() && lid_of(e, "second").is_some()
+    })
+    .await;
+    // Answered in the other order than opened: each await gets its own.
+    for (name, answer) in [("second", "no"), ("first", "yes")] {
+        let lid = lid_of(&opened, name).unwrap();
+        let (code, body) = post_any(
+            &base,
+            &format!("/executions/{fid}/locks/{lid}"),
+            json!({"answer": answer}),
+        )
+        .await;
+        assert_eq!(code, 200, "{body}");
+    }
+    let events = events_until(&base, &fid, DEADLINE, ended).await;
+    assert_eq!(last_status(&events), Some("finished"), "{events:?}");
+    assert_eq!(
+        payloads(&events, "final"),
+        [&json!({"first": "yes", "second": "no", "double": 42})]
+    );
+    assert_eq!(payloads(&events, "debug"), [&json!("asking both")]);
+    assert_eq!(payloads(&events, "step")[0]["result"], json!(42));
+    // The print before the locks is stored before them (line-buffered).
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    let printed = kinds.iter().position(|k| *k == "stdout").unwrap();
+    let first_lock = kinds.iter().position(|k| *k == "lock").unwrap();
+    assert!(printed < first_lock, "{kinds:?}");
+    assert_eq!(terminate(&mut node).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_package_outside_kodo_says_so() {
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import kodo; kodo.debug('x')"])
+        .env("PYTHONPATH", sdk())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("kodo.NotUnderKodo") && err.contains("fd 3 is not open"),
+        "{err}"
+    );
+}
