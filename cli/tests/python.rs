@@ -108,6 +108,48 @@ async fn async_locks_and_a_step_awaited_together_get_their_own_answers() {
     assert_eq!(terminate(&mut node).await, 0);
 }
 
+const GIVES_UP_FLOW: &str = r#"
+import asyncio
+import kodo
+
+async def main():
+    kodo.inputs()
+    try:
+        await asyncio.wait_for(kodo.alock("again", {"try": 1}), 0.2)
+    except asyncio.TimeoutError:
+        kodo.debug("gave up waiting")
+    answer = await kodo.alock("again", {"try": 2})
+    kodo.result({"answer": answer})
+
+asyncio.run(main())
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_wait_given_up_does_not_take_the_next_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = python_flow(dir.path(), "again", GIVES_UP_FLOW);
+    let (mut node, base) = start(&cfg, dir.path()).await;
+    let launched = post(&base, "/flows/again/executions", json!({})).await;
+    let fid = launched["fid"].as_str().unwrap().to_string();
+    let second = |e: &[Value]| {
+        e.iter()
+            .find(|e| e["kind"] == "lock" && e["payload"]["data"]["try"] == 2)
+            .map(|e| e["payload"]["lid"].as_str().unwrap().to_string())
+    };
+    let opened = events_until(&base, &fid, DEADLINE, |e| second(e).is_some()).await;
+    let lid = second(&opened).unwrap();
+    let (code, body) = post_any(
+        &base,
+        &format!("/executions/{fid}/locks/{lid}"),
+        json!({"answer": "second"}),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let events = events_until(&base, &fid, DEADLINE, ended).await;
+    assert_eq!(payloads(&events, "final"), [&json!({"answer": "second"})]);
+    assert_eq!(terminate(&mut node).await, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_package_outside_kodo_says_so() {
     let out = std::process::Command::new("python3")
@@ -122,4 +164,44 @@ async fn the_package_outside_kodo_says_so() {
         err.contains("kodo.NotUnderKodo") && err.contains("fd 3 is not open"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_package_installs_with_pip_and_brings_the_kodosumi_stand_ins() {
+    let dir = tempfile::tempdir().unwrap();
+    let venv = dir.path().join("venv");
+    let ok = std::process::Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    // As a user installs it: pip fetches its build backend (setuptools).
+    let out = std::process::Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet"])
+        .arg(sdk())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let modules = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kodosumi");
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "[flows.sync]\ncommand = [\"{}\", \"-m\", \"kodo.kodosumi\", \"hello.app:sync_run\"]\n\
+             [flows.sync.env]\nPYTHONPATH = \"{}\"\n",
+            venv.join("bin/python").display(),
+            modules.display()
+        ),
+    );
+    let (mut node, base) = start(&cfg, dir.path()).await;
+    let launched = post(&base, "/flows/sync/executions", json!({})).await;
+    let fid = launched["fid"].as_str().unwrap().to_string();
+    let events = events_until(&base, &fid, DEADLINE, ended).await;
+    assert_eq!(last_status(&events), Some("finished"), "{events:?}");
+    assert_eq!(payloads(&events, "final"), [&json!({"str": "done"})]);
+    assert_eq!(terminate(&mut node).await, 0);
 }

@@ -13,10 +13,14 @@ docs/protocol.md in the kodo repository). Standard library only.
     def charge(): ...                               # when the execution resumes
 
 Async code awaits the same verbs: `await kodo.alock(...)`,
-`await kodo.astep(...)` (an `async def` step works with `kodo.step` too).
-Emits never wait for kodo, so `kodo.debug(...)` is fine in async code;
-`await kodo.adebug(...)` and friends exist for symmetry. Locks and steps may
-be awaited concurrently (`asyncio.gather`) and called from several threads.
+`await kodo.astep(...)` (an `async def` step works with `kodo.step` too);
+`await kodo.adebug(...)` and friends are the emits' async forms. An emit
+returns once its line is written to fd 3, which waits only while kodo
+holds back a flow that emits faster than it stores. Locks may be awaited
+concurrently (`asyncio.gather`) or opened from several threads: give those
+open at once distinct names. Steps are numbered in the order they are
+taken, so take them in an order that is the same on every run (not from
+racing threads).
 
 A step's result is journaled (a `step` event) and stored before step()
 returns. When the execution runs again after a crash (`recover = "resume"`,
@@ -87,7 +91,10 @@ class _Reply:
         future = loop.create_future()
 
         def resolve(value):
-            loop.call_soon_threadsafe(lambda: future.done() or future.set_result(value))
+            try:
+                loop.call_soon_threadsafe(lambda: future.done() or future.set_result(value))
+            except RuntimeError:
+                pass  # its event loop is closed: nobody waits any more
 
         with self._guard:
             if self._done.is_set():
@@ -123,31 +130,53 @@ class _Channel:
             return self._inputs
 
     def write(self, message):
-        line = json.dumps(message, allow_nan=False) + "\n"
         with self._write_lock:
-            if self._fd3 is None:
-                try:
-                    self._fd3 = os.fdopen(3, "w", buffering=1)
-                except OSError as e:
-                    raise NotUnderKodo(
-                        "kodo: fd 3 is not open; run this flow under kodo (docs/protocol.md)"
-                    ) from e
-            self._fd3.write(line)
+            self._write_locked(message)
+
+    def _write_locked(self, message):
+        line = json.dumps(message, allow_nan=False) + "\n"
+        if self._fd3 is None:
+            try:
+                self._fd3 = os.fdopen(3, "w", buffering=1)
+            except OSError as e:
+                raise NotUnderKodo(
+                    "kodo: fd 3 is not open; run this flow under kodo (docs/protocol.md)"
+                ) from e
+        self._fd3.write(line)
 
     def ask(self, message, lock=None, step=None):
-        """Writes `message` and returns the _Reply its answer will fill."""
+        """Writes `message` and returns the _Reply its answer will fill.
+        The reply is expected and the line written under one lock, so two
+        threads opening locks of one name get their own answers; a line
+        that cannot be written leaves nothing waiting."""
         self.inputs()
+        json.dumps(message, allow_nan=False)  # refused here, before anything waits
         reply = _Reply()
-        with self._state:
-            if self._closed is not None:
-                reply.set({"error": self._closed})
-                return reply
-            if lock is not None:
-                self._locks[lock].append(reply)
-            else:
-                self._steps[step] = (message["name"], reply)
-        self.write(message)
+        with self._write_lock:
+            with self._state:
+                if self._closed is not None:
+                    reply.set({"error": self._closed})
+                    return reply
+                if lock is not None:
+                    self._locks[lock].append(reply)
+                else:
+                    self._steps[step] = (message["name"], reply)
+            try:
+                self._write_locked(message)
+            except BaseException:
+                self.forget(reply)
+                raise
         return reply
+
+    def forget(self, reply):
+        """Stops expecting `reply` (its waiter gave up, or its line failed)."""
+        with self._state:
+            for waiting in self._locks.values():
+                if reply in waiting:
+                    waiting.remove(reply)
+            for n, (_, waiter) in list(self._steps.items()):
+                if waiter is reply:
+                    del self._steps[n]
 
     def _step_waiter(self, reply):
         """The step a reply is for: by its number, else (a refusal may not
@@ -160,21 +189,28 @@ class _Channel:
         return entry and entry[1]
 
     def _read(self):
-        for line in sys.stdin:
-            try:
-                reply = json.loads(line)
-            except ValueError:
-                continue
-            waiter = None
-            with self._state:
-                if "step" in reply:
-                    waiter = self._step_waiter(reply)
-                elif "lid" in reply:
-                    waiting = self._locks.get(reply.get("name"))
-                    if waiting:
-                        waiter = waiting.popleft()
-            if waiter is not None:
-                waiter.set(reply)
+        try:
+            for line in sys.stdin:
+                try:
+                    reply = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(reply, dict):
+                    continue
+                waiter = None
+                with self._state:
+                    if "step" in reply:
+                        waiter = self._step_waiter(reply)
+                    elif "lid" in reply:
+                        waiting = self._locks.get(reply.get("name"))
+                        if waiting:
+                            waiter = waiting.popleft()
+                if waiter is not None:
+                    waiter.set(reply)
+        finally:
+            self._close()
+
+    def _close(self):
         with self._state:
             self._closed = "kodo closed stdin"
             waiting = [w for _, w in self._steps.values()]
@@ -263,10 +299,19 @@ def lock(name, data=None, timeout=None):
     return _answer(name, reply.wait())
 
 
+async def _awaited(reply):
+    """`reply`'s line; a cancelled wait stops expecting it."""
+    try:
+        return await reply.wait_async()
+    except BaseException:
+        _channel.forget(reply)
+        raise
+
+
 async def alock(name, data=None, timeout=None):
     """lock(), awaited without blocking the event loop."""
     reply = _channel.ask(_lock_message(name, data, timeout), lock=name)
-    return _answer(name, await reply.wait_async())
+    return _answer(name, await _awaited(reply))
 
 
 def step(name, fn=None):
@@ -300,7 +345,7 @@ async def astep(name, fn):
     if inspect.isawaitable(value):
         value = await value
     reply = _channel.ask(_step_message(n, name, value), step=n)
-    return _stored(name, value, await reply.wait_async())
+    return _stored(name, value, await _awaited(reply))
 
 
 def _decorated(name, fn):

@@ -1,0 +1,165 @@
+//! Kodosumi flow modules run unmodified under kodo (`python3 -m
+//! kodo.kodosumi`), with kodo's stand-ins for `kodosumi`, `ray` and
+//! `fastapi`: the modules in `cli/tests/kodosumi/` are written the way
+//! Kodosumi's documentation writes them.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::path::Path;
+
+/// `PYTHONPATH` for the flows: the `kodo` package and the test modules.
+fn pythonpath() -> String {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    format!(
+        "{}:{}",
+        here.join("../sdk/python").display(),
+        here.join("tests/kodosumi").display()
+    )
+}
+
+/// A config with one flow per (name, `python3 -m kodo.kodosumi` arguments).
+fn config(dir: &Path, flows: &[(&str, &[&str])]) -> std::path::PathBuf {
+    let mut text = String::new();
+    for (name, args) in flows {
+        let args: Vec<String> = args.iter().map(|a| format!("\"{a}\"")).collect();
+        text.push_str(&format!(
+            "[flows.{name}]\ncommand = [\"python3\", \"-m\", \"kodo.kodosumi\", {}]\n\
+             [flows.{name}.env]\nPYTHONPATH = \"{}\"\n",
+            args.join(", "),
+            pythonpath()
+        ));
+    }
+    write_config(dir, &text)
+}
+
+/// Launches `flow` with `inputs` and waits for its end; its events.
+async fn run_to_end(base: &str, flow: &str, inputs: Value) -> Vec<Value> {
+    let launched = post(
+        base,
+        &format!("/flows/{flow}/executions"),
+        json!({"inputs": inputs}),
+    )
+    .await;
+    let fid = launched["fid"].as_str().unwrap().to_string();
+    events_until(base, &fid, DEADLINE, ended).await
+}
+
+fn payloads<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e["kind"] == kind)
+        .map(|e| &e["payload"])
+        .collect()
+}
+
+/// The text of the `error` event.
+fn error_of(events: &[Value]) -> String {
+    payloads(events, "error")
+        .first()
+        .and_then(|p| p.as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_route_launches_its_entry_point_with_the_forms_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &[("hello", &["hello.app:app", "--path", "/"])]);
+    let (mut node, base) = start(&cfg, dir.path()).await;
+    let inputs = json!({"name": "ann", "times": "3", "loud": "on", "tone": "cool", "note": "hi"});
+    let events = run_to_end(&base, "hello", inputs).await;
+    assert_eq!(last_status(&events), Some("finished"), "{events:?}");
+    // What Kodosumi's Tracer emits, encoded as Kodosumi encodes it.
+    assert_eq!(
+        payloads(&events, "result")[..3],
+        [
+            &json!({"Markdown": {"body": "# Hello ann"}}),
+            &json!({"HTML": {"body": "<b>bold</b>"}}),
+            &json!({"Text": {"body": "plain"}}),
+        ]
+    );
+    assert_eq!(payloads(&events, "debug"), [&json!("greeting")]);
+    assert_eq!(
+        payloads(&events, "action"),
+        [&json!({"dict": {"step": "greet"}})]
+    );
+    assert_eq!(stdout_lines(&events), ["printed by the flow"]);
+    // The checkbox is true for "on"; ray.remote ran in-process.
+    assert_eq!(
+        payloads(&events, "final"),
+        [&json!({"dict": {"greeting": "ANN!", "tone": "cool", "times": "3"}})]
+    );
+    // Unchecked (absent) is false, and so is anything but "on" (as in
+    // Kodosumi, where `true` is not "on").
+    for loud in [json!(null), json!(true)] {
+        let mut quiet = json!({"name": "bo", "times": "1", "tone": "warm"});
+        if !loud.is_null() {
+            quiet["loud"] = loud;
+        }
+        let events = run_to_end(&base, "hello", quiet).await;
+        assert_eq!(
+            payloads(&events, "final"),
+            [&json!({"dict": {"greeting": "bo", "tone": "warm", "times": "1"}})]
+        );
+    }
+    assert_eq!(terminate(&mut node).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entry_points_sync_failing_and_missing_end_as_kodosumi_ends_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &[
+            ("sync", &["hello.app:sync_run"]),
+            ("dotted", &["hello.app.sync_run"]),
+            ("fails", &["hello.app:fails"]),
+            ("missing", &["hello.app:nope"]),
+            ("broken", &["broken.mod:fn"]),
+            ("needs", &["needs.mod:fn"]),
+            ("refused", &["hello.app:app", "--path", "/"]),
+        ],
+    );
+    let (mut node, base) = start(&cfg, dir.path()).await;
+    for flow in ["sync", "dotted"] {
+        let events = run_to_end(&base, flow, json!({})).await;
+        assert_eq!(last_status(&events), Some("finished"), "{events:?}");
+        assert_eq!(payloads(&events, "debug"), [&json!("in a thread")]);
+        assert_eq!(
+            payloads(&events, "result")[0],
+            &json!({"__list__": [{"str": "a"}, {"int": 1}]})
+        );
+        assert_eq!(payloads(&events, "final"), [&json!({"str": "done"})]);
+    }
+    // Each failure ends `error`, naming its cause; the traceback is on stderr.
+    for (flow, cause) in [
+        ("fails", "ZeroDivisionError: division by zero"),
+        ("missing", "hello.app has no nope"),
+        (
+            "broken",
+            "cannot import broken.mod for broken.mod:fn: RuntimeError: this module fails at import",
+        ),
+        ("needs", "No module named 'a_package_that_is_not_installed'"),
+        (
+            "refused",
+            r#"the inputs were refused: {"name": ["Please give a name"]}"#,
+        ),
+    ] {
+        let events = run_to_end(&base, flow, json!({})).await;
+        assert_eq!(last_status(&events), Some("error"), "{flow}: {events:?}");
+        let error = error_of(&events);
+        assert!(error.contains(cause), "{flow}: {error}");
+    }
+    let events = run_to_end(&base, "fails", json!({})).await;
+    let stderr: Vec<&str> = payloads(&events, "stderr")
+        .iter()
+        .filter_map(|p| p.as_str())
+        .collect();
+    assert!(
+        stderr.iter().any(|l| l.starts_with("Traceback")),
+        "{stderr:?}"
+    );
+    assert_eq!(terminate(&mut node).await, 0);
+}

@@ -1,0 +1,65 @@
+from fastapi import Request
+from kodosumi.core import InputsError, Launch, ServeAPI, Tracer
+from kodosumi.core import forms as F
+import ray
+from ray import serve
+
+app = ServeAPI()
+
+model = F.Model(
+    F.Markdown("# Hello"),
+    F.InputText(label="Name", name="name", placeholder="your name"),
+    F.InputNumber(label="Times", name="times", min_value=1, max_value=5),
+    F.Checkbox(label="Loud", name="loud", option="shout it"),
+    F.Select(label="Tone", name="tone", option=[
+        F.InputOption(label="Warm", name="warm"),
+        F.InputOption(label="Cool", name="cool"),
+    ], value="warm"),
+    F.InputArea(label="Note", name="note"),
+    F.Submit("Greet"),
+    F.Cancel("Cancel"),
+)
+
+
+@app.enter("/", model=model, summary="Hello", description="Greets someone",
+           tags=["demo"], version="1.0.0", author="dev@example.com")
+async def enter(request: Request, inputs: dict):
+    if not inputs.get("name"):
+        raise InputsError(name="Please give a name")
+    return Launch(request, "hello.app:run", inputs=inputs)
+
+
+@ray.remote
+def shout(text):
+    return text.upper() + "!"
+
+
+async def run(inputs: dict, tracer: Tracer):
+    await tracer.markdown(f"# Hello {inputs['name']}")
+    await tracer.html("<b>bold</b>")
+    await tracer.text("plain")
+    await tracer.debug("greeting")
+    await tracer.action({"step": "greet"})
+    print("printed by the flow")
+    name = inputs["name"]
+    greeting = ray.get(shout.remote(name)) if inputs["loud"] else name
+    return {"greeting": greeting, "tone": inputs["tone"], "times": inputs["times"]}
+
+
+def sync_run(inputs, tracer):
+    tracer.debug_sync("in a thread")
+    tracer.result_sync(["a", 1])
+    return "done"
+
+
+def fails(inputs: dict):
+    return 1 / 0
+
+
+@serve.deployment
+@serve.ingress(app)
+class Hello:
+    pass
+
+
+fast_app = Hello.bind()

@@ -1,0 +1,1 @@
+"""`kodosumi.service`, as kodo's stand-in (its inputs only)."""

@@ -1,0 +1,1 @@
+"""`kodosumi.service.inputs`, as kodo's stand-in."""
