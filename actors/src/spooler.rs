@@ -86,10 +86,11 @@ impl Actor for Spooler {
         state: &mut SpoolerState,
     ) -> Result<(), ActorProcessingErr> {
         let shared = &state.shared;
-        let received = shared.transport.receive(state.shard, shared.batch_max);
-        let Some(delivery) = received
-            .await
-            .inspect_err(|_| shared.metrics.transport_error())?
+        // Transports count their own failures (`TransportHealth::failures`).
+        let Some(delivery) = shared
+            .transport
+            .receive(state.shard, shared.batch_max)
+            .await?
         else {
             myself.stop(Some("transport drained".into()));
             return Ok(());
@@ -108,10 +109,7 @@ impl Actor for Spooler {
             return Ok(());
         }
         // A failure crashes this Spooler: its supervisor hands the batch back.
-        let acked = shared.transport.ack(delivery.receipt);
-        acked
-            .await
-            .inspect_err(|_| shared.metrics.transport_error())?;
+        shared.transport.ack(delivery.receipt).await?;
         shared.hub.committed(&delivery.events);
         shared.cluster.announce_commits(&delivery.events).await;
         // Those woken by this commit (a step waits for it) publish their

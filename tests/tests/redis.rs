@@ -209,6 +209,38 @@ async fn publish_one_by_one(t: &RedisStreams, fid: &Fid, seqs: std::ops::RangeIn
     }
 }
 
+/// A process that only publishes (its spoolers run elsewhere) counts the
+/// writes that failed while Redis was down, and loses none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_writes_are_counted_and_retried() {
+    let server = Server::redis();
+    let t = redis_transport(redis_options(&server.url, "n", 1)).await;
+    assert_eq!(t.health().await.failures, 0);
+    server.stop();
+    let fid = Fid::new();
+    let publishing = tokio::spawn({
+        let (t, fid) = (t.clone(), fid.clone());
+        async move { publish_one_by_one(&t, &fid, 1..=3).await }
+    });
+    let counted = async {
+        while t.health().await.failures == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(DEADLINE, counted)
+        .await
+        .expect("the failed writes were counted");
+    server.restart();
+    tokio::time::timeout(DEADLINE, publishing)
+        .await
+        .expect("published once Redis was back")
+        .unwrap();
+    let mut got = Vec::new();
+    receive_until(&t, 0, true, &mut got, |g| g.len() == 3).await;
+    let seqs: Vec<u64> = got.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [1, 2, 3]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn producers_wait_while_a_stream_is_over_its_bound() {
     let server = Server::redis();

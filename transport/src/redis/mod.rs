@@ -40,7 +40,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot};
-use writer::{Outgoing, PIPELINE_MAX, send_or_give_back, write_loop};
+use writer::{Outgoing, PIPELINE_MAX, Trouble, send_or_give_back, write_loop};
 
 /// Trim a stream after this many entries were acknowledged on it (or a
 /// quarter of `max_len`, if less, so a full stream always drains below it).
@@ -108,7 +108,7 @@ pub struct RedisStreams {
     shards: Vec<ShardState>,
     next_ticket: AtomicU64,
     /// Failed reads, writes and acks so far (see `TransportHealth::failures`).
-    failures: AtomicU64,
+    failures: Arc<AtomicU64>,
     closed: AtomicBool,
     closing: Notify,
     error: Arc<Mutex<Option<String>>>,
@@ -191,7 +191,7 @@ impl RedisStreams {
             budget: budget.clone(),
             shards,
             next_ticket: AtomicU64::new(1),
-            failures: AtomicU64::new(0),
+            failures: Arc::default(),
             closed: AtomicBool::new(false),
             closing: Notify::new(),
             error: error.clone(),
@@ -206,8 +206,11 @@ impl RedisStreams {
             budget,
             keys,
             transport.options.max_len,
-            error,
             transport.fence.clone(),
+            Trouble {
+                error,
+                failures: transport.failures.clone(),
+            },
         ));
         transport.tasks.lock().expect("tasks lock").push(writer);
         Ok(transport)

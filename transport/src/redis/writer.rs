@@ -40,6 +40,13 @@ return redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
 /// limit); a larger publish becomes several entries, in order.
 const FENCED_PAIRS_MAX: usize = 2000;
 
+/// Where the writer reports trouble: the last error (None once Redis
+/// accepts again) and how many writes failed.
+pub(super) struct Trouble {
+    pub(super) error: Arc<Mutex<Option<String>>>,
+    pub(super) failures: Arc<std::sync::atomic::AtomicU64>,
+}
+
 /// Pipelines every waiting publish into one round trip; retries (keeping
 /// the Tracers waiting) while Redis is down or, when `fence` is set, while
 /// the lease is not held; waits while a stream is over `max_len`.
@@ -49,9 +56,10 @@ pub(super) async fn write_loop(
     budget: Arc<Budget>,
     keys: Vec<String>,
     max_len: usize,
-    error: Arc<Mutex<Option<String>>>,
     fence: Arc<RwLock<Option<LeaseFence>>>,
+    trouble: Trouble,
 ) {
+    let Trouble { error, failures } = trouble;
     let mut batch: Vec<Outgoing> = Vec::with_capacity(PIPELINE_MAX);
     while inbox.recv_many(&mut batch, PIPELINE_MAX).await > 0 {
         let mut touched = vec![false; keys.len()];
@@ -116,6 +124,7 @@ pub(super) async fn write_loop(
                     todo = refused;
                 }
                 Err(e) => {
+                    failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(error = %e, publishes = todo.len(), retry_in = ?backoff, "redis XADD failed");
                     *error.lock().expect("error lock") = Some(format!("XADD: {e}"));
                 }
