@@ -315,6 +315,7 @@ async fn temporal_worker(config: Config) -> ExitCode {
             .ok_or_else(|| {
                 kodo_durable::DurableError::Worker("no temporal configuration".into())
             })?;
+        wiring::python_ready(&config).map_err(kodo_runtime::StartError::Python)?;
         let flows = wiring::flows(&config);
         let node = kodo_actors::Node::start(
             store,

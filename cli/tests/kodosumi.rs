@@ -1,7 +1,8 @@
-//! Kodosumi flow modules run unmodified under kodo (`python3 -m
-//! kodo.kodosumi`), with kodo's stand-ins for `kodosumi`, `ray` and
-//! `fastapi`: the modules in `cli/tests/kodosumi/` are written the way
-//! Kodosumi's documentation writes them.
+//! Kodosumi flow modules run unmodified under kodo (`kodosumi =
+//! "pkg.mod:app"` flows, the `kodo` package bundled in the runtime), with
+//! kodo's stand-ins for `kodosumi`, `ray` and `fastapi`: the modules in
+//! `cli/tests/kodosumi/` are written the way Kodosumi's documentation
+//! writes them.
 
 mod common;
 
@@ -9,27 +10,26 @@ use common::*;
 use serde_json::{Value, json};
 use std::path::Path;
 
-/// `PYTHONPATH` for the flows: the `kodo` package and the test modules.
-fn pythonpath() -> String {
-    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    format!(
-        "{}:{}",
-        here.join("../sdk/python").display(),
-        here.join("tests/kodosumi").display()
-    )
+/// The test modules' folder (`pythonpath` of the flows).
+fn modules() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/kodosumi")
+        .display()
+        .to_string()
 }
 
-/// A config with one flow per (name, `python3 -m kodo.kodosumi` arguments).
-fn config(dir: &Path, flows: &[(&str, &[&str])]) -> std::path::PathBuf {
+/// A config with one Kodosumi flow per (name, `kodosumi`, `path`): as a
+/// user writes it, the `kodo` package bundled in the runtime.
+fn config(dir: &Path, flows: &[(&str, &str, Option<&str>)]) -> std::path::PathBuf {
     let mut text = String::new();
-    for (name, args) in flows {
-        let args: Vec<String> = args.iter().map(|a| format!("\"{a}\"")).collect();
+    for (name, target, path) in flows {
         text.push_str(&format!(
-            "[flows.{name}]\ncommand = [\"python3\", \"-m\", \"kodo.kodosumi\", {}]\n\
-             [flows.{name}.env]\nPYTHONPATH = \"{}\"\n",
-            args.join(", "),
-            pythonpath()
+            "[flows.{name}]\nkodosumi = \"{target}\"\npythonpath = [\"{}\"]\n",
+            modules()
         ));
+        if let Some(path) = path {
+            text.push_str(&format!("path = \"{path}\"\n"));
+        }
     }
     write_config(dir, &text)
 }
@@ -66,7 +66,7 @@ fn error_of(events: &[Value]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_route_launches_its_entry_point_with_the_forms_inputs() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), &[("hello", &["hello.app:app", "--path", "/"])]);
+    let cfg = config(dir.path(), &[("hello", "hello.app:app", Some("/"))]);
     let (mut node, base) = start(&cfg, dir.path()).await;
     let inputs = json!({"name": "ann", "times": "3", "loud": "on", "tone": "cool", "note": "hi"});
     let events = run_to_end(&base, "hello", inputs).await;
@@ -113,13 +113,13 @@ async fn entry_points_sync_failing_and_missing_end_as_kodosumi_ends_them() {
     let cfg = config(
         dir.path(),
         &[
-            ("sync", &["hello.app:sync_run"]),
-            ("dotted", &["hello.app.sync_run"]),
-            ("fails", &["hello.app:fails"]),
-            ("missing", &["hello.app:nope"]),
-            ("broken", &["broken.mod:fn"]),
-            ("needs", &["needs.mod:fn"]),
-            ("refused", &["hello.app:app", "--path", "/"]),
+            ("sync", "hello.app:sync_run", None),
+            ("dotted", "hello.app.sync_run", None),
+            ("fails", "hello.app:fails", None),
+            ("missing", "hello.app:nope", None),
+            ("broken", "broken.mod:fn", None),
+            ("needs", "needs.mod:fn", None),
+            ("refused", "hello.app:app", Some("/")),
         ],
     );
     let (mut node, base) = start(&cfg, dir.path()).await;
@@ -162,4 +162,21 @@ async fn entry_points_sync_failing_and_missing_end_as_kodosumi_ends_them() {
         "{stderr:?}"
     );
     assert_eq!(terminate(&mut node).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_that_cannot_write_the_python_package_does_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &[("hello", "hello.app:app", Some("/"))]);
+    // A file where the folder should be.
+    let blocked = dir.path().join("blocked");
+    std::fs::write(&blocked, "").unwrap();
+    let mut command = run(&cfg, dir.path());
+    command.env("KODO_PYTHON_DIR", &blocked);
+    let err = exits_with(&mut command, 1).await;
+    assert!(
+        err.contains("cannot write the kodo Python package under")
+            && err.contains("KODO_PYTHON_DIR"),
+        "{err}"
+    );
 }

@@ -23,6 +23,7 @@
 
 pub mod api;
 pub mod config;
+pub mod python;
 pub mod wiring;
 
 pub use config::{Config, ConfigError};
@@ -50,6 +51,9 @@ pub enum StartError {
     /// Temporal (durable mode) could not be reached or used.
     #[error(transparent)]
     Durable(#[from] kodo_durable::DurableError),
+    /// The bundled `kodo` Python package (for Kodosumi flows) could not be written.
+    #[error("{0}")]
+    Python(String),
     /// The API address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -102,6 +106,7 @@ impl Runtime {
             flows,
             store,
         } = self;
+        wiring::python_ready(&config).map_err(StartError::Python)?;
         let addr = config.listen();
         let listener = tokio::net::TcpListener::bind(addr)
             .await

@@ -173,15 +173,15 @@ pub async fn durable(
 pub fn flows(config: &Config) -> Flows {
     let mut flows = Flows::default();
     for (name, f) in &config.flows {
-        let mut def = FlowDef::command(
-            name,
-            CommandSpec {
+        let spec = match &f.kodosumi {
+            Some(target) => kodosumi_command(f, target),
+            None => CommandSpec {
                 command: f.command.clone(),
                 env: f.env.clone(),
                 cwd: f.cwd.clone(),
             },
-        )
-        .describe(&f.description);
+        };
+        let mut def = FlowDef::command(name, spec).describe(&f.description);
         def.timeout = f.timeout.map(Duration::from_secs_f64);
         let recover = match f.recover {
             RecoverPolicy::Error => Recover::Error,
@@ -190,4 +190,41 @@ pub fn flows(config: &Config) -> Flows {
         flows.add(def.recover(recover).attempts(f.attempts));
     }
     flows
+}
+
+/// A Kodosumi flow as a command: `PYTHON -m kodo.kodosumi TARGET [--path
+/// PATH]`, with the bundled `kodo` package, then `pythonpath`, then the
+/// flow's own `PYTHONPATH` on its path.
+fn kodosumi_command(f: &crate::config::FlowSection, target: &str) -> CommandSpec {
+    let python = f.python.clone().unwrap_or_else(|| "python3".into());
+    let mut command = vec![python, "-m".into(), "kodo.kodosumi".into(), target.into()];
+    if let Some(path) = &f.path {
+        command.extend(["--path".into(), path.clone()]);
+    }
+    let mut path: Vec<String> = crate::python::install()
+        .ok()
+        .map(|dir| dir.display().to_string())
+        .into_iter()
+        .collect();
+    path.extend(f.pythonpath.iter().map(|p| p.display().to_string()));
+    let mut env = f.env.clone();
+    let own = env.get("PYTHONPATH").cloned();
+    if let Some(own) = own.or_else(|| std::env::var("PYTHONPATH").ok()) {
+        path.extend(own.split(':').filter(|p| !p.is_empty()).map(String::from));
+    }
+    env.insert("PYTHONPATH".into(), path.join(":"));
+    CommandSpec {
+        command,
+        env,
+        cwd: f.cwd.clone(),
+    }
+}
+
+/// Whether the bundled `kodo` Python package is in place, when a Kodosumi
+/// flow needs it (why not, otherwise).
+pub fn python_ready(config: &Config) -> Result<(), String> {
+    if config.flows.values().any(|f| f.kodosumi.is_some()) {
+        crate::python::install()?;
+    }
+    Ok(())
 }

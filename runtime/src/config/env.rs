@@ -17,6 +17,8 @@ const NOT_CONFIG: &[&str] = &[
     "KODO_OWNER",
     "KODO_ATTEMPT",
     "KODO_JOURNAL",
+    // Where the bundled Python package goes (runtime/src/python.rs).
+    "KODO_PYTHON_DIR",
 ];
 
 /// Sections whose keys `KODO_*` variables may override.

@@ -110,6 +110,9 @@ impl Config {
                     Some(cwd) => dir.join(cwd),
                     None => dir.clone(),
                 });
+                for folder in &mut flow.pythonpath {
+                    *folder = dir.join(&*folder);
+                }
             }
             if !from_env.contains_key("store.url") {
                 config.store.url = sqlite_relative_to(&config.store.url, &dir);

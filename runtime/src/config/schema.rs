@@ -331,12 +331,28 @@ impl Default for TemporalSection {
     }
 }
 
-/// `[flows.NAME]`: a command flow.
+/// `[flows.NAME]`: a command flow (`command`), or a Kodosumi flow
+/// (`kodosumi`, run with the bundled `kodo` Python package).
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FlowSection {
     /// Program and arguments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
+    /// A Kodosumi flow instead of `command`: `pkg.mod:app` (a `ServeAPI`
+    /// app, with `path`) or `pkg.mod:fn` (an entry point).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kodosumi: Option<String>,
+    /// The `@app.enter` route of a Kodosumi app.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The Python that runs a Kodosumi flow (default `python3`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub python: Option<String>,
+    /// Folders a Kodosumi flow imports from (relative to the config file's
+    /// folder), ahead of `PYTHONPATH`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pythonpath: Vec<PathBuf>,
     /// Extra environment.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -417,6 +433,10 @@ impl std::fmt::Debug for FlowSection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FlowSection")
             .field("command", &self.command)
+            .field("kodosumi", &self.kodosumi)
+            .field("path", &self.path)
+            .field("python", &self.python)
+            .field("pythonpath", &self.pythonpath)
             .field("env", &self.env.keys().collect::<Vec<_>>())
             .field("cwd", &self.cwd)
             .field("timeout", &self.timeout)

@@ -350,3 +350,71 @@ fn the_execution_mode_and_temporal_keys_parse_and_are_checked() {
         ("KODO_TEMPORAL_ATTEMPTS", "temporal.attempts")
     );
 }
+
+#[test]
+fn a_kodosumi_flow_runs_the_bundled_package_on_its_python() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("kodo.toml");
+    std::fs::write(
+        &file,
+        "[flows.hello]\nkodosumi = \"hello.app:app\"\npath = \"/\"\npython = \"python3.11\"\n\
+         pythonpath = [\"src\"]\nenv = { PYTHONPATH = \"/own\" }\n",
+    )
+    .unwrap();
+    let c = Config::load(Some(&file), Vec::new()).unwrap();
+    let flows = crate::wiring::flows(&c);
+    let kodo_actors::FlowKind::Command(spec) = &flows.get("hello").unwrap().kind else {
+        unreachable!()
+    };
+    assert_eq!(
+        spec.command,
+        [
+            "python3.11",
+            "-m",
+            "kodo.kodosumi",
+            "hello.app:app",
+            "--path",
+            "/"
+        ]
+    );
+    let path: Vec<&str> = spec.env["PYTHONPATH"].split(':').collect();
+    let bundled = crate::python::install().unwrap();
+    let src = dir.path().join("src");
+    assert_eq!(
+        path,
+        [bundled.to_str().unwrap(), src.to_str().unwrap(), "/own"]
+    );
+}
+
+#[test]
+fn bad_kodosumi_flows_name_the_key() {
+    for (text, expected) in [
+        (
+            "[flows.a]\nkodosumi = \"m:app\"\ncommand = [\"sh\"]\n",
+            "flows.a: give either command or kodosumi, not both",
+        ),
+        (
+            "[flows.a]\nkodosumi = \"no-module\"\n",
+            "flows.a.kodosumi: expected \"pkg.mod:app\" (with path) or \"pkg.mod:fn\"",
+        ),
+        (
+            "[flows.a]\nkodosumi = \"m:app\"\npath = \"x\"\n",
+            "flows.a.kodosumi: its path is a route of the app: it starts with /",
+        ),
+        (
+            "[flows.a]\ncommand = [\"sh\"]\npath = \"/\"\n",
+            "flows.a.path: only for a kodosumi flow",
+        ),
+        (
+            "[flows.a]\nkodosumi = \"m:app\"\npython = \" \"\n",
+            "flows.a.python: expected a program",
+        ),
+        (
+            "[flows.a]\ndescription = \"x\"\n",
+            "flows.a.command: expected a program and its arguments",
+        ),
+    ] {
+        let err = parse(text).unwrap_err().to_string();
+        assert!(err.contains(expected), "{text}: {err}");
+    }
+}

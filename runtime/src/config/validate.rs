@@ -162,11 +162,35 @@ impl Config {
             {
                 return bad(&key, "flow names use letters, digits, '-', '_' and '.'");
             }
-            if flow.command.first().is_none_or(String::is_empty) {
-                return bad(
-                    &format!("{key}.command"),
-                    "expected a program and its arguments",
-                );
+            match (&flow.kodosumi, flow.command.is_empty()) {
+                (Some(_), false) => {
+                    return bad(&key, "give either command or kodosumi, not both");
+                }
+                (Some(target), true) => {
+                    if let Err(why) = kodosumi_target(target, flow.path.as_deref()) {
+                        return bad(&format!("{key}.kodosumi"), &why);
+                    }
+                    if flow.python.as_ref().is_some_and(|p| p.trim().is_empty()) {
+                        return bad(&format!("{key}.python"), "expected a program");
+                    }
+                }
+                (None, _) => {
+                    if flow.command.first().is_none_or(String::is_empty) {
+                        return bad(
+                            &format!("{key}.command"),
+                            "expected a program and its arguments (or kodosumi = \"pkg.mod:app\")",
+                        );
+                    }
+                    for (field, set) in [
+                        ("path", flow.path.is_some()),
+                        ("python", flow.python.is_some()),
+                        ("pythonpath", !flow.pythonpath.is_empty()),
+                    ] {
+                        if set {
+                            return bad(&format!("{key}.{field}"), "only for a kodosumi flow");
+                        }
+                    }
+                }
             }
             if let Some(t) = flow.timeout
                 && !(t > 0.0 && t < 1e9)
@@ -179,4 +203,31 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Checks a Kodosumi flow's `kodosumi` (and `path`): `pkg.mod:obj` or
+/// `pkg.mod.obj`, of Python names; a `path` starts with `/`.
+fn kodosumi_target(target: &str, path: Option<&str>) -> Result<(), String> {
+    let (module, object) = match target.split_once(':') {
+        Some(parts) => parts,
+        None => target.rsplit_once('.').unwrap_or(("", target)),
+    };
+    let names = |s: &str| {
+        !s.is_empty()
+            && s.split('.').all(|n| {
+                n.chars()
+                    .next()
+                    .is_some_and(|c| c.is_alphabetic() || c == '_')
+                    && n.chars().all(|c| c.is_alphanumeric() || c == '_')
+            })
+    };
+    if !names(module) || !names(object) {
+        return Err(format!(
+            "expected \"pkg.mod:app\" (with path) or \"pkg.mod:fn\", not {target:?}"
+        ));
+    }
+    if path.is_some_and(|p| !p.starts_with('/')) {
+        return Err("its path is a route of the app: it starts with /".into());
+    }
+    Ok(())
 }
