@@ -21,6 +21,21 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin, Command};
 use tokio_util::sync::CancellationToken;
 
+/// Keeps kodo's own settings (`KODO_*`) out of a child's environment: they
+/// hold secrets (the store's and the transport's URLs), and a flow that
+/// prints its environment would store them as events. The OTLP exporter's
+/// headers (a collector's key) stay out likewise.
+pub fn keep_secrets_out(cmd: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        let bytes = name.as_encoded_bytes();
+        if bytes.starts_with(b"KODO_")
+            || (bytes.starts_with(b"OTEL_EXPORTER_OTLP_") && bytes.ends_with(b"HEADERS"))
+        {
+            cmd.env_remove(name);
+        }
+    }
+}
+
 /// Runs a command flow to its outcome.
 pub(crate) async fn run(spec: &CommandSpec, ctx: &Ctx, inputs: &Value) -> Outcome {
     // A durable attempt may begin paused: the process starts once resumed.
@@ -77,18 +92,7 @@ fn start(spec: &CommandSpec, ctx: &Ctx) -> std::io::Result<Started> {
     let (read3, write3) = std::io::pipe()?;
     let (read3, write3) = (OwnedFd::from(read3), OwnedFd::from(write3));
     let mut cmd = Command::new(program);
-    // kodo's own settings (`KODO_*`) stay out of a flow's environment: they
-    // hold secrets (the store's and the transport's URLs), and a flow that
-    // prints its environment would store them as events.
-    // The OTLP exporter's headers (a collector's key) stay out likewise.
-    for (name, _) in std::env::vars_os() {
-        let bytes = name.as_encoded_bytes();
-        if bytes.starts_with(b"KODO_")
-            || (bytes.starts_with(b"OTEL_EXPORTER_OTLP_") && bytes.ends_with(b"HEADERS"))
-        {
-            cmd.env_remove(name);
-        }
-    }
+    keep_secrets_out(&mut cmd);
     cmd.args(args)
         .envs(&spec.env)
         .env("KODO_FID", ctx.fid().as_str())
@@ -101,6 +105,11 @@ fn start(spec: &CommandSpec, ctx: &Ctx) -> std::io::Result<Started> {
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    // What its form decided at the launch (a Kodosumi app's entry point).
+    match ctx.launch() {
+        Some(launch) => cmd.env("KODO_LAUNCH", launch.to_string()),
+        None => cmd.env_remove("KODO_LAUNCH"),
+    };
     // Its spans join the execution's trace (W3C Trace Context).
     match ctx.traceparent() {
         Some(parent) => cmd.env("TRACEPARENT", parent),

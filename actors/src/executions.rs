@@ -4,7 +4,7 @@
 //! whatever happens to the actor that ran it (see [`crate::policy::RUNNER`]).
 
 use crate::backend::{Execution, SharedBackend};
-use crate::flow::{Ctx, ExecLimits, FlowDef, Recover, Stop};
+use crate::flow::{Ctx, ExecLimits, FlowDef, Origin, Recover, Stop};
 use crate::locks::Locks;
 use crate::policy;
 use crate::steps::{Commits, Journal, Steps};
@@ -50,8 +50,8 @@ pub(crate) enum ExecMsg {
         inputs: Value,
         /// Set when it runs again after its node died (see [`Resumed`]).
         resumed: Option<Resumed>,
-        /// The W3C `traceparent` it was launched with.
-        traceparent: Option<String>,
+        /// What it was launched with besides its inputs.
+        origin: Origin,
         /// Answered once its Runner runs (with what to wait for, when the
         /// start goes on elsewhere).
         reply: RpcReplyPort<Result<Ready, LaunchError>>,
@@ -159,7 +159,7 @@ impl Executions {
         owner: String,
         inputs: Value,
         resumed: Option<Resumed>,
-        traceparent: Option<String>,
+        origin: Origin,
     ) -> Result<Ready, LaunchError> {
         if state.draining.is_some() {
             return Err(LaunchError::ShuttingDown);
@@ -199,7 +199,7 @@ impl Executions {
                     && !state.shared.backend.durable(&flow.name),
             ),
         )
-        .with_parent(traceparent)
+        .with_origin(origin)
         .listed_in(&state.shared.spans);
         let begin = match retry {
             Some(marker) => Trace::Retry(marker),
@@ -210,6 +210,7 @@ impl Executions {
                     node: state.shared.node.clone(),
                     kodo: env!("CARGO_PKG_VERSION").to_string(),
                     trace: ctx.traceparent(),
+                    launch: ctx.launch().cloned(),
                 };
                 Trace::Begin {
                     meta: serde_json::to_string(&meta).expect("meta serializes"),
@@ -324,20 +325,11 @@ impl Actor for Executions {
                 owner,
                 inputs,
                 resumed,
-                traceparent,
+                origin,
                 reply,
             } => {
-                let result = Self::launch(
-                    &myself,
-                    state,
-                    fid,
-                    flow,
-                    owner,
-                    inputs,
-                    resumed,
-                    traceparent,
-                )
-                .await;
+                let result =
+                    Self::launch(&myself, state, fid, flow, owner, inputs, resumed, origin).await;
                 let _ = reply.send(result);
             }
             ExecMsg::Stop { fid, stop, reply } => {

@@ -82,6 +82,8 @@ pub struct FlowDef {
     /// How many runs a recovered execution gets in all, the first included
     /// (`recover = "resume"`); then it ends with `error` and the cause.
     pub attempts: u32,
+    /// Its input form and the check of each launch (None: any object).
+    pub admission: Option<crate::admission::SharedAdmission>,
 }
 
 /// What happens to an execution whose node died while it ran (direct mode;
@@ -113,6 +115,7 @@ impl FlowDef {
             timeout: None,
             recover: Recover::Error,
             attempts: DEFAULT_ATTEMPTS,
+            admission: None,
         }
     }
 
@@ -125,7 +128,14 @@ impl FlowDef {
             timeout: None,
             recover: Recover::Error,
             attempts: DEFAULT_ATTEMPTS,
+            admission: None,
         }
+    }
+
+    /// Sets the input form and the check of each launch.
+    pub fn admit_with(mut self, admission: crate::admission::SharedAdmission) -> Self {
+        self.admission = Some(admission);
+        self
     }
 
     /// Sets the description.
@@ -313,10 +323,23 @@ struct CtxInner {
     paused: watch::Sender<bool>,
     /// Its span (`execution`: fid, flow, owner, attempt, final status).
     span: tracing::Span,
-    /// The W3C `traceparent` it was launched with, if any.
-    parent: Option<String>,
+    /// What it was launched with besides its inputs.
+    origin: Origin,
     /// Its span's entry in the node's span book, while it runs.
     listed: Option<crate::spans::Listed>,
+}
+
+/// What a launch carries besides its inputs; kept in the execution's
+/// `meta` event, so a run resumed after a crash gets it again.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Origin {
+    /// The W3C `traceparent` its span is a child of: a launch's header, the
+    /// launching node's span (durable mode), or the first run's (a resume).
+    pub traceparent: Option<String>,
+    /// What the flow's form decided at the launch (a Kodosumi app: the
+    /// entry point its `Launch` named); a command flow gets it as
+    /// `KODO_LAUNCH` (JSON).
+    pub launch: Option<Value>,
 }
 
 /// What a running execution is given: its identity, the Tracer's verbs,
@@ -359,7 +382,7 @@ impl Ctx {
         Self {
             inner: Arc::new(CtxInner {
                 span,
-                parent: None,
+                origin: Origin::default(),
                 listed: None,
                 attempt,
                 steps,
@@ -382,15 +405,20 @@ impl Ctx {
         &self.inner.fid
     }
 
-    /// The same context, its span a child of `traceparent` (W3C; a launch's
-    /// header or a durable workflow's). Call it before the context is shared.
-    pub(crate) fn with_parent(mut self, traceparent: Option<String>) -> Self {
+    /// The same context launched with `origin`: its span a child of the
+    /// origin's `traceparent`. Call it before the context is shared.
+    pub(crate) fn with_origin(mut self, origin: Origin) -> Self {
         let inner = Arc::get_mut(&mut self.inner).expect("a context not shared yet");
-        if let Some(parent) = &traceparent {
+        if let Some(parent) = &origin.traceparent {
             kodo_telemetry::set_parent(&inner.span, parent);
         }
-        inner.parent = traceparent;
+        inner.origin = origin;
         self
+    }
+
+    /// What the flow's form decided at the launch (see [`Origin::launch`]).
+    pub fn launch(&self) -> Option<&Value> {
+        self.inner.origin.launch.as_ref()
     }
 
     /// The same context, its span listed in `book` (for the commit spans'
@@ -409,7 +437,8 @@ impl Ctx {
     /// What a command flow gets as `TRACEPARENT`: the execution span's
     /// context, or (traces off) the one it was launched with.
     pub fn traceparent(&self) -> Option<String> {
-        kodo_telemetry::traceparent(&self.inner.span).or_else(|| self.inner.parent.clone())
+        kodo_telemetry::traceparent(&self.inner.span)
+            .or_else(|| self.inner.origin.traceparent.clone())
     }
 
     /// The flow's name.

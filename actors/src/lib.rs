@@ -13,6 +13,7 @@
 //! Only the types callers use are public, at the crate root; the modules
 //! are private, but for [`policy`] (the declared restart policies).
 
+mod admission;
 mod backend;
 mod command;
 mod executions;
@@ -35,13 +36,15 @@ mod steps;
 mod sys;
 mod tracer;
 
+pub use admission::{Admission, Admitted, Refused, SharedAdmission};
 pub use backend::{
     Control, ControlError, Direct, Execution, ExecutionBackend, SharedBackend, Started,
 };
+pub use command::keep_secrets_out;
 pub use executions::LaunchError;
 pub use flow::{
     BoxError, CommandSpec, Ctx, DEFAULT_ATTEMPTS, ExecLimits, FlowDef, FlowKind, FlowResult, Flows,
-    LockError, PendingLock, Recover, RustFlow, Stop,
+    LockError, Origin, PendingLock, Recover, RustFlow, Stop,
 };
 pub use hub::{Hub, Subscription};
 pub use locks::{KeepError, Kept, LockInUse, LockKeeper, Locks, OpenLock};

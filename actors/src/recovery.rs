@@ -6,7 +6,7 @@
 //! (The others are closed by [`crate::leftovers`].)
 
 use crate::executions::{ExecMsg, Resumed};
-use crate::flow::{FlowDef, Flows, Recover};
+use crate::flow::{FlowDef, Flows, Origin, Recover};
 use crate::node::NodeOptions;
 use crate::steps::Journal;
 use crate::tracer::{Outcome, Trace, TraceBook, Tracer};
@@ -152,7 +152,7 @@ impl Recovery<'_> {
         why: &str,
         executions: &ActorRef<ExecMsg>,
     ) -> Result<(), String> {
-        let (inputs, trace) = self.begun(&row.fid).await?;
+        let (inputs, origin) = self.begun(&row.fid).await?;
         let journal = Journal::load(self.store, &row.fid)
             .await
             .map_err(|e| e.to_string())?;
@@ -182,7 +182,7 @@ impl Recovery<'_> {
                     owner: row.owner.clone(),
                     inputs,
                     resumed: Some(resumed),
-                    traceparent: trace,
+                    origin,
                     reply,
                 },
                 None,
@@ -196,9 +196,10 @@ impl Recovery<'_> {
         }
     }
 
-    /// The inputs it was launched with, and the trace its first run was
-    /// in (the new run's span continues it).
-    async fn begun(&self, fid: &Fid) -> Result<(serde_json::Value, Option<String>), String> {
+    /// The inputs it was launched with, and its origin from its `meta`: the
+    /// trace its first run was in (the new run's span continues it) and
+    /// what its form decided.
+    async fn begun(&self, fid: &Fid) -> Result<(serde_json::Value, Origin), String> {
         let query = EventQuery {
             after: 0,
             limit: 2,
@@ -209,18 +210,22 @@ impl Recovery<'_> {
             .events(fid, &query)
             .await
             .map_err(|e| e.to_string())?;
-        let trace = events
+        let origin = events
             .iter()
             .find(|e| e.kind == Kind::Meta)
             .and_then(|e| serde_json::from_str::<Meta>(&e.payload).ok())
-            .and_then(|meta| meta.trace);
+            .map(|meta| Origin {
+                traceparent: meta.trace,
+                launch: meta.launch,
+            })
+            .unwrap_or_default();
         let inputs = events
             .iter()
             .find(|e| e.kind == Kind::Inputs)
             .ok_or("its inputs are not stored")?;
         let inputs =
             serde_json::from_str(&inputs.payload).map_err(|e| format!("its stored inputs: {e}"))?;
-        Ok((inputs, trace))
+        Ok((inputs, origin))
     }
 }
 

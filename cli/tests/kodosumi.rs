@@ -86,7 +86,18 @@ async fn an_app_route_launches_its_entry_point_with_the_forms_inputs() {
         [&json!({"dict": {"step": "greet"}})]
     );
     assert_eq!(stdout_lines(&events), ["printed by the flow"]);
-    // The checkbox is true for "on"; ray.remote ran in-process.
+    // The app's @app.enter handler ran before the launch: the execution
+    // holds the inputs its Launch gave (parsed by the form: the checkbox is
+    // true for "on", a field not sent is null), and the entry point it named.
+    assert_eq!(
+        payloads(&events, "inputs"),
+        [&json!({"name": "ann", "times": "3", "loud": true, "tone": "cool", "note": "hi"})]
+    );
+    assert_eq!(
+        payloads(&events, "meta")[0]["launch"],
+        json!({"entry_point": "hello.app:run"})
+    );
+    // ray.remote ran in-process.
     assert_eq!(
         payloads(&events, "final"),
         [&json!({"dict": {"greeting": "ANN!", "tone": "cool", "times": "3"}})]
@@ -119,7 +130,6 @@ async fn entry_points_sync_failing_and_missing_end_as_kodosumi_ends_them() {
             ("missing", "hello.app:nope", None),
             ("broken", "broken.mod:fn", None),
             ("needs", "needs.mod:fn", None),
-            ("refused", "hello.app:app", Some("/")),
         ],
     );
     let (mut node, base) = start(&cfg, dir.path()).await;
@@ -142,10 +152,6 @@ async fn entry_points_sync_failing_and_missing_end_as_kodosumi_ends_them() {
             "cannot import broken.mod for broken.mod:fn: RuntimeError: this module fails at import",
         ),
         ("needs", "No module named 'a_package_that_is_not_installed'"),
-        (
-            "refused",
-            r#"the inputs were refused: {"name": ["Please give a name"]}"#,
-        ),
     ] {
         let events = run_to_end(&base, flow, json!({})).await;
         assert_eq!(last_status(&events), Some("error"), "{flow}: {events:?}");
@@ -179,4 +185,58 @@ async fn a_runtime_that_cannot_write_the_python_package_does_not_start() {
             && err.contains("KODO_PYTHON_DIR"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apps_form_is_the_flows_and_refuses_a_launch_that_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &[
+            ("hello", "hello.app:app", Some("/")),
+            ("brokenapp", "broken.mod:app", Some("/")),
+            ("nowhere", "hello.app:app", Some("/nowhere")),
+        ],
+    );
+    let (mut node, base) = start(&cfg, dir.path()).await;
+    // The @app.enter model and metadata, as GET /flows/{flow}.
+    let flow = get(&base, "/flows/hello").await;
+    assert_eq!(flow["form"]["summary"], "Hello", "{flow}");
+    assert_eq!(flow["form"]["version"], "1.0.0");
+    let elements = flow["form"]["elements"].as_array().unwrap();
+    let types: Vec<&str> = elements
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "markdown", "text", "number", "boolean", "select", "textarea", "submit", "cancel"
+        ]
+    );
+    assert_eq!(elements[4]["option"][1]["name"], "cool");
+    // InputsError: a 400 with Kodosumi's errors, and nothing stored.
+    let (code, body) = post_any(
+        &base,
+        "/flows/hello/executions",
+        json!({"inputs": {"times": "2"}}),
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(body["errors"], json!({"name": ["Please give a name"]}));
+    let listed = get(&base, "/executions").await;
+    assert_eq!(listed["executions"], json!([]), "{listed}");
+    // An app that cannot be imported, a path that is no route: 503, naming why.
+    for (flow, cause) in [
+        ("brokenapp", "RuntimeError: this module fails at import"),
+        ("nowhere", "no @app.enter route at '/nowhere'"),
+    ] {
+        let (code, body) = post_any(&base, &format!("/flows/{flow}/executions"), json!({})).await;
+        assert_eq!(code, 503, "{flow}: {body}");
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains(cause), "{flow}: {error}");
+    }
+    let listed = get(&base, "/executions").await;
+    assert_eq!(listed["executions"], json!([]), "{listed}");
+    assert_eq!(terminate(&mut node).await, 0);
 }

@@ -234,6 +234,10 @@ pub struct Meta {
     /// its trace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<String>,
+    /// What the flow's form decided at the launch (a Kodosumi app: the
+    /// entry point its `Launch` named); a resumed run gets it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch: Option<serde_json::Value>,
 }
 
 /// Now, in seconds since the Unix epoch.

@@ -109,7 +109,7 @@ impl KodoActivities {
             attempt,
             journal,
             locks.clone(),
-            launch.traceparent.clone(),
+            launch.origin(),
         );
         progress.store(ctx.tracer().clone());
         let begin = match first {
@@ -212,7 +212,7 @@ impl KodoActivities {
             after_all,
             Journal::default(),
             locks,
-            close.launch.traceparent.clone(),
+            close.launch.origin(),
         );
         if matches!(first, Trace::Begin { .. }) {
             ctx.tracer()
@@ -346,6 +346,7 @@ fn meta(launch: &Launch, task_queue: &str) -> String {
         kodo: env!("CARGO_PKG_VERSION").to_string(),
         // The launching node's execution span: every attempt's is its child.
         trace: launch.traceparent.clone(),
+        launch: launch.launch.clone(),
     })
     .expect("meta serializes")
 }

@@ -135,6 +135,7 @@ impl ExecutionBackend for TemporalBackend {
             heartbeat_ms: options.heartbeat_timeout.as_millis() as u64,
             timeout_ms: options.execution_timeout.map(|t| t.as_millis() as u64),
             traceparent: ctx.traceparent(),
+            launch: ctx.launch().cloned(),
         };
         // The workflow is started by the watcher, not here: this runs in the
         // node's supervisor, and Temporal may take seconds to answer.

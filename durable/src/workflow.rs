@@ -50,6 +50,19 @@ pub struct Launch {
     /// attempt's span is its child, so one trace holds every attempt.
     #[serde(default)]
     pub traceparent: Option<String>,
+    /// What the flow's form decided at the launch (see `Origin::launch`).
+    #[serde(default)]
+    pub launch: Option<serde_json::Value>,
+}
+
+impl Launch {
+    /// What each attempt is launched with besides the inputs.
+    pub fn origin(&self) -> kodo_actors::Origin {
+        kodo_actors::Origin {
+            traceparent: self.traceparent.clone(),
+            launch: self.launch.clone(),
+        }
+    }
 }
 
 /// How an execution ended: `finished` (text: the result's JSON), `error`

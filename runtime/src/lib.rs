@@ -23,6 +23,7 @@
 
 pub mod api;
 pub mod config;
+pub mod kodosumi;
 pub mod python;
 pub mod wiring;
 

@@ -19,6 +19,7 @@ const FILES: &[(&str, &str)] = &[
     bundled!("kodo/kodosumi/app.py"),
     bundled!("kodo/kodosumi/errors.py"),
     bundled!("kodo/kodosumi/forms.py"),
+    bundled!("kodo/kodosumi/host.py"),
     bundled!("kodo/kodosumi/response.py"),
     bundled!("kodo/kodosumi/standins/fastapi/__init__.py"),
     bundled!("kodo/kodosumi/standins/fastapi/responses.py"),

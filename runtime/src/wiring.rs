@@ -174,7 +174,7 @@ pub fn flows(config: &Config) -> Flows {
     let mut flows = Flows::default();
     for (name, f) in &config.flows {
         let spec = match &f.kodosumi {
-            Some(target) => kodosumi_command(f, target),
+            Some(target) => kodosumi_command(f, target, "kodo.kodosumi"),
             None => CommandSpec {
                 command: f.command.clone(),
                 env: f.env.clone(),
@@ -182,6 +182,11 @@ pub fn flows(config: &Config) -> Flows {
             },
         };
         let mut def = FlowDef::command(name, spec).describe(&f.description);
+        // An app's @app.enter handler checks each launch before it is stored.
+        if let (Some(target), Some(_)) = (&f.kodosumi, &f.path) {
+            let host = kodosumi_command(f, target, "kodo.kodosumi.host");
+            def = def.admit_with(Arc::new(crate::kodosumi::KodosumiHost::new(name, host)));
+        }
         def.timeout = f.timeout.map(Duration::from_secs_f64);
         let recover = match f.recover {
             RecoverPolicy::Error => Recover::Error,
@@ -192,12 +197,12 @@ pub fn flows(config: &Config) -> Flows {
     flows
 }
 
-/// A Kodosumi flow as a command: `PYTHON -m kodo.kodosumi TARGET [--path
-/// PATH]`, with the bundled `kodo` package, then `pythonpath`, then the
-/// flow's own `PYTHONPATH` on its path.
-fn kodosumi_command(f: &crate::config::FlowSection, target: &str) -> CommandSpec {
+/// A Kodosumi flow's Python `module` as a command: `PYTHON -m MODULE TARGET
+/// [--path PATH]`, with the bundled `kodo` package, then `pythonpath`, then
+/// the flow's own `PYTHONPATH` (or the runtime's) on its path.
+fn kodosumi_command(f: &crate::config::FlowSection, target: &str, module: &str) -> CommandSpec {
     let python = f.python.clone().unwrap_or_else(|| "python3".into());
-    let mut command = vec![python, "-m".into(), "kodo.kodosumi".into(), target.into()];
+    let mut command = vec![python, "-m".into(), module.into(), target.into()];
     if let Some(path) = &f.path {
         command.extend(["--path".into(), path.clone()]);
     }

@@ -130,6 +130,7 @@ mod tests {
             node: "n".into(),
             kodo: "0".into(),
             trace: None,
+            launch: None,
         })
         .unwrap();
         let batch = vec![

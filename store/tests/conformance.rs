@@ -107,6 +107,7 @@ fn meta_event(fid: &Fid, owner: &str, flow: &str) -> Event {
         node: "n1".into(),
         kodo: "test".into(),
         trace: None,
+        launch: None,
     };
     Event {
         fid: fid.clone(),

@@ -388,6 +388,7 @@ async fn a_restart_closes_leftovers_after_their_last_stored_event() {
         node: node.into(),
         kodo: "test".into(),
         trace: None,
+        launch: None,
     };
     let left = |node: &str, status: Status| {
         let fid = Fid::new();

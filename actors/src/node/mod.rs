@@ -16,7 +16,7 @@ mod stop;
 
 use crate::backend::{Control, ControlError, Direct, SharedBackend};
 use crate::executions::{ExecMsg, LaunchError};
-use crate::flow::{Ctx, ExecLimits, Flows, Stop};
+use crate::flow::{Ctx, ExecLimits, Flows, Origin, Stop};
 use crate::hub::Hub;
 use crate::leftovers;
 use crate::locks::{AnswerError, LockKeeper, Locks};
@@ -181,6 +181,22 @@ impl Node {
         inputs: Value,
         traceparent: Option<String>,
     ) -> Result<Launched, LaunchError> {
+        let origin = Origin {
+            traceparent,
+            launch: None,
+        };
+        self.launch_from(flow, owner, inputs, origin).await
+    }
+
+    /// [`Node::launch`] with `origin`: the caller's trace, and what the
+    /// flow's form decided (see [`Origin`]).
+    pub async fn launch_from(
+        &self,
+        flow: &str,
+        owner: &str,
+        inputs: Value,
+        origin: Origin,
+    ) -> Result<Launched, LaunchError> {
         let def = self
             .flows
             .get(flow)
@@ -197,7 +213,7 @@ impl Node {
                     owner: owner.to_string(),
                     inputs,
                     resumed: None,
-                    traceparent,
+                    origin,
                     reply,
                 },
                 None,
@@ -298,7 +314,7 @@ impl Node {
         attempt: u32,
         journal: Journal,
         keeper: Arc<dyn LockKeeper>,
-        traceparent: Option<String>,
+        origin: Origin,
     ) -> Ctx {
         let book = book.with_attempt(attempt);
         let tracer = Tracer::resume(fid.clone(), book, self.transport.clone())
@@ -314,7 +330,7 @@ impl Node {
             attempt,
             Steps::new(journal, Commits::new(self.store.clone(), self.hub.clone())),
         )
-        .with_parent(traceparent)
+        .with_origin(origin)
         .listed_in(&self.spans)
     }
 

@@ -7,7 +7,7 @@ use super::auth::User;
 use super::error::{ApiError, ApiResult, json_body, json_type, query, seq_param};
 use super::types::{
     AnswerBody, Answered, EventList, EventParams, EventView, ExecutionPage, ExecutionView,
-    FlowList, FlowView, Killing, LaunchBody, Launched, ListParams, PauseState,
+    FlowDetail, FlowList, FlowView, Killing, LaunchBody, Launched, ListParams, PauseState, Refusal,
 };
 use axum::Json;
 use axum::body::Bytes;
@@ -15,7 +15,7 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use kodo_actors::{Control, ControlError, KillError, LaunchError};
+use kodo_actors::{Control, ControlError, KillError, LaunchError, Origin, Refused};
 use kodo_core::{Fid, Kind, Status};
 use kodo_store::{EventQuery, ExecutionRow, ListQuery};
 use serde_json::Value;
@@ -62,6 +62,32 @@ pub(super) async fn list_flows(State(state): State<Arc<AppState>>) -> Json<FlowL
     Json(FlowList { flows })
 }
 
+/// `GET /flows/{flow}`: the flow, with its input form (null: none).
+pub(super) async fn get_flow(
+    State(state): State<Arc<AppState>>,
+    _user: User,
+    Path(flow): Path<String>,
+) -> ApiResult<Json<FlowDetail>> {
+    let Some(def) = state.node.flows().get(&flow) else {
+        return Err(ApiError::not_found(format!("flow {flow}")));
+    };
+    let form = match &def.admission {
+        None => None,
+        Some(admission) => Some(admission.form().await.map_err(|why| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("flow {flow}: its form failed: {why}"),
+            )
+        })?),
+    };
+    Ok(Json(FlowDetail {
+        name: def.name.clone(),
+        kind: def.kind_name(),
+        description: def.description.clone(),
+        form,
+    }))
+}
+
 /// `POST /flows/{flow}/executions`.
 pub(super) async fn launch(
     State(state): State<Arc<AppState>>,
@@ -70,9 +96,9 @@ pub(super) async fn launch(
     headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    if state.node.flows().get(&flow).is_none() {
+    let Some(def) = state.node.flows().get(&flow) else {
         return Err(ApiError::not_found(format!("flow {flow}")));
-    }
+    };
     let body: Option<LaunchBody> = json_body(body)?;
     let inputs = match body.and_then(|b| b.inputs) {
         None => Value::Object(Default::default()),
@@ -91,9 +117,33 @@ pub(super) async fn launch(
         .map(str::trim)
         .filter(|v| kodo_telemetry::is_traceparent(v))
         .map(str::to_string);
+    // The flow's form checks the inputs first: a refused launch stores nothing.
+    let (inputs, launch) = match &def.admission {
+        None => (inputs, None),
+        Some(admission) => match admission.admit(&user.name, inputs).await {
+            Ok(admitted) => (admitted.inputs, admitted.launch),
+            Err(Refused::Invalid(errors)) => {
+                let body = Refusal {
+                    error: "the inputs were refused".into(),
+                    errors,
+                };
+                return Ok((StatusCode::BAD_REQUEST, Json(body)).into_response());
+            }
+            Err(Refused::Failed(why)) => {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("flow {flow}: its form failed: {why}"),
+                ));
+            }
+        },
+    };
+    let origin = Origin {
+        traceparent,
+        launch,
+    };
     match state
         .node
-        .launch_traced(&flow, &user.name, inputs, traceparent)
+        .launch_from(&flow, &user.name, inputs, origin)
         .await
     {
         Ok(launched) => {

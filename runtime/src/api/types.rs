@@ -44,6 +44,29 @@ pub struct FlowView {
     pub description: String,
 }
 
+/// `GET /flows/{flow}` answer.
+#[derive(Debug, Serialize)]
+pub struct FlowDetail {
+    /// Its name.
+    pub name: String,
+    /// `command` or `rust`.
+    pub kind: &'static str,
+    /// One line about it.
+    pub description: String,
+    /// Its input form (a Kodosumi app's: its metadata and `elements`);
+    /// null when it takes any object.
+    pub form: Option<serde_json::Value>,
+}
+
+/// A launch its flow's form refused (400).
+#[derive(Debug, Serialize)]
+pub struct Refusal {
+    /// What happened.
+    pub error: String,
+    /// Messages by field (`_global_`: the form as a whole).
+    pub errors: serde_json::Value,
+}
+
 /// `GET /flows` answer.
 #[derive(Debug, Serialize)]
 pub struct FlowList {

@@ -1,0 +1,91 @@
+"""A Kodosumi app's forms, served to kodo over stdin/stdout (JSON lines):
+
+    python3 -m kodo.kodosumi.host pkg.mod:app --path /
+
+kodo runs one per `kodosumi = "pkg.mod:app"` flow and asks it, one request
+at a time, before anything of a launch is stored:
+
+    {"op": "form"}                         -> {"form": {...metadata, "elements": [...]}}
+    {"op": "enter", "inputs": {...},
+     "user": "ann"}                        -> {"launch": {"entry_point": "pkg.mod:fn",
+                                                         "inputs": {...}}}
+                                              or {"errors": {"field": [...], "_global_": [...]}}
+
+Anything else that goes wrong is {"error": "..."} (the handler's
+traceback's last line). The module is imported once, unmodified, with the
+stand-ins of `kodo.kodosumi` when Kodosumi is not installed."""
+import argparse
+import asyncio
+import json
+import sys
+import traceback
+
+from . import resolve, use_standins
+
+
+def entry_point_name(entry_point):
+    """`pkg.mod:fn` for a function, the text as it was for a string."""
+    if isinstance(entry_point, str):
+        return entry_point
+    module = getattr(entry_point, "__module__", None)
+    name = getattr(entry_point, "__qualname__", None)
+    if not module or not name or "<" in name:
+        raise TypeError(f"entry point {entry_point!r}: give a module-level function or 'pkg.mod:fn'")
+    return f"{module}:{name}"
+
+
+def jsonable(value):
+    """`value` as JSON can carry it (anything else as its text)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+async def answer(app, entry, request):
+    from .errors import InputsError
+
+    op = request.get("op")
+    if op == "form":
+        meta = {k: v for k, v in entry.meta.items() if k != "openapi_extra"}
+        return {"form": jsonable({**meta, "elements": entry.model.get_model()})}
+    if op == "enter":
+        try:
+            launched = await entry.submit(request.get("inputs") or {}, request.get("user", "_annon_"), app)
+        except InputsError as e:
+            return {"errors": e.all_errors()}
+        return {"launch": {
+            "entry_point": entry_point_name(launched.entry_point),
+            "inputs": jsonable(launched.inputs if launched.inputs is not None else {}),
+        }}
+    return {"error": f"unknown op {op!r}"}
+
+
+def main():
+    parser = argparse.ArgumentParser(prog="python3 -m kodo.kodosumi.host")
+    parser.add_argument("target", help="pkg.mod:app")
+    parser.add_argument("--path", required=True, help="the @app.enter route")
+    args = parser.parse_args()
+    use_standins()
+    out = sys.stdout
+    # What the module prints goes to stderr: stdout carries the answers.
+    sys.stdout = sys.stderr
+    try:
+        app = resolve(args.target)
+        entry = app.entry(args.path)
+    except BaseException as e:
+        traceback.print_exc()
+        out.write(json.dumps({"error": f"{type(e).__name__}: {e}"}) + "\n")
+        out.flush()
+        return 1
+    loop = asyncio.new_event_loop()
+    for line in sys.stdin:
+        try:
+            reply = loop.run_until_complete(answer(app, entry, json.loads(line)))
+        except BaseException as e:
+            traceback.print_exc()
+            reply = {"error": f"{type(e).__name__}: {e}"}
+        out.write(json.dumps(reply) + "\n")
+        out.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
