@@ -37,6 +37,14 @@ pub trait Admission: Send + Sync + std::fmt::Debug {
 
     /// The launch `owner`'s `submitted` inputs give, or why none.
     async fn admit(&self, owner: &str, submitted: Value) -> Result<Admitted, Refused>;
+
+    /// What an answer to the lock `name` (opened with `data`) gives the
+    /// flow, or why it is refused (the lock stays open). By default the
+    /// answer as it came.
+    async fn answer(&self, name: &str, data: Value, answer: Value) -> Result<Value, Refused> {
+        let _ = (name, data);
+        Ok(answer)
+    }
 }
 
 /// An [`Admission`] shared by a flow's definition.

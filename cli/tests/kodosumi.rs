@@ -240,3 +240,69 @@ async fn the_apps_form_is_the_flows_and_refuses_a_launch_that_stores_nothing() {
     assert_eq!(listed["executions"], json!([]), "{listed}");
     assert_eq!(terminate(&mut node).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_shows_the_apps_form_and_its_lease_refuses_a_first_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &[
+            ("approve", "hello.app:app", Some("/approve")),
+            ("expires", "hello.app:expires", None),
+        ],
+    );
+    let (mut node, base) = start(&cfg, dir.path()).await;
+    let launched = post(
+        &base,
+        "/flows/approve/executions",
+        json!({"inputs": {"item": "car"}}),
+    )
+    .await;
+    let fid = launched["fid"].as_str().unwrap().to_string();
+    let opened = events_until(&base, &fid, DEADLINE, |e| {
+        e.iter().any(|e| e["kind"] == "lock")
+    })
+    .await;
+    let lock = opened.iter().find(|e| e["kind"] == "lock").unwrap();
+    // The lock's data: the @app.lock form, and what the flow gave.
+    assert_eq!(lock["payload"]["data"]["data"], json!({"item": "car"}));
+    let types: Vec<&str> = lock["payload"]["data"]["form"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["markdown", "boolean", "text", "submit"]);
+    let lid = lock["payload"]["lid"].as_str().unwrap();
+    let answer = format!("/executions/{fid}/locks/{lid}");
+    // The @app.lease handler refuses the first answer: 400, the lock stays open.
+    let (code, body) = post_any(&base, &answer, json!({"answer": {"ok": "on"}})).await;
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(body["errors"], json!({"reason": ["Give a reason"]}));
+    let row = get(&base, &format!("/executions/{fid}")).await;
+    assert_eq!(row["status"], "awaiting", "{row}");
+    let (code, body) = post_any(
+        &base,
+        &answer,
+        json!({"answer": {"ok": "on", "reason": "fine"}}),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let events = events_until(&base, &fid, DEADLINE, ended).await;
+    assert_eq!(
+        payloads(&events, "final"),
+        [&json!({"dict": {"approved": true, "reason": "fine", "item": "car"}})]
+    );
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    let printed = kinds.iter().position(|k| *k == "stdout").unwrap();
+    assert!(
+        printed < kinds.iter().position(|k| *k == "lock").unwrap(),
+        "{kinds:?}"
+    );
+    // A lock that expires raises TimeoutError in the flow, as in Kodosumi.
+    let events = run_to_end(&base, "expires", json!({})).await;
+    assert_eq!(last_status(&events), Some("error"));
+    let error = error_of(&events);
+    assert!(error.contains("TimeoutError"), "{error}");
+    assert_eq!(terminate(&mut node).await, 0);
+}

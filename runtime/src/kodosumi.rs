@@ -143,4 +143,16 @@ impl Admission for KodosumiHost {
             launch: Some(json!({"entry_point": launch["entry_point"]})),
         })
     }
+
+    async fn answer(&self, name: &str, data: Value, answer: Value) -> Result<Value, Refused> {
+        let request = json!({"op": "lease", "name": name, "data": data, "answer": answer});
+        let reply = self.ask(request).await.map_err(Refused::Failed)?;
+        if let Some(errors) = reply.get("errors") {
+            return Err(Refused::Invalid(errors.clone()));
+        }
+        reply
+            .get("result")
+            .cloned()
+            .ok_or_else(|| Refused::Failed(format!("its host process answered {reply}")))
+    }
 }

@@ -377,19 +377,73 @@ pub(super) async fn answer_lock(
     user: User,
     Path((fid, lid)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Json<Answered>> {
+) -> ApiResult<Response> {
     let row = visible(&state, &user, &fid).await?;
     let body: AnswerBody =
         json_body(body)?.ok_or_else(|| ApiError::bad("expected {\"answer\": ...}"))?;
     still_running(&row)?;
+    // The flow's form checks the answer first (a Kodosumi app's
+    // @app.lease): a refused answer leaves the lock open.
+    let admission = state
+        .node
+        .flows()
+        .get(&row.flow)
+        .and_then(|def| def.admission.clone());
+    let answer = match admission {
+        None => body.answer,
+        Some(admission) => {
+            let (name, data) = opened_lock(&state, &row.fid, &lid).await?;
+            match admission.answer(&name, data, body.answer).await {
+                Ok(answer) => answer,
+                Err(Refused::Invalid(errors)) => {
+                    let body = Refusal {
+                        error: "the answer was refused; the lock stays open".into(),
+                        errors,
+                    };
+                    return Ok((StatusCode::BAD_REQUEST, Json(body)).into_response());
+                }
+                Err(Refused::Failed(why)) => {
+                    return Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("flow {}: its form failed: {why}", row.flow),
+                    ));
+                }
+            }
+        }
+    };
     state
         .node
-        .answer_lock(&row.fid, &lid, body.answer)
+        .answer_lock(&row.fid, &lid, answer)
         .await
         .map_err(control_error)?;
     Ok(Json(Answered {
         fid: row.fid,
         lid,
         answered: true,
-    }))
+    })
+    .into_response())
+}
+
+/// The name and data of lock `lid` of `fid`, from its stored `lock` event.
+async fn opened_lock(state: &AppState, fid: &Fid, lid: &str) -> ApiResult<(String, Value)> {
+    let query = EventQuery {
+        after: 0,
+        limit: 10_000,
+        kinds: Some(vec![Kind::Lock]),
+    };
+    let events = state
+        .node
+        .store()
+        .events(fid, &query)
+        .await
+        .map_err(ApiError::internal)?;
+    events
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(&e.payload).ok())
+        .find(|lock| lock["lid"] == lid)
+        .map(|lock| {
+            let name = lock["name"].as_str().unwrap_or_default().to_string();
+            (name, lock["data"].clone())
+        })
+        .ok_or_else(|| ApiError::not_found(format!("lock {lid}")))
 }

@@ -56,6 +56,38 @@ def fails(inputs: dict):
     return 1 / 0
 
 
+@app.enter("/approve", model=F.Model(F.InputText(label="Item", name="item"), F.Submit("Ask")),
+           summary="Approval")
+async def ask(request: Request, inputs: dict):
+    return Launch(request, approval, inputs=inputs)
+
+
+@app.lock("approve")
+async def approve_form(data: dict):
+    return F.Model(
+        F.Markdown(f"Approve {data['item']}?"),
+        F.Checkbox(label="Approve", name="ok"),
+        F.InputText(label="Reason", name="reason"),
+        F.Submit("OK"),
+    )
+
+
+@app.lease("approve")
+async def approve_check(inputs: dict, data: dict):
+    if not inputs.get("reason"):
+        raise InputsError(reason="Give a reason")
+    return {"approved": inputs["ok"], "reason": inputs["reason"], "item": data["item"]}
+
+
+async def approval(inputs: dict, tracer: Tracer):
+    print("before the lock")
+    return await tracer.lock("approve", data={"item": inputs["item"]}, timeout=60)
+
+
+async def expires(inputs: dict, tracer: Tracer):
+    return await tracer.lock("late", data={"item": "late"}, timeout=1)
+
+
 @serve.deployment
 @serve.ingress(app)
 class Hello:

@@ -106,20 +106,20 @@ def run(target, path=None, inputs=None):
         inputs = kodo.inputs()
     try:
         entry_point = target
+        app = resolve(target) if path is not None else None
         launch = json.loads(os.environ.get("KODO_LAUNCH") or "null")
         if path is not None and isinstance(launch, dict) and launch.get("entry_point"):
             # kodo ran the app's @app.enter handler before the launch (its
             # host): the inputs are those its Launch gave.
             entry_point = launch["entry_point"]
         elif path is not None:
-            app = resolve(target)
             owner = os.environ.get("KODO_OWNER", "_annon_")
             launched = asyncio.run(app.entry(path).submit(inputs, owner, app))
             entry_point, inputs = launched.entry_point, launched.inputs
         fn = resolve(entry_point)
         if hasattr(fn, "is_crew_class") or hasattr(fn, "kickoff"):
             raise TypeError(f"entry point {entry_point}: CrewAI crews are not supported yet")
-        value = asyncio.run(call(fn, inputs, Tracer()))
+        value = asyncio.run(call(fn, inputs, Tracer(app)))
     except InputsError as e:
         print(f"kodosumi: the inputs were refused: {json.dumps(e.all_errors())}", file=sys.stderr)
         return 1

@@ -168,6 +168,8 @@ class ServeAPI:
         """The result of an answer to lock `name`: parsed by its form,
         checked by its `@app.lease` handler (raises InputsError)."""
         form = await self.lock_form(name, data)
+        if form is not None and not isinstance(submitted, dict):
+            raise InputsError("expected an object of the form's fields")
         inputs = form.parse(submitted) if form is not None else submitted
         handler = self.leases.get(name)
         if handler is None:

@@ -10,6 +10,9 @@ at a time, before anything of a launch is stored:
      "user": "ann"}                        -> {"launch": {"entry_point": "pkg.mod:fn",
                                                          "inputs": {...}}}
                                               or {"errors": {"field": [...], "_global_": [...]}}
+    {"op": "lease", "name": "approve",
+     "data": {...}, "answer": {...}}       -> {"result": ...} (what the flow's lock returns)
+                                              or {"errors": {...}} (the lock stays open)
 
 Anything else that goes wrong is {"error": "..."} (the handler's
 traceback's last line). The module is imported once, unmodified, with the
@@ -55,6 +58,16 @@ async def answer(app, entry, request):
             "entry_point": entry_point_name(launched.entry_point),
             "inputs": jsonable(launched.inputs if launched.inputs is not None else {}),
         }}
+    if op == "lease":
+        data = request.get("data")
+        # The lock's data as the flow's Tracer wrote it: {"form", "data"}.
+        if isinstance(data, dict) and set(data) == {"form", "data"}:
+            data = data["data"]
+        try:
+            result = await app.lease_answer(request.get("name"), data, request.get("answer"))
+        except InputsError as e:
+            return {"errors": e.all_errors()}
+        return {"result": jsonable(result)}
     return {"error": f"unknown op {op!r}"}
 
 

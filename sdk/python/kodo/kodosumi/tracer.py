@@ -29,7 +29,11 @@ class Text(_Body):
 
 class Tracer:
     """What an entry point gets as `tracer`: async methods and their
-    `*_sync` twins (for code in threads)."""
+    `*_sync` twins (for code in threads). With the flow's `app`, a lock
+    shows the form of the app's `@app.lock(name)` handler."""
+
+    def __init__(self, app=None):
+        self._app = app
 
     def debug_sync(self, message):
         kodo.debug(str(message))
@@ -73,9 +77,22 @@ class Tracer:
     async def warning(self, message):
         self.warning_sync(message)
 
+    async def _lock_data(self, name, data):
+        """The lock's data: `{"form": elements, "data": data}` when the app
+        has an `@app.lock(name)` form (its `@app.lease(name)` checks the
+        answer when it is given), else `data`."""
+        if self._app is None or not hasattr(self._app, "lock_form"):
+            return data
+        form = await self._app.lock_form(name, data)
+        if form is None:
+            return data
+        return {"form": form.get_model(), "data": data}
+
     async def lock(self, name, data=None, timeout=None):
         """Asks a person; the answer, or TimeoutError when the lock expires."""
-        return await kodo.alock(name, data, timeout)
+        return await kodo.alock(name, await self._lock_data(name, data), timeout)
 
     def lock_sync(self, name, data=None, timeout=None):
-        return kodo.lock(name, data, timeout)
+        import asyncio
+
+        return kodo.lock(name, asyncio.run(self._lock_data(name, data)), timeout)
