@@ -17,6 +17,7 @@ const NOT_CONFIG: &[&str] = &[
     "KODO_OWNER",
     "KODO_ATTEMPT",
     "KODO_JOURNAL",
+    "KODO_LAUNCH",
     // Where the bundled Python package goes (runtime/src/python.rs).
     "KODO_PYTHON_DIR",
 ];
