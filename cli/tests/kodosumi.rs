@@ -68,7 +68,7 @@ async fn an_app_route_launches_its_entry_point_with_the_forms_inputs() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &[("hello", "hello.app:app", Some("/"))]);
     let (mut node, base) = start(&cfg, dir.path()).await;
-    let inputs = json!({"name": "ann", "times": "3", "loud": "on", "tone": "cool", "note": "hi"});
+    let inputs = json!({"name": "ann", "times": "3", "loud": "on", "tone": "cool", "note": "hi", "extra": 1});
     let events = run_to_end(&base, "hello", inputs).await;
     assert_eq!(last_status(&events), Some("finished"), "{events:?}");
     // What Kodosumi's Tracer emits, encoded as Kodosumi encodes it.
@@ -88,7 +88,8 @@ async fn an_app_route_launches_its_entry_point_with_the_forms_inputs() {
     assert_eq!(stdout_lines(&events), ["printed by the flow"]);
     // The app's @app.enter handler ran before the launch: the execution
     // holds the inputs its Launch gave (parsed by the form: the checkbox is
-    // true for "on", a field not sent is null), and the entry point it named.
+    // true for "on", a field not sent is null, one not in the form is left
+    // out), and the entry point it named.
     assert_eq!(
         payloads(&events, "inputs"),
         [&json!({"name": "ann", "times": "3", "loud": true, "tone": "cool", "note": "hi"})]
@@ -293,6 +294,9 @@ async fn a_lock_shows_the_apps_form_and_its_lease_refuses_a_first_answer() {
         payloads(&events, "final"),
         [&json!({"dict": {"approved": true, "reason": "fine", "item": "car"}})]
     );
+    // Answered: no form code runs for another answer.
+    let (code, body) = post_any(&base, &answer, json!({"answer": {"reason": "again"}})).await;
+    assert!(code == 404 || code == 409, "{code} {body}");
     let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
     let printed = kinds.iter().position(|k| *k == "stdout").unwrap();
     assert!(

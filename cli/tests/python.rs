@@ -176,10 +176,19 @@ async fn the_package_installs_with_pip_and_brings_the_kodosumi_stand_ins() {
         .status()
         .unwrap();
     assert!(ok.success());
-    // As a user installs it: pip fetches its build backend (setuptools).
+    // As a user installs it (pip fetches its build backend, setuptools),
+    // from a copy: pip builds in the source folder.
+    let copy = dir.path().join("sdk");
+    let copied = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(sdk())
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(copied.success());
     let out = std::process::Command::new(venv.join("bin/pip"))
         .args(["install", "--quiet"])
-        .arg(sdk())
+        .arg(&copy)
         .output()
         .unwrap();
     assert!(

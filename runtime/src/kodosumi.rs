@@ -13,8 +13,11 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::Mutex;
 
-/// The longest one answer may take (the first includes importing the app).
+/// The longest one answer may take.
 const ANSWER_WITHIN: Duration = Duration::from_secs(30);
+
+/// The longest the host may take to import the app (its first line).
+const READY_WITHIN: Duration = Duration::from_secs(300);
 
 /// A Kodosumi app's host process, started when first needed.
 #[derive(Debug)]
@@ -31,20 +34,33 @@ struct Host {
     lines: Lines<BufReader<ChildStdout>>,
 }
 
+/// Why an exchange with the host failed.
+enum Failed {
+    /// The request was not written: no handler ran, it may be sent again.
+    NotSent(String),
+    /// It was written, and then the host died or answered nonsense.
+    Lost(String),
+}
+
 impl Host {
-    async fn exchange(&mut self, request: &Value) -> Result<Value, String> {
-        let line = format!("{request}\n");
-        self.stdin
-            .write_all(line.as_bytes())
-            .await
-            .map_err(|e| format!("its host process does not listen: {e}"))?;
+    async fn read(&mut self) -> Result<Value, String> {
         let answer = self
             .lines
             .next_line()
             .await
             .map_err(|e| format!("its host process: {e}"))?
             .ok_or("its host process exited (its traceback is in kodo's log)")?;
-        serde_json::from_str(&answer).map_err(|e| format!("its host process answered {e}"))
+        serde_json::from_str(&answer)
+            .map_err(|e| format!("its host process answered a line that is not JSON ({e})"))
+    }
+
+    async fn exchange(&mut self, request: &Value) -> Result<Value, Failed> {
+        let line = format!("{request}\n");
+        self.stdin
+            .write_all(line.as_bytes())
+            .await
+            .map_err(|e| Failed::NotSent(format!("its host process does not listen: {e}")))?;
+        self.read().await.map_err(Failed::Lost)
     }
 }
 
@@ -59,7 +75,8 @@ impl KodosumiHost {
         }
     }
 
-    fn spawn(&self) -> Result<Host, String> {
+    /// Starts the host and waits until it imported the app.
+    async fn spawn(&self) -> Result<Host, String> {
         let (program, args) = self.spec.command.split_first().ok_or("no command")?;
         let mut cmd = Command::new(program);
         kodo_actors::keep_secrets_out(&mut cmd);
@@ -78,44 +95,56 @@ impl KodosumiHost {
             .map_err(|e| format!("cannot start {program:?}: {e}"))?;
         let stdin = child.stdin.take().ok_or("no stdin")?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
-        tracing::info!(flow = %self.flow, "kodosumi app host started");
-        Ok(Host {
+        let mut host = Host {
             _child: child,
             stdin,
             lines: BufReader::new(stdout).lines(),
-        })
+        };
+        let ready = tokio::time::timeout(READY_WITHIN, host.read())
+            .await
+            .map_err(|_| {
+                format!("its host process did not import the app within {READY_WITHIN:?}")
+            })??;
+        if let Some(error) = ready.get("error").and_then(Value::as_str) {
+            return Err(error.to_string());
+        }
+        tracing::info!(flow = %self.flow, "kodosumi app host ready");
+        Ok(host)
     }
 
-    /// Asks the host (started, or started again once if it died).
+    /// Asks the host (started first if need be). The host is out of its
+    /// slot while it is asked: a request given up halfway (its caller went
+    /// away) drops it, so no later request reads an answer meant for this
+    /// one. A host that died before it read the request is started again
+    /// once; one that died after is not asked again (the handler may have run).
     async fn ask(&self, request: Value) -> Result<Value, String> {
-        let mut process = self.process.lock().await;
-        let mut why = String::new();
+        let mut slot = self.process.lock().await;
         for _ in 0..2 {
-            if process.is_none() {
-                *process = Some(self.spawn()?);
-            }
-            let host = process.as_mut().expect("started above");
+            let mut host = match slot.take() {
+                Some(host) => host,
+                None => self.spawn().await?,
+            };
             match tokio::time::timeout(ANSWER_WITHIN, host.exchange(&request)).await {
-                // An exception in the app's code, or its import failed (then
-                // the process exits, and the next request starts another).
-                Ok(Ok(answer)) => match answer.get("error").and_then(Value::as_str) {
-                    Some(error) => return Err(error.to_string()),
-                    None => return Ok(answer),
-                },
-                Ok(Err(e)) => {
-                    tracing::warn!(flow = %self.flow, error = %e, "kodosumi app host failed");
-                    *process = None;
-                    why = e;
+                Ok(Ok(answer)) => {
+                    *slot = Some(host);
+                    // An exception in the app's code (or an unknown request).
+                    return match answer.get("error").and_then(Value::as_str) {
+                        Some(error) => Err(error.to_string()),
+                        None => Ok(answer),
+                    };
                 }
+                Ok(Err(Failed::NotSent(e))) => {
+                    tracing::warn!(flow = %self.flow, error = %e, "kodosumi app host gone; starting another");
+                }
+                Ok(Err(Failed::Lost(e))) => return Err(e),
                 Err(_) => {
-                    *process = None;
                     return Err(format!(
                         "its host process did not answer within {ANSWER_WITHIN:?}"
                     ));
                 }
             }
         }
-        Err(why)
+        Err("its host process keeps exiting (its traceback is in kodo's log)".into())
     }
 }
 

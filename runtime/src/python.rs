@@ -21,34 +21,31 @@ const FILES: &[(&str, &str)] = &[
     bundled!("kodo/kodosumi/forms.py"),
     bundled!("kodo/kodosumi/host.py"),
     bundled!("kodo/kodosumi/response.py"),
-    bundled!("kodo/kodosumi/standins/fastapi/__init__.py"),
-    bundled!("kodo/kodosumi/standins/fastapi/responses.py"),
-    bundled!("kodo/kodosumi/standins/kodosumi/__init__.py"),
-    bundled!("kodo/kodosumi/standins/kodosumi/core.py"),
-    bundled!("kodo/kodosumi/standins/kodosumi/response.py"),
-    bundled!("kodo/kodosumi/standins/kodosumi/service/__init__.py"),
-    bundled!("kodo/kodosumi/standins/kodosumi/service/inputs/__init__.py"),
-    bundled!("kodo/kodosumi/standins/kodosumi/service/inputs/errors.py"),
-    bundled!("kodo/kodosumi/standins/kodosumi/service/inputs/forms.py"),
-    bundled!("kodo/kodosumi/standins/ray/__init__.py"),
-    bundled!("kodo/kodosumi/standins/ray/serve/__init__.py"),
+    bundled!("kodo/kodosumi/standins/last/fastapi/__init__.py"),
+    bundled!("kodo/kodosumi/standins/last/fastapi/responses.py"),
+    bundled!("kodo/kodosumi/standins/first/kodosumi/__init__.py"),
+    bundled!("kodo/kodosumi/standins/first/kodosumi/core.py"),
+    bundled!("kodo/kodosumi/standins/first/kodosumi/response.py"),
+    bundled!("kodo/kodosumi/standins/first/kodosumi/service/__init__.py"),
+    bundled!("kodo/kodosumi/standins/first/kodosumi/service/inputs/__init__.py"),
+    bundled!("kodo/kodosumi/standins/first/kodosumi/service/inputs/errors.py"),
+    bundled!("kodo/kodosumi/standins/first/kodosumi/service/inputs/forms.py"),
+    bundled!("kodo/kodosumi/standins/last/ray/__init__.py"),
+    bundled!("kodo/kodosumi/standins/last/ray/serve/__init__.py"),
     bundled!("kodo/kodosumi/tracer.py"),
 ];
 
 /// Where the package goes: `KODO_PYTHON_DIR`, else the user's cache folder
-/// (`$XDG_CACHE_HOME/kodo`, `$HOME/.cache/kodo`), else the temp folder.
-fn cache_root() -> PathBuf {
+/// (`$XDG_CACHE_HOME/kodo`, `$HOME/.cache/kodo`); None: neither is known.
+fn cache_root() -> Option<PathBuf> {
     let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
     if let Some(dir) = var("KODO_PYTHON_DIR") {
-        return PathBuf::from(dir);
+        return Some(PathBuf::from(dir));
     }
     if let Some(dir) = var("XDG_CACHE_HOME") {
-        return PathBuf::from(dir).join("kodo");
+        return Some(PathBuf::from(dir).join("kodo"));
     }
-    if let Some(home) = var("HOME") {
-        return PathBuf::from(home).join(".cache/kodo");
-    }
-    std::env::temp_dir().join("kodo")
+    var("HOME").map(|home| PathBuf::from(home).join(".cache/kodo"))
 }
 
 /// The folder to put on `PYTHONPATH`, written once per version of the
@@ -56,7 +53,20 @@ fn cache_root() -> PathBuf {
 /// as it is).
 pub fn install() -> Result<PathBuf, String> {
     static INSTALLED: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
-    INSTALLED.get_or_init(|| install_in(&cache_root())).clone()
+    INSTALLED
+        .get_or_init(|| match cache_root() {
+            Some(root) => install_in(&root),
+            // No shared folder to trust: one of this process's own
+            // (created private, with a random name), kept while it runs.
+            None => {
+                let own = tempfile::Builder::new()
+                    .prefix("kodo-python-")
+                    .tempdir()
+                    .map_err(|e| format!("cannot write the kodo Python package: {e}"))?;
+                install_in(&own.keep())
+            }
+        })
+        .clone()
 }
 
 fn install_in(root: &Path) -> Result<PathBuf, String> {
@@ -76,17 +86,25 @@ fn install_in(root: &Path) -> Result<PathBuf, String> {
             root.display()
         )
     };
-    // Written aside, then renamed: another process never sees half of it.
-    let aside = root.join(format!(".python-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&aside);
+    // Written aside (a folder of its own), then renamed: another process
+    // never sees half of it.
+    std::fs::create_dir_all(root).map_err(failed)?;
+    let aside = tempfile::Builder::new()
+        .prefix(".python-")
+        .tempdir_in(root)
+        .map_err(failed)?;
+    let aside = aside.path();
     for (path, text) in FILES {
         let file = aside.join(path);
         std::fs::create_dir_all(file.parent().expect("a file in a folder")).map_err(failed)?;
         std::fs::write(&file, text).map_err(failed)?;
     }
     std::fs::write(aside.join(".complete"), "").map_err(failed)?;
-    if let Err(e) = std::fs::rename(&aside, &dir) {
-        let _ = std::fs::remove_dir_all(&aside);
+    if dir.exists() && !dir.join(".complete").is_file() {
+        // Half of it (a copy interrupted, or files cleaned away): replaced.
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    if let Err(e) = std::fs::rename(aside, &dir) {
         // Another process put it there first.
         if !dir.join(".complete").is_file() {
             return Err(failed(e));
@@ -139,7 +157,7 @@ mod tests {
                 format!(
                     "{}:{}",
                     dir.display(),
-                    dir.join("kodo/kodosumi/standins").display()
+                    dir.join("kodo/kodosumi/standins/last").display()
                 ),
             )
             .output()

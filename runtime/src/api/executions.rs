@@ -424,12 +424,14 @@ pub(super) async fn answer_lock(
     .into_response())
 }
 
-/// The name and data of lock `lid` of `fid`, from its stored `lock` event.
+/// The name and data of lock `lid` of `fid`, from its stored `lock` event;
+/// 404 when it is not open (never opened, answered or expired: its `lease`
+/// is stored), before any form code runs for an answer.
 async fn opened_lock(state: &AppState, fid: &Fid, lid: &str) -> ApiResult<(String, Value)> {
     let query = EventQuery {
         after: 0,
         limit: 10_000,
-        kinds: Some(vec![Kind::Lock]),
+        kinds: Some(vec![Kind::Lock, Kind::Lease]),
     };
     let events = state
         .node
@@ -437,13 +439,18 @@ async fn opened_lock(state: &AppState, fid: &Fid, lid: &str) -> ApiResult<(Strin
         .events(fid, &query)
         .await
         .map_err(ApiError::internal)?;
-    events
-        .iter()
-        .filter_map(|e| serde_json::from_str::<Value>(&e.payload).ok())
-        .find(|lock| lock["lid"] == lid)
-        .map(|lock| {
+    let of_lid = |kind: Kind| {
+        events
+            .iter()
+            .filter(move |e| e.kind == kind)
+            .filter_map(|e| serde_json::from_str::<Value>(&e.payload).ok())
+            .find(|payload| payload["lid"] == lid)
+    };
+    match (of_lid(Kind::Lock), of_lid(Kind::Lease)) {
+        (Some(lock), None) => {
             let name = lock["name"].as_str().unwrap_or_default().to_string();
-            (name, lock["data"].clone())
-        })
-        .ok_or_else(|| ApiError::not_found(format!("lock {lid}")))
+            Ok((name, lock["data"].clone()))
+        }
+        _ => Err(ApiError::not_found(format!("open lock {lid}"))),
+    }
 }

@@ -24,8 +24,11 @@ model = F.Model(
 @app.enter("/", model=model, summary="Hello", description="Greets someone",
            tags=["demo"], version="1.0.0", author="dev@example.com")
 async def enter(request: Request, inputs: dict):
+    error = InputsError()
     if not inputs.get("name"):
-        raise InputsError(name="Please give a name")
+        error.add(name="Please give a name")
+    if error:
+        raise error
     return Launch(request, "hello.app:run", inputs=inputs)
 
 

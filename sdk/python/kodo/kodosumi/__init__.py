@@ -10,9 +10,10 @@ the Tracer emits is encoded as Kodosumi encodes it (`serialize`), print()
 and stderr become events, the return value becomes `final`, an exception
 ends the execution in `error` with its traceback on stderr.
 
-When the real `kodosumi` (or `ray`) is not installed, the stand-ins in
-`kodo/kodosumi/standins` are importable under their names; a real install
-comes first on `sys.path` and wins.
+The stand-ins in `kodo/kodosumi/standins`: `kodosumi` comes first on
+`sys.path` (kodo runs the app itself, so its ServeAPI, Launch and Tracer
+are kodo's even where Kodosumi is installed); `ray` and `fastapi` come
+last, so a real install of those wins.
 """
 import asyncio
 import dataclasses
@@ -30,9 +31,14 @@ STANDINS = os.path.join(os.path.dirname(__file__), "standins")
 
 
 def use_standins():
-    """Makes the stand-ins importable, after everything else on sys.path."""
-    if STANDINS not in sys.path:
-        sys.path.append(STANDINS)
+    """Makes the stand-ins importable: `kodosumi` before everything else on
+    sys.path, `ray` and `fastapi` after it."""
+    first = os.path.join(STANDINS, "first")
+    last = os.path.join(STANDINS, "last")
+    if first not in sys.path:
+        sys.path.insert(0, first)
+    if last not in sys.path:
+        sys.path.append(last)
 
 
 def serialize(value):

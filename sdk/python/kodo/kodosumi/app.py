@@ -55,7 +55,9 @@ class Entry:
 
     async def submit(self, submitted, user="_annon_", app=None):
         """The `Launched` a submission gives; raises InputsError."""
-        inputs = self.model.parse(submitted)
+        if not isinstance(submitted, dict):
+            raise InputsError("expected an object of the form's fields")
+        inputs = self.model.parse(submitted, only_fields=True)
         result = await _call(self.handler, inputs=inputs,
                              request=Request(app, submitted, user))
         if not isinstance(result, Launched):

@@ -1,9 +1,14 @@
 """Kodosumi's `InputsError` and `KodosumiError`, as kodo's stand-in."""
 
 
-class InputsError(Exception):
+class KodosumiError(Exception):
+    """An error a flow raises on purpose."""
+
+
+class InputsError(KodosumiError):
     """Input that a form rejects: messages per field, and `_global_` ones
-    (the exception's own arguments)."""
+    (`flash()`, and the exception's own arguments when raised). False while
+    it holds no message, so `if err: raise err` works."""
 
     def __init__(self, *args, **field_errors):
         super().__init__(*args)
@@ -20,7 +25,10 @@ class InputsError(Exception):
         self.errors.setdefault("_global_", []).extend(str(m) for m in messages)
 
     def has_errors(self):
-        return bool(self.errors) or bool(self.args)
+        return bool(self.errors)
+
+    def __bool__(self):
+        return self.has_errors()
 
     def all_errors(self):
         """The errors, the exception's arguments under `_global_`."""
@@ -28,7 +36,3 @@ class InputsError(Exception):
         if self.args:
             errors.setdefault("_global_", []).extend(str(a) for a in self.args)
         return errors
-
-
-class KodosumiError(Exception):
-    """An error a flow raises on purpose."""

@@ -210,11 +210,14 @@ class Model:
     def render(self):
         return "\n".join(child.render() for child in self.children)
 
-    def parse(self, submitted):
+    def parse(self, submitted, only_fields=False):
         """The inputs a submission gives, as Kodosumi's ServeAPI makes them:
-        the submitted object, each named element's value parsed (a missing
-        checkbox is false, any other missing field None)."""
-        data = dict(submitted or {})
+        each named element's value parsed (a missing checkbox is false, any
+        other missing field None); with the rest of the submitted object
+        unless `only_fields` (a launch keeps only the form's fields, a
+        lock's answer all of it)."""
+        submitted = submitted or {}
+        data = {} if only_fields else dict(submitted)
         for child in self.children:
             name = getattr(child, "name", None)
             if name is None or isinstance(child, Errors):

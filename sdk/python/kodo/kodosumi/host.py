@@ -2,8 +2,9 @@
 
     python3 -m kodo.kodosumi.host pkg.mod:app --path /
 
-kodo runs one per `kodosumi = "pkg.mod:app"` flow and asks it, one request
-at a time, before anything of a launch is stored:
+kodo runs one per `kodosumi = "pkg.mod:app"` flow. Once it has imported
+the app it says `{"ready": true}` (or `{"error": ...}` and exits); then kodo
+asks it, one request at a time, before anything of a launch is stored:
 
     {"op": "form"}                         -> {"form": {...metadata, "elements": [...]}}
     {"op": "enter", "inputs": {...},
@@ -16,10 +17,12 @@ at a time, before anything of a launch is stored:
 
 Anything else that goes wrong is {"error": "..."} (the handler's
 traceback's last line). The module is imported once, unmodified, with the
-stand-ins of `kodo.kodosumi` when Kodosumi is not installed."""
+stand-ins of `kodo.kodosumi`."""
 import argparse
 import asyncio
+import dataclasses
 import json
+import os
 import sys
 import traceback
 
@@ -37,9 +40,20 @@ def entry_point_name(entry_point):
     return f"{module}:{name}"
 
 
+def _plain(value):
+    if hasattr(value, "model_dump"):
+        return value.model_dump()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=str)
+    raise TypeError(f"{type(value).__name__} is not JSON: give plain values")
+
+
 def jsonable(value):
-    """`value` as JSON can carry it (anything else as its text)."""
-    return json.loads(json.dumps(value, default=str))
+    """`value` as JSON carries it (pydantic models and dataclasses as their
+    fields); anything else raises TypeError, naming its type."""
+    return json.loads(json.dumps(value, default=_plain, allow_nan=False))
 
 
 async def answer(app, entry, request):
@@ -77,8 +91,10 @@ def main():
     parser.add_argument("--path", required=True, help="the @app.enter route")
     args = parser.parse_args()
     use_standins()
-    out = sys.stdout
-    # What the module prints goes to stderr: stdout carries the answers.
+    # The answers go on a copy of fd 1; fd 1 itself (print, a subprocess,
+    # C code) goes to stderr, so nothing else can mix into the answers.
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
     sys.stdout = sys.stderr
     try:
         app = resolve(args.target)
@@ -88,6 +104,8 @@ def main():
         out.write(json.dumps({"error": f"{type(e).__name__}: {e}"}) + "\n")
         out.flush()
         return 1
+    # Imported: kodo waits longer for this line than for an answer.
+    out.write(json.dumps({"ready": True}) + "\n")
     loop = asyncio.new_event_loop()
     for line in sys.stdin:
         try:

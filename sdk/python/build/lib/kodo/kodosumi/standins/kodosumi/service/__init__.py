@@ -1,1 +1,0 @@
-"""`kodosumi.service`, as kodo's stand-in (its inputs only)."""

@@ -1,1 +1,0 @@
-"""`kodosumi.service.inputs`, as kodo's stand-in."""
