@@ -46,14 +46,6 @@ async fn run_to_end(base: &str, flow: &str, inputs: Value) -> Vec<Value> {
     events_until(base, &fid, DEADLINE, ended).await
 }
 
-fn payloads<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    events
-        .iter()
-        .filter(|e| e["kind"] == kind)
-        .map(|e| &e["payload"])
-        .collect()
-}
-
 /// The text of the `error` event.
 fn error_of(events: &[Value]) -> String {
     payloads(events, "error")

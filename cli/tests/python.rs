@@ -29,15 +29,6 @@ fn python_flow(dir: &Path, name: &str, source: &str) -> std::path::PathBuf {
     )
 }
 
-/// The payloads of `kind` events among `events`.
-fn payloads<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    events
-        .iter()
-        .filter(|e| e["kind"] == kind)
-        .map(|e| &e["payload"])
-        .collect()
-}
-
 /// The lids of the open locks named in `events`, by name.
 fn lid_of(events: &[Value], name: &str) -> Option<String> {
     events

@@ -350,6 +350,16 @@ pub(crate) async fn hold_store_writes(dir: &Path) -> sqlx::SqliteConnection {
     lock
 }
 
+/// The payloads of the `kind` events among `events` (as the API lists them).
+#[allow(dead_code)]
+pub(crate) fn payloads<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e["kind"] == kind)
+        .map(|e| &e["payload"])
+        .collect()
+}
+
 /// The payloads of the `stdout` events among `events` (as the API lists them).
 pub(crate) fn stdout_lines(events: &[Value]) -> Vec<String> {
     events

@@ -122,19 +122,7 @@ pub(super) async fn launch(
         None => (inputs, None),
         Some(admission) => match admission.admit(&user.name, inputs).await {
             Ok(admitted) => (admitted.inputs, admitted.launch),
-            Err(Refused::Invalid(errors)) => {
-                let body = Refusal {
-                    error: "the inputs were refused".into(),
-                    errors,
-                };
-                return Ok((StatusCode::BAD_REQUEST, Json(body)).into_response());
-            }
-            Err(Refused::Failed(why)) => {
-                return Err(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("flow {flow}: its form failed: {why}"),
-                ));
-            }
+            Err(refused) => return refusal(&flow, refused, "the inputs were refused"),
         },
     };
     let origin = Origin {
@@ -395,18 +383,9 @@ pub(super) async fn answer_lock(
             let (name, data) = opened_lock(&state, &row.fid, &lid).await?;
             match admission.answer(&name, data, body.answer).await {
                 Ok(answer) => answer,
-                Err(Refused::Invalid(errors)) => {
-                    let body = Refusal {
-                        error: "the answer was refused; the lock stays open".into(),
-                        errors,
-                    };
-                    return Ok((StatusCode::BAD_REQUEST, Json(body)).into_response());
-                }
-                Err(Refused::Failed(why)) => {
-                    return Err(ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!("flow {}: its form failed: {why}", row.flow),
-                    ));
+                Err(refused) => {
+                    let what = "the answer was refused; the lock stays open";
+                    return refusal(&row.flow, refused, what);
                 }
             }
         }
@@ -422,6 +401,24 @@ pub(super) async fn answer_lock(
         answered: true,
     })
     .into_response())
+}
+
+/// A form's refusal as an answer: 400 with its errors by field (`what`
+/// says what was refused), or 503 when the form's own code failed.
+fn refusal(flow: &str, refused: Refused, what: &str) -> ApiResult<Response> {
+    match refused {
+        Refused::Invalid(errors) => {
+            let body = Refusal {
+                error: what.into(),
+                errors,
+            };
+            Ok((StatusCode::BAD_REQUEST, Json(body)).into_response())
+        }
+        Refused::Failed(why) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("flow {flow}: its form failed: {why}"),
+        )),
+    }
 }
 
 /// The name and data of lock `lid` of `fid`, from its stored `lock` event;
