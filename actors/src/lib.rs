@@ -18,6 +18,7 @@ mod backend;
 mod command;
 mod executions;
 mod flow;
+mod form;
 mod hub;
 mod leftovers;
 mod locks;
@@ -46,6 +47,7 @@ pub use flow::{
     BoxError, CommandSpec, Ctx, DEFAULT_ATTEMPTS, ExecLimits, FlowDef, FlowKind, FlowResult, Flows,
     LockError, Origin, PendingLock, Recover, RustFlow, Stop,
 };
+pub use form::Form;
 pub use hub::{Hub, Subscription};
 pub use locks::{KeepError, Kept, LockInUse, LockKeeper, Locks, OpenLock};
 pub use node::{KillError, Launched, Node, NodeError, NodeOptions};

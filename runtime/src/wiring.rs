@@ -182,7 +182,13 @@ pub fn flows(config: &Config) -> Flows {
             },
         };
         let mut def = FlowDef::command(name, spec).describe(&f.description);
-        // An app's @app.enter handler checks each launch before it is stored.
+        // A declared form, or an app's @app.enter handler, checks each
+        // launch before it is stored.
+        if let Ok(form) = kodo_actors::Form::new(f.form.clone()).map(Arc::new)
+            && !f.form.is_empty()
+        {
+            def = def.admit_with(form);
+        }
         if let (Some(target), Some(_)) = (&f.kodosumi, &f.path) {
             let host = kodosumi_command(f, target, "kodo.kodosumi.host");
             def = def.admit_with(Arc::new(crate::kodosumi::KodosumiHost::new(name, host)));

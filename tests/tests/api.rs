@@ -718,3 +718,52 @@ async fn a_node_whose_spoolers_gave_up_is_not_live() {
         .store(0, std::sync::atomic::Ordering::SeqCst);
     api.running.shutdown("test over").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flows_form_is_shown_and_checks_launches_before_anything_is_stored() {
+    let form = kodo_actors::Form::new(vec![
+        json!({"type": "text", "name": "name", "label": "Name", "required": true}),
+        json!({"type": "number", "name": "times", "min_value": 1, "max_value": 3}),
+        json!({"type": "submit", "text": "Greet"}),
+    ])
+    .unwrap();
+    let greet = FlowDef::rust(
+        "greet",
+        |_ctx: Ctx, inputs: Value| async move { Ok(inputs) },
+    )
+    .admit_with(std::sync::Arc::new(form));
+    let api = TestApi::start(AUTH, vec![greet]).await;
+    let (status, flow) = call(&api, Method::GET, "/flows/greet", ANN, None).await;
+    assert_eq!(status, StatusCode::OK, "{flow}");
+    assert_eq!(flow["form"]["elements"][0]["name"], "name");
+    let (status, flow) = call(&api, Method::GET, "/flows/nope", ANN, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{flow}");
+    // Refused: 400 with the errors by field, and nothing stored.
+    let (status, body) = call(
+        &api,
+        Method::POST,
+        "/flows/greet/executions",
+        ANN,
+        Some(json!({"inputs": {"times": 7}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(
+        body["errors"],
+        json!({"name": ["required"], "times": ["at most 3"]})
+    );
+    let (_, listed) = call(&api, Method::GET, "/executions", ANN, None).await;
+    assert_eq!(listed["executions"], json!([]), "{listed}");
+    // Admitted: it runs with the form's fields only.
+    let fid = launch(
+        &api,
+        "greet",
+        ANN,
+        json!({"name": "ann", "times": "2", "x": 1}),
+    )
+    .await;
+    let events = follow(&api, &fid, ANN).await;
+    let inputs = events.iter().find(|e| e.event == "inputs").unwrap();
+    assert_eq!(inputs.data, r#"{"name":"ann","times":2.0}"#);
+    api.running.shutdown("test over").await;
+}

@@ -353,6 +353,10 @@ pub struct FlowSection {
     /// folder), ahead of `PYTHONPATH`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pythonpath: Vec<PathBuf>,
+    /// The flow's input form (`[[flows.NAME.form]]`, Kodosumi's element
+    /// shapes): launches are checked against it before anything is stored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub form: Vec<serde_json::Value>,
     /// Extra environment.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -437,6 +441,7 @@ impl std::fmt::Debug for FlowSection {
             .field("path", &self.path)
             .field("python", &self.python)
             .field("pythonpath", &self.pythonpath)
+            .field("form", &self.form.len())
             .field("env", &self.env.keys().collect::<Vec<_>>())
             .field("cwd", &self.cwd)
             .field("timeout", &self.timeout)

@@ -418,3 +418,29 @@ fn bad_kodosumi_flows_name_the_key() {
         assert!(err.contains(expected), "{text}: {err}");
     }
 }
+
+#[test]
+fn a_declared_form_is_checked_and_bad_ones_name_their_element() {
+    let c = parse(
+        "[flows.greet]\ncommand = [\"sh\"]\n\
+         [[flows.greet.form]]\ntype = \"text\"\nname = \"name\"\nrequired = true\n",
+    )
+    .unwrap();
+    let flows = crate::wiring::flows(&c);
+    assert!(flows.get("greet").unwrap().admission.is_some());
+    let err = parse("[flows.greet]\ncommand = [\"sh\"]\n[[flows.greet.form]]\ntype = \"text\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("flows.greet.form: element 1: a text needs a name"),
+        "{err}"
+    );
+    let err =
+        parse("[flows.a]\nkodosumi = \"m:app\"\npath = \"/\"\n[[flows.a.form]]\ntype = \"hr\"\n")
+            .unwrap_err()
+            .to_string();
+    assert!(
+        err.contains("a kodosumi app's form is its @app.enter model"),
+        "{err}"
+    );
+}

@@ -192,6 +192,17 @@ impl Config {
                     }
                 }
             }
+            if !flow.form.is_empty() {
+                if flow.kodosumi.is_some() && flow.path.is_some() {
+                    return bad(
+                        &format!("{key}.form"),
+                        "a kodosumi app's form is its @app.enter model",
+                    );
+                }
+                if let Err(why) = kodo_actors::Form::new(flow.form.clone()) {
+                    return bad(&format!("{key}.form"), &why);
+                }
+            }
             if let Some(t) = flow.timeout
                 && !(t > 0.0 && t < 1e9)
             {
