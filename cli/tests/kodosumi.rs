@@ -302,3 +302,26 @@ async fn a_lock_shows_the_apps_form_and_its_lease_refuses_a_first_answer() {
     assert!(error.contains("TimeoutError"), "{error}");
     assert_eq!(terminate(&mut node).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kodos_kodosumi_comes_before_an_installed_one_and_an_installed_ray_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let installed = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kodosumi_installed");
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "[flows.hello]\nkodosumi = \"hello.app:app\"\npath = \"/\"\n\
+             pythonpath = [\"{}\", \"{}\"]\n",
+            modules(),
+            installed.display()
+        ),
+    );
+    let (mut node, base) = start(&cfg, dir.path()).await;
+    let events = run_to_end(&base, "hello", json!({"name": "ann", "loud": "on"})).await;
+    assert_eq!(last_status(&events), Some("finished"), "{events:?}");
+    assert_eq!(
+        payloads(&events, "final")[0]["dict"]["greeting"],
+        "ANN! (via the installed ray)"
+    );
+    assert_eq!(terminate(&mut node).await, 0);
+}
