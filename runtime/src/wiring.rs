@@ -184,10 +184,10 @@ pub fn flows(config: &Config) -> Flows {
         let mut def = FlowDef::command(name, spec).describe(&f.description);
         // A declared form, or an app's @app.enter handler, checks each
         // launch before it is stored.
-        if let Ok(form) = kodo_actors::Form::new(f.form.clone()).map(Arc::new)
-            && !f.form.is_empty()
+        if !f.form.is_empty()
+            && let Ok(form) = kodo_actors::Form::new(f.form.clone())
         {
-            def = def.admit_with(form);
+            def = def.admit_with(Arc::new(form));
         }
         if let (Some(target), Some(_)) = (&f.kodosumi, &f.path) {
             let host = kodosumi_command(f, target, "kodo.kodosumi.host");

@@ -169,27 +169,13 @@ impl Node {
         owner: &str,
         inputs: Value,
     ) -> Result<Launched, LaunchError> {
-        self.launch_traced(flow, owner, inputs, None).await
+        self.launch_from(flow, owner, inputs, Origin::default())
+            .await
     }
 
-    /// [`Node::launch`], the execution's span a child of `traceparent`
-    /// (W3C, as a launch request's header gives it).
-    pub async fn launch_traced(
-        &self,
-        flow: &str,
-        owner: &str,
-        inputs: Value,
-        traceparent: Option<String>,
-    ) -> Result<Launched, LaunchError> {
-        let origin = Origin {
-            traceparent,
-            launch: None,
-        };
-        self.launch_from(flow, owner, inputs, origin).await
-    }
-
-    /// [`Node::launch`] with `origin`: the caller's trace, and what the
-    /// flow's form decided (see [`Origin`]).
+    /// [`Node::launch`] with `origin`: the caller's trace (its span a child
+    /// of the W3C `traceparent`), and what the flow's form decided (see
+    /// [`Origin`]).
     pub async fn launch_from(
         &self,
         flow: &str,

@@ -17,9 +17,7 @@ last, so a real install of those wins.
 """
 import asyncio
 import dataclasses
-import functools
 import importlib
-import inspect
 import json
 import os
 import sys
@@ -81,30 +79,13 @@ def resolve(entry_point):
     return obj
 
 
-async def call(fn, inputs, tracer):
-    """Calls `fn` as Kodosumi's Runner does: `inputs` and `tracer` bound by
-    name, awaited when async, in a thread when not."""
-    params = inspect.signature(fn).parameters
-    kwargs = {}
-    if "inputs" in params:
-        kwargs["inputs"] = inputs
-    if "tracer" in params:
-        kwargs["tracer"] = tracer
-    if inspect.iscoroutinefunction(fn):
-        return await fn(**kwargs)
-    loop = asyncio.get_running_loop()
-    result = await loop.run_in_executor(None, functools.partial(fn, **kwargs))
-    if inspect.isawaitable(result):
-        result = await result
-    return result
-
-
 def run(target, path=None, inputs=None):
     """Runs one execution; returns the exit status (0, or 1 with the reason
     on stderr). `target` names an entry point, or (with `path`) a
     `ServeAPI` app whose `@app.enter(path)` handler decides, from the
     inputs, what runs (its `Launch`)."""
     use_standins()
+    from .app import call_bound
     from .errors import InputsError
     from .tracer import Tracer
 
@@ -125,7 +106,10 @@ def run(target, path=None, inputs=None):
         fn = resolve(entry_point)
         if hasattr(fn, "is_crew_class") or hasattr(fn, "kickoff"):
             raise TypeError(f"entry point {entry_point}: CrewAI crews are not supported yet")
-        value = asyncio.run(call(fn, inputs, Tracer(app)))
+        # As Kodosumi's Runner: `inputs` and `tracer` bound by name, a plain
+        # function in a thread.
+        entry = call_bound(fn, in_thread=True, inputs=inputs, tracer=Tracer(app))
+        value = asyncio.run(entry)
     except InputsError as e:
         print(f"kodosumi: the inputs were refused: {json.dumps(e.all_errors())}", file=sys.stderr)
         return 1

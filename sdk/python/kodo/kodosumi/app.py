@@ -6,6 +6,8 @@ An `@app.enter(path, model=...)` route is a kodo flow: its model is the
 flow's form, its handler turns a submission into a `Launch` (or raises
 `InputsError`), and `@app.lock(name)` / `@app.lease(name)` give the form
 and the check of a lock's answer."""
+import asyncio
+import functools
 import inspect
 
 from .errors import InputsError
@@ -58,17 +60,24 @@ class Entry:
         if not isinstance(submitted, dict):
             raise InputsError("expected an object of the form's fields")
         inputs = self.model.parse(submitted, only_fields=True)
-        result = await _call(self.handler, inputs=inputs,
+        result = await call_bound(self.handler, inputs=inputs,
                              request=Request(app, submitted, user))
         if not isinstance(result, Launched):
             raise TypeError("a kodosumi endpoint must return Launch(...) or raise InputsError")
         return result
 
 
-async def _call(fn, **available):
-    """Calls `fn` with the arguments it names among `available`."""
+async def call_bound(fn, in_thread=False, **available):
+    """Calls `fn` with the arguments it names among `available` (as
+    Kodosumi binds them, by name), awaited when async; a plain function
+    runs in a thread `in_thread`, else inline."""
     params = inspect.signature(fn).parameters
-    result = fn(**{k: v for k, v in available.items() if k in params})
+    kwargs = {k: v for k, v in available.items() if k in params}
+    if in_thread and not inspect.iscoroutinefunction(fn):
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(None, functools.partial(fn, **kwargs))
+    else:
+        result = fn(**kwargs)
     if inspect.isawaitable(result):
         result = await result
     return result
@@ -164,7 +173,7 @@ class ServeAPI:
         handler = self.locks.get(name)
         if handler is None:
             return None
-        return await _call(handler, data=data, request=Request(self))
+        return await call_bound(handler, data=data, request=Request(self))
 
     async def lease_answer(self, name, data, submitted):
         """The result of an answer to lock `name`: parsed by its form,
@@ -176,7 +185,8 @@ class ServeAPI:
         handler = self.leases.get(name)
         if handler is None:
             return inputs
-        return await _call(handler, inputs=inputs, data=data, request=Request(self, submitted))
+        return await call_bound(handler, inputs=inputs, data=data,
+                                request=Request(self, submitted))
 
 
 __all__ = ["ServeAPI", "Launch", "Launched", "Request", "InputsError"]
