@@ -185,7 +185,7 @@ async fn db_upgrade_and_help() {
     let cfg = write_config(dir.path(), "");
     // The first upgrade creates the schema and says so; the second has nothing to do.
     for expected in [
-        "applied 2 migration(s):\n  20261126000001 init\n  20261201000001 fences",
+        "applied 3 migration(s):\n  20261126000001 init\n  20261201000001 fences\n  20261202000001 fence floors",
         "nothing applied",
     ] {
         let out = runtime(

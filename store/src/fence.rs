@@ -1,5 +1,6 @@
 //! Fences of durable executions: once attempt `k` of an execution began,
-//! the events of its older attempts are refused. The same statements on
+//! the events of its older attempts are refused, but for those published
+//! before it began (at or below its floor: see [`below_floor`]). The same statements on
 //! both backends (each with its placeholders), run inside the caller's
 //! transaction: the write that filters and the fence that reads what is
 //! stored cannot interleave (SQLite has one writer; PostgreSQL locks the execution's
@@ -57,9 +58,19 @@ where
     if fenced.is_empty() {
         return Ok(Cow::Borrowed(events));
     }
+    let older = |e: &Event| {
+        e.attempt > 0
+            && fenced
+                .get(e.fid.as_str())
+                .is_some_and(|&fence| e.attempt < fence)
+    };
+    if !events.iter().any(older) {
+        return Ok(Cow::Borrowed(events));
+    }
+    let floors = floors::<DB>(conn, &fids).await?;
     let kept: Vec<Event> = events
         .iter()
-        .filter(|e| e.attempt == 0 || fenced.get(e.fid.as_str()).is_none_or(|&a| e.attempt >= a))
+        .filter(|e| !older(e) || below_floor(&floors, e))
         .cloned()
         .collect();
     if kept.len() < events.len() {
@@ -69,6 +80,58 @@ where
         );
     }
     Ok(Cow::Owned(kept))
+}
+
+/// Each execution's floors: (attempt, highest seq stored when it fenced).
+type Floors = HashMap<String, Vec<(u32, u64)>>;
+
+/// The floors of `fids`, read in the caller's transaction.
+async fn floors<DB>(conn: &mut DB::Connection, fids: &[&str]) -> Result<Floors, StoreError>
+where
+    DB: SqlBackend,
+    <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+    for<'c> &'c mut <DB as sqlx::Database>::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + Type<DB>,
+    for<'a> &'a str: ColumnIndex<DB::Row>,
+    for<'r> String: Decode<'r, DB> + Type<DB>,
+    for<'r> i64: Decode<'r, DB> + Type<DB>,
+{
+    let marks: Vec<String> = (1..=fids.len()).map(DB::placeholder).collect();
+    let sql = format!(
+        "SELECT fid, attempt, floor FROM fence_floors WHERE fid IN ({})",
+        marks.join(", ")
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for fid in fids {
+        query = query.bind(*fid);
+    }
+    let mut floors = Floors::new();
+    for row in query.fetch_all(&mut *conn).await? {
+        let fid: String = row.try_get("fid")?;
+        let attempt: i64 = row.try_get("attempt")?;
+        let floor: i64 = row.try_get("floor")?;
+        floors
+            .entry(fid)
+            .or_default()
+            .push((attempt.max(0) as u32, floor.max(0) as u64));
+    }
+    Ok(floors)
+}
+
+/// Whether `e`, of an attempt older than its execution's fence, was
+/// published before the next attempt began: its seq is at or below the
+/// floor of the first attempt that fenced after its own. That retry went on
+/// after it, so `e` fills a hole (another spooler stored later events of
+/// the same attempt first) and takes no newer attempt's place.
+fn below_floor(floors: &Floors, e: &Event) -> bool {
+    floors
+        .get(e.fid.as_str())
+        .and_then(|of| {
+            of.iter()
+                .filter(|(attempt, _)| *attempt > e.attempt)
+                .min_by_key(|(attempt, _)| *attempt)
+        })
+        .is_some_and(|&(_, floor)| e.seq <= floor)
 }
 
 /// Fences `fid` for `attempt`: refuses when a newer attempt fenced it
@@ -127,13 +190,30 @@ where
         .bind(fid.as_str())
         .fetch_optional(&mut *conn)
         .await?;
-    let Some(row) = row else {
-        return Ok(None);
+    let stored = match row {
+        None => None,
+        Some(row) => {
+            let events: i64 = row.try_get("events")?;
+            let status: String = row.try_get("status")?;
+            let status: Status = status
+                .parse()
+                .map_err(|e: kodo_core::UnknownName| StoreError::Corrupt(e.to_string()))?;
+            Some((events.max(0) as u64, status))
+        }
     };
-    let events: i64 = row.try_get("events")?;
-    let status: String = row.try_get("status")?;
-    let status: Status = status
-        .parse()
-        .map_err(|e: kodo_core::UnknownName| StoreError::Corrupt(e.to_string()))?;
-    Ok(Some((events.max(0) as u64, status)))
+    // Where this attempt began; a retried fence of it keeps the first.
+    let floor = format!(
+        "INSERT INTO fence_floors (fid, attempt, floor) VALUES ({}, {}, {}) \
+         ON CONFLICT (fid, attempt) DO NOTHING",
+        p(1),
+        p(2),
+        p(3),
+    );
+    sqlx::query(sqlx::AssertSqlSafe(floor))
+        .bind(fid.as_str())
+        .bind(i64::from(attempt))
+        .bind(stored.map_or(0, |(events, _)| events as i64))
+        .execute(&mut *conn)
+        .await?;
+    Ok(stored)
 }

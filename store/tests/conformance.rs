@@ -98,6 +98,7 @@ conformance!(
     a_write_failing_midway_stores_nothing_and_the_next_one_really_commits,
     a_node_name_is_held_by_one_claim_at_a_time,
     a_fence_refuses_an_older_attempt_and_says_what_is_stored,
+    an_older_attempts_event_fills_a_hole_below_the_retrys_floor,
 );
 
 fn meta_event(fid: &Fid, owner: &str, flow: &str) -> Event {
@@ -408,17 +409,17 @@ async fn a_schema_behind_is_refused_until_upgraded(db: Db) {
     let store = db.open().await;
     store.close().await;
     // Make the database look like one the build before made: the latest
-    // migration (fences) neither recorded nor applied.
+    // migration (fence floors) neither recorded nor applied.
     for sql in [
-        "DELETE FROM _sqlx_migrations WHERE version = 20261201000001",
-        "DROP TABLE fences",
+        "DELETE FROM _sqlx_migrations WHERE version = 20261202000001",
+        "DROP TABLE fence_floors",
     ] {
         run_sql(&db.url, sql).await;
     }
     match db.open_with(&StoreOptions::default()).await {
         Err(StoreError::SchemaBehind {
-            applied: 1,
-            known: 2,
+            applied: 2,
+            known: 3,
             ..
         }) => {}
         Err(e) => panic!("wrong error {e}"),
@@ -436,7 +437,7 @@ async fn a_schema_behind_is_refused_until_upgraded(db: Db) {
         .await
         .unwrap();
     assert_eq!(applied.len(), 1, "{applied:?}");
-    assert!(applied[0].1.contains("fences"), "{applied:?}");
+    assert!(applied[0].1.contains("fence floors"), "{applied:?}");
     let again = kodo_store::upgrade(&db.url, &StoreOptions::default())
         .await
         .unwrap();
@@ -819,5 +820,71 @@ async fn a_fence_refuses_an_older_attempt_and_says_what_is_stored(db: Db) {
         .await
         .unwrap();
     assert!(store.execution(&fresh).await.unwrap().is_none());
+    store.close().await;
+}
+
+/// An event of attempt 1 published before attempt 2 began, but stored
+/// after it fenced (another spooler stored attempt 1's later events first):
+/// it fills its hole, since attempt 2 goes on after it. Above that floor,
+/// and in a hole of attempt 2's own events, it is refused.
+async fn an_older_attempts_event_fills_a_hole_below_the_retrys_floor(db: Db) {
+    let store = db.open().await;
+    let fid = Fid::new();
+    let by = |attempt, e: Event| Event {
+        ts: 100.0 * f64::from(attempt) + e.seq as f64,
+        ..of_attempt(attempt, e)
+    };
+    store
+        .write(&[
+            by(1, meta_event(&fid, "ann", "f")),
+            by(1, status(&fid, 2, Status::Starting)),
+            by(1, status(&fid, 3, Status::Running)),
+            by(1, line(&fid, 5)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.fence(&fid, 2).await.unwrap(),
+        Some((5, Status::Running))
+    );
+    // Attempt 1's seq 4 arrives late: taken. Its seq 6 is past the floor.
+    store
+        .write(&[by(1, line(&fid, 4)), by(1, line(&fid, 6))])
+        .await
+        .unwrap();
+    // Attempt 2 goes on after 5, and its seq 7 is stored after its 8.
+    store
+        .write(&[by(2, line(&fid, 6)), by(2, line(&fid, 8))])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.fence(&fid, 3).await.unwrap(),
+        Some((8, Status::Running))
+    );
+    // Attempt 1 may not fill attempt 2's hole; attempt 2 may.
+    store.write(&[by(1, line(&fid, 7))]).await.unwrap();
+    store.write(&[by(2, line(&fid, 7))]).await.unwrap();
+    // A retried fence of attempt 3 keeps its floor (8): attempt 2's seq 9
+    // stays refused, in the hole attempt 3 leaves at 9.
+    store.write(&[by(3, line(&fid, 10))]).await.unwrap();
+    store.fence(&fid, 3).await.unwrap();
+    store.write(&[by(2, line(&fid, 9))]).await.unwrap();
+    store.write(&[by(3, line(&fid, 9))]).await.unwrap();
+    let events = store.events(&fid, &all(0)).await.unwrap();
+    assert_eq!(
+        events.iter().map(|e| (e.seq, e.ts)).collect::<Vec<_>>(),
+        [
+            (1, 101.0),
+            (2, 102.0),
+            (3, 103.0),
+            (4, 104.0),
+            (5, 105.0),
+            (6, 206.0),
+            (7, 207.0),
+            (8, 208.0),
+            (9, 309.0),
+            (10, 310.0),
+        ]
+    );
     store.close().await;
 }
