@@ -50,8 +50,9 @@ pub(crate) enum ExecMsg {
         inputs: Value,
         /// Set when it runs again after its node died (see [`Resumed`]).
         resumed: Option<Resumed>,
-        /// What it was launched with besides its inputs.
-        origin: Origin,
+        /// What it was launched with besides its inputs (boxed: the
+        /// other messages are small).
+        origin: Box<Origin>,
         /// Answered once its Runner runs (with what to wait for, when the
         /// start goes on elsewhere).
         reply: RpcReplyPort<Result<Ready, LaunchError>>,
@@ -211,6 +212,7 @@ impl Executions {
                     kodo: env!("CARGO_PKG_VERSION").to_string(),
                     trace: ctx.traceparent(),
                     launch: ctx.launch().cloned(),
+                    job: ctx.job().cloned(),
                 };
                 Trace::Begin {
                     meta: serde_json::to_string(&meta).expect("meta serializes"),
@@ -329,7 +331,7 @@ impl Actor for Executions {
                 reply,
             } => {
                 let result =
-                    Self::launch(&myself, state, fid, flow, owner, inputs, resumed, origin).await;
+                    Self::launch(&myself, state, fid, flow, owner, inputs, resumed, *origin).await;
                 let _ = reply.send(result);
             }
             ExecMsg::Stop { fid, stop, reply } => {

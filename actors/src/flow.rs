@@ -340,6 +340,8 @@ pub struct Origin {
     /// entry point its `Launch` named); a command flow gets it as
     /// `KODO_LAUNCH` (JSON).
     pub launch: Option<Value>,
+    /// What the API that launched it keeps with it (a MIP-003 job).
+    pub job: Option<Value>,
 }
 
 /// What a running execution is given: its identity, the Tracer's verbs,
@@ -419,6 +421,11 @@ impl Ctx {
     /// What the flow's form decided at the launch (see [`Origin::launch`]).
     pub fn launch(&self) -> Option<&Value> {
         self.inner.origin.launch.as_ref()
+    }
+
+    /// What the API that launched it keeps with it (see [`Origin::job`]).
+    pub fn job(&self) -> Option<&Value> {
+        self.inner.origin.job.as_ref()
     }
 
     /// The same context, its span listed in `book` (for the commit spans'

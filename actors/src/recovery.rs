@@ -182,7 +182,7 @@ impl Recovery<'_> {
                     owner: row.owner.clone(),
                     inputs,
                     resumed: Some(resumed),
-                    origin,
+                    origin: Box::new(origin),
                     reply,
                 },
                 None,
@@ -217,6 +217,7 @@ impl Recovery<'_> {
             .map(|meta| Origin {
                 traceparent: meta.trace,
                 launch: meta.launch,
+                job: meta.job,
             })
             .unwrap_or_default();
         let inputs = events

@@ -325,3 +325,84 @@ async fn kodos_kodosumi_comes_before_an_installed_one_and_an_installed_ray_wins(
     );
     assert_eq!(terminate(&mut node).await, 0);
 }
+
+/// A Kodosumi app sold over MIP-003: its `@app.enter` form as the input
+/// schema, a checkbox given as MIP-003's `true`, its `@app.lock` form while
+/// awaiting input, and its `@app.lease` refusing a first input (400, still
+/// awaiting).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kodosumi_app_speaks_mip_003_with_its_forms() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &[("approve", "hello.app:app", Some("/approve"))],
+    );
+    let (mut node, base) = start(&cfg, dir.path()).await;
+    let schema = get(&base, "/mip003/approve/input_schema").await;
+    assert_eq!(
+        schema["input_data"],
+        json!([{"id": "item", "type": "string", "name": "Item",
+                "validations": [{"validation": "optional", "value": "true"}]}])
+    );
+    let started = post(
+        &base,
+        "/mip003/approve/start_job",
+        json!({"identifier_from_purchaser": "p-1", "input_data": {"item": "car"}}),
+    )
+    .await;
+    let job = started["job_id"].as_str().unwrap().to_string();
+    let status = format!("/mip003/approve/status?job_id={job}");
+    let start = std::time::Instant::now();
+    let asked = loop {
+        let now = get(&base, &status).await;
+        if now["status"] == "awaiting_input" {
+            break now;
+        }
+        assert!(start.elapsed() < DEADLINE, "never awaited input: {now}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let ids: Vec<&str> = asked["input_schema"]["input_data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["text-1", "ok", "reason"]);
+    assert_eq!(
+        asked["input_schema"]["input_data"][0]["name"],
+        "Approve car?"
+    );
+    let provide =
+        |input: Value| json!({"job_id": job, "status_id": asked["id"], "input_data": input});
+    let (code, body) = post_any(
+        &base,
+        "/mip003/approve/provide_input",
+        provide(json!({"ok": true})),
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(body["errors"], json!({"reason": ["Give a reason"]}));
+    assert_eq!(get(&base, &status).await["status"], "awaiting_input");
+    let (code, body) = post_any(
+        &base,
+        "/mip003/approve/provide_input",
+        provide(json!({"ok": true, "reason": "fine"})),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let start = std::time::Instant::now();
+    let done = loop {
+        let now = get(&base, &status).await;
+        if now["status"] == "completed" {
+            break now;
+        }
+        assert!(start.elapsed() < DEADLINE, "never completed: {now}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let result: Value = serde_json::from_str(done["result"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        result,
+        json!({"dict": {"approved": true, "reason": "fine", "item": "car"}})
+    );
+    assert_eq!(terminate(&mut node).await, 0);
+}

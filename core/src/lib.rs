@@ -238,6 +238,10 @@ pub struct Meta {
     /// entry point its `Launch` named); a resumed run gets it again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub launch: Option<serde_json::Value>,
+    /// What the API that launched it keeps with it (a MIP-003 job: the
+    /// purchaser's identifier and the input hash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<serde_json::Value>,
 }
 
 /// Now, in seconds since the Unix epoch.

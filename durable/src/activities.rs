@@ -347,6 +347,7 @@ fn meta(launch: &Launch, task_queue: &str) -> String {
         // The launching node's execution span: every attempt's is its child.
         trace: launch.traceparent.clone(),
         launch: launch.launch.clone(),
+        job: launch.job.clone(),
     })
     .expect("meta serializes")
 }

@@ -136,6 +136,7 @@ impl ExecutionBackend for TemporalBackend {
             timeout_ms: options.execution_timeout.map(|t| t.as_millis() as u64),
             traceparent: ctx.traceparent(),
             launch: ctx.launch().cloned(),
+            job: ctx.job().cloned(),
         };
         // The workflow is started by the watcher, not here: this runs in the
         // node's supervisor, and Temporal may take seconds to answer.

@@ -53,6 +53,9 @@ pub struct Launch {
     /// What the flow's form decided at the launch (see `Origin::launch`).
     #[serde(default)]
     pub launch: Option<serde_json::Value>,
+    /// What the launching API keeps with it (see `Origin::job`).
+    #[serde(default)]
+    pub job: Option<serde_json::Value>,
 }
 
 impl Launch {
@@ -61,6 +64,7 @@ impl Launch {
         kodo_actors::Origin {
             traceparent: self.traceparent.clone(),
             launch: self.launch.clone(),
+            job: self.job.clone(),
         }
     }
 }

@@ -6,9 +6,12 @@
 //!   input data. The canonical form comes from `serde_json_canonicalizer`
 //!   (JCS: sorted keys, ECMAScript number forms, minimal string escapes).
 //! - [`input_schema`]: a flow's form (Kodosumi's element shapes) as MIP-003
-//!   input fields (`id`, `type`, `name`, `data`, `validations`).
+//!   input fields (`id`, `type`, `name`, `data`, `validations`);
+//!   [`lock_fields`]: an open lock's.
+//! - [`form_inputs`]: MIP-003 values as the form takes them;
+//!   [`result_text`]: a `final` payload as MIP-003's result string.
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 /// The RFC 8785 (JCS) canonical form of `value`.
@@ -100,6 +103,93 @@ pub fn input_schema(elements: &[Value]) -> Vec<Value> {
         fields.push(field);
     }
     fields
+}
+
+/// The elements of a form, as `GET /flows/{flow}` shows it
+/// (`{"elements": [...]}`), or a lock's data (`{"form": [...], "data": ...}`,
+/// a Kodosumi app's `@app.lock`). None: no form.
+pub fn form_elements(form: &Value) -> Option<&[Value]> {
+    form.get("elements")
+        .or_else(|| form.get("form"))
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+}
+
+/// The id of the one field of a lock opened without a form: its value is
+/// the lock's answer.
+pub const ANSWER: &str = "answer";
+
+/// The MIP-003 fields of lock `name` opened with `data`: its form's, or,
+/// with none, one required text field [`ANSWER`], described by the lock's
+/// question (`data.question`, a text `data`, or `data` as JSON).
+pub fn lock_fields(name: &str, data: &Value) -> Vec<Value> {
+    if let Some(elements) = form_elements(data) {
+        return input_schema(elements);
+    }
+    let description = match data {
+        Value::Null => None,
+        Value::String(text) => Some(text.clone()),
+        other => Some(
+            other["question"]
+                .as_str()
+                .map_or_else(|| other.to_string(), str::to_string),
+        ),
+    };
+    let mut field = json!({"id": ANSWER, "type": "string", "name": name});
+    if let Some(description) = description {
+        field["data"] = json!({ "description": description });
+    }
+    vec![field]
+}
+
+/// MIP-003 `input_data` as a form of `elements` takes it: a boolean `true`
+/// becomes Kodosumi's checkbox value `"on"` (`false` is left out, as an
+/// unchecked box is), an option given as a one-value list or as an index
+/// becomes the option's name. Anything else is kept as it is, for the form
+/// to check.
+pub fn form_inputs(elements: &[Value], input_data: &Map<String, Value>) -> Map<String, Value> {
+    let mut inputs = input_data.clone();
+    for element in elements {
+        let Some(name) = element["name"].as_str() else {
+            continue;
+        };
+        let Some(value) = inputs.get(name).cloned() else {
+            continue;
+        };
+        match (element["type"].as_str().unwrap_or_default(), value) {
+            ("boolean", Value::Bool(true)) => {
+                inputs.insert(name.into(), json!("on"));
+            }
+            ("boolean", Value::Bool(false)) => {
+                inputs.remove(name);
+            }
+            ("select", value) => {
+                let one = match value {
+                    Value::Array(mut values) if values.len() == 1 => values.remove(0),
+                    other => other,
+                };
+                let by_index = one.as_u64().and_then(|i| {
+                    element["option"]
+                        .as_array()
+                        .and_then(|o| o.get(usize::try_from(i).ok()?))
+                        .and_then(|o| o["name"].as_str())
+                });
+                let chosen = by_index.map_or(one, |name| json!(name));
+                inputs.insert(name.into(), chosen);
+            }
+            _ => {}
+        }
+    }
+    inputs
+}
+
+/// A job's result as MIP-003 gives it (a string): the `final` event's
+/// payload (JSON text) as its text when it is a string, else the JSON.
+pub fn result_text(final_payload: &str) -> String {
+    match serde_json::from_str::<Value>(final_payload) {
+        Ok(Value::String(text)) => text,
+        _ => final_payload.to_string(),
+    }
 }
 
 #[cfg(test)]

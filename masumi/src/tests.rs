@@ -107,3 +107,57 @@ fn a_form_becomes_mip_003_fields() {
         ]
     );
 }
+
+#[test]
+fn mip_003_values_become_the_forms() {
+    let elements = [
+        json!({"type": "boolean", "name": "loud"}),
+        json!({"type": "boolean", "name": "quiet"}),
+        json!({"type": "select", "name": "tone", "option": [{"name": "warm"}, {"name": "cool"}]}),
+        json!({"type": "select", "name": "mood", "option": [{"name": "calm"}, {"name": "glad"}]}),
+        json!({"type": "select", "name": "pace", "option": [{"name": "slow"}]}),
+        json!({"type": "number", "name": "times"}),
+    ];
+    let given = json!({
+        "loud": true, "quiet": false, "tone": ["cool"], "mood": 1, "pace": ["slow", "fast"],
+        "times": 2.5, "extra": "kept"
+    });
+    assert_eq!(
+        Value::Object(form_inputs(&elements, given.as_object().unwrap())),
+        json!({
+            "loud": "on", "tone": "cool", "mood": "glad", "pace": ["slow", "fast"],
+            "times": 2.5, "extra": "kept"
+        })
+    );
+}
+
+#[test]
+fn a_lock_shows_its_form_or_one_answer_field() {
+    let form = json!({"form": [{"type": "text", "name": "why", "required": true}], "data": 1});
+    assert_eq!(
+        lock_fields("ask", &form),
+        [json!({"id": "why", "type": "string", "name": "why"})]
+    );
+    assert_eq!(
+        lock_fields("approve", &json!({"question": "Approve it?"})),
+        [json!({"id": "answer", "type": "string", "name": "approve",
+                "data": {"description": "Approve it?"}})]
+    );
+    assert_eq!(
+        lock_fields("n", &json!([1, 2]))[0]["data"]["description"],
+        "[1,2]"
+    );
+    assert!(lock_fields("n", &Value::Null)[0].get("data").is_none());
+    assert_eq!(
+        form_elements(&json!({"elements": [{"type": "hr"}]}))
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn a_result_is_text() {
+    assert_eq!(result_text("\"done: 3\""), "done: 3");
+    assert_eq!(result_text("{\"n\":3}"), "{\"n\":3}");
+}

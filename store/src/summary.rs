@@ -131,6 +131,7 @@ mod tests {
             kodo: "0".into(),
             trace: None,
             launch: None,
+            job: None,
         })
         .unwrap();
         let batch = vec![

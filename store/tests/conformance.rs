@@ -109,6 +109,7 @@ fn meta_event(fid: &Fid, owner: &str, flow: &str) -> Event {
         kodo: "test".into(),
         trace: None,
         launch: None,
+        job: None,
     };
     Event {
         fid: fid.clone(),

@@ -388,6 +388,17 @@ impl TestApi {
         resp.json().await.expect("JSON")
     }
 
+    /// `GET path` with `token`, expecting 200: its JSON body.
+    pub async fn get_with(&self, path: &str, token: &str) -> serde_json::Value {
+        let resp = self
+            .req(reqwest::Method::GET, path, Some(token))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        assert_eq!(resp.status().as_u16(), 200, "GET {path}");
+        resp.json().await.expect("JSON")
+    }
+
     /// `POST path` (body `{}` or `body`) without a token: its status code and JSON body.
     pub async fn post(
         &self,

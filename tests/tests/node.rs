@@ -389,6 +389,7 @@ async fn a_restart_closes_leftovers_after_their_last_stored_event() {
         kodo: "test".into(),
         trace: None,
         launch: None,
+        job: None,
     };
     let left = |node: &str, status: Status| {
         let fid = Fid::new();

@@ -199,7 +199,7 @@ impl Node {
                     owner: owner.to_string(),
                     inputs,
                     resumed: None,
-                    origin,
+                    origin: Box::new(origin),
                     reply,
                 },
                 None,

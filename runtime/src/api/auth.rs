@@ -87,7 +87,12 @@ pub(super) async fn authenticate(
 
 /// The 401 of a request without a known token.
 pub(super) fn unauthorized() -> Response {
-    ApiError::new(StatusCode::UNAUTHORIZED, "missing or unknown bearer token").into_response()
+    no_token().into_response()
+}
+
+/// The error of a request without a known token (401).
+pub(super) fn no_token() -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, "missing or unknown bearer token")
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for User {

@@ -15,7 +15,7 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use kodo_actors::{Control, ControlError, KillError, LaunchError, Origin, Refused};
+use kodo_actors::{Control, ControlError, FlowDef, KillError, LaunchError, Origin, Refused};
 use kodo_core::{Fid, Kind, Status};
 use kodo_store::{EventQuery, ExecutionRow, ListQuery};
 use serde_json::Value;
@@ -37,7 +37,7 @@ pub(super) async fn visible(state: &AppState, user: &User, fid: &str) -> ApiResu
 }
 
 /// 409 for an execution that has ended: it can no longer be killed or answered.
-fn still_running(row: &ExecutionRow) -> ApiResult<()> {
+pub(super) fn still_running(row: &ExecutionRow) -> ApiResult<()> {
     if row.status.is_final() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -71,21 +71,26 @@ pub(super) async fn get_flow(
     let Some(def) = state.node.flows().get(&flow) else {
         return Err(ApiError::not_found(format!("flow {flow}")));
     };
-    let form = match &def.admission {
-        None => None,
-        Some(admission) => Some(admission.form().await.map_err(|why| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("flow {flow}: its form failed: {why}"),
-            )
-        })?),
-    };
+    let form = form_of(&def).await?;
     Ok(Json(FlowDetail {
         name: def.name.clone(),
         kind: def.kind_name(),
         description: def.description.clone(),
         form,
     }))
+}
+
+/// Flow `def`'s form (None: it has none); 503 when its code fails.
+pub(super) async fn form_of(def: &FlowDef) -> ApiResult<Option<Value>> {
+    let Some(admission) = &def.admission else {
+        return Ok(None);
+    };
+    admission.form().await.map(Some).map_err(|why| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("flow {}: its form failed: {why}", def.name),
+        )
+    })
 }
 
 /// `POST /flows/{flow}/executions`.
@@ -110,45 +115,64 @@ pub(super) async fn launch(
             )));
         }
     };
-    // W3C Trace Context: a malformed `traceparent` is ignored, as the spec says.
-    let traceparent = headers
+    let origin = Origin {
+        traceparent: traceparent(&headers),
+        ..Origin::default()
+    };
+    let launched = match admit_and_launch(&state, &def, &user, inputs, origin).await? {
+        Ok(launched) => launched,
+        Err(refused) => return Ok(refused),
+    };
+    let status = if launched.stored {
+        StatusCode::CREATED
+    } else {
+        StatusCode::ACCEPTED
+    };
+    let body = Json(Launched {
+        fid: launched.fid,
+        stored: launched.stored,
+    });
+    Ok((status, body).into_response())
+}
+
+/// A request's W3C `traceparent` (a malformed one is ignored, as the spec says).
+pub(super) fn traceparent(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|v| kodo_telemetry::is_traceparent(v))
-        .map(str::to_string);
-    // The flow's form checks the inputs first: a refused launch stores nothing.
-    let (inputs, launch) = match &def.admission {
-        None => (inputs, None),
+        .map(str::to_string)
+}
+
+/// Launches flow `def` for `user`, its form checking `inputs` first (a
+/// refused launch stores nothing, and is answered by the inner `Err`: 400
+/// with its errors by field, or 503).
+pub(super) async fn admit_and_launch(
+    state: &AppState,
+    def: &FlowDef,
+    user: &User,
+    inputs: Value,
+    mut origin: Origin,
+) -> ApiResult<Result<kodo_actors::Launched, Response>> {
+    let inputs = match &def.admission {
+        None => inputs,
         Some(admission) => match admission.admit(&user.name, inputs).await {
-            Ok(admitted) => (admitted.inputs, admitted.launch),
-            Err(refused) => return refusal(&flow, refused, "the inputs were refused"),
+            Ok(admitted) => {
+                origin.launch = admitted.launch;
+                admitted.inputs
+            }
+            Err(refused) => {
+                return Ok(Err(refusal(&def.name, refused, "the inputs were refused")?));
+            }
         },
-    };
-    let origin = Origin {
-        traceparent,
-        launch,
     };
     match state
         .node
-        .launch_from(&flow, &user.name, inputs, origin)
+        .launch_from(&def.name, &user.name, inputs, origin)
         .await
     {
-        Ok(launched) => {
-            let status = if launched.stored {
-                StatusCode::CREATED
-            } else {
-                StatusCode::ACCEPTED
-            };
-            Ok((
-                status,
-                Json(Launched {
-                    fid: launched.fid,
-                    stored: launched.stored,
-                }),
-            )
-                .into_response())
-        }
+        Ok(launched) => Ok(Ok(launched)),
         Err(LaunchError::UnknownFlow(f)) => Err(ApiError::not_found(format!("flow {f}"))),
         Err(e) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -284,7 +308,7 @@ pub(super) async fn kill(
 }
 
 /// The answer to a refused control request.
-fn control_error(e: ControlError) -> ApiError {
+pub(super) fn control_error(e: ControlError) -> ApiError {
     let status = match &e {
         ControlError::Unsupported(_) | ControlError::Conflict(_) => StatusCode::CONFLICT,
         ControlError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -405,7 +429,7 @@ pub(super) async fn answer_lock(
 
 /// A form's refusal as an answer: 400 with its errors by field (`what`
 /// says what was refused), or 503 when the form's own code failed.
-fn refusal(flow: &str, refused: Refused, what: &str) -> ApiResult<Response> {
+pub(super) fn refusal(flow: &str, refused: Refused, what: &str) -> ApiResult<Response> {
     match refused {
         Refused::Invalid(errors) => {
             let body = Refusal {
@@ -424,7 +448,11 @@ fn refusal(flow: &str, refused: Refused, what: &str) -> ApiResult<Response> {
 /// The name and data of lock `lid` of `fid`, from its stored `lock` event;
 /// 404 when it is not open (never opened, answered or expired: its `lease`
 /// is stored), before any form code runs for an answer.
-async fn opened_lock(state: &AppState, fid: &Fid, lid: &str) -> ApiResult<(String, Value)> {
+pub(super) async fn opened_lock(
+    state: &AppState,
+    fid: &Fid,
+    lid: &str,
+) -> ApiResult<(String, Value)> {
     let query = EventQuery {
         after: 0,
         limit: 10_000,

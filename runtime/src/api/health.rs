@@ -189,8 +189,20 @@ pub(super) async fn live(State(state): State<Arc<AppState>>) -> Response {
 
 /// `GET /health/ready`.
 pub(super) async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    let reasons = not_ready(&state).await;
+    let status = if reasons.is_empty() {
+        "ready"
+    } else {
+        "not ready"
+    };
+    answer(reasons.is_empty(), Probe { status, reasons })
+}
+
+/// Why this node takes no launches now (none: it does): shutting down, a
+/// dependency down, at `limits.max_running`.
+pub(super) async fn not_ready(state: &AppState) -> Vec<String> {
     let node = &state.node;
-    let health = check(&state).await;
+    let health = check(state).await;
     let mut reasons = Vec::new();
     if node.stopping() {
         reasons.push("shutting down".to_string());
@@ -221,10 +233,5 @@ pub(super) async fn ready(State(state): State<Arc<AppState>>) -> Response {
         }
         Some(_) => {}
     }
-    let status = if reasons.is_empty() {
-        "ready"
-    } else {
-        "not ready"
-    };
-    answer(reasons.is_empty(), Probe { status, reasons })
+    reasons
 }

@@ -5,7 +5,8 @@
 //! One concern per module: `auth` (tokens to users), `error` (error
 //! answers, parsing what clients send), [`types`] (every request and
 //! response body), `executions` (the execution routes), `stream` (SSE),
-//! `health`, `metrics`, `cluster` (the nodes), and the TCP [`ApiListener`].
+//! `health`, `metrics`, `cluster` (the nodes), `mip003` (Masumi's agentic
+//! service API, per flow), and the TCP [`ApiListener`].
 
 mod auth;
 mod cluster;
@@ -14,6 +15,7 @@ mod executions;
 mod health;
 mod listener;
 mod metrics;
+mod mip003;
 mod stream;
 pub mod types;
 
@@ -22,13 +24,14 @@ pub use error::ApiError;
 pub use listener::{ApiListener, JsonErrors};
 pub use metrics::{MetricsServer, serve_metrics};
 
-use crate::config::Config;
+use crate::config::{Config, MasumiSection};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::{get, post};
 use kodo_actors::Node;
 use kodo_durable::Temporal;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// What every handler shares.
@@ -42,6 +45,8 @@ pub struct AppState {
     pub started: f64,
     tokens: auth::Tokens,
     health: health::Checked,
+    /// Each flow's `[flows.NAME.masumi]`.
+    masumi: HashMap<String, MasumiSection>,
 }
 
 /// Builds the router over a running node.
@@ -52,6 +57,11 @@ pub fn router(node: Arc<Node>, config: &Config, temporal: Option<Arc<Temporal>>)
         started: kodo_core::now_ts(),
         tokens: auth::Tokens::of(config),
         health: Default::default(),
+        masumi: config
+            .flows
+            .iter()
+            .map(|(name, flow)| (name.clone(), flow.masumi.clone()))
+            .collect(),
     });
     let authed = Router::new()
         .route("/cluster", get(cluster::cluster))
@@ -79,6 +89,7 @@ pub fn router(node: Arc<Node>, config: &Config, temporal: Option<Arc<Temporal>>)
         .route("/health", get(health::health))
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
+        .merge(mip003::routes())
         .merge(authed)
         .fallback(|| async { ApiError::not_found("route") })
         .layer(DefaultBodyLimit::max(config.api.max_body_bytes))

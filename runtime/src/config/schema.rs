@@ -378,6 +378,48 @@ pub struct FlowSection {
     /// Runs in all, the first included, of an execution that resumes.
     #[serde(default = "default_attempts")]
     pub attempts: u32,
+    /// How the flow is sold on Masumi (its MIP-003 API, `/mip003/NAME/...`).
+    #[serde(default)]
+    pub masumi: MasumiSection,
+}
+
+/// `[flows.NAME.masumi]`: the flow's MIP-003 API.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MasumiSection {
+    /// Who may call it: `tokens` (kodo's bearer tokens, the default) or
+    /// `open` (anyone, as a public agent; a caller with a token is still
+    /// that user).
+    pub access: MasumiAccess,
+    /// The user that owns jobs started without a token (`open` access).
+    pub owner: String,
+    /// The agent identifier Masumi's registry gave this flow, echoed in
+    /// `start_job` answers (empty: not registered).
+    pub agent_identifier: String,
+    /// The seller's wallet verification key, echoed in `start_job` answers.
+    pub seller_vkey: String,
+}
+
+impl Default for MasumiSection {
+    fn default() -> Self {
+        Self {
+            access: MasumiAccess::Tokens,
+            owner: "masumi".into(),
+            agent_identifier: String::new(),
+            seller_vkey: String::new(),
+        }
+    }
+}
+
+/// `flows.NAME.masumi.access`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MasumiAccess {
+    /// kodo's bearer tokens, as the rest of the API.
+    #[default]
+    Tokens,
+    /// Anyone; callers without a token act as `owner`.
+    Open,
 }
 
 fn default_attempts() -> u32 {
@@ -449,6 +491,7 @@ impl std::fmt::Debug for FlowSection {
             .field("mode", &self.mode)
             .field("recover", &self.recover)
             .field("attempts", &self.attempts)
+            .field("masumi", &self.masumi)
             .finish()
     }
 }

@@ -192,6 +192,13 @@ impl Config {
                     }
                 }
             }
+            let owner = &flow.masumi.owner;
+            if owner.trim().is_empty() || owner.trim() != owner {
+                return bad(
+                    &format!("{key}.masumi.owner"),
+                    "expected a user name without surrounding spaces",
+                );
+            }
             if !flow.form.is_empty() {
                 if flow.kodosumi.is_some() && flow.path.is_some() {
                     return bad(
