@@ -19,6 +19,7 @@ mod command;
 mod executions;
 mod flow;
 mod form;
+mod hold;
 mod hub;
 mod leftovers;
 mod locks;
@@ -48,6 +49,7 @@ pub use flow::{
     LockError, Origin, PendingLock, Recover, RustFlow, Stop,
 };
 pub use form::Form;
+pub use hold::hold_id;
 pub use hub::{Hub, Subscription};
 pub use locks::{KeepError, Kept, LockInUse, LockKeeper, Locks, OpenLock};
 pub use node::{KillError, Launched, Node, NodeError, NodeOptions};

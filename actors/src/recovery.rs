@@ -197,8 +197,8 @@ impl Recovery<'_> {
     }
 
     /// The inputs it was launched with, and its origin from its `meta`: the
-    /// trace its first run was in (the new run's span continues it) and
-    /// what its form decided.
+    /// trace its first run was in (the new run's span continues it), what
+    /// its form decided, and its job (its hold released when answered).
     async fn begun(&self, fid: &Fid) -> Result<(serde_json::Value, Origin), String> {
         let query = EventQuery {
             after: 0,
@@ -210,7 +210,7 @@ impl Recovery<'_> {
             .events(fid, &query)
             .await
             .map_err(|e| e.to_string())?;
-        let origin = events
+        let mut origin = events
             .iter()
             .find(|e| e.kind == Kind::Meta)
             .and_then(|e| serde_json::from_str::<Meta>(&e.payload).ok())
@@ -220,6 +220,11 @@ impl Recovery<'_> {
                 job: meta.job,
             })
             .unwrap_or_default();
+        if let Some(hold) = origin.job.as_mut().and_then(|job| job.get_mut("hold"))
+            && self.answered(fid, &crate::hold::hold_id(fid)).await?
+        {
+            hold["released"] = serde_json::Value::Bool(true);
+        }
         let inputs = events
             .iter()
             .find(|e| e.kind == Kind::Inputs)
@@ -227,6 +232,26 @@ impl Recovery<'_> {
         let inputs =
             serde_json::from_str(&inputs.payload).map_err(|e| format!("its stored inputs: {e}"))?;
         Ok((inputs, origin))
+    }
+}
+
+impl Recovery<'_> {
+    /// Whether lock `lid` of `fid` was answered (its `lease` holds a result).
+    async fn answered(&self, fid: &Fid, lid: &str) -> Result<bool, String> {
+        let query = EventQuery {
+            after: 0,
+            limit: 10_000,
+            kinds: Some(vec![Kind::Lease]),
+        };
+        let leases = self
+            .store
+            .events(fid, &query)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(leases.iter().any(|e| {
+            serde_json::from_str::<serde_json::Value>(&e.payload)
+                .is_ok_and(|lease| lease["lid"] == lid && lease.get("result").is_some())
+        }))
     }
 }
 

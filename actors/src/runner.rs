@@ -101,6 +101,9 @@ pub async fn drive(execution: Execution) -> Outcome {
 /// becomes `running` once the flow really runs (a command: once its process
 /// started).
 async fn run(ctx: &Ctx, flow: &FlowDef, inputs: Value) -> Outcome {
+    if let Some(ended) = crate::hold::held(ctx).await {
+        return ended;
+    }
     match &flow.kind {
         // Boxed: a command driver's state is large, and inline it would make
         // every Runner's task that large, also while a Rust flow waits on a lock.

@@ -668,3 +668,210 @@ async fn availability_follows_the_nodes_readiness_and_max_running() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A payment service on 127.0.0.1, as kodo's payment hook expects one:
+/// each request it gets (bearer, body) is kept; it answers the payment's
+/// fields, `blockchainIdentifier` naming the job.
+async fn payment_service() -> (String, Arc<std::sync::Mutex<Vec<(String, Value)>>>) {
+    use axum::extract::State;
+    use axum::http::HeaderMap;
+    type Seen = Arc<std::sync::Mutex<Vec<(String, Value)>>>;
+    let seen: Seen = Default::default();
+    let app = axum::Router::new()
+        .route(
+            "/pay",
+            axum::routing::post(
+                |State(seen): State<Seen>,
+                 headers: HeaderMap,
+                 axum::Json(body): axum::Json<Value>| async move {
+                    let bearer = headers["authorization"].to_str().unwrap().to_string();
+                    let job = body["job_id"].as_str().unwrap().to_string();
+                    seen.lock().unwrap().push((bearer, body));
+                    axum::Json(json!({
+                        "blockchainIdentifier": format!("bc-{job}"),
+                        "payByTime": 1_900_000_000,
+                        "submitResultTime": 1_900_000_600,
+                        "unlockTime": 1_900_001_200,
+                        "externalDisputeUnlockTime": 1_900_001_800,
+                        "sellerVKey": "vkey-from-the-service",
+                    }))
+                },
+            ),
+        )
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/pay", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, seen)
+}
+
+const SECRET: &str = "payment-secret-0123456789";
+
+#[tokio::test]
+async fn with_a_payment_hook_a_job_waits_until_its_payment_is_confirmed() {
+    let (url, seen) = payment_service().await;
+    // A port nobody listens on: bound, then dropped.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let flow = |name: &str, url: &str, timeout: f64| {
+        format!(
+            "[flows.{name}]\ncommand = [\"sh\", \"-c\", \"echo '{{\\\"kind\\\":\\\"result\\\",\\\"payload\\\":\\\"served\\\"}}' >&3\"]\n\
+             [flows.{name}.masumi]\npayment_url = \"{url}\"\npayment_token = \"{SECRET}\"\npayment_timeout = {timeout}\n"
+        )
+    };
+    let config = format!(
+        "{CONFIG}\n{}{}{}",
+        flow("paid", &url, 30.0),
+        flow("down", &format!("http://{closed}/pay"), 30.0),
+        flow("late", &url, 0.5)
+    );
+    let api = TestApi::start(&config, flows(Arc::new(Notify::new()))).await;
+    let body = r#"{"identifier_from_purchaser": "buyer-1", "input_data": {"x": 1}}"#;
+    let (code, started) = call(
+        &api,
+        Method::POST,
+        "/mip003/paid/start_job",
+        Some(ANN),
+        Some(body),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{started}");
+    let job = started["job_id"].as_str().unwrap().to_string();
+    // The payment's fields are the service's; it was asked with the secret.
+    assert_eq!(started["blockchainIdentifier"], format!("bc-{job}"));
+    assert_eq!(started["payByTime"], 1_900_000_000);
+    assert_eq!(started["sellerVKey"], "vkey-from-the-service");
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].0, format!("Bearer {SECRET}"));
+        assert_eq!(seen[0].1["job_id"], job.as_str());
+        assert_eq!(seen[0].1["input_hash"], started["input_hash"]);
+    }
+    // Held: awaiting payment, the flow not started.
+    let held = status_until(&api, "paid", &job, Some(ANN), |s| {
+        s["status"] == "awaiting_payment"
+    })
+    .await;
+    let events = api
+        .get_with(
+            &format!("/executions/{job}/events?kinds=stdout,final,result"),
+            ANN,
+        )
+        .await;
+    assert_eq!(
+        events["events"],
+        json!([]),
+        "the flow waits for the payment"
+    );
+    // Neither the buyer nor provide_input releases the hold.
+    let hold = held["id"].as_str().unwrap();
+    let (code, body) = call(
+        &api,
+        Method::POST,
+        &format!("/executions/{job}/locks/{hold}"),
+        Some(ANN),
+        Some(r#"{"answer": true}"#),
+    )
+    .await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{body}");
+    let provide =
+        format!(r#"{{"job_id": "{job}", "status_id": "{hold}", "input_data": {{"answer": 1}}}}"#);
+    let (code, body) = call(
+        &api,
+        Method::POST,
+        "/mip003/paid/provide_input",
+        Some(ANN),
+        Some(&provide),
+    )
+    .await;
+    assert_eq!(code, StatusCode::CONFLICT, "{body}");
+    let confirm = format!(r#"{{"job_id": "{job}"}}"#);
+    for token in [None, Some(ANN), Some(ROOT)] {
+        let (code, _) = call(
+            &api,
+            Method::POST,
+            "/mip003/paid/payment",
+            token,
+            Some(&confirm),
+        )
+        .await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED, "{token:?}");
+    }
+    let (code, body) = call(
+        &api,
+        Method::POST,
+        "/mip003/echo/payment",
+        Some(SECRET),
+        Some(&confirm),
+    )
+    .await;
+    assert_eq!(
+        code,
+        StatusCode::UNAUTHORIZED,
+        "a flow without a hook: {body}"
+    );
+    // The payment service confirms: the flow runs to its end.
+    let (code, body) = call(
+        &api,
+        Method::POST,
+        "/mip003/paid/payment",
+        Some(SECRET),
+        Some(&confirm),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let done = status_until(&api, "paid", &job, Some(ANN), |s| {
+        s["status"] == "completed"
+    })
+    .await;
+    assert_eq!(done["result"], "served");
+    let (code, _) = call(
+        &api,
+        Method::POST,
+        "/mip003/paid/payment",
+        Some(SECRET),
+        Some(&confirm),
+    )
+    .await;
+    assert_eq!(code, StatusCode::CONFLICT);
+
+    // A payment service that does not answer: 502 naming it, and the job
+    // it was for is killed.
+    let (code, body) = call(
+        &api,
+        Method::POST,
+        "/mip003/down/start_job",
+        Some(ANN),
+        Some(r#"{"identifier_from_purchaser": "buyer-2"}"#),
+    )
+    .await;
+    assert_eq!(code, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("payment service"),
+        "{body}"
+    );
+    let start = Instant::now();
+    loop {
+        let list = api.get_with("/executions?flow=down", ANN).await;
+        if list["executions"][0]["status"] == "killed" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{list}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Not confirmed within payment_timeout: failed.
+    let (code, started) = call(
+        &api,
+        Method::POST,
+        "/mip003/late/start_job",
+        Some(ANN),
+        Some(r#"{"identifier_from_purchaser": "buyer-3"}"#),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{started}");
+    let job = started["job_id"].as_str().unwrap().to_string();
+    status_until(&api, "late", &job, Some(ANN), |s| s["status"] == "failed").await;
+}

@@ -391,6 +391,12 @@ pub(super) async fn answer_lock(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let row = visible(&state, &user, &fid).await?;
+    if lid == kodo_actors::hold_id(&row.fid) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "this lock holds the execution for its payment: only the payment service releases it",
+        ));
+    }
     let body: AnswerBody =
         json_body(body)?.ok_or_else(|| ApiError::bad("expected {\"answer\": ...}"))?;
     still_running(&row)?;

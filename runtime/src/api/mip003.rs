@@ -10,9 +10,9 @@
 //!
 //! Access is per flow (`[flows.NAME.masumi] access`): kodo's tokens, or
 //! `open`, where a caller without a token acts as the flow's `owner`.
-//! Payment is off: jobs never wait in `awaiting_payment`, and `start_job`
-//! says so in its payment fields (`blockchainIdentifier: "payment-off"`,
-//! times 0).
+//! Payment is off by default: jobs never wait in `awaiting_payment`, and
+//! `start_job` says so in its payment fields (`blockchainIdentifier:
+//! "payment-off"`, times 0). With a payment hook, see `payment`.
 
 use super::AppState;
 use super::auth::{User, no_token};
@@ -20,6 +20,7 @@ use super::error::{ApiError, ApiResult, json_body, json_type, query};
 use super::executions::{
     admit_and_launch, control_error, form_of, refusal, still_running, visible,
 };
+use super::payment;
 use super::types::Refusal;
 use crate::config::{MasumiAccess, MasumiSection};
 use axum::body::Bytes;
@@ -29,7 +30,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use kodo_actors::{FlowDef, Origin};
+use kodo_actors::{FlowDef, Origin, hold_id};
 use kodo_core::{Event, Kind, Meta, Status};
 use kodo_masumi::{form_elements, form_inputs, input_hash, input_schema, lock_fields};
 use kodo_store::{EventQuery, ExecutionRow};
@@ -48,6 +49,7 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
         .route("/mip003/{flow}/provide_input", post(provide_input))
         .route("/mip003/{flow}/availability", get(availability))
         .route("/mip003/{flow}/input_schema", get(schema))
+        .route("/mip003/{flow}/payment", post(super::payment::confirm))
 }
 
 /// The flow a request names and its caller: 404 for an unknown flow, 401
@@ -108,38 +110,71 @@ async fn start_job(
         None => input_data,
         Some(form) => form_inputs(form_elements(&form).unwrap_or_default(), &input_data),
     };
+    let mut job = json!({
+        "api": "mip003",
+        "identifier_from_purchaser": purchaser,
+        "input_hash": hash,
+    });
+    // With a payment hook, the job is held until its payment is confirmed.
+    let hold = payment::hold(&masumi, &purchaser, &hash);
+    if let Some(hold) = &hold {
+        job["hold"] = hold.clone();
+    }
     let origin = Origin {
         traceparent: super::executions::traceparent(&headers),
         launch: None,
-        job: Some(json!({
-            "api": "mip003",
-            "identifier_from_purchaser": purchaser,
-            "input_hash": hash,
-        })),
+        job: Some(job),
     };
     let inputs = Value::Object(inputs);
     let launched = match admit_and_launch(&state, &def, &user, inputs, origin).await? {
         Ok(launched) => launched,
         Err(refused) => return Ok(refused),
     };
-    tracing::info!(fid = %launched.fid, flow = %flow, owner = %user.name, "MIP-003 job started");
-    Ok(Json(json!({
-        "id": format!("{}-0", launched.fid),
+    let fid = launched.fid;
+    let mut answer = json!({
+        "id": format!("{fid}-0"),
         "status": "success",
-        "job_id": launched.fid,
+        "job_id": fid,
         "input_hash": hash,
         "identifierFromPurchaser": purchaser,
-        "payment": "off",
-        "blockchainIdentifier": "payment-off",
-        "payByTime": 0,
-        "submitResultTime": 0,
-        "unlockTime": 0,
-        "externalDisputeUnlockTime": 0,
         "agentIdentifier": masumi.agent_identifier,
         "sellerVKey": masumi.seller_vkey,
-    }))
-    .into_response())
+    });
+    if hold.is_none() {
+        // Payment off: the fields say so; no blockchain data is made up.
+        answer["payment"] = json!("off");
+        answer["blockchainIdentifier"] = json!("payment-off");
+        for time in PAYMENT_TIMES {
+            answer[time] = json!(0);
+        }
+    } else {
+        match payment::request(&state, &flow, &masumi, &fid, &purchaser, &hash).await {
+            Ok(fields) => {
+                answer["payment"] = json!("awaiting");
+                for (key, value) in fields {
+                    answer[key] = value;
+                }
+            }
+            Err(why) => {
+                tracing::warn!(fid = %fid, flow = %flow, error = %why, "MIP-003 job killed: no payment request");
+                if let Err(e) = state.node.kill(&fid, &why).await {
+                    tracing::warn!(fid = %fid, error = %e, "could not kill the unpaid job");
+                }
+                return Err(ApiError::new(StatusCode::BAD_GATEWAY, why));
+            }
+        }
+    }
+    tracing::info!(fid = %fid, flow = %flow, owner = %user.name, "MIP-003 job started");
+    Ok(Json(answer).into_response())
 }
+
+/// MIP-003's payment times (Unix seconds): 0 with payment off.
+const PAYMENT_TIMES: [&str; 4] = [
+    "payByTime",
+    "submitResultTime",
+    "unlockTime",
+    "externalDisputeUnlockTime",
+];
 
 /// `input_data` as an object (absent: empty), or a 400.
 fn object(name: &str, value: Option<Value>) -> ApiResult<Map<String, Value>> {
@@ -214,7 +249,7 @@ async fn job(state: &AppState, user: &User, flow: &str, job_id: &str) -> ApiResu
 }
 
 /// The job's open locks (opened, neither answered nor expired), oldest
-/// first: (lid, name, data).
+/// first: (lid, name, data). Its payment hold is one of them.
 fn open_locks(events: &[Event]) -> Vec<(String, String, Value)> {
     let payloads = |kind: Kind| {
         events
@@ -248,7 +283,8 @@ async fn status(
     Ok(Json(job_status(&job)).into_response())
 }
 
-/// A job's MIP-003 status: `running` (also while starting or paused),
+/// A job's MIP-003 status: `awaiting_payment` while held for its payment,
+/// `running` (also while starting or paused),
 /// `awaiting_input` with the oldest open lock's fields (its lock id is the
 /// status id `provide_input` names), `completed` with the `final` payload
 /// as text, or `failed` (error, killed). Other statuses' ids name the last
@@ -275,6 +311,9 @@ fn job_status(job: &Job) -> Value {
         }
         Status::Error | Status::Killed => json!({"id": id, "job_id": fid, "status": "failed"}),
         _ => match open_locks(&job.events).into_iter().next() {
+            Some((lid, ..)) if lid == hold_id(&job.row.fid) => {
+                json!({"id": lid, "job_id": fid, "status": "awaiting_payment"})
+            }
             Some((lid, name, data)) => json!({
                 "id": lid,
                 "job_id": fid,
@@ -311,7 +350,11 @@ async fn provide_input(
     let input_data = object("input_data", body.input_data)?;
     let job = job(&state, &user, &flow, &body.job_id).await?;
     still_running(&job.row)?;
-    let open = open_locks(&job.events);
+    let held = hold_id(&job.row.fid);
+    let open: Vec<_> = open_locks(&job.events)
+        .into_iter()
+        .filter(|(lid, ..)| *lid != held)
+        .collect();
     let Some((lid, name, data)) = open.iter().find(|(lid, ..)| *lid == body.status_id) else {
         let why = match open.first() {
             None => format!("job {} is not awaiting input", body.job_id),

@@ -16,6 +16,7 @@ mod health;
 mod listener;
 mod metrics;
 mod mip003;
+mod payment;
 mod stream;
 pub mod types;
 
@@ -47,6 +48,8 @@ pub struct AppState {
     health: health::Checked,
     /// Each flow's `[flows.NAME.masumi]`.
     masumi: HashMap<String, MasumiSection>,
+    /// The client of outside services (MIP-003's payment hook).
+    http: reqwest::Client,
 }
 
 /// Builds the router over a running node.
@@ -62,6 +65,7 @@ pub fn router(node: Arc<Node>, config: &Config, temporal: Option<Arc<Temporal>>)
             .iter()
             .map(|(name, flow)| (name.clone(), flow.masumi.clone()))
             .collect(),
+        http: reqwest::Client::new(),
     });
     let authed = Router::new()
         .route("/cluster", get(cluster::cluster))

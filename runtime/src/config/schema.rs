@@ -384,7 +384,7 @@ pub struct FlowSection {
 }
 
 /// `[flows.NAME.masumi]`: the flow's MIP-003 API.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MasumiSection {
     /// Who may call it: `tokens` (kodo's bearer tokens, the default) or
@@ -398,6 +398,14 @@ pub struct MasumiSection {
     pub agent_identifier: String,
     /// The seller's wallet verification key, echoed in `start_job` answers.
     pub seller_vkey: String,
+    /// The payment hook (empty: payment off): `start_job` asks this URL for
+    /// the payment's fields, and the job waits in `awaiting_payment` until
+    /// the payment service confirms it (`POST /mip003/NAME/payment`).
+    pub payment_url: String,
+    /// The secret kodo and the payment service show each other (bearer).
+    pub payment_token: String,
+    /// Seconds a job waits for its payment before it fails.
+    pub payment_timeout: f64,
 }
 
 impl Default for MasumiSection {
@@ -407,6 +415,9 @@ impl Default for MasumiSection {
             owner: "masumi".into(),
             agent_identifier: String::new(),
             seller_vkey: String::new(),
+            payment_url: String::new(),
+            payment_token: String::new(),
+            payment_timeout: 3600.0,
         }
     }
 }
@@ -471,6 +482,20 @@ impl std::fmt::Debug for TokenEntry {
             .field("token", &"***")
             .field("user", &self.user)
             .field("admin", &self.admin)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for MasumiSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MasumiSection")
+            .field("access", &self.access)
+            .field("owner", &self.owner)
+            .field("agent_identifier", &self.agent_identifier)
+            .field("seller_vkey", &self.seller_vkey)
+            .field("payment_url", &mask_url(&self.payment_url))
+            .field("payment_token", &"***")
+            .field("payment_timeout", &self.payment_timeout)
             .finish()
     }
 }

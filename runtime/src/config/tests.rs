@@ -271,6 +271,9 @@ fn debug_output_holds_no_secret() {
         [flows.x]
         command = ["a"]
         env = { API_KEY = "flow-secret" }
+        [flows.x.masumi]
+        payment_url = "http://pay:pay-url-secret@pay.example/kodo"
+        payment_token = "payment-token-secret"
         "#,
     )
     .unwrap();
@@ -284,6 +287,8 @@ fn debug_output_holds_no_secret() {
         "redis-secret",
         "token-secret",
         "flow-secret",
+        "pay-url-secret",
+        "payment-token-secret",
     ] {
         assert!(!shown.contains(secret), "{secret} in {shown}");
     }
@@ -443,4 +448,55 @@ fn a_declared_form_is_checked_and_bad_ones_name_their_element() {
         err.contains("a kodosumi app's form is its @app.enter model"),
         "{err}"
     );
+}
+
+#[test]
+fn a_flows_masumi_section_parses_and_bad_ones_name_the_key() {
+    let c = parse(
+        "[flows.x]\ncommand = [\"a\"]\n[flows.x.masumi]\naccess = \"open\"\nowner = \"buyer\"\n\
+         payment_url = \"http://127.0.0.1:9/pay\"\npayment_token = \"0123456789abcdef\"\n",
+    )
+    .unwrap();
+    let masumi = &c.flows["x"].masumi;
+    assert_eq!(masumi.access, MasumiAccess::Open);
+    assert_eq!(masumi.owner, "buyer");
+    assert_eq!(masumi.payment_timeout, 3600.0);
+    let plain = parse("[flows.x]\ncommand = [\"a\"]\n").unwrap();
+    assert_eq!(
+        plain.flows["x"].masumi.access,
+        MasumiAccess::Tokens,
+        "tokens by default"
+    );
+    let flow = "[flows.x]\ncommand = [\"a\"]\n[flows.x.masumi]\n";
+    let token = "payment_token = \"0123456789abcdef\"\n";
+    for (masumi, expected) in [
+        (
+            "access = \"public\"\n",
+            "flows.x.masumi.access: unknown variant",
+        ),
+        (
+            "owner = \" \"\n",
+            "flows.x.masumi.owner: expected a user name",
+        ),
+        ("pay = 1\n", "flows.x.masumi.pay: unknown field"),
+        (
+            &format!("payment_url = \"ftp://x\"\n{token}"),
+            "flows.x.masumi.payment_url: expected an http(s) URL",
+        ),
+        (
+            "payment_url = \"http://x\"\npayment_token = \"short\"\n",
+            "flows.x.masumi.payment_token: expected a secret of at least 16",
+        ),
+        (
+            &format!("payment_url = \"http://x\"\n{token}payment_timeout = 0\n"),
+            "flows.x.masumi.payment_timeout: expected seconds above 0",
+        ),
+    ] {
+        let err = parse(&format!("{flow}{masumi}")).unwrap_err().to_string();
+        assert!(err.contains(expected), "{masumi}: {err}");
+    }
+    let durable =
+        format!("[execution]\nmode = \"temporal\"\n{flow}payment_url = \"http://x\"\n{token}");
+    let err = parse(&durable).unwrap_err().to_string();
+    assert!(err.contains("not available in durable mode"), "{err}");
 }

@@ -1,7 +1,7 @@
 //! Checks of values that parse but cannot work; each names its key.
 
 use super::Config;
-use super::schema::TransportKind;
+use super::schema::{ExecutionMode, TransportKind};
 use std::net::SocketAddr;
 
 impl Config {
@@ -192,12 +192,40 @@ impl Config {
                     }
                 }
             }
-            let owner = &flow.masumi.owner;
+            let masumi = &flow.masumi;
+            let owner = &masumi.owner;
             if owner.trim().is_empty() || owner.trim() != owner {
                 return bad(
                     &format!("{key}.masumi.owner"),
                     "expected a user name without surrounding spaces",
                 );
+            }
+            if !masumi.payment_url.is_empty() {
+                let url = &masumi.payment_url;
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return bad(
+                        &format!("{key}.masumi.payment_url"),
+                        "expected an http(s) URL",
+                    );
+                }
+                if masumi.payment_token.len() < 16 {
+                    return bad(
+                        &format!("{key}.masumi.payment_token"),
+                        "expected a secret of at least 16 characters with payment_url",
+                    );
+                }
+                if !(masumi.payment_timeout.is_finite() && masumi.payment_timeout > 0.0) {
+                    return bad(
+                        &format!("{key}.masumi.payment_timeout"),
+                        "expected seconds above 0",
+                    );
+                }
+                if flow.mode.unwrap_or(self.execution.mode) == ExecutionMode::Temporal {
+                    return bad(
+                        &format!("{key}.masumi.payment_url"),
+                        "payment is not available in durable mode (temporal) yet",
+                    );
+                }
             }
             if !flow.form.is_empty() {
                 if flow.kodosumi.is_some() && flow.path.is_some() {

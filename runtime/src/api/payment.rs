@@ -1,0 +1,206 @@
+//! The payment hook of MIP-003 jobs (`[flows.NAME.masumi] payment_url`),
+//! off by default. With it on:
+//!
+//! 1. `start_job` launches the job held (see `kodo_actors::hold_id`): its
+//!    flow does not start, and its status is `awaiting_payment`.
+//! 2. kodo asks the payment service for the payment's fields:
+//!    `POST payment_url` (`Authorization: Bearer payment_token`) with
+//!    `{"job_id", "flow", "identifier_from_purchaser", "input_hash",
+//!    "agent_identifier"}`; it answers the MIP-003 payment fields
+//!    (`blockchainIdentifier`, `payByTime`, `submitResultTime`,
+//!    `unlockTime`, `externalDisputeUnlockTime`, and optionally
+//!    `agentIdentifier`, `sellerVKey`), which `start_job` passes on. When
+//!    it fails, the job is killed and `start_job` answers 502.
+//! 3. Once paid, the payment service confirms: `POST
+//!    /mip003/NAME/payment` with `{"job_id"}` and the same bearer secret.
+//!    The hold is answered and the flow starts. Unconfirmed after
+//!    `payment_timeout` seconds, the job fails.
+//!
+//! kodo invents no blockchain data: every payment field comes from the
+//! payment service.
+
+use super::AppState;
+use super::error::{ApiError, ApiResult, json_body};
+use super::executions::{control_error, still_running};
+use crate::config::MasumiSection;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use kodo_actors::hold_id;
+use kodo_core::{Fid, Kind, mask_url};
+use kodo_store::EventQuery;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long the payment service may take to answer.
+const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
+/// The name of a job's payment hold (its lock's name).
+pub(super) const HOLD: &str = "payment";
+
+/// The hold a job starts with when `masumi` has a payment hook.
+pub(super) fn hold(masumi: &MasumiSection, purchaser: &str, hash: &str) -> Option<Value> {
+    if masumi.payment_url.is_empty() {
+        return None;
+    }
+    Some(json!({
+        "name": HOLD,
+        "data": {"identifier_from_purchaser": purchaser, "input_hash": hash},
+        "until": kodo_core::now_ts() + masumi.payment_timeout,
+    }))
+}
+
+/// The payment fields of job `fid` from the payment service, or why not.
+pub(super) async fn request(
+    state: &AppState,
+    flow: &str,
+    masumi: &MasumiSection,
+    fid: &Fid,
+    purchaser: &str,
+    hash: &str,
+) -> Result<Map<String, Value>, String> {
+    let url = mask_url(&masumi.payment_url);
+    let body = json!({
+        "job_id": fid,
+        "flow": flow,
+        "identifier_from_purchaser": purchaser,
+        "input_hash": hash,
+        "agent_identifier": masumi.agent_identifier,
+    });
+    let answer = state
+        .http
+        .post(&masumi.payment_url)
+        .bearer_auth(&masumi.payment_token)
+        .timeout(ANSWER_WITHIN)
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| format!("payment service {url}: {}", without_url(&e)))?;
+    let status = answer.status();
+    if !status.is_success() {
+        return Err(format!("payment service {url} answered {status}"));
+    }
+    let fields: Value = answer
+        .json()
+        .await
+        .map_err(|e| format!("payment service {url}: not JSON: {}", without_url(&e)))?;
+    payment_fields(&fields).map_err(|why| format!("payment service {url}: {why}"))
+}
+
+/// A reqwest error's text without the URL (it may hold a password).
+fn without_url(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    if let Some(url) = e.url() {
+        text = text.replace(url.as_str(), "the URL");
+    }
+    text
+}
+
+/// The MIP-003 payment fields of the payment service's answer, checked.
+fn payment_fields(answer: &Value) -> Result<Map<String, Value>, String> {
+    let mut fields = Map::new();
+    match answer["blockchainIdentifier"].as_str() {
+        Some(id) if !id.is_empty() => {
+            fields.insert("blockchainIdentifier".into(), json!(id));
+        }
+        _ => return Err("no blockchainIdentifier in its answer".into()),
+    }
+    for time in [
+        "payByTime",
+        "submitResultTime",
+        "unlockTime",
+        "externalDisputeUnlockTime",
+    ] {
+        let Some(at) = answer[time].as_i64() else {
+            return Err(format!("no {time} (an integer) in its answer"));
+        };
+        fields.insert(time.into(), json!(at));
+    }
+    for optional in ["agentIdentifier", "sellerVKey"] {
+        if let Some(text) = answer[optional].as_str() {
+            fields.insert(optional.into(), json!(text));
+        }
+    }
+    Ok(fields)
+}
+
+/// `POST /mip003/{flow}/payment` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Paid {
+    job_id: String,
+}
+
+/// `POST /mip003/{flow}/payment`: the payment service confirms a job's
+/// payment; its hold is answered and its flow starts. 401 without the
+/// flow's payment secret, 404 for no such job of this flow, 409 when it
+/// does not await payment.
+pub(super) async fn confirm(
+    State(state): State<Arc<AppState>>,
+    Path(flow): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let masumi = state.masumi.get(&flow).cloned().unwrap_or_default();
+    let shown = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().strip_prefix("Bearer "))
+        .map(str::trim);
+    if masumi.payment_url.is_empty() || shown != Some(masumi.payment_token.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong payment secret (or no payment hook for this flow)",
+        ));
+    }
+    let paid: Paid = json_body(body)?.ok_or_else(|| ApiError::bad("expected {\"job_id\"}"))?;
+    let missing = || ApiError::not_found(format!("job {}", paid.job_id));
+    let fid = Fid::parse(&paid.job_id).ok_or_else(missing)?;
+    let row = match state.node.store().execution(&fid).await {
+        Ok(Some(row)) if row.flow == flow => row,
+        Ok(_) => return Err(missing()),
+        Err(e) => return Err(ApiError::internal(e)),
+    };
+    still_running(&row)?;
+    let lid = hold_id(&fid);
+    if !open(&state, &fid, &lid).await? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("job {fid} is not awaiting payment"),
+        ));
+    }
+    state
+        .node
+        .answer_lock(&fid, &lid, json!({"paid": true}))
+        .await
+        .map_err(control_error)?;
+    tracing::info!(fid = %fid, flow = %flow, "MIP-003 job paid; its flow starts");
+    Ok(Json(json!({"status": "success", "job_id": fid})).into_response())
+}
+
+/// Whether lock `lid` of `fid` is open (its `lock` stored, no `lease`).
+async fn open(state: &AppState, fid: &Fid, lid: &str) -> ApiResult<bool> {
+    let query = EventQuery {
+        after: 0,
+        limit: 10_000,
+        kinds: Some(vec![Kind::Lock, Kind::Lease]),
+    };
+    let events = state
+        .node
+        .store()
+        .events(fid, &query)
+        .await
+        .map_err(ApiError::internal)?;
+    let of = |kind: Kind| {
+        events
+            .iter()
+            .filter(move |e| e.kind == kind)
+            .any(|e| serde_json::from_str::<Value>(&e.payload).is_ok_and(|p| p["lid"] == lid))
+    };
+    Ok(of(Kind::Lock) && !of(Kind::Lease))
+}
