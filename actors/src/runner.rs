@@ -64,20 +64,12 @@ pub async fn drive(execution: Execution) -> Outcome {
     if let Err(e) = tracing::Instrument::instrument(ctx.tracer().trace(begin), launch).await {
         tracing::error!(fid = %ctx.fid(), error = %e, "could not record the launch");
     }
-    let timer = flow.timeout.map(|limit| {
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(limit).await;
-            ctx.stop(Stop::new(
-                Status::Error,
-                format!("timed out after {} s", limit.as_secs_f64()),
-            ));
-        })
-    });
-    let outcome = run(&ctx, &flow, inputs).await;
-    if let Some(timer) = timer {
-        timer.abort();
-    }
+    // A held execution (a job awaiting payment) waits before its flow
+    // starts; the flow's timeout counts from then.
+    let outcome = match crate::hold::held(&ctx).await {
+        Some(ended) => ended,
+        None => timed(&ctx, &flow, inputs).await,
+    };
     // The reason stays in the execution's own events: for a command
     // flow it holds the flow's last stderr line, which is the owner's.
     let status = match &outcome {
@@ -97,13 +89,29 @@ pub async fn drive(execution: Execution) -> Outcome {
     }
     outcome
 }
+/// Runs a flow to its outcome, ended with `error` at its timeout.
+async fn timed(ctx: &Ctx, flow: &FlowDef, inputs: Value) -> Outcome {
+    let timer = flow.timeout.map(|limit| {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(limit).await;
+            ctx.stop(Stop::new(
+                Status::Error,
+                format!("timed out after {} s", limit.as_secs_f64()),
+            ));
+        })
+    });
+    let outcome = run(ctx, flow, inputs).await;
+    if let Some(timer) = timer {
+        timer.abort();
+    }
+    outcome
+}
+
 /// Runs a flow to its outcome; a stop request ends it early. The status
 /// becomes `running` once the flow really runs (a command: once its process
 /// started).
 async fn run(ctx: &Ctx, flow: &FlowDef, inputs: Value) -> Outcome {
-    if let Some(ended) = crate::hold::held(ctx).await {
-        return ended;
-    }
     match &flow.kind {
         // Boxed: a command driver's state is large, and inline it would make
         // every Runner's task that large, also while a Rust flow waits on a lock.

@@ -420,6 +420,12 @@ async fn a_frozen_worker_that_wakes_after_its_retry_began_is_fenced_off() {
     let seqs: Vec<u64> = after.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, (1..=after.len() as u64).collect::<Vec<_>>());
     let marker = after.iter().position(|e| e["kind"] == "debug").unwrap();
+    for late in after.iter().filter(|e| !all.contains(e)) {
+        assert!(
+            late["seq"].as_u64() < after[marker]["seq"].as_u64(),
+            "only holes below the retry's marker are filled late: {late}"
+        );
+    }
     let expected: Vec<String> = (1..=30).map(|i| format!("line {i}")).collect();
     assert_eq!(
         stdout_lines(&after[marker..]),

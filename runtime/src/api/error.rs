@@ -27,6 +27,11 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
 
+    /// Whether this is a 404.
+    pub(super) fn is_not_found(&self) -> bool {
+        self.0 == StatusCode::NOT_FOUND
+    }
+
     pub(super) fn internal(e: impl std::fmt::Display) -> Self {
         tracing::error!(error = %e, "request failed");
         Self::new(

@@ -104,6 +104,20 @@ pub(super) async fn launch(
     let Some(def) = state.node.flows().get(&flow) else {
         return Err(ApiError::not_found(format!("flow {flow}")));
     };
+    // A flow sold with payment is started through MIP-003, paid (admins
+    // may still launch it, to try it).
+    let paid = state
+        .masumi
+        .get(&flow)
+        .is_some_and(|m| !m.payment_url.is_empty());
+    if paid && !user.admin {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "flow {flow} is sold with payment: start it with POST /mip003/{flow}/start_job"
+            ),
+        ));
+    }
     let body: Option<LaunchBody> = json_body(body)?;
     let inputs = match body.and_then(|b| b.inputs) {
         None => Value::Object(Default::default()),

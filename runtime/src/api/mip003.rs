@@ -156,11 +156,16 @@ async fn start_job(
                 }
             }
             Err(why) => {
+                // The details (the service's address) stay in the log and
+                // the job's own end; the caller may be anyone.
                 tracing::warn!(fid = %fid, flow = %flow, error = %why, "MIP-003 job killed: no payment request");
                 if let Err(e) = state.node.kill(&fid, &why).await {
                     tracing::warn!(fid = %fid, error = %e, "could not kill the unpaid job");
                 }
-                return Err(ApiError::new(StatusCode::BAD_GATEWAY, why));
+                return Err(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "the payment service did not answer; the job was not started",
+                ));
             }
         }
     }
@@ -206,7 +211,11 @@ struct Job {
 /// (another flow's, another user's, an execution not started as a job).
 async fn job(state: &AppState, user: &User, flow: &str, job_id: &str) -> ApiResult<Job> {
     let missing = || ApiError::not_found(format!("job {job_id}"));
-    let row = visible(state, user, job_id).await.map_err(|_| missing())?;
+    let row = match visible(state, user, job_id).await {
+        Ok(row) => row,
+        Err(e) if e.is_not_found() => return Err(missing()),
+        Err(e) => return Err(e),
+    };
     if row.flow != flow {
         return Err(missing());
     }

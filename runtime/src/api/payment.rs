@@ -13,8 +13,9 @@
 //!    it fails, the job is killed and `start_job` answers 502.
 //! 3. Once paid, the payment service confirms: `POST
 //!    /mip003/NAME/payment` with `{"job_id"}` and the same bearer secret.
-//!    The hold is answered and the flow starts. Unconfirmed after
-//!    `payment_timeout` seconds, the job fails.
+//!    The hold is answered and the flow starts; the answer (200) comes once
+//!    the release is stored, and a repeated confirmation gets it again.
+//!    Unconfirmed after `payment_timeout` seconds, the job fails.
 //!
 //! kodo invents no blockchain data: every payment field comes from the
 //! payment service.
@@ -30,12 +31,13 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kodo_actors::hold_id;
-use kodo_core::{Fid, Kind, mask_url};
+use kodo_core::{Fid, Kind, Status, mask_url};
 use kodo_store::EventQuery;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use subtle::ConstantTimeEq;
 
 /// How long the payment service may take to answer.
 const ANSWER_WITHIN: Duration = Duration::from_secs(10);
@@ -152,7 +154,9 @@ pub(super) async fn confirm(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().strip_prefix("Bearer "))
         .map(str::trim);
-    if masumi.payment_url.is_empty() || shown != Some(masumi.payment_token.as_str()) {
+    let secret = masumi.payment_token.as_bytes();
+    let right = shown.is_some_and(|shown| bool::from(shown.as_bytes().ct_eq(secret)));
+    if masumi.payment_url.is_empty() || !right {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "missing or wrong payment secret (or no payment hook for this flow)",
@@ -166,25 +170,63 @@ pub(super) async fn confirm(
         Ok(_) => return Err(missing()),
         Err(e) => return Err(ApiError::internal(e)),
     };
-    still_running(&row)?;
-    let lid = hold_id(&fid);
-    if !open(&state, &fid, &lid).await? {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!("job {fid} is not awaiting payment"),
-        ));
+    let paid = || Ok(Json(json!({"status": "success", "job_id": fid})).into_response());
+    match held(&state, &fid).await? {
+        // Confirmed before (a retried confirmation): the same answer.
+        Held::Released => return paid(),
+        Held::Expired => {
+            let why = format!("job {fid}: its payment window ended");
+            return Err(ApiError::new(StatusCode::CONFLICT, why));
+        }
+        Held::NotYet if row.status == Status::Starting => {
+            let why = format!("job {fid} is not held yet; confirm again");
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why));
+        }
+        Held::NotYet => {
+            let why = format!("job {fid} is not awaiting payment");
+            return Err(ApiError::new(StatusCode::CONFLICT, why));
+        }
+        Held::Open => {}
     }
+    still_running(&row)?;
     state
         .node
-        .answer_lock(&fid, &lid, json!({"paid": true}))
+        .answer_lock(&fid, &hold_id(&fid), json!({"paid": true}))
         .await
         .map_err(control_error)?;
+    // 200 only once the release is stored: a node that dies before cannot
+    // lose a confirmation the payment service counts as delivered.
+    let start = Instant::now();
+    while held(&state, &fid).await? != Held::Released {
+        if start.elapsed() > STORED_WITHIN {
+            let why = format!("job {fid}: the confirmation is not stored yet; confirm again");
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     tracing::info!(fid = %fid, flow = %flow, "MIP-003 job paid; its flow starts");
-    Ok(Json(json!({"status": "success", "job_id": fid})).into_response())
+    paid()
 }
 
-/// Whether lock `lid` of `fid` is open (its `lock` stored, no `lease`).
-async fn open(state: &AppState, fid: &Fid, lid: &str) -> ApiResult<bool> {
+/// How long a confirmation waits for its release to be stored.
+const STORED_WITHIN: Duration = Duration::from_secs(10);
+
+/// Where a job's hold is, as stored.
+#[derive(Debug, PartialEq)]
+enum Held {
+    /// No hold stored (yet).
+    NotYet,
+    /// Held: awaiting payment.
+    Open,
+    /// Released by a confirmation.
+    Released,
+    /// Expired unconfirmed.
+    Expired,
+}
+
+/// Where `fid`'s hold is, from its stored `lock` and `lease` events.
+async fn held(state: &AppState, fid: &Fid) -> ApiResult<Held> {
+    let lid = hold_id(fid);
     let query = EventQuery {
         after: 0,
         limit: 10_000,
@@ -200,7 +242,13 @@ async fn open(state: &AppState, fid: &Fid, lid: &str) -> ApiResult<bool> {
         events
             .iter()
             .filter(move |e| e.kind == kind)
-            .any(|e| serde_json::from_str::<Value>(&e.payload).is_ok_and(|p| p["lid"] == lid))
+            .filter_map(|e| serde_json::from_str::<Value>(&e.payload).ok())
+            .find(|p| p["lid"] == lid.as_str())
     };
-    Ok(of(Kind::Lock) && !of(Kind::Lease))
+    Ok(match (of(Kind::Lock), of(Kind::Lease)) {
+        (None, _) => Held::NotYet,
+        (Some(_), None) => Held::Open,
+        (Some(_), Some(lease)) if lease.get("result").is_some() => Held::Released,
+        (Some(_), Some(_)) => Held::Expired,
+    })
 }

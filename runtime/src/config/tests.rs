@@ -495,6 +495,11 @@ fn a_flows_masumi_section_parses_and_bad_ones_name_the_key() {
         let err = parse(&format!("{flow}{masumi}")).unwrap_err().to_string();
         assert!(err.contains(expected), "{masumi}: {err}");
     }
+    let owner_is_a_user = format!(
+        "[[auth.tokens]]\ntoken = \"0123456789\"\nuser = \"ann\"\n{flow}access = \"open\"\nowner = \"ann\"\n"
+    );
+    let err = parse(&owner_is_a_user).unwrap_err().to_string();
+    assert!(err.contains("flows.x.masumi.owner: names a user"), "{err}");
     let durable =
         format!("[execution]\nmode = \"temporal\"\n{flow}payment_url = \"http://x\"\n{token}");
     let err = parse(&durable).unwrap_err().to_string();

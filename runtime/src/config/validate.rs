@@ -1,7 +1,7 @@
 //! Checks of values that parse but cannot work; each names its key.
 
 use super::Config;
-use super::schema::{ExecutionMode, TransportKind};
+use super::schema::{ExecutionMode, MasumiAccess, TransportKind};
 use std::net::SocketAddr;
 
 impl Config {
@@ -198,6 +198,15 @@ impl Config {
                 return bad(
                     &format!("{key}.masumi.owner"),
                     "expected a user name without surrounding spaces",
+                );
+            }
+            // Anonymous callers act as the owner: it must be nobody's account.
+            if masumi.access == MasumiAccess::Open
+                && self.auth.tokens.iter().any(|t| t.user == *owner)
+            {
+                return bad(
+                    &format!("{key}.masumi.owner"),
+                    "names a user of [[auth.tokens]]: anonymous callers would act as that user",
                 );
             }
             if !masumi.payment_url.is_empty() {

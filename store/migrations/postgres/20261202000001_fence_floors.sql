@@ -9,3 +9,6 @@ CREATE TABLE fence_floors (
     floor   BIGINT NOT NULL,
     PRIMARY KEY (fid, attempt)
 );
+-- Attempts fenced before this table existed: floor 0, so their older
+-- attempts' events stay refused, as they were.
+INSERT INTO fence_floors (fid, attempt, floor) SELECT fid, attempt, 0 FROM fences;
