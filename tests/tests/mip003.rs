@@ -106,6 +106,17 @@ async fn call(
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
+/// Starts a job of `gated` as Ann, and waits until it runs (at its gate).
+async fn gated_job(api: &TestApi) -> String {
+    let body = r#"{"identifier_from_purchaser": "p"}"#;
+    let path = "/mip003/gated/start_job";
+    let (code, started) = call(api, Method::POST, path, Some(ANN), Some(body)).await;
+    assert_eq!(code, StatusCode::OK, "{started}");
+    let job = started["job_id"].as_str().unwrap().to_string();
+    status_until(api, "gated", &job, Some(ANN), |s| s["status"] == "running").await;
+    job
+}
+
 /// SHA-256 (hex) of `text`, by `sha256sum`.
 fn sha256sum(text: &str) -> String {
     use std::io::Write;
@@ -359,18 +370,7 @@ async fn a_job_walks_from_start_to_completed_and_is_an_ordinary_execution() {
 async fn a_job_killed_through_the_api_is_failed() {
     let gate = Arc::new(Notify::new());
     let api = TestApi::start(CONFIG, flows(gate)).await;
-    let body = r#"{"identifier_from_purchaser": "p1"}"#;
-    let (code, started) = call(
-        &api,
-        Method::POST,
-        "/mip003/gated/start_job",
-        Some(ANN),
-        Some(body),
-    )
-    .await;
-    assert_eq!(code, StatusCode::OK, "{started}");
-    let job = started["job_id"].as_str().unwrap().to_string();
-    status_until(&api, "gated", &job, Some(ANN), |s| s["status"] == "running").await;
+    let job = gated_job(&api).await;
     let (code, _) = call(
         &api,
         Method::POST,
@@ -491,17 +491,7 @@ async fn bad_requests_get_clear_4xx_and_store_nothing() {
     assert_eq!(code, StatusCode::NOT_FOUND);
     let (code, _) = call(&api, Method::GET, "/mip003/review/status", Some(ANN), None).await;
     assert_eq!(code, StatusCode::BAD_REQUEST);
-    let (code, started) = call(
-        &api,
-        Method::POST,
-        "/mip003/gated/start_job",
-        Some(ANN),
-        Some(r#"{"identifier_from_purchaser": "p"}"#),
-    )
-    .await;
-    assert_eq!(code, StatusCode::OK, "{started}");
-    let job = started["job_id"].as_str().unwrap().to_string();
-    status_until(&api, "gated", &job, Some(ANN), |s| s["status"] == "running").await;
+    let job = gated_job(&api).await;
     for (path, token) in [
         (format!("/mip003/review/status?job_id={job}"), Some(ANN)),
         (format!("/mip003/gated/status?job_id={job}"), Some(BOB)),
@@ -637,17 +627,7 @@ async fn availability_follows_the_nodes_readiness_and_max_running() {
         (code, body["status"].as_str()),
         (StatusCode::OK, Some("available"))
     );
-    let (code, started) = call(
-        &api,
-        Method::POST,
-        "/mip003/gated/start_job",
-        Some(ANN),
-        Some(r#"{"identifier_from_purchaser": "p"}"#),
-    )
-    .await;
-    assert_eq!(code, StatusCode::OK, "{started}");
-    let job = started["job_id"].as_str().unwrap().to_string();
-    status_until(&api, "gated", &job, Some(ANN), |s| s["status"] == "running").await;
+    let job = gated_job(&api).await;
     let (code, body) = call(&api, Method::GET, "/mip003/echo/availability", None, None).await;
     assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["status"], "unavailable");

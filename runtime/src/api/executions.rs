@@ -468,11 +468,22 @@ pub(super) fn refusal(flow: &str, refused: Refused, what: &str) -> ApiResult<Res
 /// The name and data of lock `lid` of `fid`, from its stored `lock` event;
 /// 404 when it is not open (never opened, answered or expired: its `lease`
 /// is stored), before any form code runs for an answer.
-pub(super) async fn opened_lock(
+async fn opened_lock(state: &AppState, fid: &Fid, lid: &str) -> ApiResult<(String, Value)> {
+    match stored_lock(state, fid, lid).await? {
+        (Some(lock), None) => {
+            let name = lock["name"].as_str().unwrap_or_default().to_string();
+            Ok((name, lock["data"].clone()))
+        }
+        _ => Err(ApiError::not_found(format!("open lock {lid}"))),
+    }
+}
+
+/// Lock `lid` of `fid` as stored: its `lock` and its `lease` payloads.
+pub(super) async fn stored_lock(
     state: &AppState,
     fid: &Fid,
     lid: &str,
-) -> ApiResult<(String, Value)> {
+) -> ApiResult<(Option<Value>, Option<Value>)> {
     let query = EventQuery {
         after: 0,
         limit: 10_000,
@@ -491,11 +502,5 @@ pub(super) async fn opened_lock(
             .filter_map(|e| serde_json::from_str::<Value>(&e.payload).ok())
             .find(|payload| payload["lid"] == lid)
     };
-    match (of_lid(Kind::Lock), of_lid(Kind::Lease)) {
-        (Some(lock), None) => {
-            let name = lock["name"].as_str().unwrap_or_default().to_string();
-            Ok((name, lock["data"].clone()))
-        }
-        _ => Err(ApiError::not_found(format!("open lock {lid}"))),
-    }
+    Ok((of_lid(Kind::Lock), of_lid(Kind::Lease)))
 }

@@ -22,7 +22,7 @@
 
 use super::AppState;
 use super::error::{ApiError, ApiResult, json_body};
-use super::executions::{control_error, still_running};
+use super::executions::{control_error, still_running, stored_lock};
 use crate::config::MasumiSection;
 use axum::Json;
 use axum::body::Bytes;
@@ -31,8 +31,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kodo_actors::hold_id;
-use kodo_core::{Fid, Kind, Status, mask_url};
-use kodo_store::EventQuery;
+use kodo_core::{Fid, Status, mask_url};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
@@ -226,26 +225,7 @@ enum Held {
 
 /// Where `fid`'s hold is, from its stored `lock` and `lease` events.
 async fn held(state: &AppState, fid: &Fid) -> ApiResult<Held> {
-    let lid = hold_id(fid);
-    let query = EventQuery {
-        after: 0,
-        limit: 10_000,
-        kinds: Some(vec![Kind::Lock, Kind::Lease]),
-    };
-    let events = state
-        .node
-        .store()
-        .events(fid, &query)
-        .await
-        .map_err(ApiError::internal)?;
-    let of = |kind: Kind| {
-        events
-            .iter()
-            .filter(move |e| e.kind == kind)
-            .filter_map(|e| serde_json::from_str::<Value>(&e.payload).ok())
-            .find(|p| p["lid"] == lid.as_str())
-    };
-    Ok(match (of(Kind::Lock), of(Kind::Lease)) {
+    Ok(match stored_lock(state, fid, &hold_id(fid)).await? {
         (None, _) => Held::NotYet,
         (Some(_), None) => Held::Open,
         (Some(_), Some(lease)) if lease.get("result").is_some() => Held::Released,
