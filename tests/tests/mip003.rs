@@ -106,6 +106,11 @@ async fn call(
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
+/// `POST path` as Ann with JSON text `body`.
+async fn ann_post(api: &TestApi, path: &str, body: &str) -> (StatusCode, Value) {
+    call(api, Method::POST, path, Some(ANN), Some(body)).await
+}
+
 /// Starts a job of `gated` as Ann, and waits until it runs (at its gate).
 async fn gated_job(api: &TestApi) -> String {
     let body = r#"{"identifier_from_purchaser": "p"}"#;
@@ -213,14 +218,7 @@ async fn a_job_walks_from_start_to_completed_and_is_an_ordinary_execution() {
     // start_job: the hash is MIP-004's, the payment fields say it is off.
     let body =
         format!(r#"{{"identifier_from_purchaser": "{purchaser}", "input_data": {START_INPUT}}}"#);
-    let (code, started) = call(
-        &api,
-        Method::POST,
-        "/mip003/review/start_job",
-        Some(ANN),
-        Some(&body),
-    )
-    .await;
+    let (code, started) = ann_post(&api, "/mip003/review/start_job", &body).await;
     assert_eq!(code, StatusCode::OK, "{started}");
     assert_eq!(started["status"], "success");
     assert_eq!(
@@ -274,12 +272,10 @@ async fn a_job_walks_from_start_to_completed_and_is_an_ordinary_execution() {
     let provide = |status_id: &str, input: &str| {
         format!(r#"{{"job_id": "{job}", "status_id": "{status_id}", "input_data": {input}}}"#)
     };
-    let (code, given) = call(
+    let (code, given) = ann_post(
         &api,
-        Method::POST,
         "/mip003/review/provide_input",
-        Some(ANN),
-        Some(&provide(&first, NOTE_INPUT)),
+        &provide(&first, NOTE_INPUT),
     )
     .await;
     assert_eq!(code, StatusCode::OK, "{given}");
@@ -300,33 +296,27 @@ async fn a_job_walks_from_start_to_completed_and_is_an_ordinary_execution() {
         json!([{"id": "answer", "type": "string", "name": "approve", "data": {"description": "Ship it?"}}])
     );
     let second = asked["id"].as_str().unwrap().to_string();
-    let (code, stale) = call(
+    let (code, stale) = ann_post(
         &api,
-        Method::POST,
         "/mip003/review/provide_input",
-        Some(ANN),
-        Some(&provide(&first, r#"{"answer": "yes"}"#)),
+        &provide(&first, r#"{"answer": "yes"}"#),
     )
     .await;
     assert_eq!(code, StatusCode::CONFLICT, "{stale}");
     let why = stale["error"].as_str().unwrap();
     assert!(why.contains("stale") && why.contains(&second), "{why}");
-    let (code, refused) = call(
+    let (code, refused) = ann_post(
         &api,
-        Method::POST,
         "/mip003/review/provide_input",
-        Some(ANN),
-        Some(&provide(&second, r#"{"yes": 1}"#)),
+        &provide(&second, r#"{"yes": 1}"#),
     )
     .await;
     assert_eq!(code, StatusCode::BAD_REQUEST, "{refused}");
     assert_eq!(refused["errors"], json!({"answer": ["required"]}));
-    let (code, given) = call(
+    let (code, given) = ann_post(
         &api,
-        Method::POST,
         "/mip003/review/provide_input",
-        Some(ANN),
-        Some(&provide(&second, r#"{"answer": "yes"}"#)),
+        &provide(&second, r#"{"answer": "yes"}"#),
     )
     .await;
     assert_eq!(code, StatusCode::OK, "{given}");
@@ -383,14 +373,7 @@ async fn a_job_killed_through_the_api_is_failed() {
     status_until(&api, "gated", &job, Some(ANN), |s| s["status"] == "failed").await;
     // Input for a job that ended: 409.
     let body = format!(r#"{{"job_id": "{job}", "status_id": "x", "input_data": {{}}}}"#);
-    let (code, ended) = call(
-        &api,
-        Method::POST,
-        "/mip003/gated/provide_input",
-        Some(ANN),
-        Some(&body),
-    )
-    .await;
+    let (code, ended) = ann_post(&api, "/mip003/gated/provide_input", &body).await;
     assert_eq!(code, StatusCode::CONFLICT, "{ended}");
     assert!(
         ended["error"].as_str().unwrap().contains("already ended"),
@@ -504,14 +487,7 @@ async fn bad_requests_get_clear_4xx_and_store_nothing() {
         assert_eq!(code, StatusCode::UNAUTHORIZED, "{path}: {body}");
     }
     // An execution not started as a job is no job.
-    let (code, launched) = call(
-        &api,
-        Method::POST,
-        "/flows/gated/executions",
-        Some(ANN),
-        Some("{}"),
-    )
-    .await;
+    let (code, launched) = ann_post(&api, "/flows/gated/executions", "{}").await;
     assert_eq!(code, StatusCode::CREATED);
     let plain = launched["fid"].as_str().unwrap();
     let (code, _) = call(
@@ -526,14 +502,7 @@ async fn bad_requests_get_clear_4xx_and_store_nothing() {
     // Input for a job that awaits none, and with a status id that is no lock's.
     let body =
         format!(r#"{{"job_id": "{job}", "status_id": "{job}-3", "input_data": {{"answer": 1}}}}"#);
-    let (code, body) = call(
-        &api,
-        Method::POST,
-        "/mip003/gated/provide_input",
-        Some(ANN),
-        Some(&body),
-    )
-    .await;
+    let (code, body) = ann_post(&api, "/mip003/gated/provide_input", &body).await;
     assert_eq!(code, StatusCode::CONFLICT, "{body}");
     assert!(
         body["error"]
@@ -542,14 +511,7 @@ async fn bad_requests_get_clear_4xx_and_store_nothing() {
             .contains("not awaiting input"),
         "{body}"
     );
-    let (code, body) = call(
-        &api,
-        Method::POST,
-        "/mip003/gated/provide_input",
-        Some(ANN),
-        Some(r#"{"job_id": "x"}"#),
-    )
-    .await;
+    let (code, body) = ann_post(&api, "/mip003/gated/provide_input", r#"{"job_id": "x"}"#).await;
     assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
 }
 
@@ -713,14 +675,7 @@ async fn with_a_payment_hook_a_job_waits_until_its_payment_is_confirmed() {
     );
     let api = TestApi::start(&config, flows(Arc::new(Notify::new()))).await;
     let body = r#"{"identifier_from_purchaser": "buyer-1", "input_data": {"x": 1}}"#;
-    let (code, started) = call(
-        &api,
-        Method::POST,
-        "/mip003/paid/start_job",
-        Some(ANN),
-        Some(body),
-    )
-    .await;
+    let (code, started) = ann_post(&api, "/mip003/paid/start_job", body).await;
     assert_eq!(code, StatusCode::OK, "{started}");
     let job = started["job_id"].as_str().unwrap().to_string();
     // The payment's fields are the service's; it was asked with the secret.
@@ -751,14 +706,7 @@ async fn with_a_payment_hook_a_job_waits_until_its_payment_is_confirmed() {
         "the flow waits for the payment"
     );
     // Only MIP-003 starts a paid flow (but for admins, to try it).
-    let (code, body) = call(
-        &api,
-        Method::POST,
-        "/flows/paid/executions",
-        Some(ANN),
-        Some("{}"),
-    )
-    .await;
+    let (code, body) = ann_post(&api, "/flows/paid/executions", "{}").await;
     assert_eq!(code, StatusCode::FORBIDDEN, "{body}");
     let (code, body) = call(
         &api,
@@ -771,25 +719,16 @@ async fn with_a_payment_hook_a_job_waits_until_its_payment_is_confirmed() {
     assert_eq!(code, StatusCode::CREATED, "{body}");
     // Neither the buyer nor provide_input releases the hold.
     let hold = held["id"].as_str().unwrap();
-    let (code, body) = call(
+    let (code, body) = ann_post(
         &api,
-        Method::POST,
         &format!("/executions/{job}/locks/{hold}"),
-        Some(ANN),
-        Some(r#"{"answer": true}"#),
+        r#"{"answer": true}"#,
     )
     .await;
     assert_eq!(code, StatusCode::FORBIDDEN, "{body}");
     let provide =
         format!(r#"{{"job_id": "{job}", "status_id": "{hold}", "input_data": {{"answer": 1}}}}"#);
-    let (code, body) = call(
-        &api,
-        Method::POST,
-        "/mip003/paid/provide_input",
-        Some(ANN),
-        Some(&provide),
-    )
-    .await;
+    let (code, body) = ann_post(&api, "/mip003/paid/provide_input", &provide).await;
     assert_eq!(code, StatusCode::CONFLICT, "{body}");
     let confirm = format!(r#"{{"job_id": "{job}"}}"#);
     for token in [None, Some(ANN), Some(ROOT)] {
@@ -850,12 +789,10 @@ async fn with_a_payment_hook_a_job_waits_until_its_payment_is_confirmed() {
 
     // A payment service that does not answer: 502 naming it, and the job
     // it was for is killed.
-    let (code, body) = call(
+    let (code, body) = ann_post(
         &api,
-        Method::POST,
         "/mip003/down/start_job",
-        Some(ANN),
-        Some(r#"{"identifier_from_purchaser": "buyer-2"}"#),
+        r#"{"identifier_from_purchaser": "buyer-2"}"#,
     )
     .await;
     assert_eq!(code, StatusCode::BAD_GATEWAY, "{body}");
@@ -873,12 +810,10 @@ async fn with_a_payment_hook_a_job_waits_until_its_payment_is_confirmed() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Not confirmed within payment_timeout: failed.
-    let (code, started) = call(
+    let (code, started) = ann_post(
         &api,
-        Method::POST,
         "/mip003/late/start_job",
-        Some(ANN),
-        Some(r#"{"identifier_from_purchaser": "buyer-3"}"#),
+        r#"{"identifier_from_purchaser": "buyer-3"}"#,
     )
     .await;
     assert_eq!(code, StatusCode::OK, "{started}");
