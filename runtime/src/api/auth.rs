@@ -12,6 +12,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::collections::HashMap;
 use std::sync::Arc;
+use subtle::ConstantTimeEq;
 
 /// The caller, resolved from its bearer token.
 #[derive(Clone, Debug)]
@@ -56,33 +57,114 @@ impl Tokens {
     /// tokens configured, the admin `local`.
     pub(super) fn caller(&self, headers: &header::HeaderMap) -> Option<User> {
         if self.0.is_empty() {
-            return Some(User {
-                name: "local".into(),
-                admin: true,
-            });
+            return Some(local());
         }
         headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .and_then(|(_, token)| self.0.get(token.trim()).cloned())
+            .and_then(|(_, token)| self.user_of(token.trim()))
+    }
+
+    /// The user of `token`.
+    pub(super) fn user_of(&self, token: &str) -> Option<User> {
+        self.0.get(token).cloned()
+    }
+
+    /// Whether no token is configured (every caller is `local`).
+    pub(super) fn none(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
-/// Resolves the caller, or answers 401.
+/// The admin every caller is when no token is configured.
+fn local() -> User {
+    User {
+        name: "local".into(),
+        admin: true,
+    }
+}
+
+/// The panel's session cookie: the user's token, HttpOnly, SameSite=Strict.
+pub(super) const SESSION_COOKIE: &str = "kodo_session";
+
+/// The token in a request's session cookie.
+pub(super) fn session_token(headers: &header::HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value)
+        .filter(|value| !value.is_empty())
+}
+
+/// The header a session's state-changing requests carry: see
+/// [`kodo_panel::csrf_of`].
+pub(super) const CSRF_HEADER: &str = "x-kodo-csrf";
+
+/// Why a request a browser may have sent from another site is refused:
+/// its `Origin` is not this host's (any request that changes state), or,
+/// with the session cookie, it lacks the session's CSRF token.
+pub(super) fn cross_site(request: &Request, session: Option<&str>) -> Option<&'static str> {
+    if request.method().is_safe() {
+        return None;
+    }
+    let headers = request.headers();
+    if !same_origin(headers) {
+        return Some("cross-site request refused: its Origin is not this host");
+    }
+    if let Some(secret) = session {
+        let shown = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
+        let expected = kodo_panel::csrf_of(secret);
+        if !shown.is_some_and(|shown| bool::from(shown.as_bytes().ct_eq(expected.as_bytes()))) {
+            return Some("cross-site request refused: no valid X-Kodo-Csrf header");
+        }
+    }
+    None
+}
+
+/// Whether the request's `Origin` (when a browser sent one) names this
+/// host (`Host`); "null" (a sandboxed or opaque origin) does not.
+pub(super) fn same_origin(headers: &header::HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let origin_host = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
+}
+
+/// Resolves the caller (a bearer token, or the panel's session cookie),
+/// or answers 401; refuses a state-changing request a browser sent from
+/// another site (403).
 pub(super) async fn authenticate(
     State(state): State<Arc<AppState>>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    match state.tokens.caller(request.headers()) {
-        Some(user) => {
-            request.extensions_mut().insert(user);
-            next.run(request).await
-        }
-        None => unauthorized(),
+    let bearer = request.headers().contains_key(header::AUTHORIZATION);
+    let (user, session) = match state.tokens.caller(request.headers()) {
+        Some(user) => (Some(user), None),
+        None if bearer => (None, None),
+        None => match session_token(request.headers()) {
+            Some(token) => (state.tokens.user_of(token), Some(token.to_string())),
+            None => (None, None),
+        },
+    };
+    let Some(user) = user else {
+        return unauthorized();
+    };
+    if !bearer && let Some(why) = cross_site(&request, session.as_deref()) {
+        return ApiError::new(StatusCode::FORBIDDEN, why).into_response();
     }
+    request.extensions_mut().insert(user);
+    next.run(request).await
 }
 
 /// The 401 of a request without a known token.

@@ -289,6 +289,55 @@ pub(super) async fn get_events(
     }))
 }
 
+/// `GET /executions/{fid}/events.jsonl`: every stored event, one JSON
+/// object per line (`{"seq", "ts", "kind", "payload"}`), as a download.
+pub(super) async fn download_events(
+    State(state): State<Arc<AppState>>,
+    user: User,
+    Path(fid): Path<String>,
+) -> ApiResult<Response> {
+    let row = visible(&state, &user, &fid).await?;
+    let store = state.node.store().clone();
+    let fid = row.fid.clone();
+    // Pages of 10,000 events, read as the download goes.
+    let pages = futures::stream::unfold(Some(0u64), move |after| {
+        let (store, fid) = (store.clone(), fid.clone());
+        async move {
+            let after = after?;
+            let query = EventQuery {
+                after,
+                limit: 10_000,
+                kinds: None,
+            };
+            match store.events(&fid, &query).await {
+                Ok(events) => {
+                    let next = (events.len() == 10_000).then(|| events.last().map(|e| e.seq));
+                    let mut text = String::new();
+                    for event in &events {
+                        let line =
+                            serde_json::to_string(&EventView::from(event)).unwrap_or_default();
+                        text.push_str(&line);
+                        text.push('\n');
+                    }
+                    Some((Ok::<_, std::io::Error>(text), next.flatten()))
+                }
+                Err(e) => Some((Err(std::io::Error::other(e.to_string())), None)),
+            }
+        }
+    });
+    let mut response = axum::body::Body::from_stream(pages).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/x-ndjson"),
+    );
+    let disposition = format!("attachment; filename=\"{}.jsonl\"", row.fid);
+    if let Ok(value) = axum::http::HeaderValue::from_str(&disposition) {
+        headers.insert(axum::http::header::CONTENT_DISPOSITION, value);
+    }
+    Ok(response)
+}
+
 /// `POST /executions/{fid}/kill`.
 pub(super) async fn kill(
     State(state): State<Arc<AppState>>,

@@ -6,7 +6,8 @@
 //! answers, parsing what clients send), [`types`] (every request and
 //! response body), `executions` (the execution routes), `stream` (SSE),
 //! `health`, `metrics`, `cluster` (the nodes), `mip003` (Masumi's agentic
-//! service API, per flow), and the TCP [`ApiListener`].
+//! service API, per flow), `panel` (the web panel's page and session), and
+//! the TCP [`ApiListener`].
 
 mod auth;
 mod cluster;
@@ -16,6 +17,7 @@ mod health;
 mod listener;
 mod metrics;
 mod mip003;
+mod panel;
 mod payment;
 mod stream;
 pub mod types;
@@ -76,6 +78,13 @@ pub fn router(node: Arc<Node>, config: &Config, temporal: Option<Arc<Temporal>>)
         .route("/executions", get(executions::list_executions))
         .route("/executions/{fid}", get(executions::get_execution))
         .route("/executions/{fid}/events", get(executions::get_events))
+        .route(
+            "/executions/{fid}/events.jsonl",
+            get(executions::download_events),
+        )
+        .route("/panel/session", get(panel::session))
+        .route("/panel/logout", post(panel::logout))
+        .route("/panel/render", post(panel::render))
         .route("/executions/{fid}/stream", get(stream::stream))
         .route("/executions/{fid}/kill", post(executions::kill))
         .route("/executions/{fid}/durable", get(executions::durable))
@@ -90,6 +99,9 @@ pub fn router(node: Arc<Node>, config: &Config, temporal: Option<Arc<Temporal>>)
             auth::authenticate,
         ));
     Router::new()
+        .route("/", get(panel::page))
+        .route("/panel/assets/{name}", get(panel::asset))
+        .route("/panel/login", post(panel::login))
         .route("/health", get(health::health))
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
@@ -98,5 +110,6 @@ pub fn router(node: Arc<Node>, config: &Config, temporal: Option<Arc<Temporal>>)
         .fallback(|| async { ApiError::not_found("route") })
         .layer(DefaultBodyLimit::max(config.api.max_body_bytes))
         .layer(middleware::map_response(error::json_errors))
+        .layer(middleware::from_fn(panel::security_headers))
         .with_state(state)
 }

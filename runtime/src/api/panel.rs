@@ -1,0 +1,186 @@
+//! The web panel's routes: the page (`/`), its assets, and its session.
+//!
+//! - `GET /`: the page (every panel address is a fragment of it);
+//!   `GET /panel/assets/{name}`: its script and style sheet. No token
+//!   needed: they hold no data.
+//! - `POST /panel/login` `{"token"}`: sets the session cookie (the token,
+//!   HttpOnly, SameSite=Strict) and answers `{"user", "admin", "csrf"}`.
+//! - `GET /panel/session`: the same answer for a valid session (401 else);
+//!   `POST /panel/logout` clears the cookie.
+//! - `POST /panel/render` `{"markdown"}` or `{"html"}`: `{"html"}`, sanitized.
+//!
+//! The rest of the API takes the cookie as it takes a bearer token; a
+//! state-changing request with it must carry the session's CSRF token
+//! (`X-Kodo-Csrf`), and no request may come from another origin (see
+//! `auth::authenticate`). Every answer carries the security headers
+//! ([`security_headers`]).
+
+use super::AppState;
+use super::auth::{SESSION_COOKIE, User, same_origin, session_token};
+use super::error::{ApiError, ApiResult, json_body};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+
+/// How long a panel session lasts (its cookie's Max-Age).
+const SESSION_SECONDS: u64 = 12 * 3600;
+
+/// `GET /`: the panel's page.
+pub(super) async fn page() -> Response {
+    let mut response = kodo_panel::INDEX_HTML.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    response
+}
+
+/// `GET /panel/assets/{name}`.
+pub(super) async fn asset(Path(name): Path<String>) -> ApiResult<Response> {
+    let (content_type, text) =
+        kodo_panel::asset(&name).ok_or_else(|| ApiError::not_found(format!("asset {name}")))?;
+    let mut response = text.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(response)
+}
+
+/// `POST /panel/login` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Login {
+    token: String,
+}
+
+/// `POST /panel/login`: a known token opens a session (its cookie).
+pub(super) async fn login(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    if !same_origin(&headers) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "cross-site request refused: its Origin is not this host",
+        ));
+    }
+    let login: Login = json_body(body)?.ok_or_else(|| ApiError::bad("expected {\"token\"}"))?;
+    if state.tokens.none() {
+        // No tokens: everyone is the admin `local`, no session needed.
+        return Ok(Json(session_of(&local_user(), "")).into_response());
+    }
+    let Some(user) = state.tokens.user_of(login.token.trim()) else {
+        tracing::info!("panel login refused: unknown token");
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unknown token"));
+    };
+    let token = login.token.trim();
+    if !token
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && b != b';' && b != b'"')
+    {
+        return Err(ApiError::bad(
+            "this token cannot be kept in a cookie (spaces, ';' or '\"'): use it as a bearer token",
+        ));
+    }
+    tracing::info!(user = %user.name, "panel login");
+    let cookie = format!(
+        "{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECONDS}"
+    );
+    let mut response = Json(session_of(&user, token)).into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&cookie)
+            .map_err(|_| ApiError::bad("token not usable in a cookie"))?,
+    );
+    Ok(response)
+}
+
+/// The admin every caller is without tokens.
+fn local_user() -> User {
+    User {
+        name: "local".into(),
+        admin: true,
+    }
+}
+
+/// What the page knows of its session: who, and its CSRF token.
+fn session_of(user: &User, secret: &str) -> serde_json::Value {
+    json!({"user": user.name, "admin": user.admin, "csrf": kodo_panel::csrf_of(secret)})
+}
+
+/// `GET /panel/session`: the session of the cookie (or bearer token).
+pub(super) async fn session(
+    State(state): State<Arc<AppState>>,
+    user: User,
+    headers: HeaderMap,
+) -> Json<serde_json::Value> {
+    let secret = if state.tokens.none() {
+        ""
+    } else {
+        session_token(&headers).unwrap_or_default()
+    };
+    Json(session_of(&user, secret))
+}
+
+/// `POST /panel/logout`: clears the session cookie.
+pub(super) async fn logout(user: User) -> Response {
+    tracing::info!(user = %user.name, "panel logout");
+    let mut response = Json(json!({"logged_out": true})).into_response();
+    let cookie = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+/// `POST /panel/render` body: one of the two.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Render {
+    markdown: Option<String>,
+    html: Option<String>,
+}
+
+/// `POST /panel/render`: markdown or HTML as sanitized HTML.
+pub(super) async fn render(
+    _user: User,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let render: Render =
+        json_body(body)?.ok_or_else(|| ApiError::bad("expected {\"markdown\"} or {\"html\"}"))?;
+    let html = match (render.markdown, render.html) {
+        (Some(text), None) => kodo_panel::markdown_html(&text),
+        (None, Some(html)) => kodo_panel::clean_html(&html),
+        _ => return Err(ApiError::bad("expected {\"markdown\"} or {\"html\"}")),
+    };
+    Ok(Json(json!({ "html": html })))
+}
+
+/// Adds the security headers to every answer: the panel's CSP, no
+/// sniffing, no framing, no referrer.
+pub(super) async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(kodo_panel::CSP),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
+}
