@@ -767,3 +767,76 @@ async fn a_flows_form_is_shown_and_checks_launches_before_anything_is_stored() {
     assert_eq!(inputs.data, r#"{"name":"ann","times":2.0}"#);
     api.running.shutdown("test over").await;
 }
+
+/// Without tokens every caller is the admin `local`, so a page of another
+/// origin in the user's browser must not be able to change anything: a
+/// state-changing request whose `Origin` is not this host is refused.
+#[tokio::test]
+async fn without_tokens_a_request_from_another_origin_is_refused() {
+    let api = TestApi::start("", rust_flows()).await;
+    let from = |origin: Option<&str>| {
+        let mut request = api
+            .req(Method::POST, "/flows/count/executions", None)
+            .json(&json!({}));
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        request.send()
+    };
+    let refused = from(Some("http://evil.example")).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let body: Value = refused.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("cross-site"),
+        "{body}"
+    );
+    let page = format!("http://{}", api.base.trim_start_matches("http://"));
+    assert_eq!(
+        from(Some(&page)).await.unwrap().status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(from(None).await.unwrap().status(), StatusCode::CREATED);
+    let listed = api.get("/executions").await;
+    assert_eq!(listed["executions"].as_array().unwrap().len(), 2);
+}
+
+/// `GET /executions/{fid}/events.jsonl`: every event, one JSON object per
+/// line, as a download; only for those who may see the execution.
+#[tokio::test]
+async fn events_download_as_json_lines() {
+    let api = start().await;
+    let fid = launch(&api, "count", ANN, json!({"n": 3})).await;
+    let events = follow(&api, &fid, ANN).await;
+    let response = api
+        .req(
+            Method::GET,
+            &format!("/executions/{fid}/events.jsonl"),
+            Some(ANN),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+    let disposition = response.headers()["content-disposition"].to_str().unwrap();
+    assert_eq!(disposition, format!("attachment; filename=\"{fid}.jsonl\""));
+    let text = response.text().await.unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), events.len());
+    let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=lines.len() as u64).collect::<Vec<_>>());
+    assert_eq!(lines.last().unwrap()["payload"], "finished");
+    let other = api
+        .req(
+            Method::GET,
+            &format!("/executions/{fid}/events.jsonl"),
+            Some(BOB),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), StatusCode::NOT_FOUND);
+}
