@@ -20,7 +20,7 @@ const BOB: &str = "token-of-bob-0123";
 /// one whose results hold markup that must not run.
 fn config(dir: &Path) -> PathBuf {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let xss = r##"printf '%s\n' '{"kind":"result","payload":"<script>window.pwned=1</script><img src=x onerror=\"window.pwned=5\">"}' >&3; printf '%s\n' '{"kind":"result","payload":{"Markdown":{"body":"# Report\n\n<img src=x onerror=\"window.pwned=2\"> **bold**"}}}' >&3; printf '%s\n' '{"kind":"result","payload":{"HTML":{"body":"<i>html</i><script>window.pwned=3</script><img src=x onerror=window.pwned=4>"}}}' >&3"##;
+    let xss = r##"printf '%s\n' '{"kind":"result","payload":"<script>window.pwned=1</script><img src=x onerror=\"window.pwned=5\">"}' >&3; printf '%s\n' '{"kind":"result","payload":{"Markdown":{"body":"# Report\n\n<img src=x onerror=\"window.pwned=2\"> **bold** [link](javascript:window.pwned=6)"}}}' >&3; printf '%s\n' '{"kind":"result","payload":{"HTML":{"body":"<i>html</i><script>window.pwned=3</script><img src=x onerror=window.pwned=4>"}}}' >&3"##;
     write_config(
         dir,
         &format!(
@@ -311,7 +311,7 @@ async fn a_user_launches_watches_answers_and_kills_in_the_browser() {
     until_js(&b, "the text", "document.getElementById('results').textContent.includes('<script>window.pwned=1</script>')").await;
     // Images that failed to load had their chance to fire onerror.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let pwned = b.execute("return window.pwned === undefined && !document.querySelector('#results script, #results [onerror]');", vec![]).await.unwrap();
+    let pwned = b.execute("return window.pwned === undefined && !document.querySelector('#results script, #results [onerror], #results a[href^=\"javascript:\"]');", vec![]).await.unwrap();
     assert_eq!(
         pwned,
         Value::Bool(true),
@@ -353,11 +353,26 @@ async fn a_user_launches_watches_answers_and_kills_in_the_browser() {
     screenshot(&b, "phone-execution").await;
     b.set_window_size(1280, 1000).await.unwrap();
 
-    // Logging out ends the session.
+    // Logging out ends the session: after a reload, the login page again,
+    // and the session route says 401.
     find(&b, "#logout").await.click().await.unwrap();
     find(&b, "#login").await;
     b.goto(&format!("{base}/#/flows")).await.unwrap();
-    find(&b, "#login").await;
+    b.refresh().await.unwrap();
+    until_js(
+        &b,
+        "the login page",
+        "location.hash === '#/login' && document.getElementById('login')",
+    )
+    .await;
+    let session = b
+        .execute_async(
+            "const done = arguments[0]; fetch('/panel/session').then((r) => done(r.status));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(session, json!(401));
     b.close().await.unwrap();
     assert_eq!(terminate(&mut node).await, 0);
 }
@@ -429,7 +444,7 @@ async fn users_are_kept_apart_and_cross_site_posts_are_refused() {
     until_js(
         &b,
         "kodo's answer",
-        "document.body.textContent.includes('cross-site request refused')",
+        "document.body.textContent.includes('cross-site request refused: its Origin is not this host')",
     )
     .await;
     screenshot(&b, "cross-site-refused").await;
@@ -446,8 +461,31 @@ async fn users_are_kept_apart_and_cross_site_posts_are_refused() {
 
     // The cookie without the session's CSRF token is refused too; with it,
     // from this origin, the same request works.
-    let session = format!("kodo_session={BOB}");
     let http = reqwest::Client::new();
+    let login = http
+        .post(format!("{base}/panel/login"))
+        .json(&json!({"token": BOB}))
+        .send()
+        .await
+        .unwrap();
+    let set = login.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    assert!(
+        !set.contains(BOB),
+        "the cookie holds a signed session, not the token"
+    );
+    let session = set.split(';').next().unwrap().to_string();
+    // The token itself as the cookie is no session.
+    let raw = http
+        .get(format!("{base}/panel/session"))
+        .header("cookie", format!("kodo_session={BOB}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status().as_u16(), 401);
     let launch = |csrf: Option<String>| {
         let mut request = http
             .post(format!("{base}/flows/hello/executions"))

@@ -7,6 +7,7 @@
 const main = () => document.getElementById('main');
 let session = null; // {user, admin, csrf}
 let leaving = []; // what to stop when the page changes (timers, streams)
+let shown = 0; // the page being shown: a page still loading for an older one draws nothing
 
 // An element with attributes and children (strings become text nodes).
 function el(tag, attrs, ...children) {
@@ -30,6 +31,12 @@ function el(tag, attrs, ...children) {
 
 function show(...nodes) {
   main().replaceChildren(...nodes.flat());
+}
+
+// Shows `nodes` only if page `page` is still the one asked for.
+function showFor(page, ...nodes) {
+  if (page === shown) show(...nodes);
+  return page === shown;
 }
 
 // A call to kodo's API; a 401 sends the browser to the login page.
@@ -91,12 +98,12 @@ function loginPage() {
 
 // ---- flows ----
 
-async function flowsPage() {
+async function flowsPage(page) {
   const { data } = await api('GET', '/flows');
   const cards = data.flows.map((f) => el('div', { class: 'card flow', 'data-flow': f.name },
     el('h2', {}, el('a', { href: `#/flows/${encodeURIComponent(f.name)}` }, f.name)),
     el('p', { class: 'muted' }, f.description || `a ${f.kind} flow`)));
-  show(el('h1', {}, 'Flows'), cards.length ? cards : el('p', {}, 'No flows.'));
+  showFor(page, el('h1', {}, 'Flows'), cards.length ? cards : el('p', {}, 'No flows.'));
 }
 
 // Form fields from Kodosumi-shaped elements; returns [nodes, read()].
@@ -139,9 +146,12 @@ function formFields(elements, rendered) {
       }
       case 'select': {
         const select = el('select', { name, id: `f-${name}` },
-          (element.option || []).map((o) => el('option', { value: o.name, selected: o.value === true }, o.label || o.name)));
+          element.required === true ? null : el('option', { value: '' }, '—'),
+          (element.option || []).map((o) => el('option', {
+            value: o.name, selected: o.value === true || element.value === o.name,
+          }, o.label || o.name)));
         nodes.push(el('label', {}, label, select));
-        readers.push((out) => { out[name] = select.value; });
+        readers.push((out) => { if (select.value !== '') out[name] = select.value; });
         break;
       }
       default: break; // submit, cancel, break, hr: the form's own button stands in
@@ -156,9 +166,9 @@ async function renderInto(box, kind, text) {
   else box.textContent = text;
 }
 
-async function flowPage(name) {
+async function flowPage(page, name) {
   const result = await api('GET', `/flows/${encodeURIComponent(name)}`);
-  if (!result.ok) { show(el('h1', {}, name), problem(result)); return; }
+  if (!result.ok) { showFor(page, el('h1', {}, name), problem(result)); return; }
   const flow = result.data;
   const out = el('div');
   const rendered = [];
@@ -180,7 +190,7 @@ async function flowPage(name) {
     if (!launched.ok) { out.replaceChildren(problem(launched)); return; }
     location.hash = `#/executions/${launched.data.fid}`;
   });
-  show(el('h1', {}, flow.name), el('p', { class: 'muted' }, flow.description || ''), form);
+  if (!showFor(page, el('h1', {}, flow.name), el('p', { class: 'muted' }, flow.description || ''), form)) return;
   for (const [box, kind, text] of rendered) renderInto(box, kind === 'html' ? 'html' : 'markdown', text);
 }
 
@@ -191,7 +201,7 @@ function hashQuery() {
   return new URLSearchParams(query);
 }
 
-async function executionsPage() {
+async function executionsPage(page) {
   const query = hashQuery();
   const status = el('select', { id: 'filter-status' },
     ['', 'starting', 'running', 'awaiting', 'paused', 'finished', 'error', 'killed']
@@ -210,11 +220,11 @@ async function executionsPage() {
   flow.addEventListener('change', apply);
   const body = el('tbody');
   const pager = el('div', { class: 'pager' });
-  show(el('h1', {}, 'Executions'),
+  if (!showFor(page, el('h1', {}, 'Executions'),
     el('div', { class: 'filters' }, el('label', {}, 'Status', status), el('label', {}, 'Flow', flow)),
     el('div', { class: 'table' }, el('table', { id: 'executions' },
       el('thead', {}, el('tr', {}, ['Execution', 'Flow', 'Status', 'Owner', 'Launched'].map((h) => el('th', {}, h)))),
-      body)), pager);
+      body)), pager)) return;
   const load = async () => {
     const params = new URLSearchParams({ limit: '25' });
     for (const key of ['status', 'flow', 'cursor']) if (query.get(key)) params.set(key, query.get(key));
@@ -236,6 +246,7 @@ async function executionsPage() {
     pager.replaceChildren(...links);
   };
   await load();
+  if (page !== shown) return;
   const timer = setInterval(() => load().catch(() => {}), 2000);
   leaving.push(() => clearInterval(timer));
 }
@@ -260,9 +271,10 @@ function resultBox(kind, payload) {
   return box;
 }
 
-async function executionPage(fid) {
-  const got = await api('GET', `/executions/${fid}`);
-  if (!got.ok) { show(el('h1', {}, 'Execution'), problem(got)); return; }
+async function executionPage(page, fid) {
+  const at = `/executions/${encodeURIComponent(fid)}`;
+  const got = await api('GET', at);
+  if (!got.ok) { showFor(page, el('h1', {}, 'Execution'), problem(got)); return; }
   const row = got.data;
   const badge = el('span', { id: 'status' }, statusBadge(row.status));
   const facts = el('dl', { class: 'facts' },
@@ -273,17 +285,17 @@ async function executionPage(fid) {
   const notice = el('div');
   const kill = el('button', { type: 'button', class: 'danger', id: 'kill' }, 'Kill');
   kill.addEventListener('click', async () => {
-    const result = await api('POST', `/executions/${fid}/kill`);
+    const result = await api('POST', `${at}/kill`);
     notice.replaceChildren(result.ok ? el('p', { class: 'muted' }, 'Killing…') : problem(result));
   });
   const actions = el('div', { class: 'actions' }, kill,
-    el('a', { href: `/executions/${fid}/events.jsonl`, download: `${fid}.jsonl`, id: 'download' }, 'Download events (JSON lines)'));
-  const durable = await api('GET', `/executions/${fid}/durable`);
+    el('a', { href: `${at}/events.jsonl`, download: `${fid}.jsonl`, id: 'download' }, 'Download events (JSON lines)'));
+  const durable = await api('GET', `${at}/durable`);
   if (durable.ok) {
     for (const [label, verb] of [['Pause', 'pause'], ['Resume', 'resume']]) {
       const button = el('button', { type: 'button', class: 'quiet', id: verb }, label);
       button.addEventListener('click', async () => {
-        const result = await api('POST', `/executions/${fid}/${verb}`);
+        const result = await api('POST', `${at}/${verb}`);
         notice.replaceChildren(result.ok ? el('p', { class: 'muted' }, `${label} asked.`) : problem(result));
       });
       actions.append(button);
@@ -292,8 +304,8 @@ async function executionPage(fid) {
   const locks = el('div', { id: 'locks' });
   const results = el('div', { class: 'results', id: 'results' });
   const log = el('pre', { class: 'log', id: 'log' });
-  show(el('h1', {}, row.flow, ' ', badge), facts, actions, notice, locks,
-    el('h2', {}, 'Results'), results, el('h2', {}, 'Output'), log);
+  if (!showFor(page, el('h1', {}, row.flow, ' ', badge), facts, actions, notice, locks,
+    el('h2', {}, 'Results'), results, el('h2', {}, 'Output'), log)) return;
 
   const setStatus = (status) => {
     badge.replaceChildren(statusBadge(status));
@@ -301,9 +313,11 @@ async function executionPage(fid) {
   };
   setStatus(row.status);
   const openLocks = new Map();
-  const stream = new EventSource(`/executions/${fid}/stream`);
+  const stream = new EventSource(`${at}/stream`);
   leaving.push(() => stream.close());
   const on = (kind, fn) => stream.addEventListener(kind, (event) => {
+    // The stream's own `error` (a dropped connection) is no kodo event.
+    if (!(event instanceof MessageEvent)) return;
     let payload = null;
     try { payload = JSON.parse(event.data); } catch (_) { payload = event.data; }
     fn(payload);
@@ -322,13 +336,18 @@ async function executionPage(fid) {
       results.append(box);
     });
   }
-  on('error', (payload) => { if (payload !== null) results.append(el('div', { class: 'result error' }, String(payload))); });
+  on('error', (payload) => results.append(el('div', { class: 'result error' },
+    typeof payload === 'string' ? payload : JSON.stringify(payload))));
   on('status', (status) => {
     setStatus(status);
     if (['finished', 'error', 'killed'].includes(status)) stream.close();
   });
   on('lock', (lock) => {
-    const box = lockForm(fid, lock);
+    // kodo's own hold (a MIP-003 job awaiting payment): no one answers it here.
+    const box = lock.lid.startsWith('hold-')
+      ? el('section', { class: 'lock' }, el('h2', {}, 'Awaiting payment'),
+        el('p', { class: 'muted' }, 'The flow starts once its payment service confirms the payment.'))
+      : lockForm(fid, lock);
     openLocks.set(lock.lid, box);
     locks.append(box);
   });
@@ -358,7 +377,7 @@ function lockForm(fid, lock) {
     el('button', { type: 'submit' }, 'Answer'), out);
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
-    const result = await api('POST', `/executions/${fid}/locks/${encodeURIComponent(lock.lid)}`, { answer: read() });
+    const result = await api('POST', `/executions/${encodeURIComponent(fid)}/locks/${encodeURIComponent(lock.lid)}`, { answer: read() });
     out.replaceChildren(result.ok ? el('p', { class: 'muted' }, 'Answered.') : problem(result));
   });
   for (const [box, kind, text] of rendered) renderInto(box, kind === 'html' ? 'html' : 'markdown', text);
@@ -370,6 +389,7 @@ function lockForm(fid, lock) {
 async function route() {
   for (const stop of leaving) stop();
   leaving = [];
+  const page = ++shown;
   const hash = location.hash || '#/flows';
   const path = hash.slice(1).split('?')[0];
   if (!session) {
@@ -386,10 +406,10 @@ async function route() {
   }
   const parts = path.split('/').filter(Boolean).map(decodeURIComponent);
   try {
-    if (parts[0] === 'flows' && parts[1]) await flowPage(parts[1]);
-    else if (parts[0] === 'executions' && parts[1]) await executionPage(parts[1]);
-    else if (parts[0] === 'executions') await executionsPage();
-    else await flowsPage();
+    if (parts[0] === 'flows' && parts[1]) await flowPage(page, parts[1]);
+    else if (parts[0] === 'executions' && parts[1]) await executionPage(page, parts[1]);
+    else if (parts[0] === 'executions') await executionsPage(page);
+    else await flowsPage(page);
   } catch (e) {
     if (e.message !== 'not logged in') show(el('div', { class: 'notice' }, String(e.message || e)));
   }

@@ -4,6 +4,7 @@
 //! the sanitizing of what an execution shows (markdown and HTML results
 //! become HTML without scripts, event handlers or outside resources).
 
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 
 /// The page every panel address serves (`/`): it loads [`APP_JS`] and
@@ -32,16 +33,70 @@ pub fn asset(name: &str) -> Option<(&'static str, &'static str)> {
 }
 
 /// The token a session's state-changing requests carry (`X-Kodo-Csrf`):
-/// derived from the session's secret, so a page of another origin, which
+/// derived from the session's cookie, so a page of another origin, which
 /// cannot read it, cannot send it.
 pub fn csrf_of(secret: &str) -> String {
     let mut hasher = Sha256::new();
     hasher.update(b"kodo-panel-csrf;");
     hasher.update(secret.as_bytes());
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
+    hex(&hasher.finalize())
+}
+
+/// The panel's session cookie's value for `user`, who logged in with
+/// `token`, until `expires` (Unix seconds): `EXPIRES.MAC.USER` (user in
+/// hex), the MAC an HMAC-SHA256 keyed by the token. The token itself is
+/// not in it; the session ends at `expires` whatever the browser does.
+pub fn session_cookie(user: &str, token: &str, expires: u64) -> String {
+    let user = hex(user.as_bytes());
+    let mac = hex(&session_mac(token, &user, expires).finalize().into_bytes());
+    format!("{expires}.{mac}.{user}")
+}
+
+/// The user a session cookie's value names, if one of `tokens` (token,
+/// user) signed it and it has not expired at `now`.
+pub fn session_user<'a>(
+    cookie: &str,
+    now: u64,
+    tokens: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Option<&'a str> {
+    let mut parts = cookie.splitn(3, '.');
+    let expires: u64 = parts.next()?.parse().ok()?;
+    let mac = unhex(parts.next()?)?;
+    let user_hex = parts.next()?;
+    let user = String::from_utf8(unhex(user_hex)?).ok()?;
+    if expires <= now {
+        return None;
+    }
+    tokens
+        .into_iter()
+        .filter(|(_, owner)| *owner == user)
+        .find(|(token, _)| {
+            session_mac(token, user_hex, expires)
+                .verify_slice(&mac)
+                .is_ok()
+        })
+        .map(|(_, owner)| owner)
+}
+
+/// The MAC of a session: HMAC-SHA256 keyed by the token.
+fn session_mac(token: &str, user_hex: &str, expires: u64) -> Hmac<Sha256> {
+    let mut mac =
+        <Hmac<Sha256> as KeyInit>::new_from_slice(token.as_bytes()).expect("HMAC takes any key");
+    mac.update(format!("kodo-panel-session|{user_hex}|{expires}").as_bytes());
+    mac
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
         .collect()
 }
 
@@ -59,7 +114,7 @@ pub fn markdown_html(text: &str) -> String {
 /// not call this node); links open without referrer.
 pub fn clean_html(html: &str) -> String {
     ammonia::Builder::default()
-        .url_schemes(["http", "https", "mailto", "data"].into())
+        .url_schemes(["http", "https", "mailto"].into())
         .link_rel(Some("noopener noreferrer nofollow"))
         .url_relative(ammonia::UrlRelative::Deny)
         .clean(html)
@@ -95,6 +150,24 @@ mod tests {
         }
         assert!(asset("../Cargo.toml").is_none());
         assert!(!INDEX_HTML.contains("<script>"), "no inline script");
+    }
+
+    #[test]
+    fn a_session_names_its_user_until_it_expires_and_only_with_its_token() {
+        let tokens = [("token-a", "ann"), ("token-b", "bob")];
+        let cookie = session_cookie("ann", "token-a", 1000);
+        assert!(!cookie.contains("token-a"));
+        assert_eq!(session_user(&cookie, 999, tokens), Some("ann"));
+        assert_eq!(session_user(&cookie, 1000, tokens), None, "expired");
+        // Another user's name, a later expiry, another token: refused.
+        let forged = cookie.replace(&hex(b"ann"), &hex(b"bob"));
+        assert_eq!(session_user(&forged, 999, tokens), None);
+        let later = cookie.replacen("1000", "9999", 1);
+        assert_eq!(session_user(&later, 999, tokens), None);
+        assert_eq!(session_user(&cookie, 999, [("token-c", "ann")]), None);
+        for bad in ["", "1.2", "x.y.z", "1000.zz.616e6e"] {
+            assert_eq!(session_user(bad, 0, tokens), None, "{bad}");
+        }
     }
 
     #[test]

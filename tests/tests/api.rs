@@ -796,8 +796,50 @@ async fn without_tokens_a_request_from_another_origin_is_refused() {
         StatusCode::CREATED
     );
     assert_eq!(from(None).await.unwrap().status(), StatusCode::CREATED);
+    // The same for the MIP-003 routes, and with a credential a browser
+    // sends on its own (Basic): only a bearer token is exempt.
+    let start_job = api
+        .req(Method::POST, "/mip003/count/start_job", None)
+        .header("origin", "http://evil.example")
+        .header("authorization", "Basic dXNlcjpwYXNz")
+        .json(&json!({"identifier_from_purchaser": "p"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(start_job.status(), StatusCode::FORBIDDEN);
     let listed = api.get("/executions").await;
     assert_eq!(listed["executions"].as_array().unwrap().len(), 2);
+    // A page whose host name was rebound to 127.0.0.1 reads nothing (its
+    // Host is its own name); health probes still answer.
+    let host = api
+        .base
+        .trim_start_matches("http://")
+        .replace("127.0.0.1", "evil.example");
+    let read = api
+        .req(Method::GET, "/executions", None)
+        .header("host", &host)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), StatusCode::FORBIDDEN);
+    let probe = api
+        .req(Method::GET, "/health/live", None)
+        .header("host", &host)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(probe.status(), StatusCode::OK);
+    let local = api
+        .base
+        .trim_start_matches("http://")
+        .replace("127.0.0.1", "localhost");
+    let read = api
+        .req(Method::GET, "/executions", None)
+        .header("host", &local)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), StatusCode::OK);
 }
 
 /// `GET /executions/{fid}/events.jsonl`: every event, one JSON object per

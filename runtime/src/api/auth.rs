@@ -76,6 +76,15 @@ impl Tokens {
     pub(super) fn none(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// The user of a panel session cookie's value that one of the tokens
+    /// signed and that has not expired (see [`kodo_panel::session_user`]).
+    pub(super) fn session_user(&self, cookie: &str) -> Option<User> {
+        let now = kodo_core::now_ts() as u64;
+        let tokens = self.0.iter().map(|(t, u)| (t.as_str(), u.name.as_str()));
+        let name = kodo_panel::session_user(cookie, now, tokens)?;
+        self.0.values().find(|u| u.name == name).cloned()
+    }
 }
 
 /// The admin every caller is when no token is configured.
@@ -86,45 +95,103 @@ fn local() -> User {
     }
 }
 
-/// The panel's session cookie: the user's token, HttpOnly, SameSite=Strict.
+/// The panel's session cookie (HttpOnly, SameSite=Strict): a signed
+/// session, not the token (see [`kodo_panel::session_cookie`]).
 pub(super) const SESSION_COOKIE: &str = "kodo_session";
 
-/// The token in a request's session cookie.
-pub(super) fn session_token(headers: &header::HeaderMap) -> Option<&str> {
+/// The values of a request's session cookies (another service on this
+/// host name may have set one too: each is checked).
+pub(super) fn session_cookies(headers: &header::HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
+        .filter(|(name, value)| *name == SESSION_COOKIE && !value.is_empty())
         .map(|(_, value)| value)
-        .filter(|value| !value.is_empty())
+}
+
+/// The user and cookie value of a request's valid panel session.
+pub(super) fn session_of(tokens: &Tokens, headers: &header::HeaderMap) -> Option<(User, String)> {
+    session_cookies(headers)
+        .find_map(|cookie| Some((tokens.session_user(cookie)?, cookie.to_string())))
+}
+
+/// Whether the request carries `Authorization: Bearer ...`: a credential a
+/// browser never sends on its own (unlike Basic or a cookie).
+fn has_bearer(headers: &header::HeaderMap) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
 }
 
 /// The header a session's state-changing requests carry: see
 /// [`kodo_panel::csrf_of`].
 pub(super) const CSRF_HEADER: &str = "x-kodo-csrf";
 
-/// Why a request a browser may have sent from another site is refused:
-/// its `Origin` is not this host's (any request that changes state), or,
-/// with the session cookie, it lacks the session's CSRF token.
-pub(super) fn cross_site(request: &Request, session: Option<&str>) -> Option<&'static str> {
+/// Refuses what a browser may send from another site, before any route
+/// (also the open MIP-003 ones and the login): a state-changing request
+/// without a bearer token whose `Origin` is not this host; and, with no
+/// tokens configured, any request for a host name that is not loopback
+/// (a DNS-rebinding page names its own). Health probes are left alone.
+pub(super) async fn refuse_cross_site(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let headers = request.headers();
+    if !request.method().is_safe() && !has_bearer(headers) && !same_origin(headers) {
+        return ApiError::new(StatusCode::FORBIDDEN, ORIGIN_REFUSED).into_response();
+    }
+    if state.tokens.none()
+        && !request.uri().path().starts_with("/health")
+        && !loopback_host(headers)
+    {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "without [[auth.tokens]], only loopback host names are served (localhost, 127.0.0.1, [::1])",
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// The refusal of a request from another origin.
+const ORIGIN_REFUSED: &str = "cross-site request refused: its Origin is not this host";
+
+/// Whether the request's `Host` is a loopback name (any port).
+fn loopback_host(headers: &header::HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+        return true; // HTTP/1.0 without Host: not a browser page.
+    };
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    matches!(
+        name.to_ascii_lowercase().as_str(),
+        "localhost" | "127.0.0.1" | "[::1]"
+    )
+}
+
+/// Why a state-changing request with the session cookie is refused: it
+/// lacks the session's CSRF token.
+fn without_csrf(request: &Request, cookie: &str) -> Option<&'static str> {
     if request.method().is_safe() {
         return None;
     }
-    let headers = request.headers();
-    if !same_origin(headers) {
-        return Some("cross-site request refused: its Origin is not this host");
+    let shown = request
+        .headers()
+        .get(CSRF_HEADER)
+        .and_then(|v| v.to_str().ok());
+    let expected = kodo_panel::csrf_of(cookie);
+    if shown.is_some_and(|shown| bool::from(shown.as_bytes().ct_eq(expected.as_bytes()))) {
+        return None;
     }
-    if let Some(secret) = session {
-        let shown = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
-        let expected = kodo_panel::csrf_of(secret);
-        if !shown.is_some_and(|shown| bool::from(shown.as_bytes().ct_eq(expected.as_bytes()))) {
-            return Some("cross-site request refused: no valid X-Kodo-Csrf header");
-        }
-    }
-    None
+    Some("cross-site request refused: no valid X-Kodo-Csrf header")
 }
 
 /// Whether the request's `Origin` (when a browser sent one) names this
@@ -141,26 +208,23 @@ pub(super) fn same_origin(headers: &header::HeaderMap) -> bool {
 }
 
 /// Resolves the caller (a bearer token, or the panel's session cookie),
-/// or answers 401; refuses a state-changing request a browser sent from
-/// another site (403).
+/// or answers 401; refuses a state-changing request with the cookie but
+/// without its CSRF token (403). (Other origins: [`refuse_cross_site`].)
 pub(super) async fn authenticate(
     State(state): State<Arc<AppState>>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    let bearer = request.headers().contains_key(header::AUTHORIZATION);
-    let (user, session) = match state.tokens.caller(request.headers()) {
-        Some(user) => (Some(user), None),
-        None if bearer => (None, None),
-        None => match session_token(request.headers()) {
-            Some(token) => (state.tokens.user_of(token), Some(token.to_string())),
-            None => (None, None),
+    let headers = request.headers();
+    let (user, cookie) = match state.tokens.caller(headers) {
+        Some(user) => (user, None),
+        None if has_bearer(headers) => return unauthorized(),
+        None => match session_of(&state.tokens, headers) {
+            Some((user, cookie)) => (user, Some(cookie)),
+            None => return unauthorized(),
         },
     };
-    let Some(user) = user else {
-        return unauthorized();
-    };
-    if !bearer && let Some(why) = cross_site(&request, session.as_deref()) {
+    if let Some(why) = cookie.and_then(|cookie| without_csrf(&request, &cookie)) {
         return ApiError::new(StatusCode::FORBIDDEN, why).into_response();
     }
     request.extensions_mut().insert(user);

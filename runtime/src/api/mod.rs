@@ -110,6 +110,10 @@ pub fn router(node: Arc<Node>, config: &Config, temporal: Option<Arc<Temporal>>)
         .fallback(|| async { ApiError::not_found("route") })
         .layer(DefaultBodyLimit::max(config.api.max_body_bytes))
         .layer(middleware::map_response(error::json_errors))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::refuse_cross_site,
+        ))
         .layer(middleware::from_fn(panel::security_headers))
         .with_state(state)
 }

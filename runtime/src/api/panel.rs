@@ -3,8 +3,9 @@
 //! - `GET /`: the page (every panel address is a fragment of it);
 //!   `GET /panel/assets/{name}`: its script and style sheet. No token
 //!   needed: they hold no data.
-//! - `POST /panel/login` `{"token"}`: sets the session cookie (the token,
-//!   HttpOnly, SameSite=Strict) and answers `{"user", "admin", "csrf"}`.
+//! - `POST /panel/login` `{"token"}`: sets the session cookie (a session
+//!   signed with the token, 12 hours; HttpOnly, SameSite=Strict) and
+//!   answers `{"user", "admin", "csrf"}`.
 //! - `GET /panel/session`: the same answer for a valid session (401 else);
 //!   `POST /panel/logout` clears the cookie.
 //! - `POST /panel/render` `{"markdown"}` or `{"html"}`: `{"html"}`, sanitized.
@@ -16,7 +17,7 @@
 //! ([`security_headers`]).
 
 use super::AppState;
-use super::auth::{SESSION_COOKIE, User, same_origin, session_token};
+use super::auth::{SESSION_COOKIE, User, session_of as valid_session};
 use super::error::{ApiError, ApiResult, json_body};
 use axum::Json;
 use axum::body::Bytes;
@@ -61,17 +62,11 @@ struct Login {
 }
 
 /// `POST /panel/login`: a known token opens a session (its cookie).
+/// (A login from another origin was refused before: `auth::refuse_cross_site`.)
 pub(super) async fn login(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    if !same_origin(&headers) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "cross-site request refused: its Origin is not this host",
-        ));
-    }
     let login: Login = json_body(body)?.ok_or_else(|| ApiError::bad("expected {\"token\"}"))?;
     if state.tokens.none() {
         // No tokens: everyone is the admin `local`, no session needed.
@@ -82,19 +77,13 @@ pub(super) async fn login(
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unknown token"));
     };
     let token = login.token.trim();
-    if !token
-        .bytes()
-        .all(|b| b.is_ascii_graphic() && b != b';' && b != b'"')
-    {
-        return Err(ApiError::bad(
-            "this token cannot be kept in a cookie (spaces, ';' or '\"'): use it as a bearer token",
-        ));
-    }
     tracing::info!(user = %user.name, "panel login");
+    let expires = kodo_core::now_ts() as u64 + SESSION_SECONDS;
+    let value = kodo_panel::session_cookie(&user.name, token, expires);
     let cookie = format!(
-        "{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECONDS}"
+        "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECONDS}"
     );
-    let mut response = Json(session_of(&user, token)).into_response();
+    let mut response = Json(session_of(&user, &value)).into_response();
     response.headers_mut().insert(
         header::SET_COOKIE,
         HeaderValue::from_str(&cookie)
@@ -111,9 +100,10 @@ fn local_user() -> User {
     }
 }
 
-/// What the page knows of its session: who, and its CSRF token.
-fn session_of(user: &User, secret: &str) -> serde_json::Value {
-    json!({"user": user.name, "admin": user.admin, "csrf": kodo_panel::csrf_of(secret)})
+/// What the page knows of its session: who, and its CSRF token (derived
+/// from the session cookie's value).
+fn session_of(user: &User, cookie: &str) -> serde_json::Value {
+    json!({"user": user.name, "admin": user.admin, "csrf": kodo_panel::csrf_of(cookie)})
 }
 
 /// `GET /panel/session`: the session of the cookie (or bearer token).
@@ -122,12 +112,8 @@ pub(super) async fn session(
     user: User,
     headers: HeaderMap,
 ) -> Json<serde_json::Value> {
-    let secret = if state.tokens.none() {
-        ""
-    } else {
-        session_token(&headers).unwrap_or_default()
-    };
-    Json(session_of(&user, secret))
+    let cookie = valid_session(&state.tokens, &headers).map(|(_, cookie)| cookie);
+    Json(session_of(&user, cookie.as_deref().unwrap_or_default()))
 }
 
 /// `POST /panel/logout`: clears the session cookie.
