@@ -52,8 +52,8 @@ pub fn session_cookie(user: &str, token: &str, expires: u64) -> String {
     format!("{expires}.{mac}.{user}")
 }
 
-/// The user a session cookie's value names, if one of `tokens` (token,
-/// user) signed it and it has not expired at `now`.
+/// The token (of `tokens`: token, user) that signed a session cookie's
+/// value for its user, if one did and the session has not expired at `now`.
 pub fn session_user<'a>(
     cookie: &str,
     now: u64,
@@ -75,7 +75,7 @@ pub fn session_user<'a>(
                 .verify_slice(&mac)
                 .is_ok()
         })
-        .map(|(_, owner)| owner)
+        .map(|(token, _)| token)
 }
 
 /// The MAC of a session: HMAC-SHA256 keyed by the token.
@@ -157,7 +157,7 @@ mod tests {
         let tokens = [("token-a", "ann"), ("token-b", "bob")];
         let cookie = session_cookie("ann", "token-a", 1000);
         assert!(!cookie.contains("token-a"));
-        assert_eq!(session_user(&cookie, 999, tokens), Some("ann"));
+        assert_eq!(session_user(&cookie, 999, tokens), Some("token-a"));
         assert_eq!(session_user(&cookie, 1000, tokens), None, "expired");
         // Another user's name, a later expiry, another token: refused.
         let forged = cookie.replace(&hex(b"ann"), &hex(b"bob"));

@@ -82,8 +82,8 @@ impl Tokens {
     pub(super) fn session_user(&self, cookie: &str) -> Option<User> {
         let now = kodo_core::now_ts() as u64;
         let tokens = self.0.iter().map(|(t, u)| (t.as_str(), u.name.as_str()));
-        let name = kodo_panel::session_user(cookie, now, tokens)?;
-        self.0.values().find(|u| u.name == name).cloned()
+        let token = kodo_panel::session_user(cookie, now, tokens)?;
+        self.user_of(token)
     }
 }
 
