@@ -64,7 +64,9 @@ fn toml_string(text: &str) -> String {
     serde_json::to_string(text).unwrap()
 }
 
-/// A ChromeDriver on a free port, stopped when dropped.
+/// A ChromeDriver on a free port, in a process group of its own: when
+/// dropped (also when a test fails before closing its session), the whole
+/// group is killed, its browsers with it.
 struct Driver {
     child: Child,
     url: String,
@@ -72,6 +74,11 @@ struct Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .status();
+        }
         let _ = self.child.start_kill();
     }
 }
@@ -80,6 +87,7 @@ async fn driver() -> Driver {
     let port = free_port();
     let child = tokio::process::Command::new("chromedriver")
         .arg(format!("--port={port}"))
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
