@@ -485,7 +485,18 @@ async fn users_are_kept_apart_and_cross_site_posts_are_refused() {
         !set.contains(BOB),
         "the cookie holds a signed session, not the token"
     );
+    assert!(!set.contains("Secure"), "plain HTTP: {set}");
     let session = set.split(';').next().unwrap().to_string();
+    // Behind a TLS proxy that says so, the cookie is for HTTPS only.
+    let behind_tls = http
+        .post(format!("{base}/panel/login"))
+        .header("x-forwarded-proto", "https")
+        .json(&json!({"token": BOB}))
+        .send()
+        .await
+        .unwrap();
+    let set = behind_tls.headers()["set-cookie"].to_str().unwrap();
+    assert!(set.contains("; Secure"), "{set}");
     // The token itself as the cookie is no session.
     let raw = http
         .get(format!("{base}/panel/session"))

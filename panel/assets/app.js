@@ -397,6 +397,7 @@ async function route() {
     if (result && result.ok) session = result.data;
   }
   document.getElementById('nav').hidden = !session;
+  document.getElementById('logout').hidden = !(session && session.login);
   document.getElementById('who').textContent = session ? `${session.user}${session.admin ? ' (admin)' : ''}` : '';
   if (!session || path === '/login') {
     if (session && path === '/login') { location.hash = '#/flows'; return; }

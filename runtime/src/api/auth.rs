@@ -191,7 +191,9 @@ fn without_csrf(request: &Request, cookie: &str) -> Option<&'static str> {
     if shown.is_some_and(|shown| bool::from(shown.as_bytes().ct_eq(expected.as_bytes()))) {
         return None;
     }
-    Some("cross-site request refused: no valid X-Kodo-Csrf header")
+    Some(
+        "request refused: a panel session's change needs its X-Kodo-Csrf header (from /panel/session)",
+    )
 }
 
 /// Whether the request's `Origin` (when a browser sent one) names this
@@ -238,7 +240,10 @@ pub(super) fn unauthorized() -> Response {
 
 /// The error of a request without a known token (401).
 pub(super) fn no_token() -> ApiError {
-    ApiError::new(StatusCode::UNAUTHORIZED, "missing or unknown bearer token")
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "missing or unknown bearer token (or no valid panel session)",
+    )
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for User {

@@ -287,6 +287,7 @@ async fn status(
     let (_, _, user) = caller(&state, &flow, &headers)?;
     let job_id = query(params)?
         .job_id
+        .filter(|id| !id.is_empty())
         .ok_or_else(|| ApiError::bad("expected ?job_id="))?;
     let job = job(&state, &user, &flow, &job_id).await?;
     Ok(Json(job_status(&job)).into_response())

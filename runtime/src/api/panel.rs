@@ -65,12 +65,13 @@ struct Login {
 /// (A login from another origin was refused before: `auth::refuse_cross_site`.)
 pub(super) async fn login(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let login: Login = json_body(body)?.ok_or_else(|| ApiError::bad("expected {\"token\"}"))?;
     if state.tokens.none() {
         // No tokens: everyone is the admin `local`, no session needed.
-        return Ok(Json(session_of(&local_user(), "")).into_response());
+        return Ok(Json(session_of(&local_user(), "", false)).into_response());
     }
     let Some(user) = state.tokens.user_of(login.token.trim()) else {
         tracing::info!("panel login refused: unknown token");
@@ -80,10 +81,16 @@ pub(super) async fn login(
     tracing::info!(user = %user.name, "panel login");
     let expires = kodo_core::now_ts() as u64 + SESSION_SECONDS;
     let value = kodo_panel::session_cookie(&user.name, token, expires);
+    // Behind a TLS proxy (it says so), the cookie is sent over HTTPS only.
+    let tls = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("https"));
+    let secure = if tls { "; Secure" } else { "" };
     let cookie = format!(
-        "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECONDS}"
+        "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECONDS}{secure}"
     );
-    let mut response = Json(session_of(&user, &value)).into_response();
+    let mut response = Json(session_of(&user, &value, true)).into_response();
     response.headers_mut().insert(
         header::SET_COOKIE,
         HeaderValue::from_str(&cookie)
@@ -100,10 +107,11 @@ fn local_user() -> User {
     }
 }
 
-/// What the page knows of its session: who, and its CSRF token (derived
-/// from the session cookie's value).
-fn session_of(user: &User, cookie: &str) -> serde_json::Value {
-    json!({"user": user.name, "admin": user.admin, "csrf": kodo_panel::csrf_of(cookie)})
+/// What the page knows of its session: who, its CSRF token (derived from
+/// the session cookie's value), and whether there is a login at all
+/// (without tokens there is none, nor a logout).
+fn session_of(user: &User, cookie: &str, login: bool) -> serde_json::Value {
+    json!({"user": user.name, "admin": user.admin, "csrf": kodo_panel::csrf_of(cookie), "login": login})
 }
 
 /// `GET /panel/session`: the session of the cookie (or bearer token).
@@ -113,7 +121,11 @@ pub(super) async fn session(
     headers: HeaderMap,
 ) -> Json<serde_json::Value> {
     let cookie = valid_session(&state.tokens, &headers).map(|(_, cookie)| cookie);
-    Json(session_of(&user, cookie.as_deref().unwrap_or_default()))
+    Json(session_of(
+        &user,
+        cookie.as_deref().unwrap_or_default(),
+        !state.tokens.none(),
+    ))
 }
 
 /// `POST /panel/logout`: clears the session cookie.
