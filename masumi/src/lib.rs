@@ -26,11 +26,7 @@ pub fn input_hash(identifier_from_purchaser: &str, input_data: &Value) -> String
     hasher.update(identifier_from_purchaser.as_bytes());
     hasher.update(b";");
     hasher.update(canonical_json(input_data).as_bytes());
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(hasher.finalize())
 }
 
 /// The MIP-003 input fields of a form's `elements` (Kodosumi's shapes, as

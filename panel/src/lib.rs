@@ -39,7 +39,7 @@ pub fn csrf_of(secret: &str) -> String {
     let mut hasher = Sha256::new();
     hasher.update(b"kodo-panel-csrf;");
     hasher.update(secret.as_bytes());
-    hex(&hasher.finalize())
+    hex::encode(hasher.finalize())
 }
 
 /// The panel's session cookie's value for `user`, who logged in with
@@ -47,8 +47,8 @@ pub fn csrf_of(secret: &str) -> String {
 /// hex), the MAC an HMAC-SHA256 keyed by the token. The token itself is
 /// not in it; the session ends at `expires` whatever the browser does.
 pub fn session_cookie(user: &str, token: &str, expires: u64) -> String {
-    let user = hex(user.as_bytes());
-    let mac = hex(&session_mac(token, &user, expires).finalize().into_bytes());
+    let user = hex::encode(user);
+    let mac = hex::encode(session_mac(token, &user, expires).finalize().into_bytes());
     format!("{expires}.{mac}.{user}")
 }
 
@@ -61,9 +61,9 @@ pub fn session_user<'a>(
 ) -> Option<&'a str> {
     let mut parts = cookie.splitn(3, '.');
     let expires: u64 = parts.next()?.parse().ok()?;
-    let mac = unhex(parts.next()?)?;
+    let mac = hex::decode(parts.next()?).ok()?;
     let user_hex = parts.next()?;
-    let user = String::from_utf8(unhex(user_hex)?).ok()?;
+    let user = String::from_utf8(hex::decode(user_hex).ok()?).ok()?;
     if expires <= now {
         return None;
     }
@@ -84,20 +84,6 @@ fn session_mac(token: &str, user_hex: &str, expires: u64) -> Hmac<Sha256> {
         <Hmac<Sha256> as KeyInit>::new_from_slice(token.as_bytes()).expect("HMAC takes any key");
     mac.update(format!("kodo-panel-session|{user_hex}|{expires}").as_bytes());
     mac
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// Markdown as HTML, sanitized ([`clean_html`]): raw HTML in it is
@@ -160,7 +146,7 @@ mod tests {
         assert_eq!(session_user(&cookie, 999, tokens), Some("token-a"));
         assert_eq!(session_user(&cookie, 1000, tokens), None, "expired");
         // Another user's name, a later expiry, another token: refused.
-        let forged = cookie.replace(&hex(b"ann"), &hex(b"bob"));
+        let forged = cookie.replace(&hex::encode("ann"), &hex::encode("bob"));
         assert_eq!(session_user(&forged, 999, tokens), None);
         let later = cookie.replacen("1000", "9999", 1);
         assert_eq!(session_user(&later, 999, tokens), None);
