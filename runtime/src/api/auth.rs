@@ -59,12 +59,7 @@ impl Tokens {
         if self.0.is_empty() {
             return Some(local());
         }
-        headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .and_then(|(_, token)| self.user_of(token.trim()))
+        bearer(headers).and_then(|token| self.user_of(token))
     }
 
     /// The user of `token`.
@@ -101,7 +96,7 @@ pub(super) const SESSION_COOKIE: &str = "kodo_session";
 
 /// The values of a request's session cookies (another service on this
 /// host name may have set one too: each is checked).
-pub(super) fn session_cookies(headers: &header::HeaderMap) -> impl Iterator<Item = &str> {
+fn session_cookies(headers: &header::HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -118,19 +113,26 @@ pub(super) fn session_of(tokens: &Tokens, headers: &header::HeaderMap) -> Option
         .find_map(|cookie| Some((tokens.session_user(cookie)?, cookie.to_string())))
 }
 
-/// Whether the request carries `Authorization: Bearer ...`: a credential a
-/// browser never sends on its own (unlike Basic or a cookie).
-fn has_bearer(headers: &header::HeaderMap) -> bool {
+/// The token of a request's `Authorization: Bearer TOKEN` (the scheme in
+/// any case, as HTTP has it).
+pub(super) fn bearer(headers: &header::HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().split_once(' '))
-        .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+}
+
+/// Whether the request carries `Authorization: Bearer ...`: a credential a
+/// browser never sends on its own (unlike Basic or a cookie).
+fn has_bearer(headers: &header::HeaderMap) -> bool {
+    bearer(headers).is_some()
 }
 
 /// The header a session's state-changing requests carry: see
 /// [`kodo_panel::csrf_of`].
-pub(super) const CSRF_HEADER: &str = "x-kodo-csrf";
+const CSRF_HEADER: &str = "x-kodo-csrf";
 
 /// Refuses what a browser may send from another site, before any route
 /// (also the open MIP-003 ones and the login): a state-changing request
@@ -198,7 +200,7 @@ fn without_csrf(request: &Request, cookie: &str) -> Option<&'static str> {
 
 /// Whether the request's `Origin` (when a browser sent one) names this
 /// host (`Host`); "null" (a sandboxed or opaque origin) does not.
-pub(super) fn same_origin(headers: &header::HeaderMap) -> bool {
+fn same_origin(headers: &header::HeaderMap) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return true;
     };

@@ -21,6 +21,7 @@
 //! payment service.
 
 use super::AppState;
+use super::auth::bearer;
 use super::error::{ApiError, ApiResult, json_body};
 use super::executions::{control_error, still_running, stored_lock};
 use crate::config::MasumiSection;
@@ -28,7 +29,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use kodo_actors::hold_id;
 use kodo_core::{Fid, Status, mask_url};
@@ -148,11 +149,7 @@ pub(super) async fn confirm(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let masumi = state.masumi.get(&flow).cloned().unwrap_or_default();
-    let shown = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().strip_prefix("Bearer "))
-        .map(str::trim);
+    let shown = bearer(&headers);
     let secret = masumi.payment_token.as_bytes();
     let right = shown.is_some_and(|shown| bool::from(shown.as_bytes().ct_eq(secret)));
     if masumi.payment_url.is_empty() || !right {
