@@ -51,7 +51,7 @@ pub use flow::{
 pub use form::Form;
 pub use hold::hold_id;
 pub use hub::{Hub, Subscription};
-pub use locks::{KeepError, Kept, LockInUse, LockKeeper, Locks, OpenLock};
+pub use locks::{KeepError, Kept, LockInUse, LockKeeper, Locks, OpenLock, stored_lock};
 pub use node::{KillError, Launched, Node, NodeError, NodeOptions};
 pub use orphans::start as start_watchdog;
 pub use runner::drive;

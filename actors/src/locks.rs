@@ -4,7 +4,8 @@
 //! execution's workflow.
 
 use async_trait::async_trait;
-use kodo_core::{Fid, now_ts};
+use kodo_core::{Fid, Kind, now_ts};
+use kodo_store::{EventQuery, SharedStore, StoreError};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -179,6 +180,30 @@ impl Drop for OpenLock {
             .expect("locks lock")
             .remove(&self.lid);
     }
+}
+
+/// Lock `lid` of `fid` as stored: its `lock` and its `lease` payloads
+/// (None: not stored). A lease with `result` was an answer; one with
+/// `error`, an expiry.
+pub async fn stored_lock(
+    store: &SharedStore,
+    fid: &Fid,
+    lid: &str,
+) -> Result<(Option<Value>, Option<Value>), StoreError> {
+    let query = EventQuery {
+        after: 0,
+        limit: 10_000,
+        kinds: Some(vec![Kind::Lock, Kind::Lease]),
+    };
+    let events = store.events(fid, &query).await?;
+    let of_lid = |kind: Kind| {
+        events
+            .iter()
+            .filter(move |e| e.kind == kind)
+            .filter_map(|e| serde_json::from_str::<Value>(&e.payload).ok())
+            .find(|payload| payload["lid"] == lid)
+    };
+    Ok((of_lid(Kind::Lock), of_lid(Kind::Lease)))
 }
 
 #[cfg(test)]

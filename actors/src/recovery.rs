@@ -238,20 +238,10 @@ impl Recovery<'_> {
 impl Recovery<'_> {
     /// Whether lock `lid` of `fid` was answered (its `lease` holds a result).
     async fn answered(&self, fid: &Fid, lid: &str) -> Result<bool, String> {
-        let query = EventQuery {
-            after: 0,
-            limit: 10_000,
-            kinds: Some(vec![Kind::Lease]),
-        };
-        let leases = self
-            .store
-            .events(fid, &query)
+        let (_, lease) = crate::locks::stored_lock(self.store, fid, lid)
             .await
             .map_err(|e| e.to_string())?;
-        Ok(leases.iter().any(|e| {
-            serde_json::from_str::<serde_json::Value>(&e.payload)
-                .is_ok_and(|lease| lease["lid"] == lid && lease.get("result").is_some())
-        }))
+        Ok(lease.is_some_and(|lease| lease.get("result").is_some()))
     }
 }
 

@@ -518,38 +518,12 @@ pub(super) fn refusal(flow: &str, refused: Refused, what: &str) -> ApiResult<Res
 /// 404 when it is not open (never opened, answered or expired: its `lease`
 /// is stored), before any form code runs for an answer.
 async fn opened_lock(state: &AppState, fid: &Fid, lid: &str) -> ApiResult<(String, Value)> {
-    match stored_lock(state, fid, lid).await? {
+    let stored = kodo_actors::stored_lock(state.node.store(), fid, lid).await;
+    match stored.map_err(ApiError::internal)? {
         (Some(lock), None) => {
             let name = lock["name"].as_str().unwrap_or_default().to_string();
             Ok((name, lock["data"].clone()))
         }
         _ => Err(ApiError::not_found(format!("open lock {lid}"))),
     }
-}
-
-/// Lock `lid` of `fid` as stored: its `lock` and its `lease` payloads.
-pub(super) async fn stored_lock(
-    state: &AppState,
-    fid: &Fid,
-    lid: &str,
-) -> ApiResult<(Option<Value>, Option<Value>)> {
-    let query = EventQuery {
-        after: 0,
-        limit: 10_000,
-        kinds: Some(vec![Kind::Lock, Kind::Lease]),
-    };
-    let events = state
-        .node
-        .store()
-        .events(fid, &query)
-        .await
-        .map_err(ApiError::internal)?;
-    let of_lid = |kind: Kind| {
-        events
-            .iter()
-            .filter(move |e| e.kind == kind)
-            .filter_map(|e| serde_json::from_str::<Value>(&e.payload).ok())
-            .find(|payload| payload["lid"] == lid)
-    };
-    Ok((of_lid(Kind::Lock), of_lid(Kind::Lease)))
 }

@@ -23,7 +23,7 @@
 use super::AppState;
 use super::auth::bearer;
 use super::error::{ApiError, ApiResult, json_body};
-use super::executions::{control_error, still_running, stored_lock};
+use super::executions::{control_error, still_running};
 use crate::config::MasumiSection;
 use axum::Json;
 use axum::body::Bytes;
@@ -31,7 +31,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use kodo_actors::hold_id;
+use kodo_actors::{hold_id, stored_lock};
 use kodo_core::{Fid, Status, mask_url};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -222,7 +222,8 @@ enum Held {
 
 /// Where `fid`'s hold is, from its stored `lock` and `lease` events.
 async fn held(state: &AppState, fid: &Fid) -> ApiResult<Held> {
-    Ok(match stored_lock(state, fid, &hold_id(fid)).await? {
+    let stored = stored_lock(state.node.store(), fid, &hold_id(fid)).await;
+    Ok(match stored.map_err(ApiError::internal)? {
         (None, _) => Held::NotYet,
         (Some(_), None) => Held::Open,
         (Some(_), Some(lease)) if lease.get("result").is_some() => Held::Released,
