@@ -83,7 +83,7 @@ impl Tokens {
 }
 
 /// The admin every caller is when no token is configured.
-fn local() -> User {
+pub(super) fn local() -> User {
     User {
         name: "local".into(),
         admin: true,

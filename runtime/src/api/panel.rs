@@ -17,7 +17,7 @@
 //! ([`security_headers`]).
 
 use super::AppState;
-use super::auth::{SESSION_COOKIE, User, session_of as valid_session};
+use super::auth::{SESSION_COOKIE, User, local, session_of as valid_session};
 use super::error::{ApiError, ApiResult, json_body};
 use axum::Json;
 use axum::body::Bytes;
@@ -71,7 +71,7 @@ pub(super) async fn login(
     let login: Login = json_body(body)?.ok_or_else(|| ApiError::bad("expected {\"token\"}"))?;
     if state.tokens.none() {
         // No tokens: everyone is the admin `local`, no session needed.
-        return Ok(Json(session_of(&local_user(), "", false)).into_response());
+        return Ok(Json(session_of(&local(), "", false)).into_response());
     }
     let Some(user) = state.tokens.user_of(login.token.trim()) else {
         tracing::info!("panel login refused: unknown token");
@@ -97,14 +97,6 @@ pub(super) async fn login(
             .map_err(|_| ApiError::bad("token not usable in a cookie"))?,
     );
     Ok(response)
-}
-
-/// The admin every caller is without tokens.
-fn local_user() -> User {
-    User {
-        name: "local".into(),
-        admin: true,
-    }
 }
 
 /// What the page knows of its session: who, its CSRF token (derived from
