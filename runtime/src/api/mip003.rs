@@ -144,7 +144,7 @@ async fn start_job(
         // Payment off: the fields say so; no blockchain data is made up.
         answer["payment"] = json!("off");
         answer["blockchainIdentifier"] = json!("payment-off");
-        for time in PAYMENT_TIMES {
+        for time in payment::TIMES {
             answer[time] = json!(0);
         }
     } else {
@@ -172,14 +172,6 @@ async fn start_job(
     tracing::info!(fid = %fid, flow = %flow, owner = %user.name, "MIP-003 job started");
     Ok(Json(answer).into_response())
 }
-
-/// MIP-003's payment times (Unix seconds): 0 with payment off.
-const PAYMENT_TIMES: [&str; 4] = [
-    "payByTime",
-    "submitResultTime",
-    "unlockTime",
-    "externalDisputeUnlockTime",
-];
 
 /// `input_data` as an object (absent: empty), or a 400.
 fn object(name: &str, value: Option<Value>) -> ApiResult<Map<String, Value>> {

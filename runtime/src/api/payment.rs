@@ -42,6 +42,15 @@ use subtle::ConstantTimeEq;
 /// How long the payment service may take to answer.
 const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 
+/// MIP-003's payment times (Unix seconds): from the payment service, or 0
+/// with payment off.
+pub(super) const TIMES: [&str; 4] = [
+    "payByTime",
+    "submitResultTime",
+    "unlockTime",
+    "externalDisputeUnlockTime",
+];
+
 /// The name of a job's payment hold (its lock's name).
 pub(super) const HOLD: &str = "payment";
 
@@ -112,12 +121,7 @@ fn payment_fields(answer: &Value) -> Result<Map<String, Value>, String> {
         }
         _ => return Err("no blockchainIdentifier in its answer".into()),
     }
-    for time in [
-        "payByTime",
-        "submitResultTime",
-        "unlockTime",
-        "externalDisputeUnlockTime",
-    ] {
+    for time in TIMES {
         let Some(at) = answer[time].as_i64() else {
             return Err(format!("no {time} (an integer) in its answer"));
         };
